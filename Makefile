@@ -1,0 +1,69 @@
+# Tether developer entry points. On a fresh clone with only python3, make and git:
+#   make up     create .venv, install, run `tether up` (initializes ./.tether, serves)
+#   make test   create .venv, ensure PostgreSQL binaries, run the full test suite
+# Run `make help` for the rest.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Stamp file: reinstall only when pyproject.toml is newer than the last install.
+STAMP  := $(VENV)/.tether-installed
+
+# The PostgreSQL half of the suite must run, never be skipped quietly
+# (tests/conftest.py fails instead of skipping when this is set).
+TETHER_TEST_PG ?= 1
+export TETHER_TEST_PG
+
+PYTEST_ARGS ?=
+UP_ARGS     ?=
+
+.PHONY: help venv up test postgres lint typecheck check bench clean distclean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+venv: $(STAMP) ## create .venv and install tether with test extras (fast when up to date)
+
+$(STAMP): pyproject.toml
+	@# Debian's python3 lacks ensurepip until python3-venv is installed.
+	@if [[ ! -x $(BIN)/python ]]; then \
+	  if ! $(PYTHON) -m venv $(VENV); then \
+	    rm -rf $(VENV); scripts/apt-install python3-venv; $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	@touch $@
+
+up: venv ## run the broker (first run initializes ./.tether)
+	$(BIN)/tether up $(UP_ARGS)
+
+postgres: ## install PostgreSQL server binaries if initdb is missing (apt-get)
+	@scripts/ensure-postgres
+
+test: venv postgres ## full test suite, sqlite + a throwaway PostgreSQL server
+	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
+
+lint: venv ## ruff check + ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv ## mypy --strict on src/tether (settings in pyproject.toml)
+	$(BIN)/mypy src/tether
+
+check: lint typecheck test ## everything CI can run
+
+bench: venv ## run every bench/bench_*.py with the venv python
+	@shopt -s nullglob; scripts=(bench/bench_*.py); \
+	if (( $${#scripts[@]} == 0 )); then echo "no bench/bench_*.py scripts"; fi; \
+	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done
+
+clean: ## remove caches and build output (keeps .venv and ./.tether state)
+	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)

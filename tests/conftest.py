@@ -1,0 +1,104 @@
+"""Shared fixtures: storage URLs for both backends and a throwaway PostgreSQL server.
+
+Fixtures
+  sqlite_url          ``sqlite:////<tmp_path>/tether.db`` (file in the test's tmp_path)
+  pg_server           session-wide throwaway server (``tests/_pg.py:PgServer``): socket_dir,
+                      port, conninfo(), url(), connect(), create_database(), drop_database()
+  pg_create_database  factory: ``pg_create_database() -> name``; dropped after the test
+  pg_url              SQLAlchemy URL of a fresh, empty PostgreSQL database for this test
+  store_url           parametrized ``sqlite`` / ``postgresql``: every store-backed test
+                      runs against both backends
+
+PostgreSQL tests carry the ``postgresql`` marker (deselect with ``-m "not postgresql"``).
+When the server binaries are missing they are skipped, unless ``CI`` or
+``TETHER_TEST_PG`` is set: then they fail, so CI can never go green without them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+try:  # tests/ may or may not become a package; support both import styles.
+    from . import _pg  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    import _pg  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgresql: needs the throwaway PostgreSQL server (tests/_pg.py)"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        where = str(_pg.find_bindir())
+    except _pg.PgUnavailable:
+        where = "NOT FOUND"
+    mode = "required" if _pg.pg_required() else "optional (skipped if missing)"
+    return f"tether: postgresql server binaries: {where}; postgresql tests {mode}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that use the server directly (e.g. dynamic-role tests) get the marker too.
+    for item in items:
+        if "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[_pg.PgServer]:
+    """One throwaway PostgreSQL server for the whole session, removed at the end."""
+    missing = None
+    try:
+        _pg.find_bindir()
+    except _pg.PgUnavailable as exc:
+        missing = str(exc)
+    if missing and _pg.pg_required():
+        pytest.fail(f"{missing} (required because CI/TETHER_TEST_PG is set)", pytrace=False)
+    if missing:
+        pytest.skip(missing)
+    with _pg.running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_create_database(pg_server: _pg.PgServer) -> Iterator[Callable[..., str]]:
+    """Factory for fresh databases (from the template); all dropped after the test."""
+    created: list[str] = []
+
+    def create(name: str | None = None) -> str:
+        created.append(pg_server.create_database(name))
+        return created[-1]
+
+    yield create
+    for name in created:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_server: _pg.PgServer, pg_create_database: Callable[..., str]) -> str:
+    """SQLAlchemy URL of a fresh PostgreSQL database private to this test."""
+    return pg_server.url(pg_create_database())
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    """SQLAlchemy URL of a (not yet created) SQLite file private to this test."""
+    return f"sqlite:///{os.path.join(tmp_path, 'tether.db')}"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """A storage URL for each backend; tests using it run once per backend."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
