@@ -1,0 +1,168 @@
+"""One hash chain per writer, appended in the same transaction as the state it records.
+
+``AuditChain.unit()`` opens a store transaction and takes this writer's chain lock; the
+caller changes state and ``emit``s events on the same connection; on commit the chain
+head advances. If anything fails the transaction rolls back, the head stays, and the
+error propagates so the action is denied ("no action without a record").
+
+Two processes writing the same chain (a misconfigured ``node_id``) collide on the
+``(chain, seq)`` key or the head compare-and-set and fail closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from tether.audit.event import EVENT_FIELDS, EVENT_TYPES, GENESIS_HASH, Event, canonical_json
+from tether.errors import TetherError, Unavailable
+from tether.store import tables as t
+from tether.store.db import Database
+
+PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
+Listener = Callable[[Event], None]
+
+_listeners: list[Listener] = []
+_listeners_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def capture_events() -> Iterator[list[Event]]:
+    """Collect every audit event committed inside the block (any chain, any thread).
+
+    For tests, in the spirit of ``structlog.testing.capture_logs``::
+
+        with capture_events() as events:
+            broker.authorize(...)
+        assert [e.type for e in events] == ["decision"]
+    """
+    captured: list[Event] = []
+    with _listeners_lock:
+        _listeners.append(captured.append)
+    try:
+        yield captured
+    finally:
+        with _listeners_lock:
+            _listeners.remove(captured.append)
+
+
+def add_listener(listener: Listener) -> Callable[[], None]:
+    """Call ``listener`` with each committed event; returns a function that removes it."""
+    with _listeners_lock:
+        _listeners.append(listener)
+
+    def remove() -> None:
+        with _listeners_lock:
+            if listener in _listeners:
+                _listeners.remove(listener)
+
+    return remove
+
+
+@dataclass
+class Unit:
+    """One transaction: a connection plus the events to commit with it."""
+
+    conn: Connection
+    _chain: AuditChain
+    _seq: int
+    _head: str
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, type_: str, payload: dict[str, Any] | None = None, **fields: Any) -> Event:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown audit event type `{type_}`")
+        unknown = set(fields) - set(EVENT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown audit field `{sorted(unknown)[0]}`")
+        body = dict(payload or {})
+        for f in self._chain.filters:
+            body = f(type_, body)
+        canonical_json(body)  # reject NaN/unserializable payloads before they reach the chain
+        self._seq += 1
+        ev = Event(chain=self._chain.chain_id, seq=self._seq, ts=time.time(), type=type_,
+                   prev_hash=self._head, payload=body, **fields)
+        ev = Event(**{**ev.to_dict(), "hash": ev.compute_hash()})
+        self.conn.execute(insert(t.audit_events).values(
+            chain=ev.chain, seq=ev.seq, v=ev.v, ts=ev.ts, type=ev.type, task_id=ev.task_id,
+            root_task_id=ev.root_task_id, parent_task_id=ev.parent_task_id, agent=ev.agent,
+            delegator=ev.delegator, decision_id=ev.decision_id, lease_id=ev.lease_id,
+            trace_id=ev.trace_id, payload=canonical_json(ev.payload), prev_hash=ev.prev_hash,
+            hash=ev.hash))
+        self._head = ev.hash
+        self.events.append(ev)
+        return ev
+
+
+class AuditChain:
+    """The audit writer of this process (one chain, named by the node id)."""
+
+    def __init__(self, db: Database, chain_id: str) -> None:
+        self.db = db
+        self.chain_id = chain_id
+        self.filters: list[PayloadFilter] = []
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._head = GENESIS_HASH
+        self._loaded = False
+
+    def _load_head(self, conn: Connection) -> None:
+        row = conn.execute(select(t.audit_chains.c.head_seq, t.audit_chains.c.head_hash)
+                           .where(t.audit_chains.c.chain == self.chain_id)).first()
+        if row is not None:
+            self._seq, self._head = int(row[0]), str(row[1])
+        self._loaded = True
+
+    @property
+    def head(self) -> tuple[int, str]:
+        return self._seq, self._head
+
+    @contextlib.contextmanager
+    def unit(self) -> Iterator[Unit]:
+        """A transaction whose events commit with it, or not at all."""
+        with self._lock:
+            try:
+                with self.db.engine.begin() as conn:
+                    if not self._loaded:
+                        self._load_head(conn)
+                    u = Unit(conn, self, self._seq, self._head)
+                    yield u
+                    if u.events:
+                        self._advance(conn, u)
+            except TetherError as exc:
+                if exc.code == "audit_conflict":
+                    self._loaded = False
+                raise
+            except SQLAlchemyError as exc:
+                # Reload the head next time: a conflicting writer may have moved it.
+                self._loaded = False
+                raise Unavailable("the audit log could not be written; the action is denied",
+                                  code="audit_unavailable") from exc
+            if u.events:
+                self._seq, self._head = u._seq, u._head
+        for ev in u.events:
+            with _listeners_lock:
+                listeners = list(_listeners)
+            for listener in listeners:
+                listener(ev)
+
+    def _advance(self, conn: Connection, u: Unit) -> None:
+        now = time.time()
+        if self._seq == 0:
+            conn.execute(insert(t.audit_chains).values(
+                chain=self.chain_id, head_seq=u._seq, head_hash=u._head, updated_at=now))
+            return
+        res = conn.execute(update(t.audit_chains)
+                           .where(t.audit_chains.c.chain == self.chain_id)
+                           .where(t.audit_chains.c.head_seq == self._seq)
+                           .values(head_seq=u._seq, head_hash=u._head, updated_at=now))
+        if res.rowcount != 1:
+            raise Unavailable(f"audit chain `{self.chain_id}` was advanced by another writer; "
+                              "give each replica its own node_id", code="audit_conflict")

@@ -1,0 +1,86 @@
+"""The audit event: a versioned record, canonical JSON, SHA-256 chained.
+
+``hash = sha256(canonical(event without "hash"))`` where the event includes
+``prev_hash``; so editing, deleting, inserting or reordering any event breaks the link
+to every later one. Canonical JSON: keys sorted, no whitespace, UTF-8, no NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64
+
+# Event types. Names are part of the schema: add, never rename.
+WORKLOAD_ATTESTED = "workload.attested"
+TASK_OPENED = "task.opened"
+TASK_DELEGATED = "task.delegated"
+TASK_CLOSED = "task.closed"
+TASK_EXPIRED = "task.expired"
+TASK_REVOKED = "task.revoked"
+DECISION = "decision"
+APPROVAL_REQUESTED = "approval.requested"
+APPROVAL_GRANTED = "approval.granted"
+APPROVAL_REJECTED = "approval.rejected"
+CREDENTIAL_MINTED = "credential.minted"
+CREDENTIAL_REVOKED = "credential.revoked"
+CREDENTIAL_IRREVOCABLE = "credential.irrevocable"
+CALL_FORWARDED = "call.forwarded"
+CALL_RESULT = "call.result"
+POLICY_LOADED = "policy.loaded"
+POLICY_RELOAD_FAILED = "policy.reload_failed"
+TOOL_DEFINITION_CHANGED = "tool.definition_changed"
+KEY_ROTATED = "key.rotated"
+
+EVENT_TYPES = frozenset({
+    WORKLOAD_ATTESTED, TASK_OPENED, TASK_DELEGATED, TASK_CLOSED, TASK_EXPIRED, TASK_REVOKED,
+    DECISION, APPROVAL_REQUESTED, APPROVAL_GRANTED, APPROVAL_REJECTED, CREDENTIAL_MINTED,
+    CREDENTIAL_REVOKED, CREDENTIAL_IRREVOCABLE, CALL_FORWARDED, CALL_RESULT, POLICY_LOADED,
+    POLICY_RELOAD_FAILED, TOOL_DEFINITION_CHANGED, KEY_ROTATED,
+})
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    chain: str
+    seq: int
+    ts: float
+    type: str
+    prev_hash: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+    root_task_id: str | None = None
+    parent_task_id: str | None = None
+    agent: str | None = None
+    delegator: str | None = None
+    decision_id: str | None = None
+    lease_id: str | None = None
+    trace_id: str | None = None
+    v: int = SCHEMA_VERSION
+    hash: str = ""
+
+    def body(self) -> dict[str, Any]:
+        """Everything the hash covers (every field but ``hash``)."""
+        d = asdict(self)
+        d.pop("hash")
+        return d
+
+    def compute_hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.body()).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The fields an emitter may set; the chain sets the rest.
+EVENT_FIELDS = ("task_id", "root_task_id", "parent_task_id", "agent", "delegator",
+                "decision_id", "lease_id", "trace_id")

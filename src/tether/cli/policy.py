@@ -1,0 +1,74 @@
+"""`tether policy validate|test|reload`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from tether.catalog import load_catalog
+from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
+from tether.policy import load_bundle, load_schema, run_cases
+from tether.server.admin import call
+
+
+@click.group()
+def policy() -> None:
+    """Validate, test and reload Cedar policies."""
+
+
+@policy.command()
+@click.argument("policy_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+def validate(policy_dir: Path, as_json: bool) -> None:
+    """Validate every *.cedar file in POLICY_DIR against the Tether schema."""
+    bundle = run(lambda: load_bundle(policy_dir, load_schema()), as_json)
+    data = {"ok": True, "version": bundle.version, "files": list(bundle.files),
+            "policies": len(bundle.policies)}
+    output(data, as_json, lambda d: console.print(
+        f"[green]✓[/] {d['policies']} policies in {len(d['files'])} files are valid ({d['version']})"))
+
+
+@policy.command("test")
+@click.argument("cases", type=click.Path(exists=True, path_type=Path))
+@click.option("--policies", "policy_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Policy directory [default: the state directory's].")
+@click.option("--catalog", "catalog_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Catalog file [default: the state directory's].")
+@state_dir_option
+@json_option
+def test(cases: Path, policy_dir: Path | None, catalog_file: Path | None, state_dir: Path,
+         as_json: bool) -> None:
+    """Run the YAML policy cases in CASES (a file or a directory)."""
+    pdir = policy_dir or state_dir / "policies"
+    cat = run(lambda: load_catalog(catalog_file or state_dir / "catalog.yaml"), as_json)
+    report = run(lambda: run_cases(pdir, cat, cases), as_json)
+
+    def render(_: Any) -> None:
+        t = Table("", "case", "expected", "got")
+        for r in report.results:
+            mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
+            t.add_row(mark, f"{r.case.where} {r.case.name}", r.case.expect.value, r.result.outcome.value)
+        console.print(t)
+        for r in report.failures:
+            console.print(f"[red]FAIL[/] {r.describe()}")
+        console.print(report.summary())
+
+    output(report.to_dict(), as_json, render)
+    if not report.passed:
+        raise SystemExit(1)
+
+
+@policy.command()
+@state_dir_option
+@json_option
+def reload(state_dir: Path, as_json: bool) -> None:
+    """Reload the running broker's policies; on error the old set stays in force."""
+    data = run(lambda: call(admin_socket(state_dir), "policy.reload"), as_json)
+    output(data, as_json, lambda d: console.print(f"[green]✓[/] policy {d['policy_version']} in force"))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(policy)

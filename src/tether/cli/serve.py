@@ -1,0 +1,72 @@
+"""`tether init`, `tether up`, `tether serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from tether.cli._common import console, json_option, output, run, state_dir_option
+from tether.config import CONFIG_FILE, load_settings
+from tether.runtime import Runtime, init_state_dir
+
+
+@click.command()
+@state_dir_option
+@click.option("--force", is_flag=True, help="Overwrite the config, catalog and policies.")
+@json_option
+def init(state_dir: Path, force: bool, as_json: bool) -> None:
+    """Create a state directory with a config, an example catalog and example policies."""
+    written = init_state_dir(state_dir, force=force)
+    output({"state_dir": str(state_dir.absolute()), "written": [str(p) for p in written]}, as_json,
+           lambda d: console.print(f"[green]✓[/] state directory [bold]{d['state_dir']}[/] "
+                                   f"({len(d['written'])} files written)"))
+
+
+def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = run(lambda: load_settings(state_dir, overrides={"store": store, "listen": listen}))
+    rt: Runtime = run(lambda: Runtime.start(settings))
+    from tether.server.serve import serve
+
+    def ready() -> None:
+        console.print(f"[green]✓[/] tether listening on [bold]http://{settings.listen}[/] "
+                      f"(environment [bold]{settings.environment}[/], store {rt.db.dialect}, "
+                      f"policy {rt.engine.bundle.version})")
+        console.print(f"  admin socket {settings.admin_socket}   stop with Ctrl-C")
+
+    try:
+        asyncio.run(serve(rt, on_ready=ready))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.close()
+
+
+@click.command()
+@state_dir_option
+@click.option("--store", help="Store URL (sqlite:///… or postgresql://…); overrides the config.")
+@click.option("--listen", help="HOST:PORT to listen on; overrides the config.")
+def up(state_dir: Path, store: str | None, listen: str | None) -> None:
+    """Initialize the state directory if needed, then run the broker in the foreground."""
+    if not (state_dir / CONFIG_FILE).exists():
+        init_state_dir(state_dir)
+        console.print(f"[green]✓[/] initialized [bold]{state_dir.absolute()}[/]")
+    _serve(state_dir, store, listen)
+
+
+@click.command()
+@state_dir_option
+@click.option("--store", help="Store URL (sqlite:///… or postgresql://…); overrides the config.")
+@click.option("--listen", help="HOST:PORT to listen on; overrides the config.")
+def serve(state_dir: Path, store: str | None, listen: str | None) -> None:
+    """Run the broker from an existing state directory (see `tether init`)."""
+    _serve(state_dir, store, listen)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(init)
+    main.add_command(up)
+    main.add_command(serve)

@@ -1,0 +1,106 @@
+"""`tether task list|show|close` and `tether revoke`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.tree import Tree
+
+from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
+from tether.server.admin import call
+
+
+def when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+_STATE_STYLE = {"active": "green", "closed": "dim", "expired": "yellow", "revoked": "red"}
+
+
+@click.group()
+def task() -> None:
+    """Inspect and close tasks."""
+
+
+@task.command("list")
+@state_dir_option
+@click.option("--state", type=click.Choice(["active", "closed", "expired", "revoked"]))
+@click.option("--agent", help="Only tasks of this SPIFFE ID.")
+@json_option
+def list_(state_dir: Path, state: str | None, agent: str | None, as_json: bool) -> None:
+    """List recent tasks."""
+    rows = run(lambda: call(admin_socket(state_dir), "task.list", {"state": state, "agent": agent}), as_json)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        t = Table("task", "agent", "intent", "state", "depth", "expires (UTC)")
+        for r in rows:
+            style = _STATE_STYLE.get(r["state"], "")
+            t.add_row(r["task_id"], r["agent"], r["intent"], f"[{style}]{r['state']}[/]", str(r["depth"]),
+                      when(r["expires_at"]))
+        console.print(t if rows else "no tasks")
+
+    output(rows, as_json, render)
+
+
+@task.command("show")
+@state_dir_option
+@click.argument("task_id")
+@json_option
+def show(state_dir: Path, task_id: str, as_json: bool) -> None:
+    """Show a task: state, scope, parent and children."""
+    data = run(lambda: call(admin_socket(state_dir), "task.show", {"task_id": task_id}), as_json)
+
+    def render(d: dict[str, Any]) -> None:
+        tree = Tree(f"[bold]{d['task_id']}[/] [{_STATE_STYLE.get(d['state'], '')}]{d['state']}[/]")
+        tree.add(f"agent {d['agent']}")
+        tree.add(f"intent {d['intent']}  depth {d['depth']}  expires {when(d['expires_at'])} UTC")
+        if d.get("delegator"):
+            tree.add(f"on behalf of {d['delegator']['sub']} ({d['delegator']['iss']})")
+        if d.get("parent_id"):
+            tree.add(f"parent {d['parent_id']}")
+        scope = tree.add("scope")
+        for g in d["scope"]:
+            scope.add(f"{g['action']} → {g['resource']}")
+        if d.get("children"):
+            kids = tree.add("children")
+            for c in d["children"]:
+                kids.add(f"{c['task_id']} {c['agent']} {c['state']}")
+        console.print(tree)
+
+    output(data, as_json, render)
+
+
+@task.command("close")
+@state_dir_option
+@click.argument("task_id")
+@json_option
+def close(state_dir: Path, task_id: str, as_json: bool) -> None:
+    """Close a task and every task it delegated to."""
+    data = run(lambda: call(admin_socket(state_dir), "task.close", {"task_id": task_id}), as_json)
+    output(data, as_json, lambda d: console.print(f"[green]✓[/] closed {len(d['closed'])} task(s)"))
+
+
+@click.command()
+@state_dir_option
+@click.option("--task", "task_id", help="Revoke this task and its descendants.")
+@click.option("--agent", help="Revoke every active task of this SPIFFE ID.")
+@click.option("--delegator", help="Revoke every task run on behalf of this subject.")
+@click.option("--all", "everything", is_flag=True, help="Kill switch: revoke every active task.")
+@json_option
+def revoke(state_dir: Path, task_id: str | None, agent: str | None, delegator: str | None,
+           everything: bool, as_json: bool) -> None:
+    """Revoke tasks now: their tokens stop working and their credentials are revoked."""
+    if sum(bool(x) for x in (task_id, agent, delegator, everything)) != 1:
+        raise click.UsageError("give exactly one of --task, --agent, --delegator or --all")
+    args = {"task_id": task_id, "agent": agent, "delegator": delegator, "all": everything}
+    data = run(lambda: call(admin_socket(state_dir), "revoke", args), as_json)
+    output(data, as_json, lambda d: console.print(f"[red]✗[/] revoked {len(d['revoked'])} task(s)"))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(task)
+    main.add_command(revoke)

@@ -1,0 +1,458 @@
+"""Strict JWS compact / JWT verification and signing, secure by default.
+
+Every JWT Tether accepts goes through :func:`verify_jwt`. It is deliberately narrower than
+RFC 7515/7519: asymmetric algorithms only, from an explicit allowlist; no key material or
+key URLs taken from headers (nothing is ever fetched); no ``crit`` extensions; no
+``b64``; strict base64url and strict JSON (duplicate keys, ``NaN`` and bad UTF-8 are
+rejected so that no other parser can read a different token than we did). Every failure
+is :class:`~tether.errors.Unauthenticated` with one of these codes:
+
+    token_too_large      over ``max_bytes``; checked before anything is parsed
+    token_malformed      not three canonical base64url segments, bad JSON, bad ``kid``
+    alg_not_allowed      ``alg`` missing or not in the allowlist (``none``, ``HS256``, …)
+    header_key_rejected  ``jwk``/``jku``/``x5u``/``x5c``/``x5t`` header present
+    crit_unsupported     any ``crit`` header
+    header_unsupported   ``b64`` header (RFC 7797 unencoded payloads)
+    bad_typ              ``typ`` missing (when required) or not one of the expected types
+    unknown_kid          ``key_for`` found no key
+    bad_signature        signature invalid, or key type does not fit ``alg``
+    claim_invalid        required claim missing or of the wrong type (``exp`` as a string)
+    token_expired        ``exp`` passed, beyond the leeway
+    token_not_yet_valid  ``nbf`` or ``iat`` in the future, beyond the leeway
+    bad_audience         ``aud`` missing or does not contain the expected audience
+    bad_issuer           ``iss`` missing or not exactly the expected issuer
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from tether.errors import InvalidRequest, Unauthenticated
+
+DEFAULT_MAX_BYTES: Final = 16 * 1024
+MAX_KID_CHARS: Final = 128
+MIN_RSA_BITS: Final = 2048  # RFC 7518 section 3.3
+
+_HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
+}
+# ES512 uses P-521 (not P-512); RFC 7518 section 3.4 pins one curve per algorithm.
+_EC_CURVES: Final[dict[str, str]] = {
+    "ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1",
+}
+#: Every algorithm this module can verify. HS* and ``none`` are absent on purpose:
+#: verifiers hold public keys, and an HMAC "keyed" with a public key is a forgery.
+SUPPORTED_ALGORITHMS: Final = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
+# Headers that carry or point at key material. Trusting them lets the sender pick the key.
+_KEY_HEADERS: Final = ("jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256")
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class _Any(enum.Enum):
+    ANY = "any"
+
+
+#: Pass as ``audience`` or ``issuer`` to opt out of that check explicitly.
+ANY: Final = _Any.ANY
+AnyValue = Literal[_Any.ANY]
+
+#: ``key_for(header, claims)`` returns the verification key or ``None``. Both mappings
+#: are unverified: use them only to choose a key (``kid``, the trust domain of ``sub``).
+KeyLookup = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+
+
+def _fail(code: str, message: str, **details: Any) -> Unauthenticated:
+    return Unauthenticated(message, code=code, **details)
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(segment: str) -> bytes:
+    """Decode unpadded base64url, refusing any non-canonical spelling.
+
+    Re-encoding and comparing rejects padding, stray characters and non-zero trailing
+    bits, so one token has exactly one byte representation (no signature malleability).
+    """
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error as exc:
+        raise ValueError("not canonical base64url") from exc
+    if b64url_encode(raw) != segment:
+        raise ValueError("not canonical base64url")
+    return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # Parsers disagree on which duplicate wins; refusing is the only safe answer.
+            raise ValueError(f"duplicate key `{key}`")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"`{name}` is not JSON")
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError included
+        raise _fail("token_malformed", f"{what} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise _fail("token_malformed", f"{what} is not a JSON object")
+    return value
+
+
+def _norm_typ(value: str) -> str:
+    # RFC 7515 section 4.1.9: media types compare case-insensitively, and
+    # `application/` may be omitted when no other `/` appears.
+    value = value.lower()
+    if value.startswith("application/") and "/" not in value[len("application/"):]:
+        value = value[len("application/"):]
+    return value
+
+
+def _valid_kid(kid: Any) -> bool:
+    # Keys are looked up (files, SQL, logs) by kid: keep it short and printable ASCII.
+    return (isinstance(kid, str) and 0 < len(kid) <= MAX_KID_CHARS
+            and all(0x20 <= ord(c) < 0x7F for c in kid))
+
+
+def _public_key(key: Any) -> Any:
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return key.public_key()
+    return key
+
+
+def _check_key_fits(alg: str, key: Any) -> None:
+    family = alg[:2]
+    if family == "ES":
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _EC_CURVES[alg]:
+            raise _fail("bad_signature", f"key does not fit `alg` `{alg}`")
+    elif not isinstance(key, rsa.RSAPublicKey):
+        raise _fail("bad_signature", f"key does not fit `alg` `{alg}`")
+    elif key.key_size < MIN_RSA_BITS:
+        raise _fail("bad_signature", f"RSA key shorter than {MIN_RSA_BITS} bits")
+
+
+def _verify_signature(alg: str, key: Any, signing_input: bytes, signature: bytes) -> None:
+    _check_key_fits(alg, key)
+    hash_alg = _HASHES[alg[2:]]()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            size = (key.curve.key_size + 7) // 8
+            # JWS ECDSA signatures are raw R||S of fixed length (RFC 7518 section 3.4).
+            if len(signature) != 2 * size:
+                raise InvalidSignature
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hash_alg))
+        elif alg.startswith("RS"):
+            key.verify(signature, signing_input, padding.PKCS1v15(), hash_alg)
+        else:
+            pss = padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
+            key.verify(signature, signing_input, pss, hash_alg)
+    except (InvalidSignature, ValueError) as exc:
+        raise _fail("bad_signature", "signature does not verify") from exc
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | int | None:
+    if name not in claims:
+        return None
+    value = claims[name]
+    # bool is an int subclass; strings and non-finite numbers (1e400 parses to inf)
+    # would make every comparison below meaningless.
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
+        raise _fail("claim_invalid", f"`{name}` must be a finite number", claim=name)
+    return value
+
+
+def _check_claims(
+    claims: Mapping[str, Any], *, audience: str | AnyValue, issuer: str | AnyValue,
+    leeway: int, now: float, required: Collection[str],
+) -> None:
+    for name in required:
+        if name not in claims:
+            raise _fail("claim_invalid", f"claim `{name}` is required", claim=name)
+    exp = _numeric_date(claims, "exp")
+    nbf = _numeric_date(claims, "nbf")
+    iat = _numeric_date(claims, "iat")
+    if exp is not None and now >= exp + leeway:
+        raise _fail("token_expired", "token has expired")
+    if nbf is not None and now + leeway < nbf:
+        raise _fail("token_not_yet_valid", "token is not valid yet (`nbf`)")
+    if iat is not None and now + leeway < iat:
+        raise _fail("token_not_yet_valid", "token was issued in the future (`iat`)")
+
+    if "aud" in claims:
+        aud = claims["aud"]
+        auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(auds, list) or not auds or not all(isinstance(a, str) for a in auds):
+            raise _fail("claim_invalid", "`aud` must be a string or a list of strings",
+                        claim="aud")
+        if audience is not ANY and audience not in auds:
+            raise _fail("bad_audience", f"token is not for audience `{audience}`")
+    elif audience is not ANY:
+        raise _fail("bad_audience", f"token has no `aud`; expected `{audience}`")
+
+    for name in ("iss", "sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise _fail("claim_invalid", f"`{name}` must be a string", claim=name)
+    if issuer is not ANY and claims.get("iss") != issuer:
+        # Exact comparison: no prefix, suffix, case or trailing-slash tolerance.
+        raise _fail("bad_issuer", f"token is not from issuer `{issuer}`")
+
+
+def verify_jwt(
+    token: str,
+    *,
+    key_for: KeyLookup,
+    algorithms: Collection[str],
+    audience: str | AnyValue,
+    issuer: str | AnyValue,
+    typ: Collection[str] | None,
+    leeway: int,
+    now: float | None = None,
+    require_typ: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    required: Collection[str] = ("exp",),
+) -> dict[str, Any]:
+    """Verify a compact JWS and its JWT claims; return the claims or raise ``Unauthenticated``.
+
+    There are no permissive defaults: the caller names the algorithms, the audience and
+    issuer (a string, or :data:`ANY` to opt out), the accepted ``typ`` values (``None``
+    to skip the check) and the leeway. ``exp`` is always required, whatever ``required``
+    says: a token without expiry is a long-lived secret. When ``typ`` is given and
+    ``require_typ`` is false, a token without a ``typ`` header is accepted.
+    """
+    allowed = frozenset(algorithms)
+    if not allowed or not allowed <= SUPPORTED_ALGORITHMS:
+        raise ValueError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}")
+    if leeway < 0:
+        raise ValueError("leeway must not be negative")
+
+    # 1. Size before anything else: len(str) <= its UTF-8 length, so this never parses.
+    if not isinstance(token, str):
+        raise _fail("token_malformed", "token must be a string")
+    if len(token) > max_bytes:
+        raise _fail("token_too_large", f"token exceeds {max_bytes} bytes", limit=max_bytes)
+
+    # 2. Shape: three canonical base64url segments, ASCII only. An empty signature is
+    # let through to the `alg` check so `alg: none` tokens get their own code.
+    parts = token.split(".")
+    if not token.isascii() or len(parts) != 3 or not parts[0] or not parts[1]:
+        raise _fail("token_malformed", "token must be three base64url segments")
+    try:
+        header_raw, payload_raw, signature = (b64url_decode(p) for p in parts)
+    except ValueError as exc:
+        raise _fail("token_malformed", "token segments must be unpadded base64url") from exc
+
+    # 3. Strict JSON.
+    header = _json_object(header_raw, "header")
+    claims = _json_object(payload_raw, "payload")
+
+    # 4. Header checks, before any key is chosen.
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in allowed:
+        shown = alg if isinstance(alg, str) and len(alg) <= 32 else "?"
+        raise _fail("alg_not_allowed", f"`alg` `{shown}` is not allowed")
+    for name in _KEY_HEADERS:
+        if name in header:
+            raise _fail("header_key_rejected", f"`{name}` header is not accepted")
+    if "crit" in header:
+        raise _fail("crit_unsupported", "`crit` header is not supported")
+    if "b64" in header:
+        raise _fail("header_unsupported", "`b64` header is not supported")
+    if typ is not None:
+        got = header.get("typ")
+        if got is None and not require_typ and "typ" not in header:
+            pass
+        elif not isinstance(got, str) or _norm_typ(got) not in {_norm_typ(t) for t in typ}:
+            raise _fail("bad_typ", f"`typ` must be one of {', '.join(f'`{t}`' for t in typ)}")
+    if "kid" in header and not _valid_kid(header["kid"]):
+        raise _fail("token_malformed", f"`kid` must be 1-{MAX_KID_CHARS} printable characters")
+
+    # 5. Key and signature.
+    key = key_for(MappingProxyType(header), MappingProxyType(claims))
+    if key is None:
+        kid = header.get("kid")
+        raise _fail("unknown_kid", f"no key for `kid` `{kid}`" if kid else "token has no `kid`")
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    _verify_signature(alg, _public_key(key), signing_input, signature)
+
+    # 6. Claims.
+    _check_claims(claims, audience=audience, issuer=issuer, leeway=leeway,
+                  now=time.time() if now is None else now,
+                  required={"exp", *required})
+    return claims
+
+
+def sign_jwt(claims: Mapping[str, Any], private_key: Any, *, kid: str, typ: str,
+             alg: str = "ES256") -> str:
+    """Sign ``claims`` as a compact JWS with header ``{alg, kid, typ}``."""
+    if alg not in SUPPORTED_ALGORITHMS:
+        raise ValueError(f"unsupported alg `{alg}`")
+    if not _valid_kid(kid):
+        raise ValueError("kid must be 1-128 printable characters")
+    header = {"alg": alg, "kid": kid, "typ": typ}
+    # allow_nan=False: never emit a token our own verifier would refuse.
+    enc = [b64url_encode(json.dumps(part, separators=(",", ":"), allow_nan=False).encode())
+           for part in (header, dict(claims))]
+    signing_input = ".".join(enc).encode("ascii")
+    try:
+        _check_key_fits(alg, _public_key(private_key))
+    except Unauthenticated as exc:  # a signing-side mismatch is a caller bug, not a 401
+        raise ValueError(exc.message) from None
+    hash_alg = _HASHES[alg[2:]]()
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(private_key.sign(signing_input, ec.ECDSA(hash_alg)))
+        size = (private_key.curve.key_size + 7) // 8
+        sig = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    elif isinstance(private_key, rsa.RSAPrivateKey):
+        pad: padding.AsymmetricPadding = (
+            padding.PKCS1v15() if alg.startswith("RS")
+            else padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
+        )
+        sig = private_key.sign(signing_input, pad, hash_alg)
+    else:
+        raise ValueError("private_key must be an EC or RSA private key")
+    return f"{enc[0]}.{enc[1]}.{b64url_encode(sig)}"
+
+
+# --- JWK helpers (RFC 7517 / 7518 / 7638) --------------------------------------------
+
+_JWK_CURVES: Final[dict[str, tuple[ec.EllipticCurve, str]]] = {
+    "P-256": (ec.SECP256R1(), "ES256"),
+    "P-384": (ec.SECP384R1(), "ES384"),
+    "P-521": (ec.SECP521R1(), "ES512"),
+}
+_CURVE_NAMES: Final = {curve.name: crv for crv, (curve, _) in _JWK_CURVES.items()}
+# A trust bundle holding a private key is a leak waiting to be copied around.
+_PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+_THUMBPRINT_MEMBERS: Final = {
+    "EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"), "oct": ("k", "kty"),
+}
+
+
+def _jwk_error(why: str) -> InvalidRequest:
+    return InvalidRequest(f"invalid JWK: {why}", code="jwk_invalid")
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint, base64url: required members only, sorted, no spaces."""
+    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    if members is None:
+        raise _jwk_error(f"unsupported `kty` `{jwk.get('kty')}`")
+    if not all(isinstance(jwk.get(m), str) for m in members):
+        raise _jwk_error(f"`{jwk['kty']}` key needs string members {', '.join(members)}")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(canonical.encode("utf-8"))
+    return b64url_encode(digest.finalize())
+
+
+def _int_bytes(n: int, size: int | None = None) -> str:
+    return b64url_encode(n.to_bytes(size or max(1, (n.bit_length() + 7) // 8), "big"))
+
+
+def public_jwk(public_key: Any, kid: str) -> dict[str, Any]:
+    """The public JWK of an EC (P-256/384/521) or RSA key, for a JWKS document."""
+    key = _public_key(public_key)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        crv = _CURVE_NAMES.get(key.curve.name)
+        if crv is None:
+            raise ValueError(f"unsupported curve {key.curve.name}")
+        size = (key.curve.key_size + 7) // 8
+        nums = key.public_numbers()
+        # Coordinates are full length (RFC 7518 section 6.2.1.2), never trimmed.
+        return {"kty": "EC", "crv": crv, "x": _int_bytes(nums.x, size),
+                "y": _int_bytes(nums.y, size), "kid": kid, "use": "sig",
+                "alg": _JWK_CURVES[crv][1]}
+    if isinstance(key, rsa.RSAPublicKey):
+        rnums = key.public_numbers()
+        return {"kty": "RSA", "n": _int_bytes(rnums.n), "e": _int_bytes(rnums.e),
+                "kid": kid, "use": "sig"}
+    raise ValueError("public_key must be an EC or RSA key")
+
+
+def _b64_member(jwk: Mapping[str, Any], name: str) -> bytes:
+    value = jwk.get(name)
+    if not isinstance(value, str) or not value:
+        raise _jwk_error(f"`{name}` is required")
+    try:
+        return b64url_decode(value)
+    except ValueError:
+        raise _jwk_error(f"`{name}` is not base64url") from None
+
+
+def load_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """Load an EC or RSA *public* JWK; raise ``InvalidRequest(code="jwk_invalid")``."""
+    if not isinstance(jwk, Mapping):
+        raise _jwk_error("must be a JSON object")
+    for name in _PRIVATE_MEMBERS:
+        if name in jwk:
+            raise _jwk_error(f"contains private key member `{name}`")
+    use = jwk.get("use")
+    if use is not None and use not in ("sig", "jwt-svid"):
+        raise _jwk_error(f"`use` `{use}` is not a signature key")
+    kty = jwk.get("kty")
+    if kty == "EC":
+        crv = jwk.get("crv")
+        if crv not in _JWK_CURVES:
+            raise _jwk_error(f"unsupported `crv` `{crv}`")
+        curve, _ = _JWK_CURVES[crv]
+        size = (curve.key_size + 7) // 8
+        x, y = _b64_member(jwk, "x"), _b64_member(jwk, "y")
+        if len(x) != size or len(y) != size:
+            raise _jwk_error(f"`x` and `y` must be {size} bytes for `{crv}`")
+        try:
+            # public_key() checks that the point is on the curve (invalid-curve attacks).
+            return ec.EllipticCurvePublicNumbers(
+                int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve).public_key()
+        except ValueError:
+            raise _jwk_error("point is not on the curve") from None
+    if kty == "RSA":
+        n = int.from_bytes(_b64_member(jwk, "n"), "big")
+        e = int.from_bytes(_b64_member(jwk, "e"), "big")
+        if n.bit_length() < MIN_RSA_BITS:
+            raise _jwk_error(f"RSA modulus shorter than {MIN_RSA_BITS} bits")
+        if e < 3 or e % 2 == 0:
+            raise _jwk_error("RSA exponent must be odd and at least 3")
+        try:
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        except ValueError:
+            raise _jwk_error("RSA key is invalid") from None
+    raise _jwk_error(f"unsupported `kty` `{kty}`")

@@ -1,0 +1,284 @@
+"""The policy decision point: one Cedar evaluation per action, failing closed.
+
+The engine holds three immutable cedarpy handles — the schema, the policy set of the
+current :class:`PolicyBundle` and the catalog's entities — and never re-parses them
+per request (see DESIGN.md, "Policy"). A decision adds only a per-request delta of two
+entities: the calling ``Agent`` (its registration attributes as tags) and the ``Call``
+whose tags are the call's arguments, named by ``context.call``.
+
+Outcomes and codes (``PolicyResult.code``)::
+
+    allow               at least one permit, no forbid              code None
+    approval_required   denied only by forbids carrying @approval,  approval_required
+                        and allowed once those are set aside
+    deny                a forbid without @approval matched          policy_forbid
+                        no permit matched                           no_permit
+                        no policy loaded                            no_policy
+                        arguments not representable as tags         arguments_invalid
+                        any Cedar error or exception                policy_error
+
+Cedar skips a policy whose evaluation errors and decides on the rest, so a forbid that
+errors can turn into an allow. Here any error denies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from tether.catalog import Catalog, Resource
+from tether.errors import InvalidRequest, PolicyError
+from tether.model import Decision, Outcome, Reason, Workload
+from tether.policy.loader import PolicyBundle, empty_bundle, load_bundle, load_schema
+
+__all__ = ["PolicyEngine", "PolicyPrincipal", "PolicyRequest", "PolicyResult"]
+
+log = logging.getLogger(__name__)
+
+NO_POLICY = "no_policy"
+NO_PERMIT = "no_permit"
+POLICY_FORBID = "policy_forbid"
+POLICY_ERROR = "policy_error"
+APPROVAL_REQUIRED = "approval_required"
+ARGUMENTS_INVALID = "arguments_invalid"
+
+# Argument names become Cedar tag keys that policy authors type by hand; anything
+# outside this shape is more likely an injection attempt than a real parameter.
+_ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_MAX_ARGS = 64
+_MAX_ARGS_BYTES = 64 * 1024  # bounds the per-decision parse cost of the Call entity
+_CALL_UID = {"type": "Tether::Call", "id": "call"}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPrincipal:
+    """The agent as Cedar sees it: ``Tether::Agent`` with its attributes as tags."""
+
+    spiffe_id: str
+    trust_domain: str
+    attestation: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_workload(cls, workload: Workload) -> PolicyPrincipal:
+        return cls(workload.spiffe_id, workload.trust_domain, workload.attestation,
+                   dict(workload.attributes))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """One question to the policy: may ``principal`` do ``action`` on ``resource``?
+
+    ``context`` is built with :mod:`tether.policy.context`; ``arguments`` become the
+    tags of ``context.call`` (strings as-is, anything else as compact JSON text).
+    """
+
+    principal: PolicyPrincipal
+    action: str
+    resource: Resource
+    context: Mapping[str, Any]
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    outcome: Outcome
+    reasons: tuple[Reason, ...]
+    policy_version: str
+    code: str | None = None
+    approval_reason: str | None = None  # set when outcome is APPROVAL_REQUIRED
+    errors: tuple[str, ...] = ()  # Cedar diagnostics or the exception, for the audit log
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is Outcome.ALLOW
+
+    def to_decision(self, decision_id: str, approval_id: str | None = None) -> Decision:
+        return Decision(decision_id, self.outcome, self.reasons, self.policy_version,
+                        approval_id=approval_id, code=self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """Everything a decision reads, swapped as one reference so a decision never sees
+    a new bundle with an old catalog or the reverse."""
+
+    bundle: PolicyBundle
+    catalog: Catalog | None
+    entities: cedarpy.Entities
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _call_tags(arguments: Mapping[str, Any]) -> dict[str, str]:
+    if len(arguments) > _MAX_ARGS:
+        raise InvalidRequest(f"more than {_MAX_ARGS} arguments", code=ARGUMENTS_INVALID)
+    tags: dict[str, str] = {}
+    size = 0
+    for key, value in arguments.items():
+        if not isinstance(key, str) or not _ARG_KEY_RE.match(key):
+            raise InvalidRequest(f"invalid argument name `{key!s:.64}`", code=ARGUMENTS_INVALID)
+        try:
+            tags[key] = _tag_value(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"argument `{key}` is not representable as JSON",
+                                 code=ARGUMENTS_INVALID) from exc
+        size += len(key) + len(tags[key])
+        if size > _MAX_ARGS_BYTES:
+            raise InvalidRequest(f"arguments exceed {_MAX_ARGS_BYTES} bytes",
+                                 code=ARGUMENTS_INVALID)
+    return tags
+
+
+def _agent_entity(principal: PolicyPrincipal) -> dict[str, Any]:
+    return {
+        "uid": {"type": "Tether::Agent", "id": principal.spiffe_id},
+        "attrs": {"trust_domain": principal.trust_domain, "attestation": principal.attestation},
+        "tags": {str(k): _tag_value(v) for k, v in principal.tags.items()},
+        "parents": [],
+    }
+
+
+def _evaluate(request: dict[str, Any], policy_set: cedarpy.PolicySet,
+              entities: cedarpy.Entities, schema: cedarpy.Schema) -> tuple[str, list[str], list[str]]:
+    """Typed wrapper over cedarpy: (decision name, determining policy ids, errors)."""
+    result = cedarpy.is_authorized(request, policy_set, entities, schema)
+    return (result.decision.value, list(result.diagnostics.reasons),
+            [str(e) for e in result.diagnostics.errors])
+
+
+class PolicyEngine:
+    """Thread-safe: decisions read one immutable state; reloads swap it atomically."""
+
+    def __init__(self, schema: str | None = None) -> None:
+        """``schema`` is Cedar schema text; the shipped schema when omitted."""
+        self._schema = load_schema(schema)
+        self._empty_entities = cedarpy.Entities.from_json_str("[]")
+        self._state = _State(empty_bundle(), None, self._empty_entities)
+        self._write_lock = threading.Lock()  # serializes writers; readers never wait
+
+    @classmethod
+    def from_paths(cls, policy_dir: Path, catalog: Catalog | None = None) -> PolicyEngine:
+        """An engine ready to decide; raises :class:`PolicyError` on an invalid set so
+        that a fresh start with bad policy refuses to start."""
+        engine = cls()
+        if catalog is not None:
+            engine.set_catalog(catalog)
+        engine.reload(policy_dir)
+        return engine
+
+    @property
+    def schema(self) -> cedarpy.Schema:
+        return self._schema
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self._state.bundle
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return self._state.catalog
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Rebuild the base entities; on error the previous catalog stays in force."""
+        try:
+            entities = cedarpy.Entities.from_json_str(catalog.entities_json(), self._schema)
+        except ValueError as exc:
+            raise PolicyError(f"catalog `{catalog.source}` does not fit the cedar schema: {exc}",
+                              code="catalog_invalid") from exc
+        with self._write_lock:
+            self._state = _State(self._state.bundle, catalog, entities)
+
+    def reload(self, policy_dir: Path) -> PolicyBundle:
+        """Load ``policy_dir`` and put it in force; on error raise and keep the old set."""
+        bundle = load_bundle(policy_dir, self._schema)
+        with self._write_lock:
+            self._state = _State(bundle, self._state.catalog, self._state.entities)
+        return bundle
+
+    def set_bundle(self, bundle: PolicyBundle) -> None:
+        """Put an already-loaded bundle in force (e.g. one validated elsewhere)."""
+        with self._write_lock:
+            self._state = _State(bundle, self._state.catalog, self._state.entities)
+
+    def decide(self, request: PolicyRequest) -> PolicyResult:
+        """Never raises: every failure is a deny with a code."""
+        state = self._state  # one read: the rest of the call sees one consistent state
+        version = state.bundle.version
+        try:
+            return self._decide(state, request)
+        except InvalidRequest as exc:
+            return PolicyResult(Outcome.DENY, (), version, exc.code, errors=(exc.message,))
+        except Exception as exc:  # fail closed on anything, including bugs here
+            log.exception("policy evaluation failed")
+            return PolicyResult(Outcome.DENY, (), version, POLICY_ERROR,
+                                errors=(f"{type(exc).__name__}: {exc}",))
+
+    def _decide(self, state: _State, request: PolicyRequest) -> PolicyResult:
+        bundle = state.bundle
+        if bundle.policy_set is None:
+            return PolicyResult(Outcome.DENY, (), bundle.version, NO_POLICY)
+        delta = [_agent_entity(request.principal),
+                 {"uid": _CALL_UID, "attrs": {}, "tags": _call_tags(request.arguments),
+                  "parents": []}]
+        resource = request.resource
+        if state.catalog is None or state.catalog.get(resource.id) != resource:
+            # Not the catalog's entry: send it along. A same-id entry that differs makes
+            # Cedar refuse the merge, which denies below.
+            delta.append(resource.cedar_entity())
+        entities = state.entities.with_added_json_str(json.dumps(delta))
+        context = dict(request.context)
+        context["call"] = {"__entity": _CALL_UID}  # always ours, never the caller's
+        cedar_request = {
+            "principal": {"type": "Tether::Agent", "id": request.principal.spiffe_id},
+            "action": {"type": "Tether::Action", "id": request.action},
+            "resource": resource.cedar_uid,
+            "context": context,
+        }
+        decision, determining, errors = _evaluate(cedar_request, bundle.policy_set, entities,
+                                                  self._schema)
+        result = _interpret(bundle, decision, determining, errors)
+        if result.outcome is Outcome.APPROVAL_REQUIRED and bundle.without_approvals is not None:
+            # Ask a human only when their yes would allow: without the @approval forbids
+            # the request must pass, or the honest answer is the deny that remains.
+            decision, determining, errors = _evaluate(cedar_request, bundle.without_approvals,
+                                                      entities, self._schema)
+            if errors or decision != "Allow":
+                # No other forbid matched the first time, so this deny is a missing permit.
+                return PolicyResult(Outcome.DENY, result.reasons, bundle.version,
+                                    POLICY_ERROR if errors else NO_PERMIT, errors=tuple(errors))
+        return result
+
+
+def _interpret(bundle: PolicyBundle, decision: str, determining: list[str],
+               errors: list[str]) -> PolicyResult:
+    version = bundle.version
+    if errors or decision not in ("Allow", "Deny"):
+        return PolicyResult(Outcome.DENY, (), version, POLICY_ERROR, errors=tuple(errors))
+    infos = sorted((bundle.policies[p] for p in determining if p in bundle.policies),
+                   key=lambda i: (i.file, i.line))
+    reasons = tuple(Reason(i.policy_id, i.message) for i in infos)
+    if len(infos) != len(determining):  # a reason Cedar names but the bundle does not
+        return PolicyResult(Outcome.DENY, reasons, version, POLICY_ERROR,
+                            errors=("unknown determining policy",))
+    if decision == "Allow":
+        return PolicyResult(Outcome.ALLOW, reasons, version)
+    if not infos:
+        return PolicyResult(Outcome.DENY, (), version, NO_PERMIT)
+    if all(i.approval for i in infos):
+        why = "; ".join(dict.fromkeys(i.approval for i in infos if i.approval))
+        return PolicyResult(Outcome.APPROVAL_REQUIRED, reasons, version, APPROVAL_REQUIRED,
+                            approval_reason=why)
+    return PolicyResult(Outcome.DENY, reasons, version, POLICY_FORBID)

@@ -1,0 +1,139 @@
+"""Wiring: build every component of a broker from validated settings.
+
+``Runtime.start`` is what ``tether serve`` and the tests call; it fails before listening
+when the config, catalog, policy set, store or master key is wrong, with the error
+naming what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tether.audit import event as ev
+from tether.audit.chain import AuditChain
+from tether.broker import Broker, Clock
+from tether.catalog import Catalog, load_catalog
+from tether.config import CONFIG_FILE, Settings
+from tether.errors import PolicyError
+from tether.identity.keys import KeyRing, load_master_key
+from tether.identity.svid import SvidVerifier, TrustBundles
+from tether.policy.engine import PolicyEngine
+from tether.store.db import Database
+from tether.tokens import TaskTokens
+
+log = logging.getLogger("tether")
+
+DEFAULT_CONFIG = """\
+# Tether broker settings. Every key can be overridden by an environment variable:
+# TETHER_<KEY>, nested with a double underscore (TETHER_TASKS__MAX_TTL_SECONDS=600).
+listen = "127.0.0.1:8421"
+environment = "dev"
+trust_domain = "tether.local"
+node_id = "node-1"            # names this replica's audit chain; unique per replica
+# store = "postgresql://tether@db.internal/tether"   # default: SQLite in this directory
+policy_dir = "policies"
+catalog_file = "catalog.yaml"
+
+[tasks]
+max_ttl_seconds = 3600
+max_depth = 3
+delegation_ttl_seconds = 300
+
+[credentials]
+default_ttl_seconds = 300
+
+[approvals]
+ttl_seconds = 900
+
+# Trust JWT-SVIDs from SPIRE or another SPIFFE issuer:
+# [[trust_bundles]]
+# trust_domain = "prod.example.org"
+# jwks_file = "spire-bundle.jwks.json"
+"""
+
+
+def init_state_dir(state_dir: Path, *, force: bool = False) -> list[Path]:
+    """Create a state directory with a config, the example catalog and policies."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    written: list[Path] = []
+    cfg = state_dir / CONFIG_FILE
+    if force or not cfg.exists():
+        cfg.write_text(DEFAULT_CONFIG)
+        written.append(cfg)
+    examples = resources.files("tether") / "examples"
+    catalog = state_dir / "catalog.yaml"
+    if force or not catalog.exists():
+        catalog.write_text((examples / "catalog.yaml").read_text())
+        written.append(catalog)
+    policies = state_dir / "policies"
+    if force or not policies.exists():
+        if policies.exists():
+            shutil.rmtree(policies)
+        policies.mkdir()
+        for item in (examples / "policies").iterdir():
+            if item.name.endswith(".cedar"):
+                (policies / item.name).write_text(item.read_text())
+        written.append(policies)
+    return written
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    keys: KeyRing
+    audit: AuditChain
+    engine: PolicyEngine
+    catalog: Catalog
+    bundles: TrustBundles
+    svids: SvidVerifier
+    broker: Broker
+
+    @classmethod
+    def start(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Runtime:
+        catalog = load_catalog(settings.catalog_path)
+        engine = PolicyEngine()
+        engine.set_catalog(catalog)
+        bundle = engine.reload(settings.policy_path)  # raises: a bad set refuses to start
+        db = Database(settings.store_url)
+        db.migrate()
+        keys = KeyRing(db, load_master_key(settings.state_dir), rotate_after=settings.keys.rotate_after_seconds,
+                       overlap=settings.keys.overlap_seconds)
+        keys.ensure_current()
+        audit = AuditChain(db, settings.node_id)
+        bundles = TrustBundles.from_settings(settings.trust_bundles, settings.state_dir, **bundle_options)
+        svids = SvidVerifier(bundles, settings.broker_audience, settings.limits.jwt_leeway_seconds,
+                             settings.limits.max_token_bytes)
+        tokens = TaskTokens(keys, issuer=settings.broker_issuer, audience=settings.broker_audience,
+                            leeway=settings.limits.jwt_leeway_seconds,
+                            max_bytes=settings.limits.max_token_bytes)
+        kwargs: dict[str, Any] = {"clock": clock} if clock else {}
+        broker = Broker(settings, db, audit, engine, catalog, tokens, **kwargs)
+        with audit.unit() as u:
+            u.emit(ev.POLICY_LOADED, {"version": bundle.version, "files": list(bundle.files),
+                                      "node": settings.node_id})
+        return cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
+
+    def reload_policy(self) -> str:
+        """Reload the policy directory; on error the old set stays and the failure is audited."""
+        old = self.engine.bundle.version
+        try:
+            bundle = self.engine.reload(self.settings.policy_path)
+        except PolicyError as exc:
+            log.error("policy reload failed, keeping %s: %s", old, exc.message)
+            with self.audit.unit() as u:
+                u.emit(ev.POLICY_RELOAD_FAILED, {"error": exc.message, "kept_version": old})
+            raise
+        with self.audit.unit() as u:
+            u.emit(ev.POLICY_LOADED, {"version": bundle.version, "files": list(bundle.files),
+                                      "previous_version": old})
+        return bundle.version
+
+    def close(self) -> None:
+        self.db.dispose()

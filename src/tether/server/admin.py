@@ -1,0 +1,162 @@
+"""The operator's channel: a Unix socket in the state directory.
+
+No admin password exists. The kernel tells us who connected (SO_PEERCRED); only the uid
+that runs the broker, or root, may operate it. The socket file is 0600 as a second
+fence, but the peer check is the one that counts.
+
+Protocol: one JSON object per line each way. Request ``{"op": NAME, "args": {...}}``;
+reply ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code", "message"}}``.
+Other modules add operations with :func:`operation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.errors import Forbidden, InvalidRequest, NotFound, TetherError, Unavailable
+from tether.server.parsing import parse_json_object
+
+log = logging.getLogger("tether.admin")
+MAX_REQUEST = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    uid: int
+    pid: int
+
+    @property
+    def name(self) -> str:
+        return f"uid:{self.uid}"
+
+
+OpHandler = Callable[[Any, dict[str, Any], Operator], Any]  # (runtime, args, operator) → JSON value
+OPERATIONS: dict[str, OpHandler] = {}
+
+
+def operation(name: str) -> Callable[[OpHandler], OpHandler]:
+    def register(fn: OpHandler) -> OpHandler:
+        OPERATIONS[name] = fn
+        return fn
+
+    return register
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def operator_allowed(uid: int, broker_uid: int | None = None) -> bool:
+    owner = os.getuid() if broker_uid is None else broker_uid
+    return uid in (owner, 0)
+
+
+class AdminServer:
+    def __init__(self, runtime: Any, path: Path) -> None:
+        self.runtime = runtime
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path),
+                                                           limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self.path.exists():
+            self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            pid, uid, _gid = peer_credentials(sock)
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=30)
+                if not operator_allowed(uid):
+                    raise Forbidden(f"uid {uid} may not operate this broker; run as the broker's user "
+                                    "or root", code="operator_forbidden")
+                reply = await self._dispatch(line, Operator(uid, pid))
+            except TetherError as exc:
+                reply = {"ok": False, "error": exc.to_dict()}
+            except (ValueError, asyncio.LimitOverrunError):
+                reply = {"ok": False, "error": {"code": "invalid_request", "message": "request too large"}}
+            writer.write(json.dumps(reply, default=str).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dispatch(self, line: bytes, operator: Operator) -> dict[str, Any]:
+        doc = parse_json_object(line)
+        op = doc.get("op")
+        args = doc.get("args") or {}
+        if not isinstance(op, str) or not isinstance(args, dict):
+            raise InvalidRequest("send {\"op\": NAME, \"args\": {...}}", code="invalid_request")
+        handler = OPERATIONS.get(op)
+        if handler is None:
+            raise NotFound(f"unknown admin operation `{op[:64]}`", code="unknown_operation")
+        try:
+            result = await asyncio.to_thread(handler, self.runtime, args, operator)
+        except TetherError:
+            raise
+        except Exception as exc:
+            log.exception("admin operation %s failed", op)
+            raise Unavailable(f"`{op}` failed: {type(exc).__name__}", code="internal_error") from exc
+        return {"ok": True, "result": result}
+
+
+def call(path: Path, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60) -> Any:
+    """Client side: run one admin operation on the broker listening at ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise Unavailable(f"no broker is listening on `{path}`; start one with `tether up`",
+                              code="broker_not_running") from exc
+        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    if not buf:
+        raise Unavailable("the broker closed the admin connection", code="broker_not_running")
+    reply = json.loads(buf)
+    if not reply.get("ok"):
+        err = reply.get("error") or {}
+        raise RemoteError(err.get("message", "admin operation failed"), code=err.get("code", "error"),
+                          **{k: v for k, v in err.items() if k not in ("code", "message")})
+    return reply.get("result")
+
+
+class RemoteError(TetherError):
+    """An error the broker returned over the admin socket (``code`` is the broker's)."""
+
+    status = 400

@@ -1,0 +1,253 @@
+"""The broker's HTTP API (ASGI, Starlette).
+
+Agents authenticate with a JWT-SVID to open tasks and with their task token for
+everything else. Operator actions (approvals, revocation, reload) are not here: they
+go through the admin socket, where the kernel tells us who is asking.
+
+Every error is JSON ``{"code", "message", ...}`` with the status of its ``TetherError``;
+an unexpected exception is a 500 ``internal_error`` that allows nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tether.broker import AuthorizeRequest, OpenTaskRequest
+from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, Unauthenticated
+from tether.model import Task
+from tether.runtime import Runtime
+from tether.server.openapi import OPENAPI
+from tether.server.parsing import (
+    check_fields,
+    parse_arguments,
+    parse_json_object,
+    parse_scope,
+    req_int,
+    req_str,
+)
+
+log = logging.getLogger("tether.http")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(exc: TetherError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{exc.code}"'
+    status = exc.status if 400 <= exc.status < 600 else 500
+    return JSONResponse(exc.to_dict(), status_code=status, headers=headers)
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("send a bearer token in the `Authorization` header", code="missing_token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+        raise Unauthenticated("the `Authorization` header must be `Bearer <token>`", code="missing_token")
+    return token.strip()
+
+
+def trace_id(request: Request) -> str | None:
+    m = _TRACEPARENT.match(request.headers.get("traceparent", ""))
+    return m.group(1) if m else None
+
+
+def task_view(task: Task, children: list[Task] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task_id": task.id, "agent": task.agent, "intent": task.intent, "description": task.description,
+        "state": task.state.value, "scope": [g.to_dict() for g in task.scope],
+        "created_at": task.created_at, "expires_at": task.expires_at, "parent_id": task.parent_id,
+        "root_id": task.root_id, "depth": task.depth, "act": list(task.act_chain),
+        "delegator": ({"sub": task.delegator.subject, "iss": task.delegator.issuer}
+                      if task.delegator else None),
+    }
+    if children is not None:
+        body["children"] = [{"task_id": c.id, "agent": c.agent, "state": c.state.value} for c in children]
+    return body
+
+
+class Api:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.max_body = runtime.settings.limits.max_body_bytes
+
+    async def body(self, request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise InvalidRequest("invalid `Content-Length`", code="invalid_header")
+            if int(length) > self.max_body:
+                raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes", limit=self.max_body)
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if ctype != "application/json":
+            raise InvalidRequest("send `Content-Type: application/json`", code="unsupported_media_type")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes", limit=self.max_body)
+            chunks.append(chunk)
+        return parse_json_object(b"".join(chunks))
+
+    # -- endpoints -------------------------------------------------------------------------
+    async def open_task(self, request: Request) -> Response:
+        token = bearer(request)
+        doc = await self.body(request)
+        check_fields(doc, ("intent", "description", "scope", "ttl_seconds", "delegation"))
+        delegation = req_str(doc, "delegation", required=False) or None
+        scope = parse_scope(doc["scope"]) if "scope" in doc else None
+        req = OpenTaskRequest(
+            intent=req_str(doc, "intent", max_len=64, required=delegation is None) or None,
+            description=req_str(doc, "description", max_len=2000, required=False),
+            scope=scope,
+            ttl_seconds=req_int(doc, "ttl_seconds", lo=1, hi=30 * 24 * 3600,
+                                default=self.rt.settings.tasks.max_ttl_seconds),
+            delegation=delegation,
+        )
+
+        def run() -> Any:
+            workload = self.rt.svids.verify(token)
+            return self.rt.broker.open_task(workload, req)
+
+        opened = await run_in_threadpool(run)
+        return JSONResponse({
+            "task_id": opened.task.id, "task_token": opened.token, "expires_at": opened.task.expires_at,
+            "scope": [g.to_dict() for g in opened.task.scope], "depth": opened.task.depth,
+            "parent_id": opened.task.parent_id,
+        }, status_code=201)
+
+    async def get_task(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        token = bearer(request)
+
+        def run() -> Any:
+            claims = self.rt.broker.verify_token(token)
+            task, children = self.rt.broker.get_task(task_id)
+            # The task's own token or one of an ancestor (a parent supervises its children).
+            if claims.task_id != task_id and claims.task_id not in (task.root_id, task.parent_id):
+                raise Forbidden("this token may not read that task", code="token_task_mismatch")
+            return task_view(task, children)
+
+        return JSONResponse(await run_in_threadpool(run))
+
+    async def delegate(self, request: Request) -> Response:
+        token = bearer(request)
+        doc = await self.body(request)
+        check_fields(doc, ("child", "scope", "ttl_seconds"))
+        child = req_str(doc, "child", max_len=2048)
+        scope = parse_scope(doc.get("scope"))
+        ttl = req_int(doc, "ttl_seconds", lo=1, hi=30 * 24 * 3600)
+        task_id = request.path_params["task_id"]
+
+        def run() -> Any:
+            claims = self.rt.broker.verify_token(token)
+            return self.rt.broker.delegate(claims, task_id, child, scope, ttl)
+
+        d = await run_in_threadpool(run)
+        return JSONResponse({"delegation": d.id, "child": d.child_agent, "expires_at": d.expires_at,
+                             "scope": [g.to_dict() for g in d.scope], "ttl_seconds": d.ttl_seconds},
+                            status_code=201)
+
+    async def close(self, request: Request) -> Response:
+        token = bearer(request)
+        task_id = request.path_params["task_id"]
+
+        def run() -> list[str]:
+            claims = self.rt.broker.verify_token(token)
+            return self.rt.broker.close_task(task_id, by=claims.agent, claims=claims)
+
+        closed = await run_in_threadpool(run)
+        return JSONResponse({"task_id": task_id, "closed": closed})
+
+    async def authorize(self, request: Request) -> Response:
+        token = bearer(request)
+        doc = await self.body(request)
+        check_fields(doc, ("action", "resource", "arguments", "context"))
+        ctx = doc.get("context") or {}
+        if not isinstance(ctx, dict):
+            raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
+        check_fields(ctx, ("method", "path"), "context.")
+        req = AuthorizeRequest(
+            action=req_str(doc, "action", max_len=64), resource=req_str(doc, "resource"),
+            arguments=parse_arguments(doc.get("arguments")),
+            method=req_str(ctx, "method", max_len=16, required=False),
+            path=req_str(ctx, "path", max_len=4096, required=False),
+            trace_id=trace_id(request),
+        )
+        result = await run_in_threadpool(self.rt.broker.authorize, token, req)
+        body = result.decision.to_dict()
+        if result.credential is not None:
+            body["credential"] = dict(result.credential)
+        return JSONResponse(body)
+
+    async def jwks(self, request: Request) -> Response:
+        return JSONResponse(self.rt.keys.jwks(), headers={"Cache-Control": "max-age=60"})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        ok = await run_in_threadpool(self.rt.db.ping)
+        body = {"status": "ok" if ok else "unavailable", "policy_version": self.rt.engine.bundle.version}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+
+def guarded(handler: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TetherError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("unhandled error in %s", request.url.path)
+            return JSONResponse({"code": "internal_error", "message": "internal error; nothing was allowed"},
+                                status_code=500)
+
+    return wrapper
+
+
+def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Starlette:
+    api = Api(runtime)
+    g = guarded
+    routes = [
+        Route("/v1/tasks", g(api.open_task), methods=["POST"]),
+        Route("/v1/tasks/{task_id}", g(api.get_task), methods=["GET"]),
+        Route("/v1/tasks/{task_id}/delegations", g(api.delegate), methods=["POST"]),
+        Route("/v1/tasks/{task_id}/close", g(api.close), methods=["POST"]),
+        Route("/v1/authorize", g(api.authorize), methods=["POST"]),
+        Route("/.well-known/jwks.json", g(api.jwks), methods=["GET"]),
+        Route("/healthz", g(api.healthz), methods=["GET"]),
+        Route("/readyz", g(api.readyz), methods=["GET"]),
+        Route("/openapi.json", g(api.openapi), methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    app = Starlette(routes=routes)
+    app.state.runtime = runtime
+    app.state.api = api
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"code": "not_found", "message": f"no route `{request.url.path[:200]}`"},
+                            status_code=404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"code": "method_not_allowed", "message": f"`{request.method}` not allowed"},
+                            status_code=405)
+
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, not_allowed)
+    return app

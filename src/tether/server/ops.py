@@ -1,0 +1,83 @@
+"""The core admin operations (tasks, revocation, approvals, policy, audit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.audit.verify import verify_chains
+from tether.errors import InvalidRequest
+from tether.model import Approval, Delegator
+from tether.server.admin import Operator, operation
+from tether.server.app import task_view
+
+
+def approval_view(a: Approval) -> dict[str, Any]:
+    return {"approval_id": a.id, "task_id": a.task_id, "action": a.action, "resource": a.resource,
+            "args_digest": a.args_digest, "state": a.state.value, "reason": a.reason,
+            "created_at": a.created_at, "expires_at": a.expires_at, "decided_by": a.decided_by}
+
+
+def _str_arg(args: dict[str, Any], key: str) -> str:
+    v = args.get(key)
+    if not isinstance(v, str) or not v:
+        raise InvalidRequest(f"missing argument `{key}`", code="missing_field", field=key)
+    return v
+
+
+@operation("status")
+def status(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return {"node_id": rt.settings.node_id, "environment": rt.settings.environment,
+            "policy_version": rt.engine.bundle.version, "store": rt.db.dialect,
+            "listen": rt.settings.listen, "audience": rt.settings.broker_audience}
+
+
+@operation("task.list")
+def task_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return [task_view(t) for t in rt.broker.list_tasks(args.get("state"), args.get("agent"))]
+
+
+@operation("task.show")
+def task_show(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    task, children = rt.broker.get_task(_str_arg(args, "task_id"))
+    return task_view(task, children)
+
+
+@operation("task.close")
+def task_close(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return {"closed": rt.broker.close_task(_str_arg(args, "task_id"), by=op.name)}
+
+
+@operation("revoke")
+def revoke(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    delegator = None
+    if args.get("delegator"):
+        delegator = Delegator(str(args["delegator"]), str(args.get("issuer") or ""))
+    ended = rt.broker.revoke(task_id=args.get("task_id"), agent=args.get("agent"), delegator=delegator,
+                             everything=bool(args.get("all")), by=op.name)
+    return {"revoked": ended}
+
+
+@operation("policy.reload")
+def policy_reload(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return {"policy_version": rt.reload_policy()}
+
+
+@operation("approvals.list")
+def approvals_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return [approval_view(a) for a in rt.broker.list_approvals(args.get("state"))]
+
+
+@operation("approvals.approve")
+def approvals_approve(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return approval_view(rt.broker.decide_approval(_str_arg(args, "approval_id"), grant=True, by=op.name))
+
+
+@operation("approvals.reject")
+def approvals_reject(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    return approval_view(rt.broker.decide_approval(_str_arg(args, "approval_id"), grant=False, by=op.name))
+
+
+@operation("audit.verify")
+def audit_verify(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    with rt.db.read() as conn:
+        return verify_chains(conn).to_dict()

@@ -1,0 +1,88 @@
+"""Run a broker: the HTTP API, the admin socket and the reaper, in one asyncio loop.
+
+SIGHUP reloads the policy directory (the old set stays in force when the new one is
+invalid). SIGINT/SIGTERM stop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+
+from tether.errors import TetherError
+from tether.runtime import Runtime
+from tether.server import ops  # noqa: F401  (registers the admin operations)
+from tether.server.admin import AdminServer
+from tether.server.app import create_app
+
+log = logging.getLogger("tether")
+
+#: Background jobs other modules add (credential reaper, revocation feed, …): each is
+#: called once a ``REAP_INTERVAL`` with the runtime, in a worker thread.
+PERIODIC: list[Callable[[Runtime], object]] = []
+REAP_INTERVAL = 2.0
+
+
+def reap_once(rt: Runtime) -> None:
+    rt.broker.expire_due()
+    for job in PERIODIC:
+        job(rt)
+
+
+async def _reaper(rt: Runtime, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(reap_once, rt)
+        except TetherError as exc:
+            log.warning("reaper: %s", exc)
+        except Exception:
+            log.exception("reaper failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=REAP_INTERVAL)
+
+
+async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
+    host, port = rt.settings.listen_host_port
+    app = create_app(rt)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            h11_max_incomplete_event_size=rt.settings.limits.max_header_bytes,
+                            server_header=False, date_header=False)
+    server = uvicorn.Server(config)
+    admin = AdminServer(rt, rt.settings.admin_socket)
+    await admin.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def reload_policy() -> None:
+        async def run() -> None:
+            try:
+                version = await asyncio.to_thread(rt.reload_policy)
+                log.warning("policy reloaded: %s", version)
+            except TetherError as exc:
+                log.error("policy reload refused: %s", exc.message)
+
+        loop.create_task(run())
+
+    loop.add_signal_handler(signal.SIGHUP, reload_policy)
+    reaper = asyncio.create_task(_reaper(rt, stop))
+    try:
+        if on_ready is not None:
+            async def announce() -> None:
+                while not server.started:
+                    await asyncio.sleep(0.05)
+                result = on_ready()
+                if result is not None:
+                    await result
+
+            loop.create_task(announce())
+        await server.serve()
+    finally:
+        stop.set()
+        await reaper
+        await admin.close()
+        loop.remove_signal_handler(signal.SIGHUP)

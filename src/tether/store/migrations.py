@@ -1,0 +1,77 @@
+"""Ordered, idempotent schema migrations recorded in ``schema_migrations``.
+
+A migration is a version, a name and a function of a connection. Append new steps to
+``MIGRATIONS``; never edit one that has shipped. Each step runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, Table, insert, inspect, select
+
+from tether.store import tables as t
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def create_tables(*tbls: Table) -> Callable[[Connection], None]:
+    def step(conn: Connection) -> None:
+        for tbl in tbls:
+            tbl.create(conn, checkfirst=True)
+
+    return step
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "core: keys, tasks, delegations, approvals, audit",
+        create_tables(t.signing_keys, t.tasks, t.delegations, t.approvals, t.resource_uses,
+                      t.audit_events, t.audit_chains),
+    ),
+]
+
+
+def register(migration: Migration) -> None:
+    """Add a migration from another module (leases, workloads, …) before ``migrate``."""
+    if any(m.version == migration.version for m in MIGRATIONS):
+        existing = next(m for m in MIGRATIONS if m.version == migration.version)
+        if existing.name != migration.name:
+            raise ValueError(f"migration {migration.version} registered twice")
+        return
+    MIGRATIONS.append(migration)
+    MIGRATIONS.sort(key=lambda m: m.version)
+
+
+def current_version(engine: Engine) -> int:
+    if not inspect(engine).has_table("schema_migrations"):
+        return 0
+    with engine.connect() as conn:
+        versions = conn.execute(select(t.schema_migrations.c.version)).scalars().all()
+    return max(versions, default=0)
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Apply every pending migration; return the versions applied."""
+    with engine.begin() as conn:
+        t.schema_migrations.create(conn, checkfirst=True)
+    applied: list[int] = []
+    with engine.connect() as conn:
+        done = set(conn.execute(select(t.schema_migrations.c.version)).scalars().all())
+    for m in MIGRATIONS:
+        if m.version in done:
+            continue
+        with engine.begin() as conn:
+            m.apply(conn)
+            conn.execute(insert(t.schema_migrations).values(
+                version=m.version, name=m.name, applied_at=time.time()))
+        applied.append(m.version)
+    return applied

@@ -1,0 +1,252 @@
+"""Row ↔ record mapping for the core tables. Functions take the caller's connection so
+the broker decides the transaction boundary (state change and audit event commit
+together)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
+
+from tether.model import (
+    Approval,
+    ApprovalState,
+    Delegation,
+    Delegator,
+    Grant,
+    Task,
+    TaskState,
+)
+from tether.store import tables as t
+
+
+def scope_to_json(scope: Iterable[Grant]) -> str:
+    return json.dumps([g.to_dict() for g in scope], separators=(",", ":"))
+
+
+def scope_from_json(text: str) -> tuple[Grant, ...]:
+    return tuple(Grant(d["action"], d["resource"]) for d in json.loads(text))
+
+
+# -- tasks ---------------------------------------------------------------------------
+
+def _task(row: Row[Any]) -> Task:
+    m = row._mapping
+    delegator = Delegator(m["delegator_sub"], m["delegator_iss"]) if m["delegator_sub"] else None
+    return Task(
+        id=m["id"], agent=m["agent"], delegator=delegator, intent=m["intent"],
+        description=m["description"], scope=scope_from_json(m["scope"]),
+        created_at=m["created_at"], expires_at=m["expires_at"], parent_id=m["parent_id"],
+        root_id=m["root_id"], depth=m["depth"], state=TaskState(m["state"]),
+        act_chain=tuple(json.loads(m["act_chain"])), cnf_jkt=m["cnf_jkt"], closed_at=m["closed_at"],
+    )
+
+
+def insert_task(conn: Connection, task: Task) -> None:
+    conn.execute(insert(t.tasks).values(
+        id=task.id, agent=task.agent,
+        delegator_sub=task.delegator.subject if task.delegator else None,
+        delegator_iss=task.delegator.issuer if task.delegator else None,
+        intent=task.intent, description=task.description, scope=scope_to_json(task.scope),
+        created_at=task.created_at, expires_at=task.expires_at, parent_id=task.parent_id,
+        root_id=task.root_id, depth=task.depth, state=task.state.value,
+        act_chain=json.dumps(list(task.act_chain)), cnf_jkt=task.cnf_jkt, closed_at=None,
+        max_sensitivity_read=-1,
+    ))
+
+
+def get_task(conn: Connection, task_id: str) -> Task | None:
+    row = conn.execute(select(t.tasks).where(t.tasks.c.id == task_id)).first()
+    return _task(row) if row else None
+
+
+def list_tasks(conn: Connection, *, state: str | None = None, agent: str | None = None,
+               limit: int = 200) -> list[Task]:
+    q = select(t.tasks).order_by(t.tasks.c.created_at.desc()).limit(limit)
+    if state:
+        q = q.where(t.tasks.c.state == state)
+    if agent:
+        q = q.where(t.tasks.c.agent == agent)
+    return [_task(r) for r in conn.execute(q)]
+
+
+def children(conn: Connection, task_id: str) -> list[Task]:
+    rows = conn.execute(select(t.tasks).where(t.tasks.c.parent_id == task_id)
+                        .order_by(t.tasks.c.created_at))
+    return [_task(r) for r in rows]
+
+
+def subtree(conn: Connection, task_id: str) -> list[Task]:
+    """The task and every descendant, parents before children."""
+    root = get_task(conn, task_id)
+    if root is None:
+        return []
+    # Every task of a tree carries root_id, so one indexed query fetches the whole tree;
+    # the walk below keeps only the part under ``task_id``.
+    tree = [_task(r) for r in conn.execute(select(t.tasks).where(t.tasks.c.root_id == root.root_id))]
+    by_parent: dict[str | None, list[Task]] = {}
+    for task in tree:
+        by_parent.setdefault(task.parent_id, []).append(task)
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(by_parent.get(node.id, []))
+    return out
+
+
+def end_tasks(conn: Connection, task_ids: Sequence[str], state: TaskState, now: float) -> int:
+    """Move active tasks to an end state; returns how many changed."""
+    if not task_ids:
+        return 0
+    res = conn.execute(update(t.tasks)
+                       .where(and_(t.tasks.c.id.in_(task_ids), t.tasks.c.state == TaskState.ACTIVE.value))
+                       .values(state=state.value, closed_at=now))
+    return res.rowcount
+
+
+def expired_active_roots(conn: Connection, now: float, limit: int = 500) -> list[Task]:
+    rows = conn.execute(select(t.tasks)
+                        .where(and_(t.tasks.c.state == TaskState.ACTIVE.value, t.tasks.c.expires_at <= now))
+                        .order_by(t.tasks.c.depth).limit(limit))
+    return [_task(r) for r in rows]
+
+
+def active_tasks_of_agent(conn: Connection, agent: str) -> list[Task]:
+    rows = conn.execute(select(t.tasks).where(and_(t.tasks.c.agent == agent,
+                                                   t.tasks.c.state == TaskState.ACTIVE.value)))
+    return [_task(r) for r in rows]
+
+
+def active_tasks_of_delegator(conn: Connection, subject: str, issuer: str | None) -> list[Task]:
+    q = select(t.tasks).where(and_(t.tasks.c.delegator_sub == subject,
+                                   t.tasks.c.state == TaskState.ACTIVE.value))
+    if issuer:
+        q = q.where(t.tasks.c.delegator_iss == issuer)
+    return [_task(r) for r in conn.execute(q)]
+
+
+def all_active_tasks(conn: Connection) -> list[Task]:
+    return [_task(r) for r in conn.execute(select(t.tasks).where(t.tasks.c.state == TaskState.ACTIVE.value))]
+
+
+def max_sensitivity_read(conn: Connection, task_id: str) -> int:
+    value = conn.execute(select(t.tasks.c.max_sensitivity_read).where(t.tasks.c.id == task_id)).scalar()
+    return int(value) if value is not None else -1
+
+
+def raise_sensitivity_read(conn: Connection, task_ids: Sequence[str], level: int) -> None:
+    """Record that these tasks have now seen data of ``level`` (the taint never goes down).
+
+    The taint is written on the task and its ancestors: a parent that delegated a read
+    must not be able to send what its child read.
+    """
+    conn.execute(update(t.tasks)
+                 .where(and_(t.tasks.c.id.in_(task_ids), t.tasks.c.max_sensitivity_read < level))
+                 .values(max_sensitivity_read=level))
+
+
+# -- delegations ----------------------------------------------------------------------
+
+def _delegation(row: Row[Any]) -> Delegation:
+    m = row._mapping
+    return Delegation(m["id"], m["parent_task_id"], m["child_agent"], scope_from_json(m["scope"]),
+                      m["ttl_seconds"], m["created_at"], m["expires_at"], m["redeemed_task_id"])
+
+
+def insert_delegation(conn: Connection, d: Delegation) -> None:
+    conn.execute(insert(t.delegations).values(
+        id=d.id, parent_task_id=d.parent_task_id, child_agent=d.child_agent,
+        scope=scope_to_json(d.scope), ttl_seconds=d.ttl_seconds, created_at=d.created_at,
+        expires_at=d.expires_at, redeemed_task_id=None))
+
+
+def get_delegation(conn: Connection, delegation_id: str) -> Delegation | None:
+    row = conn.execute(select(t.delegations).where(t.delegations.c.id == delegation_id)).first()
+    return _delegation(row) if row else None
+
+
+def redeem_delegation(conn: Connection, delegation_id: str, task_id: str) -> bool:
+    """Mark a delegation used; False when someone redeemed it first (single use)."""
+    res = conn.execute(update(t.delegations)
+                       .where(and_(t.delegations.c.id == delegation_id,
+                                   t.delegations.c.redeemed_task_id.is_(None)))
+                       .values(redeemed_task_id=task_id))
+    return res.rowcount == 1
+
+
+# -- approvals ------------------------------------------------------------------------
+
+def _approval(row: Row[Any]) -> Approval:
+    m = row._mapping
+    return Approval(m["id"], m["task_id"], m["action"], m["resource"], m["args_digest"],
+                    ApprovalState(m["state"]), m["reason"], m["created_at"], m["expires_at"],
+                    m["decided_by"], m["decided_at"])
+
+
+def insert_approval(conn: Connection, a: Approval, decision_id: str) -> None:
+    conn.execute(insert(t.approvals).values(
+        id=a.id, task_id=a.task_id, action=a.action, resource=a.resource, args_digest=a.args_digest,
+        state=a.state.value, reason=a.reason, created_at=a.created_at, expires_at=a.expires_at,
+        decided_by=None, decided_at=None, decision_id=decision_id))
+
+
+def get_approval(conn: Connection, approval_id: str) -> Approval | None:
+    row = conn.execute(select(t.approvals).where(t.approvals.c.id == approval_id)).first()
+    return _approval(row) if row else None
+
+
+def find_approval(conn: Connection, task_id: str, action: str, resource: str, digest: str,
+                  states: Sequence[ApprovalState]) -> Approval | None:
+    row = conn.execute(select(t.approvals).where(and_(
+        t.approvals.c.task_id == task_id, t.approvals.c.action == action,
+        t.approvals.c.resource == resource, t.approvals.c.args_digest == digest,
+        t.approvals.c.state.in_([s.value for s in states]),
+    )).order_by(t.approvals.c.created_at.desc())).first()
+    return _approval(row) if row else None
+
+
+def list_approvals(conn: Connection, state: str | None = None, limit: int = 200) -> list[Approval]:
+    q = select(t.approvals).order_by(t.approvals.c.created_at.desc()).limit(limit)
+    if state:
+        q = q.where(t.approvals.c.state == state)
+    return [_approval(r) for r in conn.execute(q)]
+
+
+def set_approval_state(conn: Connection, approval_id: str, *, expect: ApprovalState,
+                       new: ApprovalState, by: str | None, now: float) -> bool:
+    """Compare-and-set, so a grant can be consumed exactly once across replicas."""
+    values: dict[str, Any] = {"state": new.value}
+    if new in (ApprovalState.GRANTED, ApprovalState.REJECTED):
+        values.update(decided_by=by, decided_at=now)
+    res = conn.execute(update(t.approvals)
+                       .where(and_(t.approvals.c.id == approval_id, t.approvals.c.state == expect.value))
+                       .values(**values))
+    return res.rowcount == 1
+
+
+# -- risk signals ---------------------------------------------------------------------
+
+def note_resource_use(conn: Connection, agent: str, resource: str, now: float) -> bool:
+    """Record first use; True when this is the agent's first use of the resource."""
+    seen = conn.execute(select(t.resource_uses.c.first_at).where(and_(
+        t.resource_uses.c.agent == agent, t.resource_uses.c.resource == resource))).first()
+    if seen is not None:
+        return False
+    conn.execute(insert(t.resource_uses).values(agent=agent, resource=resource, first_at=now))
+    return True
+
+
+def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
+    seen = conn.execute(select(t.resource_uses.c.first_at).where(and_(
+        t.resource_uses.c.agent == agent, t.resource_uses.c.resource == resource))).first()
+    return seen is None
+
+
+def calls_since(conn: Connection, task_id: str, since: float) -> int:
+    n = conn.execute(select(func.count()).select_from(t.audit_events).where(and_(
+        t.audit_events.c.task_id == task_id, t.audit_events.c.type == "decision",
+        t.audit_events.c.ts >= since))).scalar()
+    return int(n or 0)

@@ -1,0 +1,100 @@
+"""Task tokens: the signed JWT an agent carries for one task.
+
+Shaped after OAuth Transaction Tokens (draft-ietf-oauth-transaction-tokens):
+``typ: txntoken+jwt``, ``txn`` = task id, ``sub`` = the agent, ``req_wl`` = the workload
+that asked, ``tctx`` = intent and delegator, ``scope``, and for delegated tasks the
+RFC 8693 ``act`` chain (nearest delegating agent outermost). ``cnf.jkt`` binds the token
+to a DPoP key (RFC 9449) where the task was opened with a proof.
+
+A valid signature is necessary, not sufficient: the broker still checks the task's
+state in the store on every use, so a closed or revoked task's token is dead at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import Unauthenticated
+from tether.identity.jwt import sign_jwt, verify_jwt
+from tether.identity.keys import KeyRing
+from tether.model import Task
+
+TASK_TOKEN_TYP = "txntoken+jwt"
+
+
+def act_claim(chain: tuple[str, ...]) -> dict[str, Any] | None:
+    """RFC 8693 §4.1: the current actor outermost, prior actors nested inside."""
+    act: dict[str, Any] | None = None
+    for sub in reversed(chain):
+        act = {"sub": sub, **({"act": act} if act else {})}
+    return act
+
+
+def scope_string(task: Task) -> str:
+    return " ".join(f"{g.action}@{g.resource}" for g in task.scope)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTokenClaims:
+    task_id: str
+    agent: str
+    jkt: str | None
+    raw: Mapping[str, Any]
+
+
+class TaskTokens:
+    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, leeway: int,
+                 max_bytes: int) -> None:
+        self._keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self._leeway = leeway
+        self._max_bytes = max_bytes
+
+    def mint(self, task: Task, *, now: float) -> str:
+        key = self._keys.signing_key()
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": task.agent,
+            "txn": task.id,
+            "jti": secrets.token_urlsafe(12),
+            "iat": int(now),
+            "exp": int(task.expires_at),
+            "scope": scope_string(task),
+            "req_wl": task.agent,
+            "tctx": {
+                "intent": task.intent,
+                "depth": task.depth,
+                "root_txn": task.root_id,
+                "delegator": ({"sub": task.delegator.subject, "iss": task.delegator.issuer}
+                              if task.delegator else None),
+            },
+        }
+        act = act_claim(task.act_chain)
+        if act:
+            claims["act"] = act
+        if task.cnf_jkt:
+            claims["cnf"] = {"jkt": task.cnf_jkt}
+        return sign_jwt(claims, key.private_key, kid=key.kid, typ=TASK_TOKEN_TYP)
+
+    def verify(self, token: str, *, now: float) -> TaskTokenClaims:
+        """Signature, ``typ``, issuer, audience and expiry; raises ``Unauthenticated``."""
+
+        def key_for(header: Mapping[str, Any], _claims: Mapping[str, Any]) -> Any:
+            kid = header.get("kid")
+            return self._keys.verification_key(kid) if isinstance(kid, str) else None
+
+        claims = verify_jwt(token, key_for=key_for, algorithms=("ES256",), audience=self.audience,
+                            issuer=self.issuer, typ=(TASK_TOKEN_TYP,), leeway=self._leeway, now=now,
+                            max_bytes=self._max_bytes, required=("exp", "txn", "sub"))
+        txn, sub = claims.get("txn"), claims.get("sub")
+        if not isinstance(txn, str) or not isinstance(sub, str):
+
+            raise Unauthenticated("task token lacks `txn` or `sub`", code="token_malformed")
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        return TaskTokenClaims(txn, sub, jkt if isinstance(jkt, str) else None, claims)
