@@ -257,6 +257,9 @@ def verify_jwt(
     says: a token without expiry is a long-lived secret. When ``typ`` is given and
     ``require_typ`` is false, a token without a ``typ`` header is accepted.
     """
+    if isinstance(algorithms, str) or isinstance(typ, str):
+        # A bare string is a Collection[str] of its characters: never what was meant.
+        raise TypeError("algorithms and typ must be collections of strings, not a string")
     allowed = frozenset(algorithms)
     if not allowed or not allowed <= SUPPORTED_ALGORITHMS:
         raise ValueError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}")
@@ -286,7 +289,7 @@ def verify_jwt(
     # 4. Header checks, before any key is chosen.
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in allowed:
-        shown = alg if isinstance(alg, str) and len(alg) <= 32 else "?"
+        shown = alg if isinstance(alg, str) and len(alg) <= 32 and _valid_kid(alg) else "?"
         raise _fail("alg_not_allowed", f"`alg` `{shown}` is not allowed")
     for name in _KEY_HEADERS:
         if name in header:

@@ -188,6 +188,11 @@ class TrustBundles:
         """Trust keys held in-process, e.g. the broker's own signing keys."""
         self._add(trust_domain, keys_provider, issuer)
 
+    def close(self) -> None:
+        """Close the HTTP client used for bundle URLs, if any."""
+        if self._client is not None:
+            self._client.close()
+
     @property
     def trust_domains(self) -> frozenset[str]:
         return frozenset(self._domains)
@@ -251,7 +256,7 @@ class SvidVerifier:
             token, key_for=self._key_for, algorithms=self.ALGORITHMS, audience=self._audience,
             issuer=ANY,  # checked per trust domain below
             typ=self.TYPES, require_typ=False, leeway=self._leeway, now=now,
-            max_bytes=self._max_bytes, required=("exp",),  # `sub` and `aud` checked above
+            max_bytes=self._max_bytes, required=("exp",),  # `sub`: in _key_for; `aud`: via audience
         )
         sid = self._subject(claims)
         expected = self._bundles.issuer_for(sid.trust_domain)
