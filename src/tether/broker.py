@@ -456,7 +456,8 @@ class Broker:
             risk = {
                 "calls_last_minute": repo.calls_since(u.conn, task.id, now - 60),
                 "first_use": repo.is_first_use(u.conn, task.agent, resource.id),
-                "max_sensitivity_read": repo.max_sensitivity_read(u.conn, task.id),
+                # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
+                "max_sensitivity_read": max(0, repo.max_sensitivity_read(u.conn, task.id)),
             }
             decision, approval_used = self._decide(u, task, resource, req, risk, digest,
                                                    decision_id, now)
