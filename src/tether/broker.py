@@ -100,17 +100,32 @@ class AuthorizeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """What a connector minted for one allowed action.
+
+    ``for_agent`` may be returned to the agent (a short-lived access token, a database
+    login); ``for_enforcer`` only ever reaches an enforcement point (an upstream secret
+    to inject) and is never serialized towards the agent or the audit log.
+    """
+
+    lease_id: str
+    for_agent: Mapping[str, Any] | None = None
+    for_enforcer: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AuthorizeResult:
     decision: Decision
     task: Task | None
-    #: Filled by credential hooks (issue: just-in-time credentials) on allow.
-    credential: Mapping[str, Any] | None = None
+    #: Filled by an allow hook (the credentials layer) on allow.
+    credential: IssuedCredential | None = None
 
 
 #: Called inside the transaction that ends tasks, so leases die with their tasks.
 TasksEndedHook = Callable[[Unit, Sequence[Task], TaskState], None]
-#: Called inside the allow transaction; may return a credential for the agent.
-AllowHook = Callable[[Unit, Task, Resource, AuthorizeRequest, Decision], Mapping[str, Any] | None]
+#: Called inside the allow transaction (before its decision event is written); may mint
+#: a credential. Raising denies the action and rolls the whole transaction back.
+AllowHook = Callable[[Unit, Task, Resource, AuthorizeRequest, Decision], IssuedCredential | None]
 
 
 def _audit_fields(task: Task) -> dict[str, Any]:
@@ -463,23 +478,38 @@ class Broker:
                                                    decision_id, now)
             credential = None
             if decision.allowed:
+                decision, credential = self._on_allow(u, task, resource, req, decision, risk,
+                                                      approval_used, now)
+            self._emit_decision(u, task, req, decision, digest, risk,
+                                approval_used.id if approval_used and decision.allowed else None,
+                                credential.lease_id if credential else None)
+        return AuthorizeResult(decision, task, credential)
+
+    def _on_allow(self, u: Unit, task: Task, resource: Resource, req: AuthorizeRequest,
+                  decision: Decision, risk: Mapping[str, Any], approval_used: Approval | None,
+                  now: float) -> tuple[Decision, IssuedCredential | None]:
+        """Effects of an allow, all or nothing: consume the approval, record use and taint,
+        mint the credential. Any failure turns the allow into an audited deny."""
+        credential: IssuedCredential | None = None
+        try:
+            with u.conn.begin_nested():
                 if approval_used is not None and not repo.set_approval_state(
                         u.conn, approval_used.id, expect=ApprovalState.GRANTED,
                         new=ApprovalState.CONSUMED, by=None, now=now):
-                    decision = Decision(decision_id, Outcome.DENY,
-                                        (Reason("invariant", "the approval was already used"),),
-                                        self.engine.bundle.version, code="approval_used")
-                else:
-                    if risk["first_use"]:
-                        repo.note_resource_use(u.conn, task.agent, resource.id, now)
-                    if actions.taints(req.action) and resource.sensitivity > risk["max_sensitivity_read"]:
-                        repo.raise_sensitivity_read(u.conn, [task.id, *self._ancestor_ids(u, task)],
-                                                    resource.sensitivity)
-                    for hook in self.allow_hooks:
-                        credential = hook(u, task, resource, req, decision) or credential
-            self._emit_decision(u, task, req, decision, digest, risk,
-                                approval_used.id if approval_used else None)
-        return AuthorizeResult(decision, task, credential)
+                    raise Conflict("the approval was already used", code="approval_used")
+                if risk["first_use"]:
+                    repo.note_resource_use(u.conn, task.agent, resource.id, now)
+                if actions.taints(req.action) and resource.sensitivity > risk["max_sensitivity_read"]:
+                    repo.raise_sensitivity_read(u.conn, [task.id, *self._ancestor_ids(u, task)],
+                                                resource.sensitivity)
+                for hook in self.allow_hooks:
+                    credential = hook(u, task, resource, req, decision) or credential
+        except TetherError as exc:
+            if exc.code in ("audit_unavailable", "store_unavailable", "audit_conflict"):
+                raise
+            return Decision(decision.id, Outcome.DENY, (Reason("invariant", exc.message),),
+                            decision.policy_version, code=exc.code), None
+        return decision, credential
 
     def _ancestor_ids(self, u: Unit, task: Task) -> list[str]:
         out: list[str] = []
@@ -531,7 +561,8 @@ class Broker:
                         approval_id=pending.id, code="approval_required"), None
 
     def _emit_decision(self, u: Unit, task: Task, req: AuthorizeRequest, decision: Decision,
-                       digest: str, risk: Mapping[str, Any], approval_used: str | None = None) -> None:
+                       digest: str, risk: Mapping[str, Any], approval_used: str | None = None,
+                       lease_id: str | None = None) -> None:
         payload: dict[str, Any] = {
             "action": req.action, "resource": req.resource, "outcome": decision.outcome.value,
             "reasons": [r.to_dict() for r in decision.reasons],
@@ -547,7 +578,7 @@ class Broker:
         if req.method:
             payload["request"] = {"method": req.method, "path": req.path[:512]}
         u.emit(ev.DECISION, payload, decision_id=decision.id, trace_id=req.trace_id,
-               **_audit_fields(task))
+               lease_id=lease_id, **_audit_fields(task))
 
     # -- approvals -----------------------------------------------------------------------
     def list_approvals(self, state: str | None = None) -> list[Approval]:

@@ -41,8 +41,9 @@ from tether.policy.engine import PolicyEngine, PolicyPrincipal, PolicyRequest, P
 __all__ = ["CaseReport", "CaseResult", "PolicyCase", "evaluate_cases", "load_cases", "run_cases"]
 
 _CODE = "cases_invalid"
-_CASE_FIELDS = frozenset({"name", "principal", "action", "resource", "arguments", "context",
-                          "expect", "reasons"})
+_CASE_FIELDS = frozenset(
+    {"name", "principal", "action", "resource", "arguments", "context", "expect", "reasons"}
+)
 _DEFAULT_FIELDS = frozenset({"principal", "action", "resource", "arguments", "context"})
 _DEFAULT_ATTESTATION = "jwt-svid"
 
@@ -78,8 +79,10 @@ class CaseResult:
         if self.passed:
             return f"ok   {head}"
         got_ids = ", ".join(r.policy_id for r in self.result.reasons) or "none"
-        detail = (f"expected `{self.case.expect}`, got `{self.result.outcome}`"
-                  f" (code `{self.result.code}`, reasons: {got_ids})")
+        detail = (
+            f"expected `{self.case.expect}`, got `{self.result.outcome}`"
+            f" (code `{self.result.code}`, reasons: {got_ids})"
+        )
         if self.missing_reasons:
             detail += f"; missing reasons: {', '.join(self.missing_reasons)}"
         return f"FAIL {head}: {detail}"
@@ -115,12 +118,14 @@ class CaseReport:
 
     def summary(self) -> str:
         failed = len(self.failures)
-        return (f"{len(self.results) - failed} passed, {failed} failed "
-                f"(policy `{self.policy_version}`)")
+        return f"{len(self.results) - failed} passed, {failed} failed (policy `{self.policy_version}`)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy_version": self.policy_version, "passed": self.passed,
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "policy_version": self.policy_version,
+            "passed": self.passed,
+            "results": [r.to_dict() for r in self.results],
+        }
 
 
 def _invalid(where: str, detail: str, **extra: Any) -> PolicyError:
@@ -185,8 +190,12 @@ def _case(raw: Any, defaults: Mapping[str, Any], file: str, index: int) -> Polic
     try:
         expect = Outcome(merged["expect"])
     except ValueError:
-        raise _invalid(where, f"`expect` must be allow, deny or approval_required, got "
-                              f"`{merged['expect']}`", file=file, case=index) from None
+        raise _invalid(
+            where,
+            f"`expect` must be allow, deny or approval_required, got `{merged['expect']}`",
+            file=file,
+            case=index,
+        ) from None
     reasons = merged.get("reasons") or []
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise _invalid(where, "`reasons` must be a list of policy ids", file=file, case=index)
@@ -203,14 +212,14 @@ def _case(raw: Any, defaults: Mapping[str, Any], file: str, index: int) -> Polic
     except PolicyError as exc:
         exc.details.update(file=file, case=index)
         raise
-    return PolicyCase(file, index, name, principal, action, resource, context, expect,
-                      dict(arguments), tuple(reasons))
+    return PolicyCase(
+        file, index, name, principal, action, resource, context, expect, dict(arguments), tuple(reasons)
+    )
 
 
 def _case_files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.iterdir()
-                      if p.is_file() and p.suffix in (".yaml", ".yml"))
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
     if path.is_file():
         return [path]
     raise _invalid(str(path), "no such file or directory", file=str(path), case=None)
@@ -225,8 +234,9 @@ def _load_file(path: Path) -> list[PolicyCase]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = None if mark is None else mark.line + 1
-        raise _invalid(file if line is None else f"{file} line {line}", "not valid YAML",
-                       file=file, case=None, line=line) from exc
+        raise _invalid(
+            file if line is None else f"{file} line {line}", "not valid YAML", file=file, case=None, line=line
+        ) from exc
     defaults: Mapping[str, Any] = {}
     if isinstance(doc, Mapping):
         unknown = sorted(set(doc) - {"defaults", "cases"})
@@ -234,8 +244,12 @@ def _load_file(path: Path) -> list[PolicyCase]:
             raise _invalid(file, f"unknown section `{unknown[0]}`", file=file, case=None)
         defaults = doc.get("defaults") or {}
         if not isinstance(defaults, Mapping) or set(defaults) - _DEFAULT_FIELDS:
-            raise _invalid(file, "`defaults` may set principal, action, resource, arguments "
-                                 "and context", file=file, case=None)
+            raise _invalid(
+                file,
+                "`defaults` may set principal, action, resource, arguments and context",
+                file=file,
+                case=None,
+            )
         doc = doc.get("cases")
     if doc is None:
         return []
@@ -249,21 +263,19 @@ def load_cases(path: Path) -> tuple[PolicyCase, ...]:
     return tuple(case for p in _case_files(path) for case in _load_file(p))
 
 
-def evaluate_cases(engine: PolicyEngine, catalog: Catalog,
-                   cases: Sequence[PolicyCase]) -> CaseReport:
+def evaluate_cases(engine: PolicyEngine, catalog: Catalog, cases: Sequence[PolicyCase]) -> CaseReport:
     """Run ``cases`` against ``engine``; a case naming an unknown resource is malformed."""
     results: list[CaseResult] = []
     for case in cases:
         resource = catalog.get(case.resource)
         if resource is None:
-            raise _invalid(case.where, f"unknown resource `{case.resource}`",
-                           file=case.file, case=case.index)
-        result = engine.decide(PolicyRequest(case.principal, case.action, resource,
-                                             case.context, case.arguments))
+            raise _invalid(case.where, f"unknown resource `{case.resource}`", file=case.file, case=case.index)
+        result = engine.decide(
+            PolicyRequest(case.principal, case.action, resource, case.context, case.arguments)
+        )
         got_ids = {r.policy_id for r in result.reasons}
         missing = tuple(r for r in case.reasons if r not in got_ids)
-        results.append(CaseResult(case, result, result.outcome is case.expect and not missing,
-                                  missing))
+        results.append(CaseResult(case, result, result.outcome is case.expect and not missing, missing))
     return CaseReport(engine.bundle.version, tuple(results))
 
 

@@ -167,13 +167,13 @@ def _section(partial: Mapping[str, Any], name: str, allowed: frozenset[str]) -> 
         raise InvalidRequest(f"`{name}` must be a mapping", code=_CODE, field=name)
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise InvalidRequest(f"unknown field `{name}.{unknown[0]}`", code=_CODE,
-                             field=f"{name}.{unknown[0]}")
+        raise InvalidRequest(f"unknown field `{name}.{unknown[0]}`", code=_CODE, field=f"{name}.{unknown[0]}")
     return dict(raw)
 
 
-_TASK_FIELDS = frozenset({"id", "intent", "depth", "age_seconds", "remaining_seconds",
-                          "delegator", "root_agent"})
+_TASK_FIELDS = frozenset(
+    {"id", "intent", "depth", "age_seconds", "remaining_seconds", "delegator", "root_agent"}
+)
 _RISK_FIELDS = frozenset({"calls_last_minute", "first_use", "max_sensitivity_read"})
 _REQUEST_FIELDS = frozenset({"method", "path"})
 _APPROVAL_FIELDS = frozenset({"granted"})
@@ -193,23 +193,21 @@ def context_from_mapping(action: str, partial: Mapping[str, Any]) -> Record:
     allowed = _LIFECYCLE_SECTIONS if lifecycle else _ACTION_SECTIONS
     unknown = sorted(set(partial) - allowed)
     if unknown:
-        raise InvalidRequest(f"unknown context field `{unknown[0]}` for action `{action}`",
-                             code=_CODE, field=unknown[0])
+        raise InvalidRequest(
+            f"unknown context field `{unknown[0]}` for action `{action}`", code=_CODE, field=unknown[0]
+        )
     if "environment" not in partial:
-        raise InvalidRequest("missing context field `environment`", code=_CODE,
-                             field="environment")
+        raise InvalidRequest("missing context field `environment`", code=_CODE, field="environment")
     task_raw = _section(partial, "task", _TASK_FIELDS)
     if "intent" not in task_raw:
-        raise InvalidRequest("missing context field `task.intent`", code=_CODE,
-                             field="task.intent")
+        raise InvalidRequest("missing context field `task.intent`", code=_CODE, field="task.intent")
     task = task_context(**task_raw)
     approval = approval_context(**_section(partial, "approval", _APPROVAL_FIELDS))
     environment = partial["environment"]
     if lifecycle:
         grant_raw = _section(partial, "grant", _GRANT_FIELDS)
         grant = grant_context(**{"action": "", **grant_raw})
-        return lifecycle_context(task=task, grant=grant, environment=environment,
-                                 approval=approval)
+        return lifecycle_context(task=task, grant=grant, environment=environment, approval=approval)
     return action_context(
         task=task,
         risk=risk_context(**_section(partial, "risk", _RISK_FIELDS)),

@@ -69,8 +69,7 @@ class PolicyPrincipal:
 
     @classmethod
     def from_workload(cls, workload: Workload) -> PolicyPrincipal:
-        return cls(workload.spiffe_id, workload.trust_domain, workload.attestation,
-                   dict(workload.attributes))
+        return cls(workload.spiffe_id, workload.trust_domain, workload.attestation, dict(workload.attributes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +101,14 @@ class PolicyResult:
         return self.outcome is Outcome.ALLOW
 
     def to_decision(self, decision_id: str, approval_id: str | None = None) -> Decision:
-        return Decision(decision_id, self.outcome, self.reasons, self.policy_version,
-                        approval_id=approval_id, code=self.code)
+        return Decision(
+            decision_id,
+            self.outcome,
+            self.reasons,
+            self.policy_version,
+            approval_id=approval_id,
+            code=self.code,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +138,12 @@ def _call_tags(arguments: Mapping[str, Any]) -> dict[str, str]:
         try:
             tags[key] = _tag_value(value)
         except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"argument `{key}` is not representable as JSON",
-                                 code=ARGUMENTS_INVALID) from exc
+            raise InvalidRequest(
+                f"argument `{key}` is not representable as JSON", code=ARGUMENTS_INVALID
+            ) from exc
         size += len(key) + len(tags[key])
         if size > _MAX_ARGS_BYTES:
-            raise InvalidRequest(f"arguments exceed {_MAX_ARGS_BYTES} bytes",
-                                 code=ARGUMENTS_INVALID)
+            raise InvalidRequest(f"arguments exceed {_MAX_ARGS_BYTES} bytes", code=ARGUMENTS_INVALID)
     return tags
 
 
@@ -151,12 +156,16 @@ def _agent_entity(principal: PolicyPrincipal) -> dict[str, Any]:
     }
 
 
-def _evaluate(request: dict[str, Any], policy_set: cedarpy.PolicySet,
-              entities: cedarpy.Entities, schema: cedarpy.Schema) -> tuple[str, list[str], list[str]]:
+def _evaluate(
+    request: dict[str, Any], policy_set: cedarpy.PolicySet, entities: cedarpy.Entities, schema: cedarpy.Schema
+) -> tuple[str, list[str], list[str]]:
     """Typed wrapper over cedarpy: (decision name, determining policy ids, errors)."""
     result = cedarpy.is_authorized(request, policy_set, entities, schema)
-    return (result.decision.value, list(result.diagnostics.reasons),
-            [str(e) for e in result.diagnostics.errors])
+    return (
+        result.decision.value,
+        list(result.diagnostics.reasons),
+        [str(e) for e in result.diagnostics.errors],
+    )
 
 
 class PolicyEngine:
@@ -196,8 +205,9 @@ class PolicyEngine:
         try:
             entities = cedarpy.Entities.from_json_str(catalog.entities_json(), self._schema)
         except ValueError as exc:
-            raise PolicyError(f"catalog `{catalog.source}` does not fit the cedar schema: {exc}",
-                              code="catalog_invalid") from exc
+            raise PolicyError(
+                f"catalog `{catalog.source}` does not fit the cedar schema: {exc}", code="catalog_invalid"
+            ) from exc
         with self._write_lock:
             self._state = _State(self._state.bundle, catalog, entities)
 
@@ -223,16 +233,18 @@ class PolicyEngine:
             return PolicyResult(Outcome.DENY, (), version, exc.code, errors=(exc.message,))
         except Exception as exc:  # fail closed on anything, including bugs here
             log.exception("policy evaluation failed")
-            return PolicyResult(Outcome.DENY, (), version, POLICY_ERROR,
-                                errors=(f"{type(exc).__name__}: {exc}",))
+            return PolicyResult(
+                Outcome.DENY, (), version, POLICY_ERROR, errors=(f"{type(exc).__name__}: {exc}",)
+            )
 
     def _decide(self, state: _State, request: PolicyRequest) -> PolicyResult:
         bundle = state.bundle
         if bundle.policy_set is None:
             return PolicyResult(Outcome.DENY, (), bundle.version, NO_POLICY)
-        delta = [_agent_entity(request.principal),
-                 {"uid": _CALL_UID, "attrs": {}, "tags": _call_tags(request.arguments),
-                  "parents": []}]
+        delta = [
+            _agent_entity(request.principal),
+            {"uid": _CALL_UID, "attrs": {}, "tags": _call_tags(request.arguments), "parents": []},
+        ]
         resource = request.resource
         if state.catalog is None or state.catalog.get(resource.id) != resource:
             # Not the catalog's entry: send it along. A same-id entry that differs makes
@@ -247,38 +259,47 @@ class PolicyEngine:
             "resource": resource.cedar_uid,
             "context": context,
         }
-        decision, determining, errors = _evaluate(cedar_request, bundle.policy_set, entities,
-                                                  self._schema)
+        decision, determining, errors = _evaluate(cedar_request, bundle.policy_set, entities, self._schema)
         result = _interpret(bundle, decision, determining, errors)
         if result.outcome is Outcome.APPROVAL_REQUIRED and bundle.without_approvals is not None:
             # Ask a human only when their yes would allow: without the @approval forbids
             # the request must pass, or the honest answer is the deny that remains.
-            decision, determining, errors = _evaluate(cedar_request, bundle.without_approvals,
-                                                      entities, self._schema)
+            decision, determining, errors = _evaluate(
+                cedar_request, bundle.without_approvals, entities, self._schema
+            )
             if errors or decision != "Allow":
                 # No other forbid matched the first time, so this deny is a missing permit.
-                return PolicyResult(Outcome.DENY, result.reasons, bundle.version,
-                                    POLICY_ERROR if errors else NO_PERMIT, errors=tuple(errors))
+                return PolicyResult(
+                    Outcome.DENY,
+                    result.reasons,
+                    bundle.version,
+                    POLICY_ERROR if errors else NO_PERMIT,
+                    errors=tuple(errors),
+                )
         return result
 
 
-def _interpret(bundle: PolicyBundle, decision: str, determining: list[str],
-               errors: list[str]) -> PolicyResult:
+def _interpret(
+    bundle: PolicyBundle, decision: str, determining: list[str], errors: list[str]
+) -> PolicyResult:
     version = bundle.version
     if errors or decision not in ("Allow", "Deny"):
         return PolicyResult(Outcome.DENY, (), version, POLICY_ERROR, errors=tuple(errors))
-    infos = sorted((bundle.policies[p] for p in determining if p in bundle.policies),
-                   key=lambda i: (i.file, i.line))
+    infos = sorted(
+        (bundle.policies[p] for p in determining if p in bundle.policies), key=lambda i: (i.file, i.line)
+    )
     reasons = tuple(Reason(i.policy_id, i.message) for i in infos)
     if len(infos) != len(determining):  # a reason Cedar names but the bundle does not
-        return PolicyResult(Outcome.DENY, reasons, version, POLICY_ERROR,
-                            errors=("unknown determining policy",))
+        return PolicyResult(
+            Outcome.DENY, reasons, version, POLICY_ERROR, errors=("unknown determining policy",)
+        )
     if decision == "Allow":
         return PolicyResult(Outcome.ALLOW, reasons, version)
     if not infos:
         return PolicyResult(Outcome.DENY, (), version, NO_PERMIT)
     if all(i.approval for i in infos):
         why = "; ".join(dict.fromkeys(i.approval for i in infos if i.approval))
-        return PolicyResult(Outcome.APPROVAL_REQUIRED, reasons, version, APPROVAL_REQUIRED,
-                            approval_reason=why)
+        return PolicyResult(
+            Outcome.APPROVAL_REQUIRED, reasons, version, APPROVAL_REQUIRED, approval_reason=why
+        )
     return PolicyResult(Outcome.DENY, reasons, version, POLICY_FORBID)

@@ -151,8 +151,7 @@ def statement_lines(text: str) -> list[int]:
 
 def _fail(path: Path, line: int | None, detail: str, **extra: Any) -> PolicyError:
     where = f"`{path}`" if line is None else f"`{path}` line {line}"
-    return PolicyError(f"invalid policy in {where}: {detail}", code=_CODE,
-                       file=path.name, line=line, **extra)
+    return PolicyError(f"invalid policy in {where}: {detail}", code=_CODE, file=path.name, line=line, **extra)
 
 
 def _parse_error(path: Path, text: str, lines: list[int], exc: ValueError) -> PolicyError:
@@ -174,7 +173,7 @@ def _chunks(text: str, lines: list[int]) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     for k, start in enumerate(bounds):
         end = bounds[k + 1] - 1 if k + 1 < len(bounds) else len(src)
-        out.append((start, "".join(src[start - 1:end])))
+        out.append((start, "".join(src[start - 1 : end])))
     return out
 
 
@@ -189,8 +188,10 @@ def _annotations(path: Path, text: str) -> list[tuple[str, dict[str, str]]]:
         m = _POSITIONAL_RE.match(pid)
         return int(m.group(1)) if m else -1
 
-    return [(static[pid]["effect"], dict(static[pid].get("annotations") or {}))
-            for pid in sorted(static, key=position)]
+    return [
+        (static[pid]["effect"], dict(static[pid].get("annotations") or {}))
+        for pid in sorted(static, key=position)
+    ]
 
 
 def _load_file(path: Path, schema: cedarpy.Schema) -> tuple[str, list[PolicyInfo]]:
@@ -221,16 +222,18 @@ def _load_file(path: Path, schema: cedarpy.Schema) -> tuple[str, list[PolicyInfo
         for err in result.errors:
             m = _POSITIONAL_RE.match(err.policy_id)
             index = int(m.group(1)) if m else -1
-            found.append((lines[index] if 0 <= index < len(lines) else None,
-                          _FOR_POLICY_RE.sub("", err.error)))
+            found.append(
+                (lines[index] if 0 <= index < len(lines) else None, _FOR_POLICY_RE.sub("", err.error))
+            )
         found.sort(key=lambda e: e[0] or 0)
         errors = [{"file": path.name, "line": line, "message": msg} for line, msg in found]
         raise _fail(path, found[0][0], found[0][1], errors=errors)
 
     infos: list[PolicyInfo] = []
     for (effect, notes), line in zip(annotated, lines, strict=True):
-        info = PolicyInfo(path.name, line, effect, notes.get("id"), notes.get("reason"),
-                          notes.get("approval"))
+        info = PolicyInfo(
+            path.name, line, effect, notes.get("id"), notes.get("reason"), notes.get("approval")
+        )
         if info.id is not None and not info.id.strip():
             raise _fail(path, line, "`@id` must not be empty")
         if info.approval is not None:
@@ -249,8 +252,9 @@ def load_bundle(policy_dir: Path, schema: cedarpy.Schema) -> PolicyBundle:
     fault; nothing is partially loaded.
     """
     if not policy_dir.is_dir():
-        raise PolicyError(f"policy directory `{policy_dir}` does not exist", code=_CODE,
-                          file=str(policy_dir), line=None)
+        raise PolicyError(
+            f"policy directory `{policy_dir}` does not exist", code=_CODE, file=str(policy_dir), line=None
+        )
     paths = sorted(p for p in policy_dir.glob("*.cedar") if p.is_file())
     if not paths:
         return empty_bundle()
@@ -267,9 +271,11 @@ def load_bundle(policy_dir: Path, schema: cedarpy.Schema) -> PolicyBundle:
             continue
         if info.id in seen:
             other = seen[info.id]
-            raise _fail(policy_dir / info.file, info.line,
-                        f"duplicate `@id(\"{info.id}\")`, also at `{other.file}` "
-                        f"line {other.line}")
+            raise _fail(
+                policy_dir / info.file,
+                info.line,
+                f'duplicate `@id("{info.id}")`, also at `{other.file}` line {other.line}',
+            )
         seen[info.id] = info
 
     # Each file parsed alone, so the newline-joined text is the same statements in the
@@ -277,8 +283,9 @@ def load_bundle(policy_dir: Path, schema: cedarpy.Schema) -> PolicyBundle:
     combined = "\n".join(text for _, text in named)
     policy_set = cedarpy.PolicySet.from_str(combined)
     if len(policy_set) != len(infos):
-        raise PolicyError("policy files do not combine into one set", code=_CODE,
-                          file=str(policy_dir), line=None)
+        raise PolicyError(
+            "policy files do not combine into one set", code=_CODE, file=str(policy_dir), line=None
+        )
     policies = {f"policy{i}": info for i, info in enumerate(infos)}
     return PolicyBundle(
         policy_set=policy_set,

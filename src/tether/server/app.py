@@ -188,8 +188,8 @@ class Api:
         )
         result = await run_in_threadpool(self.rt.broker.authorize, token, req)
         body = result.decision.to_dict()
-        if result.credential is not None:
-            body["credential"] = dict(result.credential)
+        if result.credential is not None and result.credential.for_agent is not None:
+            body["credential"] = {"lease_id": result.credential.lease_id, **result.credential.for_agent}
         return JSONResponse(body)
 
     async def jwks(self, request: Request) -> Response:
