@@ -8,6 +8,11 @@ Fixtures
   pg_url              SQLAlchemy URL of a fresh, empty PostgreSQL database for this test
   store_url           parametrized ``sqlite`` / ``postgresql``: every store-backed test
                       runs against both backends
+  domain              a test SPIFFE trust domain (``support.example``) that signs SVIDs
+  settings / runtime  a broker state dir with the example catalog and policies (environment
+                      ``prod``) on ``store_url``, and a started ``Runtime``
+  client              a Starlette TestClient on the broker API
+  agent / make_agent  an ``Agent`` driving the API with SVIDs of the test domain
 
 PostgreSQL tests carry the ``postgresql`` marker (deselect with ``-m "not postgresql"``).
 When the server binaries are missing they are skipped, unless ``CI`` or
@@ -18,8 +23,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
+
+from tether.runtime import Runtime
+from tether.server.app import create_app
+from tether.testing import TestTrustDomain, make_settings
 
 try:  # tests/ may or may not become a package; support both import styles.
     from . import _pg  # type: ignore[import-not-found,unused-ignore]
@@ -102,3 +114,66 @@ def store_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     url: str = request.getfixturevalue(fixture)
     return url
+
+
+# -- broker fixtures -----------------------------------------------------------------
+
+DOMAIN = "support.example"
+
+
+@pytest.fixture(scope="session")
+def domain() -> TestTrustDomain:
+    return TestTrustDomain(DOMAIN)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Any:
+    return make_settings(tmp_path / "state", store_url=store_url, domain=domain,
+                         overrides={"environment": "prod"})
+
+
+@pytest.fixture
+def runtime(settings: Any) -> Iterator[Runtime]:
+    rt = Runtime.start(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
+        yield c
+
+
+class Agent:
+    """Drives the HTTP API as an agent would."""
+
+    def __init__(self, client: TestClient, domain: TestTrustDomain, runtime: Runtime, path: str) -> None:
+        self.client, self.domain, self.rt = client, domain, runtime
+        self.spiffe_id = domain.spiffe_id(path)
+
+    def svid(self) -> str:
+        return self.domain.svid(self.spiffe_id, self.rt.settings.broker_audience)
+
+    def open(self, scope: list[dict[str, str]] | None = None, *, intent: str = "support.triage",
+             ttl: int = 600, **extra: Any) -> Any:
+        body: dict[str, Any] = {"intent": intent, "description": "test", "ttl_seconds": ttl, **extra}
+        if scope is not None:
+            body["scope"] = scope
+        return self.client.post("/v1/tasks", json=body, headers={"Authorization": f"Bearer {self.svid()}"})
+
+    def authorize(self, token: str, action: str, resource: str, arguments: dict[str, Any] | None = None) -> Any:
+        body: dict[str, Any] = {"action": action, "resource": resource}
+        if arguments is not None:
+            body["arguments"] = arguments
+        return self.client.post("/v1/authorize", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def agent(client: TestClient, domain: TestTrustDomain, runtime: Runtime) -> Agent:
+    return Agent(client, domain, runtime, "orchestrator")
+
+
+@pytest.fixture
+def make_agent(client: TestClient, domain: TestTrustDomain, runtime: Runtime) -> Any:
+    return lambda path: Agent(client, domain, runtime, path)

@@ -7,9 +7,11 @@ naming what to fix.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,30 @@ def init_state_dir(state_dir: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
+#: Modules that extend a runtime: each defines ``install(rt: Runtime) -> None`` and is
+#: imported at start if present. They add broker hooks, HTTP routes, admin operations
+#: and periodic jobs without the core knowing them.
+EXTENSION_MODULES = (
+    "tether.identity.wiring",
+    "tether.credentials.wiring",
+    "tether.audit.wiring",
+    "tether.gateway.wiring",
+)
+
+
+def _load_extensions() -> list[Callable[[Runtime], None]]:
+    installers = []
+    for name in EXTENSION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise  # the extension exists but one of its imports is missing: say so
+            continue
+        installers.append(module.install)
+    return installers
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -94,6 +120,14 @@ class Runtime:
     bundles: TrustBundles
     svids: SvidVerifier
     broker: Broker
+    #: Starlette routes added by extensions (served next to the core API).
+    routes: list[Any] = field(default_factory=list)
+    #: Jobs run by the reaper loop every couple of seconds, in a worker thread.
+    periodic: list[Callable[[], object]] = field(default_factory=list)
+    #: Called on shutdown, last added first.
+    on_close: list[Callable[[], object]] = field(default_factory=list)
+    #: Anything an extension wants to keep (e.g. ``extras["credentials"]``).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Runtime:
@@ -118,7 +152,10 @@ class Runtime:
         with audit.unit() as u:
             u.emit(ev.POLICY_LOADED, {"version": bundle.version, "files": list(bundle.files),
                                       "node": settings.node_id})
-        return cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
+        rt = cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
+        for install in _load_extensions():
+            install(rt)
+        return rt
 
     def reload_policy(self) -> str:
         """Reload the policy directory; on error the old set stays and the failure is audited."""
@@ -136,4 +173,9 @@ class Runtime:
         return bundle.version
 
     def close(self) -> None:
+        for fn in reversed(self.on_close):
+            try:
+                fn()
+            except Exception:
+                log.exception("shutdown hook failed")
         self.db.dispose()

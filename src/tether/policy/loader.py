@@ -213,7 +213,7 @@ def _load_file(path: Path, schema: cedarpy.Schema) -> tuple[str, list[PolicyInfo
     annotated = _annotations(path, text)
     if len(annotated) != len(lines):
         # The lexer disagrees with Cedar (e.g. a `;` in syntax it does not know):
-        # point at the file rather than at a wrong line.
+        # report every policy at line 1 rather than some at a wrong line.
         lines = [1] * len(annotated)
 
     result = cedarpy.validate_policies(text, schema)
@@ -296,7 +296,9 @@ def load_bundle(policy_dir: Path, schema: cedarpy.Schema) -> PolicyBundle:
     )
 
 
-def _without_approvals(combined: str, policies: Mapping[str, PolicyInfo]) -> cedarpy.PolicySet:
+def _without_approvals(combined: str, policies: Mapping[str, PolicyInfo]) -> cedarpy.PolicySet | None:
+    if not any(info.approval is not None for info in policies.values()):
+        return None
     doc = json.loads(cedarpy.policies_to_json_str(combined))
     static: dict[str, Any] = doc["staticPolicies"]
     for pid, info in policies.items():

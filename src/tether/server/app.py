@@ -234,6 +234,7 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
         Route("/healthz", g(api.healthz), methods=["GET"]),
         Route("/readyz", g(api.readyz), methods=["GET"]),
         Route("/openapi.json", g(api.openapi), methods=["GET"]),
+        *runtime.routes,
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes)

@@ -22,16 +22,17 @@ from tether.server.app import create_app
 
 log = logging.getLogger("tether")
 
-#: Background jobs other modules add (credential reaper, revocation feed, …): each is
-#: called once a ``REAP_INTERVAL`` with the runtime, in a worker thread.
-PERIODIC: list[Callable[[Runtime], object]] = []
 REAP_INTERVAL = 2.0
 
 
 def reap_once(rt: Runtime) -> None:
+    """Expire due tasks, then run the extensions' periodic jobs (``rt.periodic``)."""
     rt.broker.expire_due()
-    for job in PERIODIC:
-        job(rt)
+    for job in rt.periodic:
+        try:
+            job()
+        except Exception:  # one failing job must not starve the others
+            log.exception("periodic job %r failed", job)
 
 
 async def _reaper(rt: Runtime, stop: asyncio.Event) -> None:
