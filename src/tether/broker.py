@@ -54,7 +54,7 @@ from tether.policy.context import (
     lifecycle_context,
     request_context,
     risk_context,
-    task_context,
+    task_context_from_task,
 )
 from tether.policy.engine import PolicyEngine, PolicyPrincipal, PolicyRequest
 from tether.store import repo
@@ -168,7 +168,7 @@ class Broker:
                                      field=f"scope[{i}].action")
             self._resource(g.resource, f"scope[{i}].resource")
 
-    def _principal(self, agent: str, attestation: str = "task-token",
+    def _principal(self, agent: str, attestation: str,
                    tags: Mapping[str, str] | None = None) -> PolicyPrincipal:
         return PolicyPrincipal(spiffe_id=agent, trust_domain=parse_spiffe_id(agent).trust_domain,
                          attestation=attestation, tags=dict(tags or {}))
@@ -204,7 +204,8 @@ class Broker:
         task = Task(id=new_id("tsk"), agent=workload.spiffe_id, delegator=req.delegator,
                     intent=req.intent, description=req.description, scope=req.scope,
                     created_at=now, expires_at=now + ttl, parent_id=None, root_id="", depth=0,
-                    state=TaskState.ACTIVE, cnf_jkt=req.cnf_jkt)
+                    state=TaskState.ACTIVE, cnf_jkt=req.cnf_jkt, attestation=workload.attestation,
+                    agent_attrs=dict(workload.attributes))
         task = _replace_root(task, task.id)
         facts = self._task_facts(task, now)
         principal = self._principal(workload.spiffe_id, workload.attestation, workload.attributes)
@@ -235,13 +236,7 @@ class Broker:
         }
 
     def _task_facts(self, task: Task, now: float) -> dict[str, Any]:
-        return task_context(
-            id=task.id, intent=task.intent, depth=task.depth,
-            age_seconds=max(0, int(now - task.created_at)),
-            remaining_seconds=max(0, int(task.expires_at - now)),
-            delegator=task.delegator.subject if task.delegator else None,
-            root_agent=task.act_chain[-1] if task.act_chain else task.agent,
-        )
+        return task_context_from_task(task, now)
 
     def delegate(self, claims: TaskTokenClaims, task_id: str, child_agent: str,
                  scope: tuple[Grant, ...], ttl_seconds: int) -> Delegation:
@@ -268,7 +263,7 @@ class Broker:
         if now + ttl_seconds > parent.expires_at:
             raise Forbidden("the child task would outlive its parent; ask for a shorter ttl",
                             code="ttl_exceeds_parent", remaining_seconds=int(parent.expires_at - now))
-        principal = self._principal(parent.agent)
+        principal = self._principal(parent.agent, parent.attestation, parent.agent_attrs)
         denied = self._lifecycle_decisions(principal, actions.TASK_DELEGATE, scope,
                                            self._task_facts(parent, now), ttl_seconds, child_agent)
         d = Delegation(id=new_id("dlg"), parent_task_id=parent.id, child_agent=child_agent,
@@ -317,7 +312,8 @@ class Broker:
                     intent=parent.intent, description=req.description, scope=scope,
                     created_at=now, expires_at=expires, parent_id=parent.id, root_id=parent.root_id,
                     depth=parent.depth + 1, state=TaskState.ACTIVE,
-                    act_chain=(parent.agent, *parent.act_chain), cnf_jkt=req.cnf_jkt)
+                    act_chain=(parent.agent, *parent.act_chain), cnf_jkt=req.cnf_jkt,
+                    attestation=workload.attestation, agent_attrs=dict(workload.attributes))
         if task.depth > self.settings.tasks.max_depth:
             raise Forbidden("delegation depth exceeded", code="depth_exceeded")
         principal = self._principal(workload.spiffe_id, workload.attestation, workload.attributes)
@@ -523,7 +519,7 @@ class Broker:
     def _decide(self, u: Unit, task: Task, resource: Resource, req: AuthorizeRequest,
                 risk: Mapping[str, Any], digest: str, decision_id: str,
                 now: float) -> tuple[Decision, Approval | None]:
-        principal = self._principal(task.agent)
+        principal = self._principal(task.agent, task.attestation, task.agent_attrs)
         facts = self._task_facts(task, now)
 
         def run(granted: bool) -> Any:

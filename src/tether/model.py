@@ -7,6 +7,7 @@ Timestamps are POSIX seconds (float) in UTC so that comparisons never cross time
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,8 @@ class Task:
     act_chain: tuple[str, ...] = ()  # SPIFFE IDs of the delegating agents, nearest first
     cnf_jkt: str | None = None  # RFC 9449 thumbprint the task token is bound to
     closed_at: float | None = None
+    attestation: str = ""  # how the agent proved itself when the task opened
+    agent_attrs: Mapping[str, str] = field(default_factory=dict)  # become Cedar principal tags
 
     def is_active(self, now: float) -> bool:
         return self.state is TaskState.ACTIVE and now < self.expires_at

@@ -41,12 +41,14 @@ def _task(row: Row[Any]) -> Task:
         created_at=m["created_at"], expires_at=m["expires_at"], parent_id=m["parent_id"],
         root_id=m["root_id"], depth=m["depth"], state=TaskState(m["state"]),
         act_chain=tuple(json.loads(m["act_chain"])), cnf_jkt=m["cnf_jkt"], closed_at=m["closed_at"],
+        attestation=m["attestation"], agent_attrs=json.loads(m["agent_attrs"]),
     )
 
 
 def insert_task(conn: Connection, task: Task) -> None:
     conn.execute(insert(t.tasks).values(
-        id=task.id, agent=task.agent,
+        id=task.id, agent=task.agent, attestation=task.attestation,
+        agent_attrs=json.dumps(dict(task.agent_attrs), sort_keys=True),
         delegator_sub=task.delegator.subject if task.delegator else None,
         delegator_iss=task.delegator.issuer if task.delegator else None,
         intent=task.intent, description=task.description, scope=scope_to_json(task.scope),

@@ -47,6 +47,8 @@ tasks = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("agent", String(2048), nullable=False),
+    Column("attestation", String(32), nullable=False),  # how the agent proved itself at open
+    Column("agent_attrs", Text, nullable=False),  # JSON: registration/claim attributes → Cedar tags
     Column("delegator_sub", String(512)),
     Column("delegator_iss", String(512)),
     Column("intent", String(64), nullable=False),
