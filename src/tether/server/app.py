@@ -221,6 +221,29 @@ def guarded(handler: Handler) -> Handler:
     return wrapper
 
 
+class HeaderLimit:
+    """Refuse requests whose headers exceed the limit (431) before any handler runs.
+
+    The HTTP parser only bounds headers that arrive in pieces; a single large read
+    passes it, so the limit is enforced again here on what the server parsed.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.max_bytes:
+                response = JSONResponse({"code": "headers_too_large",
+                                         "message": f"request headers exceed {self.max_bytes} bytes"},
+                                        status_code=431)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Starlette:
     api = Api(runtime)
     g = guarded
@@ -238,6 +261,7 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes)
+    app.add_middleware(HeaderLimit, max_bytes=runtime.settings.limits.max_header_bytes)
     app.state.runtime = runtime
     app.state.api = api
 
