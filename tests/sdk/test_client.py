@@ -152,7 +152,8 @@ def test_unreachable_broker_is_unavailable():
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    c = Client("http://broker", svid="x.y.z", audience="a", http=httpx.Client(transport=httpx.MockTransport(refuse)))
+    http = httpx.Client(transport=httpx.MockTransport(refuse))
+    c = Client("http://broker", svid="x.y.z", audience="a", http=http)
     with pytest.raises(Unavailable) as exc:
         c.task("support.triage", TRIAGE, ttl=60)
     assert exc.value.code == "broker_unreachable"
@@ -172,7 +173,8 @@ def _fake_broker(decision_body: Any) -> Client:
                   http=httpx.Client(transport=httpx.MockTransport(handle)))
 
 
-@pytest.mark.parametrize("body", [b"<html>ok</html>", {"decision": "maybe", "decision_id": "d"}, {"ok": True}])
+@pytest.mark.parametrize("body", [b"<html>ok</html>", {"decision": "maybe", "decision_id": "d"},
+                                  {"ok": True}])
 def test_unreadable_decision_fails_closed(body: Any):
     """A 200 whose decision cannot be read is Unavailable, never an allow."""
     with _fake_broker(body).task("support.triage", TRIAGE) as task, pytest.raises(Unavailable) as exc:
