@@ -61,6 +61,57 @@ class Limits:
     jwt_leeway_seconds: int = 30
 
 
+def _str_tuple(value: Any, name: str) -> tuple[str, ...]:
+    """A TOML list, or a JSON list from an environment variable, as a tuple of strings."""
+    if isinstance(value, str):
+        import json  # local: only the environment spells lists as text
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"`{name}` must be a list of strings (JSON in the environment)",
+                              code="config_invalid", field=name) from None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"`{name}` must be a list of strings", code="config_invalid", field=name)
+    return tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """``[audit]``: checkpoints and masking (see docs/audit.md)."""
+
+    checkpoint_every_events: int = 1000
+    checkpoint_interval_seconds: int = 60
+    checkpoint_file: str = ""  # JSON Lines of signed checkpoints, kept outside the database
+    checkpoint_url: str = ""  # each checkpoint is POSTed here as JSON
+    mask_paths: tuple[str, ...] = ()  # dotted JSON paths, `*` for any key or index
+    mask_headers: tuple[str, ...] = ()  # header names, masked under any `headers` object
+    mask_patterns: tuple[str, ...] = ()  # regexes; matching text inside any string is masked
+
+    def __post_init__(self) -> None:
+        import re  # local: keeps config import-light
+
+        for name in ("mask_paths", "mask_headers", "mask_patterns"):
+            object.__setattr__(self, name, _str_tuple(getattr(self, name), f"audit.{name}"))
+        for i, pattern in enumerate(self.mask_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"`audit.mask_patterns[{i}]` is not a valid regex: {exc}",
+                                  code="config_invalid", field=f"audit.mask_patterns[{i}]") from None
+        for i, path in enumerate(self.mask_paths):
+            if not path.strip("$.") or ".." in path.lstrip("$"):
+                raise ConfigError(f"`audit.mask_paths[{i}]` must be a dotted path like "
+                                  "`request.headers.x-key`", code="config_invalid", field=f"audit.mask_paths[{i}]")
+        for name in ("checkpoint_every_events", "checkpoint_interval_seconds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`audit.{name}` must be at least 1", code="config_invalid",
+                                  field=f"audit.{name}")
+        if self.checkpoint_url and not self.checkpoint_url.startswith(("https://", "http://")):
+            raise ConfigError("`audit.checkpoint_url` must be an http(s) URL", code="config_invalid",
+                              field="audit.checkpoint_url")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     state_dir: Path
@@ -79,6 +130,7 @@ class Settings:
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     keys: KeySettings = field(default_factory=KeySettings)
     limits: Limits = field(default_factory=Limits)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property

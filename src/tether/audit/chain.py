@@ -124,6 +124,14 @@ class AuditChain:
     def head(self) -> tuple[int, str]:
         return self._seq, self._head
 
+    def snapshot(self) -> tuple[int, str]:
+        """The committed head as one consistent pair (for checkpoints), loading it if needed."""
+        with self._lock:
+            if not self._loaded:
+                with self.db.read() as conn:
+                    self._load_head(conn)
+            return self._seq, self._head
+
     @contextlib.contextmanager
     def unit(self) -> Iterator[Unit]:
         """A transaction whose events commit with it, or not at all."""

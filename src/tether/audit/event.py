@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -84,3 +85,27 @@ class Event:
 # The fields an emitter may set; the chain sets the rest.
 EVENT_FIELDS = ("task_id", "root_task_id", "parent_task_id", "agent", "delegator",
                 "decision_id", "lease_id", "trace_id")
+
+
+def _js(value: str | None) -> str:
+    return "null" if value is None else str(encode_basestring(value))
+
+
+def row_hash(*, chain: str, seq: int, ts: float, type: str, prev_hash: str, payload_text: str,
+             task_id: str | None, root_task_id: str | None, parent_task_id: str | None,
+             agent: str | None, delegator: str | None, decision_id: str | None,
+             lease_id: str | None, trace_id: str | None, v: int) -> str:
+    """``Event.compute_hash`` for a stored row, without parsing its payload.
+
+    The payload column already holds canonical JSON, so the canonical body is assembled
+    around it as text (keys in sorted order). This is what makes ``verify`` fast; a test
+    pins it to ``compute_hash``. A payload re-spelled in a non-canonical way (same data,
+    other bytes) no longer hashes the same, which is what we want from a tamper check.
+    """
+    body = (f'{{"agent":{_js(agent)},"chain":{_js(chain)},"decision_id":{_js(decision_id)},'
+            f'"delegator":{_js(delegator)},"lease_id":{_js(lease_id)},'
+            f'"parent_task_id":{_js(parent_task_id)},"payload":{payload_text},'
+            f'"prev_hash":{_js(prev_hash)},"root_task_id":{_js(root_task_id)},"seq":{int(seq)},'
+            f'"task_id":{_js(task_id)},"trace_id":{_js(trace_id)},"ts":{float.__repr__(float(ts))},'
+            f'"type":{_js(type)},"v":{int(v)}}}')
+    return hashlib.sha256(body.encode()).hexdigest()

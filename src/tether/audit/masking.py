@@ -1,0 +1,175 @@
+"""Masking: secrets are removed from event payloads before they are hashed and written.
+
+A :class:`Masker` is a payload filter for ``AuditChain.filters``. It applies, in order:
+
+1. **Secret-looking keys** (always on): any key whose name contains ``secret``,
+   ``password``/``passwd``, ``token``, ``authorization``, ``api_key``, ``cookie``,
+   ``private_key`` or ``credential_value`` has its whole value replaced.
+2. **Headers** (always on for the usual ones, plus ``audit.mask_headers``): under any key
+   named ``headers``, as an object or a list of ``[name, value]`` pairs, case-insensitive.
+3. **JSON paths** (``audit.mask_paths``): dotted paths from the payload root, ``*`` for
+   any key or list index, e.g. ``request.body.card_number`` or ``arguments.*.ssn``.
+4. **Value patterns** (default ones for bearer tokens, JWTs, secrets in query strings and
+   PEM private keys, plus ``audit.mask_patterns``): the matching text inside any string
+   is replaced, the rest stays readable.
+5. **Registered secrets**: exact values a connector hands over with
+   :meth:`Masker.register_secret` (the ``inject`` connector's upstream secrets) are
+   replaced wherever they appear inside a string.
+
+What was masked is listed in the payload's ``_masked`` key (paths, never values), so an
+investigator knows that something was there, in the spirit of OPA's decision-log
+``masked`` field. Masking happens before hashing, so the chain covers the masked payload.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from tether.config import AuditSettings
+
+MASK = "[masked]"
+MASKED_KEY = "_masked"
+_MAX_DEPTH = 64  # deeper payloads are masked whole: no unbounded recursion on input
+_MAX_SECRETS = 4096
+
+_SECRET_KEY = re.compile(
+    r"secret|passw(?:or)?d|passphrase|token|authorization|api[-_]?key|apikey|cookie|"
+    r"private[-_]?key|credential[-_]?value",
+    re.IGNORECASE,
+)
+DEFAULT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                   "x-auth-token", "x-amz-security-token")
+DEFAULT_PATTERNS = (
+    r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+    r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",  # a JWT / JWS
+    r"(?i)(?<=[?&;])(?:access_token|token|api_?key|key|secret|password|sig|signature|"
+    r"x-amz-signature|client_secret)=[^&#\s]+",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+)
+
+
+def _parse_path(path: str) -> tuple[str, ...]:
+    p = path.strip()
+    p = p[1:] if p.startswith("$") else p
+    return tuple(part for part in p.strip(".").split(".") if part)
+
+
+class Masker:
+    """A payload filter; thread-safe (registered secrets may change while events flow)."""
+
+    def __init__(self, *, paths: Iterable[str] = (), headers: Iterable[str] = (),
+                 patterns: Iterable[str] = ()) -> None:
+        self._paths = [_parse_path(p) for p in paths]
+        self._headers = {h.lower() for h in (*DEFAULT_HEADERS, *headers)}
+        self._pattern = re.compile("|".join(f"(?:{p})" for p in (*DEFAULT_PATTERNS, *patterns)))
+        self._secrets: OrderedDict[str, None] = OrderedDict()
+        self._secrets_re: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, s: AuditSettings) -> Masker:
+        return cls(paths=s.mask_paths, headers=s.mask_headers, patterns=s.mask_patterns)
+
+    # -- registered secrets ----------------------------------------------------------------
+    def register_secret(self, value: str) -> None:
+        """Mask ``value`` wherever it appears from now on (values under 6 characters are
+        refused: masking them would shred ordinary text without protecting anything)."""
+        if len(value) < 6:
+            raise ValueError("a registered secret must be at least 6 characters")
+        with self._lock:
+            self._secrets[value] = None
+            self._secrets.move_to_end(value)
+            while len(self._secrets) > _MAX_SECRETS:
+                self._secrets.popitem(last=False)
+            self._rebuild()
+
+    def forget_secret(self, value: str) -> None:
+        with self._lock:
+            self._secrets.pop(value, None)
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        # Longest first so a secret that contains another is masked whole.
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        self._secrets_re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    # -- the filter --------------------------------------------------------------------------
+    def __call__(self, _type: str, payload: dict[str, Any]) -> dict[str, Any]:
+        masked: list[str] = []
+        with self._lock:
+            secrets_re = self._secrets_re
+        out: dict[str, Any] = self._walk(payload, (), masked, secrets_re, 0)
+        for path in self._paths:
+            out = self._mask_path(out, path, (), masked)
+        if masked:
+            previous = payload.get(MASKED_KEY)
+            keep = [p for p in previous if isinstance(p, str)] if isinstance(previous, list) else []
+            out[MASKED_KEY] = sorted(set(keep) | set(masked))
+        return out
+
+    def _walk(self, value: Any, path: tuple[str, ...], masked: list[str],
+              secrets_re: re.Pattern[str] | None, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            masked.append(_fmt(path))
+            return MASK
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            headers = bool(path) and path[-1].lower() == "headers"
+            for k, v in value.items():
+                key = str(k)
+                if key == MASKED_KEY and not path:
+                    out[key] = v
+                elif _SECRET_KEY.search(key) or (headers and key.lower() in self._headers):
+                    out[key] = MASK
+                    masked.append(_fmt((*path, key)))
+                else:
+                    out[key] = self._walk(v, (*path, key), masked, secrets_re, depth + 1)
+            return out
+        if isinstance(value, list | tuple):
+            headers = bool(path) and path[-1].lower() == "headers"
+            items: list[Any] = []
+            for i, v in enumerate(value):
+                if (headers and isinstance(v, list | tuple) and len(v) == 2 and isinstance(v[0], str)
+                        and v[0].lower() in self._headers):
+                    items.append([v[0], MASK])
+                    masked.append(_fmt((*path, str(i))))
+                else:
+                    items.append(self._walk(v, (*path, str(i)), masked, secrets_re, depth + 1))
+            return items
+        if isinstance(value, str):
+            new = self._pattern.sub(MASK, value)
+            if secrets_re is not None:
+                new = secrets_re.sub(MASK, new)
+            if new != value:
+                masked.append(_fmt(path))
+            return new
+        return value
+
+    def _mask_path(self, value: Any, rest: tuple[str, ...], at: tuple[str, ...],
+                   masked: list[str]) -> Any:
+        if not rest:
+            if value != MASK:
+                masked.append(_fmt(at))
+            return MASK
+        head, tail = rest[0], rest[1:]
+        if isinstance(value, dict):
+            out = dict(value)
+            for k in (list(out) if head == "*" else [head] if head in out else []):
+                out[k] = self._mask_path(out[k], tail, (*at, k), masked)
+            return out
+        if isinstance(value, list):
+            items = list(value)
+            idx = range(len(items)) if head == "*" else (
+                [int(head)] if head.isdigit() and int(head) < len(items) else [])
+            for i in idx:
+                items[i] = self._mask_path(items[i], tail, (*at, str(i)), masked)
+            return items
+        return value
+
+
+def _fmt(path: tuple[str, ...]) -> str:
+    return "$." + ".".join(path) if path else "$"
