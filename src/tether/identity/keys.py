@@ -146,6 +146,19 @@ class KeyRing:
         current = self._current()
         return current if current is not None else self.create()
 
+    def rotate_if_due(self) -> SigningKey | None:
+        """Create the next key once the current one is in the last tenth of its life, so
+        a replacement is published (JWKS) well before the old key stops signing."""
+        self.refresh()
+        current = self._current()
+        now = time.time()
+        if current is None or current.retires_at - now < self._rotate_after / 10:
+            return self.create()
+        return None
+
+    def list(self) -> list[SigningKey]:
+        return sorted(self._keys.values(), key=lambda k: k.created_at)
+
     def _current(self) -> SigningKey | None:
         now = time.time()
         live = [k for k in self._keys.values() if k.retires_at > now]
@@ -172,6 +185,11 @@ class KeyRing:
         if key is None or key.expires_at <= time.time():
             return None
         return key.private_key.public_key()
+
+    def verifying_keys(self) -> list[SigningKey]:
+        """Every key that still verifies, oldest first (what the bundles publish)."""
+        now = time.time()
+        return sorted((k for k in self._keys.values() if k.expires_at > now), key=lambda k: k.created_at)
 
     def jwks(self) -> dict[str, Any]:
         now = time.time()

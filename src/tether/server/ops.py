@@ -81,3 +81,21 @@ def approvals_reject(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 def audit_verify(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     with rt.db.read() as conn:
         return verify_chains(conn).to_dict()
+
+
+def _key_view(k: Any) -> dict[str, Any]:
+    return {"kid": k.kid, "created_at": k.created_at, "retires_at": k.retires_at, "expires_at": k.expires_at}
+
+
+@operation("keys.list")
+def keys_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    rt.keys.refresh()
+    return [_key_view(k) for k in rt.keys.list()]
+
+
+@operation("keys.rotate")
+def keys_rotate(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    key = rt.keys.create()
+    with rt.audit.unit() as u:
+        u.emit("key.rotated", {"kid": key.kid, "by": op.name})
+    return _key_view(key)

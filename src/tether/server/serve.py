@@ -26,8 +26,9 @@ REAP_INTERVAL = 2.0
 
 
 def reap_once(rt: Runtime) -> None:
-    """Expire due tasks, then run the extensions' periodic jobs (``rt.periodic``)."""
+    """Expire due tasks, rotate the signing key when due, run the extensions' jobs."""
     rt.broker.expire_due()
+    rt.keys.rotate_if_due()
     for job in rt.periodic:
         try:
             job()

@@ -247,8 +247,14 @@ def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
     return seen is None
 
 
+#: Counting stops here: a policy needs "more than N" for a burst rule, and an unbounded
+#: COUNT would make every call of a runaway agent slower than the last.
+CALLS_CAP = 1000
+
+
 def calls_since(conn: Connection, task_id: str, since: float) -> int:
-    n = conn.execute(select(func.count()).select_from(t.audit_events).where(and_(
+    recent = (select(t.audit_events.c.seq).where(and_(
         t.audit_events.c.task_id == task_id, t.audit_events.c.type == "decision",
-        t.audit_events.c.ts >= since))).scalar()
+        t.audit_events.c.ts >= since)).limit(CALLS_CAP).subquery())
+    n = conn.execute(select(func.count()).select_from(recent)).scalar()
     return int(n or 0)
