@@ -73,15 +73,16 @@ def init_state_dir(state_dir: Path, *, force: bool = False) -> list[Path]:
     if force or not catalog.exists():
         catalog.write_text((examples / "catalog.yaml").read_text())
         written.append(catalog)
-    policies = state_dir / "policies"
-    if force or not policies.exists():
-        if policies.exists():
-            shutil.rmtree(policies)
-        policies.mkdir()
-        for item in (examples / "policies").iterdir():
-            if item.name.endswith(".cedar"):
-                (policies / item.name).write_text(item.read_text())
-        written.append(policies)
+    for folder, suffix in (("policies", ".cedar"), ("policy_tests", ".yaml")):
+        target = state_dir / folder
+        if force or not target.exists():
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir()
+            for item in (examples / folder).iterdir():
+                if item.name.endswith(suffix):
+                    (target / item.name).write_text(item.read_text())
+            written.append(target)
     return written
 
 
