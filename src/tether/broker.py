@@ -126,6 +126,8 @@ TasksEndedHook = Callable[[Unit, Sequence[Task], TaskState], None]
 #: Called inside the allow transaction (before its decision event is written); may mint
 #: a credential. Raising denies the action and rolls the whole transaction back.
 AllowHook = Callable[[Unit, Task, Resource, AuthorizeRequest, Decision], IssuedCredential | None]
+#: ``(token, claims, proof)`` → None or raise ``Unauthenticated`` (see ``Broker.token_binding``).
+TokenBinding = Callable[[str, TaskTokenClaims, Any], None]
 
 
 def _audit_fields(task: Task) -> dict[str, Any]:
@@ -148,6 +150,10 @@ class Broker:
         self.clock = clock
         self.tasks_ended_hooks: list[TasksEndedHook] = []
         self.allow_hooks: list[AllowHook] = []
+        #: Checks a task token's sender constraint (DPoP, RFC 9449) right after its signature,
+        #: as ``binding(token, claims, proof)``; raises ``Unauthenticated``. Set by the identity
+        #: layer; without it a bound token is refused (nothing could check its proof).
+        self.token_binding: TokenBinding | None = None
 
     # -- validation ----------------------------------------------------------------------
     def _resource(self, resource_id: str, field_name: str = "resource") -> Resource:
@@ -408,13 +414,24 @@ class Broker:
         return [t.id for t in ended]
 
     # -- authorize -----------------------------------------------------------------------
-    def verify_token(self, token: str) -> TaskTokenClaims:
-        return self.tokens.verify(token, now=self.clock())
+    def _check_binding(self, token: str, claims: TaskTokenClaims, proof: Any) -> None:
+        if self.token_binding is not None:
+            self.token_binding(token, claims, proof)
+        elif claims.jkt is not None:
+            raise Unauthenticated("the task token is DPoP-bound and this broker cannot check proofs",
+                                  code="dpop_unsupported")
 
-    def authorize(self, token: str, req: AuthorizeRequest) -> AuthorizeResult:
+    def verify_token(self, token: str, proof: Any = None) -> TaskTokenClaims:
+        """Signature, claims and sender constraint (``proof``: a ``tether.identity.dpop.DpopProof``)."""
+        claims = self.tokens.verify(token, now=self.clock())
+        self._check_binding(token, claims, proof)
+        return claims
+
+    def authorize(self, token: str, req: AuthorizeRequest, proof: Any = None) -> AuthorizeResult:
         now = self.clock()
         try:
             claims = self.tokens.verify(token, now=now)
+            self._check_binding(token, claims, proof)
         except Unauthenticated as exc:
             self._audit_rejected(exc, req)
             raise

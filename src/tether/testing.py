@@ -66,6 +66,10 @@ def make_settings(state_dir: Path, *, store_url: str | None = None, domain: Test
                  'jwks_file = "test-bundle.jwks.json"\n')
     (state_dir / "tether.toml").write_text(text + config_extra)
     over = dict(overrides or {})
+    # Test agents send no DPoP proofs unless a test asks for them: make DPoP optional here
+    # (the product default, `auto`, requires it in `prod`). Pass
+    # overrides={"identity": {"dpop": "required"}} to test the production behaviour.
+    over["identity"] = {"dpop": "optional", **dict(over.get("identity") or {})}
     if store_url:
         over["store"] = store_url
     return load_settings(state_dir, environ={}, overrides=over)

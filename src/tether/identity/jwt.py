@@ -265,7 +265,20 @@ def verify_jwt(
         raise ValueError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}")
     if leeway < 0:
         raise ValueError("leeway must not be negative")
+    claims = _verify_jws(token, key_for=key_for, allowed=allowed, typ=typ,
+                         require_typ=require_typ, max_bytes=max_bytes, embedded_jwk=False)
 
+    # 6. Claims.
+    _check_claims(claims, audience=audience, issuer=issuer, leeway=leeway,
+                  now=time.time() if now is None else now,
+                  required={"exp", *required})
+    return claims
+
+
+def _verify_jws(token: str, *, key_for: KeyLookup, allowed: frozenset[str],
+                typ: Collection[str] | None, require_typ: bool, max_bytes: int,
+                embedded_jwk: bool) -> dict[str, Any]:
+    """Steps 1-5 of :func:`verify_jwt`: size, shape, strict JSON, header, signature."""
     # 1. Size before anything else: len(str) <= its UTF-8 length, so this never parses.
     if not isinstance(token, str):
         raise _fail("token_malformed", "token must be a string")
@@ -292,7 +305,10 @@ def verify_jwt(
         shown = alg if isinstance(alg, str) and len(alg) <= 32 and _valid_kid(alg) else "?"
         raise _fail("alg_not_allowed", f"`alg` `{shown}` is not allowed")
     for name in _KEY_HEADERS:
-        if name in header:
+        # A DPoP proof carries its own public key in `jwk` (RFC 9449 section 4.2): the
+        # only case where the key comes from the token, and the caller then pins its
+        # thumbprint. Every other key header stays refused, there too.
+        if name in header and not (embedded_jwk and name == "jwk"):
             raise _fail("header_key_rejected", f"`{name}` header is not accepted")
     if "crit" in header:
         raise _fail("crit_unsupported", "`crit` header is not supported")
@@ -314,22 +330,57 @@ def verify_jwt(
         raise _fail("unknown_kid", f"no key for `kid` `{kid}`" if kid else "token has no `kid`")
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     _verify_signature(alg, _public_key(key), signing_input, signature)
-
-    # 6. Claims.
-    _check_claims(claims, audience=audience, issuer=issuer, leeway=leeway,
-                  now=time.time() if now is None else now,
-                  required={"exp", *required})
     return claims
 
 
-def sign_jwt(claims: Mapping[str, Any], private_key: Any, *, kid: str, typ: str,
-             alg: str = "ES256") -> str:
-    """Sign ``claims`` as a compact JWS with header ``{alg, kid, typ}``."""
+def verify_embedded_jwk_jws(token: str, *, algorithms: Collection[str], typ: Collection[str],
+                            max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify a JWS signed by the public key in its own ``jwk`` header (DPoP proofs).
+
+    Returns ``(jwk, claims)``; the claims are NOT checked (proofs have no ``exp``): the
+    caller checks them and pins the key by its thumbprint. All other header rules of
+    :func:`verify_jwt` apply; a private key in ``jwk`` is refused.
+    """
+    if isinstance(algorithms, str) or isinstance(typ, str):
+        raise TypeError("algorithms and typ must be collections of strings, not a string")
+    allowed = frozenset(algorithms)
+    if not allowed or not allowed <= SUPPORTED_ALGORITHMS:
+        raise ValueError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}")
+    seen: dict[str, Any] = {}
+
+    def key_for(header: Mapping[str, Any], _claims: Mapping[str, Any]) -> Any:
+        jwk = header.get("jwk")
+        if not isinstance(jwk, Mapping):
+            raise _fail("header_key_rejected", "a `jwk` header with the public key is required")
+        try:
+            key = load_jwk(jwk)
+        except InvalidRequest as exc:
+            raise _fail("header_key_rejected", f"`jwk` header: {exc.message}") from exc
+        seen["jwk"] = dict(jwk)
+        return key
+
+    claims = _verify_jws(token, key_for=key_for, allowed=allowed, typ=typ, require_typ=True,
+                         max_bytes=max_bytes, embedded_jwk=True)
+    return seen["jwk"], claims
+
+
+def sign_jwt(claims: Mapping[str, Any], private_key: Any, *, kid: str | None, typ: str,
+             alg: str = "ES256", jwk: Mapping[str, Any] | None = None) -> str:
+    """Sign ``claims`` as a compact JWS with header ``{alg, kid, typ}``.
+
+    ``jwk`` (with ``kid=None``) embeds the public key instead, as DPoP proofs do.
+    """
     if alg not in SUPPORTED_ALGORITHMS:
         raise ValueError(f"unsupported alg `{alg}`")
-    if not _valid_kid(kid):
+    header: dict[str, Any] = {"alg": alg, "typ": typ}
+    if jwk is not None:
+        if kid is not None or any(m in jwk for m in _PRIVATE_MEMBERS):
+            raise ValueError("an embedded jwk must be public and comes without a kid")
+        header["jwk"] = dict(jwk)
+    elif kid is None or not _valid_kid(kid):
         raise ValueError("kid must be 1-128 printable characters")
-    header = {"alg": alg, "kid": kid, "typ": typ}
+    else:
+        header["kid"] = kid
     # allow_nan=False: never emit a token our own verifier would refuse.
     enc = [b64url_encode(json.dumps(part, separators=(",", ":"), allow_nan=False).encode())
            for part in (header, dict(claims))]

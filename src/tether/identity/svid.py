@@ -72,19 +72,28 @@ def _is_loopback(host: str) -> bool:
 class _UrlSource:
     """A JWKS fetched over HTTPS, cached; the last good copy survives short outages.
 
-    A fetch happens at most once per ``retry_seconds`` after a failure, so a flood of
-    tokens with unknown kids cannot turn into a flood of requests to the bundle endpoint.
+    A SPIFFE bundle's ``spiffe_refresh_hint`` (seconds) sets when it is fetched again;
+    plain JWKS are kept ``cache_seconds``. An unknown ``kid`` (the issuer rotated) triggers
+    one early refetch, at most once per ``retry_seconds`` for the whole source, and a fetch
+    happens at most once per ``retry_seconds`` after a failure: a flood of tokens with
+    made-up kids cannot turn into a flood of requests to the bundle endpoint.
     """
+
+    MIN_REFRESH = 1.0
+    MAX_REFRESH = 24 * 3600.0
 
     def __init__(self, url: str, client: httpx.Client, *, timeout: float, cache_seconds: float,
                  retry_seconds: float, max_stale_seconds: float,
                  clock: Callable[[], float]) -> None:
         self._url, self._client, self._timeout, self._clock = url, client, timeout, clock
         self._cache, self._retry, self._max_stale = cache_seconds, retry_seconds, max_stale_seconds
+        self._refresh = cache_seconds
         self._lock = threading.Lock()
         self._keys: dict[str, Any] | None = None
         self._fetched_at = 0.0
         self._next_fetch = 0.0
+        self._last_attempt = float("-inf")
+        self.fetches = 0  # observable by tests: how often the endpoint was asked
 
     def _fetch(self) -> dict[str, Any]:
         with self._client.stream("GET", self._url, timeout=self._timeout) as resp:
@@ -95,21 +104,47 @@ class _UrlSource:
                 body += chunk
                 if len(body) > MAX_BUNDLE_BYTES:
                     raise ValueError("bundle too large")
-        return parse_jwks(json.loads(body))
+        doc = json.loads(body)
+        hint = doc.get("spiffe_refresh_hint") if isinstance(doc, dict) else None
+        if isinstance(hint, int | float) and not isinstance(hint, bool) and hint > 0:
+            self._refresh = min(max(float(hint), self.MIN_REFRESH), self.MAX_REFRESH)
+        else:
+            self._refresh = self._cache
+        return parse_jwks(doc)
+
+    def _attempt(self, now: float) -> None:
+        self._last_attempt = now
+        self.fetches += 1
+        try:
+            self._keys, self._fetched_at = self._fetch(), now
+            self._next_fetch = now + self._refresh
+        except (httpx.HTTPError, ValueError, InvalidRequest):
+            self._next_fetch = now + self._retry
+
+    def _current(self, now: float) -> dict[str, Any]:
+        if self._keys is None or now - self._fetched_at > self._max_stale:
+            raise Unavailable(f"trust bundle `{self._url}` is unavailable",
+                              code="bundle_unavailable")
+        return self._keys
 
     def __call__(self) -> Mapping[str, Any]:
         with self._lock:
             now = self._clock()
             if now >= self._next_fetch:
-                try:
-                    self._keys, self._fetched_at = self._fetch(), now
-                    self._next_fetch = now + self._cache
-                except (httpx.HTTPError, ValueError, InvalidRequest):
-                    self._next_fetch = now + self._retry
-            if self._keys is None or now - self._fetched_at > self._max_stale:
-                raise Unavailable(f"trust bundle `{self._url}` is unavailable",
-                                  code="bundle_unavailable")
-            return self._keys
+                self._attempt(now)
+            return self._current(now)
+
+    def lookup(self, kid: str) -> Any | None:
+        """The key ``kid``; an unknown kid refetches early, rate-limited per source."""
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_fetch:
+                self._attempt(now)
+            key = self._current(now).get(kid)
+            if key is None and now - self._last_attempt >= self._retry:
+                self._attempt(now)
+                key = self._current(now).get(kid)
+            return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +241,10 @@ class TrustBundles:
     def key_for(self, trust_domain: str, kid: str) -> Any | None:
         """The key ``kid`` of ``trust_domain`` only, or ``None``; never another domain's."""
         domain = self._domains.get(trust_domain)
-        return None if domain is None else domain.keys().get(kid)
+        if domain is None:
+            return None
+        lookup = getattr(domain.keys, "lookup", None)  # URL sources refetch on an unknown kid
+        return lookup(kid) if lookup is not None else domain.keys().get(kid)
 
 
 class SvidVerifier:
@@ -264,3 +302,7 @@ class SvidVerifier:
             raise Unauthenticated(f"token is not from issuer `{expected}`", code="bad_issuer")
         return Workload(spiffe_id=str(sid), trust_domain=sid.trust_domain,
                         attestation="jwt-svid")
+
+
+#: A cached, refreshing JWKS at a URL (used for OIDC issuers too).
+JwksUrlSource = _UrlSource

@@ -1,0 +1,183 @@
+"""HTTP routes of the credentials layer (served beside the core API).
+
+    POST /v1/credentials            task token → a credential for one resource
+                                     (decided by policy as `credential:issue`)
+    POST /v1/introspect             RFC 7662; caller authenticates with a JWT-SVID
+    POST /v1/revoke-token           RFC 7009; caller: a JWT-SVID or a task token
+    GET  /v1/revocations            polling form of the feed: ?since=&limit=&wait=
+    GET  /v1/revocations/stream     server-sent events; resume with ?since= or Last-Event-ID
+
+Feed and introspection callers are workloads (resource servers, gateways) proving
+themselves with a JWT-SVID for the broker's audience, the same as agents opening tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tether import actions
+from tether.broker import AuthorizeRequest
+from tether.credentials.introspection import Introspector
+from tether.credentials.service import Credentials
+from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError
+from tether.runtime import Runtime
+from tether.server.app import Api, bearer, guarded, trace_id
+from tether.server.parsing import check_fields, req_str
+
+SSE_POLL = 0.25  # seconds between in-memory checks; the store is read on change or each second
+SSE_HEARTBEAT = 15.0
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise InvalidRequest(f"`{name}` must be an integer between {lo} and {hi}", code="invalid_field",
+                             field=name)
+    return int(raw)
+
+
+class CredentialsApi:
+    def __init__(self, rt: Runtime, creds: Credentials, introspector: Introspector) -> None:
+        self.rt = rt
+        self.creds = creds
+        self.introspector = introspector
+        self.api = Api(rt)
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        """RFC 7662/7009 bodies are form-encoded; JSON is accepted too. Keys appear once."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        if ctype == "application/json":
+            doc = await self.api.body(request)
+            return {k: v for k, v in doc.items() if isinstance(v, str)}
+        if ctype != "application/x-www-form-urlencoded":
+            raise InvalidRequest("send `application/x-www-form-urlencoded`", code="unsupported_media_type")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self.api.max_body:
+                raise PayloadTooLarge(f"the body exceeds {self.api.max_body} bytes")
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidRequest("the body is not valid form data", code="malformed_body") from None
+        out: dict[str, str] = {}
+        for k, v in pairs:
+            if k in out:
+                raise InvalidRequest(f"duplicate parameter `{k[:64]}`", code="malformed_body")
+            out[k] = v
+        return out
+
+    def _workload(self, request: Request) -> str:
+        return self.rt.svids.verify(bearer(request)).spiffe_id
+
+    # -- endpoints -----------------------------------------------------------------------
+    async def issue(self, request: Request) -> Response:
+        token = bearer(request)
+        doc = await self.api.body(request)
+        check_fields(doc, ("resource",))
+        resource_id = req_str(doc, "resource")
+        resource = self.rt.catalog.get(resource_id)
+        if resource is not None and resource.connector is None:
+            raise InvalidRequest(f"`{resource_id}` has no connector; nothing to issue", code="no_connector",
+                                 field="resource")
+        req = AuthorizeRequest(action=actions.CREDENTIAL_ISSUE, resource=resource_id,
+                               trace_id=trace_id(request))
+        result = await run_in_threadpool(self.rt.broker.authorize, token, req)
+        if not result.decision.allowed or result.credential is None:
+            raise Forbidden("policy does not allow a credential for this resource",
+                            code=result.decision.code or "credential_denied",
+                            decision=result.decision.to_dict())
+        body: dict[str, Any] = {"lease_id": result.credential.lease_id, **(result.credential.for_agent or {}),
+                                "decision_id": result.decision.id}
+        return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
+
+    async def introspect(self, request: Request) -> Response:
+        await run_in_threadpool(self._workload, request)
+        form = await self._form(request)
+        token = form.get("token")
+        if not token:
+            raise InvalidRequest("missing parameter `token`", code="missing_field", field="token")
+        body = await run_in_threadpool(self.introspector.introspect, token)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def revoke_token(self, request: Request) -> Response:
+        caller = bearer(request)
+
+        def who() -> str:
+            try:
+                return self.rt.svids.verify(caller).spiffe_id
+            except TetherError:
+                return self.rt.broker.verify_token(caller).agent  # an agent revoking its own tokens
+
+        by = await run_in_threadpool(who)
+        form = await self._form(request)
+        token = form.get("token")
+        if not token:
+            raise InvalidRequest("missing parameter `token`", code="missing_field", field="token")
+        await run_in_threadpool(self.introspector.revoke, token, by=by)
+        return Response(status_code=200, headers={"Cache-Control": "no-store"})
+
+    async def revocations(self, request: Request) -> Response:
+        await run_in_threadpool(self._workload, request)
+        since = _int_param(request, "since", 0, 0, 2**62)
+        limit = _int_param(request, "limit", 500, 1, 1000)
+        wait = _int_param(request, "wait", 0, 0, 30)
+        events, cursor = await run_in_threadpool(self.creds.feed.wait, since, float(wait), limit)
+        return JSONResponse({"events": [e.to_dict() for e in events], "cursor": cursor})
+
+    async def stream(self, request: Request) -> Response:
+        await run_in_threadpool(self._workload, request)
+        last = request.headers.get("last-event-id")
+        if last is not None and not last.isdigit():
+            raise InvalidRequest("`Last-Event-ID` must be a feed cursor", code="invalid_header")
+        since = _int_param(request, "since", int(last) if last else 0, 0, 2**62)
+        duration = _int_param(request, "timeout", 300, 1, 3600)
+        feed = self.creds.feed
+
+        async def events() -> AsyncIterator[str]:
+            cursor, deadline = since, time.monotonic() + duration
+            seen_gen, last_read, last_beat = -1, 0.0, time.monotonic()
+            yield "retry: 1000\n\n"
+            while time.monotonic() < deadline:
+                now = time.monotonic()
+                if feed.generation != seen_gen or now - last_read >= 1.0:
+                    seen_gen, last_read = feed.generation, now
+                    batch, cursor = await run_in_threadpool(feed.since, cursor, 500)
+                    for e in batch:
+                        yield f"id: {e.seq}\nevent: revocation\ndata: {json.dumps(e.to_dict())}\n\n"
+                    if batch:
+                        continue
+                if now - last_beat >= SSE_HEARTBEAT:
+                    last_beat = now
+                    yield ": keepalive\n\n"
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(SSE_POLL)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def routes(rt: Runtime, creds: Credentials, introspector: Introspector) -> list[Route]:
+    a = CredentialsApi(rt, creds, introspector)
+    return [
+        Route("/v1/credentials", guarded(a.issue), methods=["POST"]),
+        Route("/v1/introspect", guarded(a.introspect), methods=["POST"]),
+        Route("/v1/revoke-token", guarded(a.revoke_token), methods=["POST"]),
+        Route("/v1/revocations", guarded(a.revocations), methods=["GET"]),
+        Route("/v1/revocations/stream", guarded(a.stream), methods=["GET"]),
+    ]
+
+

@@ -1,0 +1,209 @@
+"""Minting and revoking leases: the broker hooks of the credentials layer.
+
+``on_allow`` runs inside the authorize transaction (under the broker's savepoint):
+
+1. lock the task row (``SELECT … FOR UPDATE``) and re-check it is active — a revoke
+   that committed first makes this a deny; one that commits later waits for us and then
+   sees (and revokes) the lease we wrote: issuing and revoking cannot interleave;
+2. write the lease ``pending`` — on PostgreSQL in its own, committed transaction, so it
+   is durable before the real system is touched. On SQLite a second writer would wait
+   on the authorize transaction's lock for ever; there the row commits with the
+   authorization, and the role sweep (roles are tagged and named after their lease)
+   covers a crash in between;
+3. mint through the connector; 4. mark the lease active and emit ``credential.minted``
+   in the same transaction as the decision.
+
+``on_tasks_ended`` runs inside the transaction that ends tasks: it publishes the dead
+tasks and their leases on the revocation feed and starts revoking every lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+
+from tether import actions as act
+from tether.audit import event as ev
+from tether.audit.chain import AuditChain, Unit
+from tether.broker import AuthorizeRequest, IssuedCredential, new_id
+from tether.catalog import Resource
+from tether.config import Settings
+from tether.credentials import failpoints
+from tether.credentials import leases as ls
+from tether.credentials import revocation as rv
+from tether.credentials.connectors.base import Connector, MintRequest
+from tether.credentials.leases import Lease, LeaseState, Revocation
+from tether.errors import Conflict, NotFound, TetherError, Unavailable
+from tether.model import Decision, Task, TaskState
+from tether.store import credentials_tables as ct
+from tether.store import tables as t
+from tether.store.db import Database
+
+log = logging.getLogger("tether.credentials")
+
+INFLIGHT_TTL = 120.0  # a mint whose transaction never committed is forgotten after this
+
+
+def lease_fields(lease: Lease) -> dict[str, Any]:
+    return {"task_id": lease.task_id, "root_task_id": lease.root_task_id, "agent": lease.agent,
+            "lease_id": lease.id}
+
+
+class Credentials:
+    """Everything the credentials layer keeps at run time (``rt.extras["credentials"]``)."""
+
+    def __init__(self, settings: Settings, db: Database, audit: AuditChain,
+                 connectors: Mapping[str, Connector], feed: rv.Feed, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = audit
+        self.connectors = dict(connectors)
+        self.feed = feed
+        self.clock = clock
+        self.node_id = settings.node_id
+        self._inflight: dict[str, float] = {}  # lease id → started; minted, not yet committed
+        self._inflight_lock = threading.Lock()
+        self.counters: dict[str, int] = {"minted": 0, "mint_failed": 0, "revoked": 0,
+                                         "revoke_failed": 0, "irrevocable": 0}
+        self.wake: Callable[[], None] = lambda: None  # set by the reaper
+
+    # -- minting -------------------------------------------------------------------------
+    def _actions(self, task: Task, resource: Resource, req: AuthorizeRequest) -> tuple[str, ...]:
+        if req.action != act.CREDENTIAL_ISSUE:
+            return (req.action,)
+        # An explicit credential request gets what the task may do on the resource.
+        found = sorted({g.action for g in task.scope if g.action != act.CREDENTIAL_ISSUE
+                        and (g.resource == resource.id or g.resource == resource.service)})
+        return tuple(found) or (act.CREDENTIAL_ISSUE,)
+
+    def _lock_task(self, u: Unit, task: Task, now: float) -> None:
+        row = u.conn.execute(select(t.tasks.c.state, t.tasks.c.expires_at)
+                             .where(t.tasks.c.id == task.id).with_for_update()).first()
+        if row is None or row[0] != TaskState.ACTIVE.value or row[1] <= now:
+            raise Conflict(f"task `{task.id}` is no longer active", code="task_not_active")
+
+    def inflight_leases(self) -> set[str]:
+        cutoff = time.monotonic() - INFLIGHT_TTL
+        with self._inflight_lock:
+            for k in [k for k, v in self._inflight.items() if v < cutoff]:
+                del self._inflight[k]
+            return set(self._inflight)
+
+    def settled(self, lease_id: str) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(lease_id, None)
+
+    def on_allow(self, u: Unit, task: Task, resource: Resource, req: AuthorizeRequest,
+                 decision: Decision) -> IssuedCredential | None:
+        if resource.connector is None:
+            return None
+        connector = self.connectors.get(resource.connector)
+        if connector is None:
+            raise Unavailable(f"connector `{resource.connector}` of `{resource.service}` is not "
+                              "available on this broker", code="connector_not_configured")
+        now = self.clock()
+        self._lock_task(u, task, now)
+        lease_id = new_id("lse")
+        acts = self._actions(task, resource, req)
+        lease = Lease(
+            id=lease_id, task_id=task.id, root_task_id=task.root_id, agent=task.agent,
+            connector=connector.name, audience=resource.service, resource=resource.id,
+            scope=" ".join(f"{a}@{resource.id}" for a in acts), issued_at=now,
+            expires_at=min(task.expires_at, now + self.settings.credentials.default_ttl_seconds),
+            state=LeaseState.PENDING, revocation=Revocation.NONE, node_id=self.node_id,
+            material=connector.plan(resource, lease_id))
+        durable = self.db.dialect == "postgresql"
+        if durable:
+            with self.db.begin() as conn:
+                ls.insert_lease(conn, lease)
+        else:
+            ls.insert_lease(u.conn, lease)
+        with self._inflight_lock:
+            self._inflight[lease_id] = time.monotonic()
+        failpoints.hit("lease.after_pending")
+        try:
+            minted = connector.mint(MintRequest(lease, task, resource, acts))
+        except Exception as exc:
+            self.counters["mint_failed"] += 1
+            self.settled(lease_id)
+            if durable:  # let the reaper make sure nothing is left at the real system
+                with self.db.begin() as conn:
+                    ls.begin_revocation(conn, [lease_id], "mint_failed", now)
+                self.wake()
+            if isinstance(exc, TetherError):
+                raise
+            log.exception("connector %s failed to mint", connector.name)
+            raise Unavailable(f"connector `{connector.name}` failed; the action is denied",
+                              code="connector_failed") from exc
+        failpoints.hit("lease.after_mint")
+        material = {**lease.material, **minted.material}
+        if not ls.activate(u.conn, lease_id, material):
+            # Revoked while we minted (the reaper took a durable pending row): do not hand it out.
+            raise Conflict("the credential was revoked while it was issued", code="lease_revoked")
+        u.emit(ev.CREDENTIAL_MINTED, {
+            "connector": connector.name, "audience": lease.audience, "resource": lease.resource,
+            "scope": lease.scope, "expires_at": lease.expires_at, "material": material,
+            "kind": (minted.for_agent or {}).get("kind", connector.name),
+        }, **lease_fields(lease))
+        self.counters["minted"] += 1
+        return IssuedCredential(lease_id, minted.for_agent, minted.for_enforcer)
+
+    # -- revocation ----------------------------------------------------------------------
+    def start_revocations(self, u: Unit, leases: Sequence[Lease], reason: str, *, by: str,
+                          feed: bool = True) -> None:
+        """Mark leases revoking; finish offline ones now (same transaction, with events)."""
+        now = self.clock()
+        ls.begin_revocation(u.conn, [x.id for x in leases], reason, now)
+        if feed:
+            rv.append(u.conn, [rv.FeedEntry("lease", x.task_id, reason, x.expires_at, x.id, x.audience)
+                               for x in leases], now)
+        external = False
+        for lease in leases:
+            connector = self.connectors.get(lease.connector)
+            if connector is not None and connector.offline_revoke:
+                connector.revoke(lease)
+                if ls.mark_revoked(u.conn, lease.id, now):
+                    self.counters["revoked"] += 1
+                    u.emit(ev.CREDENTIAL_REVOKED, {"connector": lease.connector, "reason": reason,
+                                                   "by": by, "audience": lease.audience},
+                           **lease_fields(lease))
+            else:
+                external = True
+        if external:
+            self.wake()
+
+    def on_tasks_ended(self, u: Unit, tasks: Sequence[Task], state: TaskState) -> None:
+        if not tasks:
+            return
+        now = self.clock()
+        rv.append(u.conn, [rv.FeedEntry("task", x.id, state.value, x.expires_at) for x in tasks], now)
+        live = ls.live_leases_of_tasks(u.conn, [x.id for x in tasks])
+        self.start_revocations(u, live, f"task_{state.value}", by="broker")
+
+    def revoke_lease(self, lease_id: str, *, by: str, reason: str = "revoked") -> Lease:
+        """Revoke one lease now (operator, RFC 7009). An irrevocable one is tried again."""
+        with self.audit.unit() as u:
+            lease = ls.get_lease(u.conn, lease_id)
+            if lease is None:
+                raise NotFound(f"no lease `{lease_id}`", code="lease_not_found")
+            if lease.state is LeaseState.IRREVOCABLE:
+                u.conn.execute(update(ct.leases).where(ct.leases.c.id == lease_id).values(
+                    state=LeaseState.REVOKING.value, revocation=Revocation.PENDING.value,
+                    next_attempt_at=self.clock()))
+                self.wake()
+            elif lease.state in ls.LIVE:
+                self.start_revocations(u, [lease], reason, by=by)
+            found = ls.get_lease(u.conn, lease_id)
+        assert found is not None
+        return found
+
+    def metrics(self) -> dict[str, Any]:
+        with self.db.read() as conn:
+            states = ls.count_by_state(conn)
+        return {"counters": dict(self.counters), "leases": states}

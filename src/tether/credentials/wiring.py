@@ -1,0 +1,78 @@
+"""Install the credentials layer into a runtime (``tether.runtime.EXTENSION_MODULES``).
+
+Adds the broker hooks (mint on allow, revoke on task end), the HTTP routes, the admin
+operations, the reaper (a worker thread plus a periodic pass) and, in
+``rt.extras["credentials"]``, a :class:`CredentialsRuntime` that in-process enforcement
+points use: ``.feed`` (revocations since a cursor), ``.secrets``, ``.service``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from tether.audit import event as ev
+from tether.audit.chain import add_listener
+from tether.audit.event import Event
+from tether.credentials import ops  # noqa: F401  (registers the admin operations)
+from tether.credentials.api import routes
+from tether.credentials.connectors.base import Connector
+from tether.credentials.connectors.inject import InjectConnector
+from tether.credentials.connectors.jwt import JwtConnector
+from tether.credentials.connectors.postgres import PostgresConnector
+from tether.credentials.introspection import Introspector
+from tether.credentials.reaper import Reaper
+from tether.credentials.revocation import Feed
+from tether.credentials.secrets import SecretStore
+from tether.credentials.service import Credentials
+from tether.identity.keys import load_master_key
+from tether.runtime import Runtime
+
+log = logging.getLogger("tether.credentials")
+
+_ENDED = frozenset({ev.TASK_CLOSED, ev.TASK_EXPIRED, ev.TASK_REVOKED, ev.CREDENTIAL_REVOKED})
+
+
+@dataclass
+class CredentialsRuntime:
+    service: Credentials
+    feed: Feed
+    secrets: SecretStore
+    reaper: Reaper
+    introspector: Introspector
+
+
+def install(rt: Runtime) -> None:
+    s = rt.settings
+    secrets = SecretStore(rt.db, load_master_key(s.state_dir))
+    tag = hashlib.sha256(s.broker_issuer.encode()).hexdigest()[:12]
+    connectors: dict[str, Connector] = {
+        "jwt": JwtConnector(rt.keys, s.broker_issuer),
+        "inject": InjectConnector(secrets),
+        "postgres": PostgresConnector(s.credentials.postgres, tag=tag),
+    }
+    feed = Feed(rt.db)
+    service = Credentials(s, rt.db, rt.audit, connectors, feed, clock=rt.broker.clock)
+    reaper = Reaper(service)
+    introspector = Introspector(rt, service)
+    rt.broker.allow_hooks.append(service.on_allow)
+    rt.broker.tasks_ended_hooks.append(service.on_tasks_ended)
+    rt.audit.filters.append(secrets.mask)
+
+    def on_event(e: Event) -> None:
+        # After commit: followers and the revoker see the new rows when they look.
+        if e.type in _ENDED:
+            feed.notify()
+            reaper_wake()
+        elif e.type == ev.CREDENTIAL_MINTED and e.lease_id:
+            service.settled(e.lease_id)
+
+    reaper_wake = service.wake
+    remove_listener = add_listener(on_event)
+    rt.routes.extend(routes(rt, service, introspector))
+    rt.periodic.append(reaper.reap)
+    rt.extras["credentials"] = CredentialsRuntime(service, feed, secrets, reaper, introspector)
+    reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
+    rt.on_close.append(remove_listener)
+    rt.on_close.append(reaper.stop)
