@@ -119,6 +119,132 @@ class AuditSettings:
                               field="audit.checkpoint_url")
 
 
+def _identity_error(name: str, why: str) -> ConfigError:
+    return ConfigError(f"`{name}` {why}", code="config_invalid", field=name)
+
+
+def _identity_strs(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):  # the environment spells a list as a comma-separated string
+        value = [v for v in value.replace(",", " ").split() if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise _identity_error(name, "must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _identity_map(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()):
+        raise _identity_error(name, "must be a table of strings")
+    return dict(value)
+
+
+def _issuer_url(value: str, name: str) -> None:
+    from urllib.parse import urlsplit  # local: keeps config import-light
+
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if not (parts.scheme == "https" or (parts.scheme == "http" and loopback)) or not parts.hostname \
+            or parts.query or parts.fragment:
+        raise _identity_error(name, f"must be an https URL without query or fragment, got `{value}`")
+
+
+@dataclass(frozen=True, slots=True)
+class OidcIssuer:
+    """``[[identity.oidc_issuers]]``: workloads proven by an OIDC token (CI jobs, Kubernetes).
+
+    ``spiffe_id`` is a template over the token's claims: ``{claim}`` takes one path segment,
+    ``{claim:path}`` (at most one per template) may span several; ``{trust_domain}`` is the
+    broker's. ``subjects`` are shell-style patterns the ``sub`` must match (required: an
+    issuer such as a public CI serves everyone's jobs).
+    """
+
+    issuer: str = ""
+    spiffe_id: str = ""
+    subjects: tuple[str, ...] = ()
+    audience: str = ""  # empty: the broker audience
+    required_claims: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = field(default_factory=dict)  # attribute name = claim name
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwks_url: str = ""  # empty: from the discovery document
+
+    def __post_init__(self) -> None:
+        where = "identity.oidc_issuers[].{}"
+        for name in ("subjects", "algorithms"):
+            object.__setattr__(self, name, _identity_strs(getattr(self, name), where.format(name)))
+        for name in ("required_claims", "attributes"):
+            object.__setattr__(self, name, _identity_map(getattr(self, name), where.format(name)))
+        _issuer_url(self.issuer, where.format("issuer"))
+        if self.jwks_url:
+            _issuer_url(self.jwks_url, where.format("jwks_url"))
+        if not self.subjects:
+            raise _identity_error(where.format("subjects"), "must list the allowed `sub` patterns")
+        if not self.spiffe_id:
+            raise _identity_error(where.format("spiffe_id"), "is required (a SPIFFE ID template)")
+
+
+@dataclass(frozen=True, slots=True)
+class DelegatorIssuer:
+    """``[[identity.delegator_issuers]]``: whose OIDC ID tokens may name a task's human delegator."""
+
+    issuer: str = ""
+    audience: str = ""  # the OIDC client id the ID tokens are issued to
+    subjects: tuple[str, ...] = ("*",)
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwks_url: str = ""
+
+    def __post_init__(self) -> None:
+        where = "identity.delegator_issuers[].{}"
+        for name in ("subjects", "algorithms"):
+            object.__setattr__(self, name, _identity_strs(getattr(self, name), where.format(name)))
+        _issuer_url(self.issuer, where.format("issuer"))
+        if self.jwks_url:
+            _issuer_url(self.jwks_url, where.format("jwks_url"))
+        if not self.audience:
+            raise _identity_error(where.format("audience"), "is required (the OIDC client id)")
+
+
+DPOP_MODES = ("required", "optional", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    """``[identity]``: the local Workload API, SVIDs, DPoP and external issuers (docs/identity.md)."""
+
+    #: ``required``: every task must be opened with a DPoP proof and every use of its token
+    #: carries one; ``optional``: bound only when the agent sends a proof; ``auto``:
+    #: required when ``environment = "prod"``, optional elsewhere.
+    dpop: str = "auto"
+    dpop_window_seconds: int = 60  # how old a proof's `iat` may be
+    svid_ttl_seconds: int = 300
+    workload_socket: str = "workload.sock"  # relative to the state dir; "" disables the socket
+    public_url: str = ""  # e.g. https://tether.example.com when behind a proxy (DPoP `htu`)
+    oidc_issuers: tuple[OidcIssuer, ...] = ()
+    delegator_issuers: tuple[DelegatorIssuer, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dpop not in DPOP_MODES:
+            raise _identity_error("identity.dpop", f"must be one of {', '.join(DPOP_MODES)}")
+        if not 5 <= self.dpop_window_seconds <= 600:
+            raise _identity_error("identity.dpop_window_seconds", "must be between 5 and 600")
+        if not 30 <= self.svid_ttl_seconds <= 3600:
+            raise _identity_error("identity.svid_ttl_seconds", "must be between 30 and 3600")
+        if self.public_url:
+            _issuer_url(self.public_url, "identity.public_url")
+        for name, cls in (("oidc_issuers", OidcIssuer), ("delegator_issuers", DelegatorIssuer)):
+            value: Any = getattr(self, name)
+            if not isinstance(value, list | tuple):
+                raise _identity_error(f"identity.{name}", "must be a list of tables")
+            built = tuple(v if isinstance(v, cls) else _build(cls, v, f"identity.{name}[{i}].")
+                          for i, v in enumerate(value))
+            issuers = [b.issuer for b in built]
+            if len(set(issuers)) != len(issuers):
+                raise _identity_error(f"identity.{name}", "lists an issuer twice")
+            object.__setattr__(self, name, built)
+
+    def dpop_required(self, environment: str) -> bool:
+        return self.dpop == "required" or (self.dpop == "auto" and environment == "prod")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     state_dir: Path
@@ -137,6 +263,7 @@ class Settings:
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     keys: KeySettings = field(default_factory=KeySettings)
     limits: Limits = field(default_factory=Limits)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
 
     # Derived values: everything that has a computed default is read through these.
