@@ -34,7 +34,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     domain = TestTrustDomain("support.example")
     settings = make_settings(tmp / "state", store_url=args.store, domain=domain,
-                             overrides={"environment": "prod"})
+                             overrides={"environment": "prod", "identity": {"dpop": "optional"}})
     # The shipped burst rule (> 120 calls a minute) would turn a long run into denies;
     # lift it so the allow path is what gets measured.
     taint = settings.policy_path / "20-taint.cedar"

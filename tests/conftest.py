@@ -129,7 +129,7 @@ def domain() -> TestTrustDomain:
 @pytest.fixture
 def settings(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Any:
     return make_settings(tmp_path / "state", store_url=store_url, domain=domain,
-                         overrides={"environment": "prod"})
+                         overrides={"environment": "prod", "identity": {"dpop": "optional"}})
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ def test_delegation_depth_is_bounded(tmp_path, store_url, domain):
     from tether.testing import make_settings
 
     settings = make_settings(tmp_path / "s", store_url=store_url, domain=domain,
-                             overrides={"environment": "prod", "tasks": {"max_depth": 1}})
+                             overrides={"environment": "prod", "identity": {"dpop": "optional"}, "tasks": {"max_depth": 1}})
     rt = Runtime.start(settings)
     try:
         with TestClient(create_app(rt)) as client:

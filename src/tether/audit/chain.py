@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -25,6 +25,8 @@ from tether.audit.event import EVENT_FIELDS, EVENT_TYPES, GENESIS_HASH, Event, c
 from tether.errors import TetherError, Unavailable
 from tether.store import tables as t
 from tether.store.db import Database
+
+_INSERT_EVENT = insert(t.audit_events)
 
 PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
 Listener = Callable[[Event], None]
@@ -85,17 +87,19 @@ class Unit:
         body = dict(payload or {})
         for f in self._chain.filters:
             body = f(type_, body)
-        canonical_json(body)  # reject NaN/unserializable payloads before they reach the chain
+        payload_json = canonical_json(body)  # also rejects NaN/unserializable payloads
         self._seq += 1
         ev = Event(chain=self._chain.chain_id, seq=self._seq, ts=time.time(), type=type_,
                    prev_hash=self._head, payload=body, **fields)
-        ev = Event(**{**ev.to_dict(), "hash": ev.compute_hash()})
-        self.conn.execute(insert(t.audit_events).values(
-            chain=ev.chain, seq=ev.seq, v=ev.v, ts=ev.ts, type=ev.type, task_id=ev.task_id,
-            root_task_id=ev.root_task_id, parent_task_id=ev.parent_task_id, agent=ev.agent,
-            delegator=ev.delegator, decision_id=ev.decision_id, lease_id=ev.lease_id,
-            trace_id=ev.trace_id, payload=canonical_json(ev.payload), prev_hash=ev.prev_hash,
-            hash=ev.hash))
+        ev = replace(ev, hash=ev.compute_hash())
+        # One prepared INSERT with bound parameters: building `.values(...)` per event
+        # costs more than the database write itself.
+        self.conn.execute(_INSERT_EVENT, {
+            "chain": ev.chain, "seq": ev.seq, "v": ev.v, "ts": ev.ts, "type": ev.type,
+            "task_id": ev.task_id, "root_task_id": ev.root_task_id, "parent_task_id": ev.parent_task_id,
+            "agent": ev.agent, "delegator": ev.delegator, "decision_id": ev.decision_id,
+            "lease_id": ev.lease_id, "trace_id": ev.trace_id, "payload": payload_json,
+            "prev_hash": ev.prev_hash, "hash": ev.hash})
         self._head = ev.hash
         self.events.append(ev)
         return ev
