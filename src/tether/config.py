@@ -246,6 +246,23 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    #: SPIFFE IDs of remote enforcement points (HTTP/MCP gateways in other processes)
+    #: allowed to call ``/v1/gateway/*`` and receive enforcer-only credential material.
+    #: Empty: no remote gateway is trusted (co-located gateways need no entry).
+    enforcers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        value: Any = self.enforcers
+        if isinstance(value, str):  # from the environment: comma or space separated
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("`gateway.enforcers` must be a list of SPIFFE IDs", code="config_invalid",
+                              field="gateway.enforcers")
+        object.__setattr__(self, "enforcers", tuple(value))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     state_dir: Path
     listen: str = "127.0.0.1:8421"
@@ -263,6 +280,7 @@ class Settings:
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     keys: KeySettings = field(default_factory=KeySettings)
     limits: Limits = field(default_factory=Limits)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
 

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, Table, insert, inspect, select
 
 from tether.store import audit_tables
 from tether.store import credentials_tables as ct
+from tether.store import gateway_tables
 from tether.store import tables as t
 
 
@@ -39,6 +40,7 @@ MIGRATIONS: list[Migration] = [
         create_tables(t.signing_keys, t.tasks, t.delegations, t.approvals, t.resource_uses,
                       t.audit_events, t.audit_chains),
     ),
+    Migration(30, "gateway: pinned MCP tool definitions", create_tables(gateway_tables.tool_pins)),
     Migration(20, "credentials: leases, revocation feed, injected secrets",
               create_tables(ct.leases, ct.revocations, ct.secrets)),
     Migration(40, "audit: signed checkpoints", create_tables(audit_tables.audit_checkpoints)),

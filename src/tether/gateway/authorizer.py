@@ -1,0 +1,250 @@
+"""How a gateway asks the broker: one Protocol, an in-process and a remote implementation.
+
+A gateway never decides anything itself. Every call it sees becomes a broker
+``authorize`` (the task token, the action, the resource, the arguments); the answer
+is a :class:`Verdict`. Co-located with the broker, :class:`LocalAuthorizer` calls the
+broker directly; elsewhere :class:`RemoteAuthorizer` calls the broker's enforcer API
+(``/v1/gateway/*``, see :mod:`tether.gateway.wiring`), proving with its own JWT-SVID
+that it is a configured enforcement point — only then does the broker hand it the
+enforcer-only half of a credential (an upstream secret to inject).
+
+Both fail closed: a broker that cannot be reached, or answers anything unexpected, is
+an :class:`~tether.errors.Unavailable` and nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio.to_thread
+import httpx
+
+from tether.broker import AuthorizeRequest, AuthorizeResult
+from tether.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    TetherError,
+    Unauthenticated,
+    Unavailable,
+)
+from tether.identity.dpop import DpopProof
+from tether.model import Task
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The broker's answer to one call, as an enforcement point needs it."""
+
+    decision: Mapping[str, Any]  # Decision.to_dict(): decision, decision_id, reasons, code, …
+    task: Mapping[str, Any] | None = None  # audit fields of the task (id, root, parent, agent)
+    lease_id: str | None = None
+    for_agent: Mapping[str, Any] | None = None
+    for_enforcer: Mapping[str, Any] | None = None
+
+    @property
+    def outcome(self) -> str:
+        return str(self.decision.get("decision", "deny"))
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+    @property
+    def decision_id(self) -> str | None:
+        value = self.decision.get("decision_id")
+        return str(value) if value else None
+
+    def public(self) -> dict[str, Any]:
+        """What the agent may see: the decision and the policies' own reasons, no credential."""
+        keys = ("decision", "decision_id", "code", "reasons", "approval_id", "policy_version")
+        return {k: self.decision[k] for k in keys if k in self.decision}
+
+
+def task_fields(task: Task | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    return {"task_id": task.id, "root_task_id": task.root_id, "parent_task_id": task.parent_id,
+            "agent": task.agent}
+
+
+def verdict_from_result(result: AuthorizeResult) -> Verdict:
+    cred = result.credential
+    return Verdict(decision=result.decision.to_dict(), task=task_fields(result.task),
+                   lease_id=cred.lease_id if cred else None,
+                   for_agent=cred.for_agent if cred else None,
+                   for_enforcer=cred.for_enforcer if cred else None)
+
+
+def upstream_credential_headers(verdict: Verdict) -> dict[str, str]:
+    """Headers that carry the minted credential to the upstream (the credentials contract).
+
+    ``inject``: the enforcer-only header and value; ``jwt``: the fresh access token as a
+    bearer. Anything malformed is refused rather than half-sent (header injection).
+    """
+    fe, fa = verdict.for_enforcer, verdict.for_agent
+    if fe and fe.get("kind") == "inject":
+        name, value = fe.get("header"), fe.get("value")
+        if not isinstance(name, str) or not _HEADER_NAME.match(name) or not isinstance(value, str) \
+                or any(c in value for c in "\r\n\0"):
+            raise Unavailable("the credential for this call is malformed; nothing was forwarded",
+                              code="credential_invalid")
+        return {name.lower(): value}
+    if fa and fa.get("kind") == "jwt":
+        token = fa.get("token")
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0 "):
+            raise Unavailable("the credential for this call is malformed; nothing was forwarded",
+                              code="credential_invalid")
+        return {"authorization": f"Bearer {token}"}
+    return {}
+
+
+class Authorizer(Protocol):
+    """The broker as an enforcement point sees it."""
+
+    async def authorize(self, token: str, req: AuthorizeRequest, proof: DpopProof | None = None) -> Verdict:
+        """Decide one call; raises ``TetherError`` for a refused token or bad request.
+
+        ``proof`` is the agent's DPoP proof as it reached the gateway (RFC 9449), checked
+        by the broker against the method and URL the agent used.
+        """
+        ...
+
+    async def visible(self, token: str, action: str, resources: Sequence[str]) -> frozenset[str]:
+        """The resources this task could be allowed ``action`` on (no decision is recorded)."""
+        ...
+
+    async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
+                     trace_id: str | None = None) -> None:
+        """Append one call record (``call.forwarded``/``call.result``) linked to its decision."""
+        ...
+
+    async def observe_tools(self, server: str,
+                            definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Check MCP tool definitions against their pins: ``{tool: "approved" | "changed"}``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalAuthorizer:
+    """In the broker's process: direct calls, run in worker threads (the store is sync)."""
+
+    def __init__(self, runtime: Any) -> None:
+        from tether.gateway import service
+        from tether.gateway.pins import ToolPins
+
+        self.rt = runtime
+        self._service = service
+        self.pins: ToolPins = runtime.extras.get("gateway.pins") or ToolPins(runtime.audit)
+
+    async def authorize(self, token: str, req: AuthorizeRequest, proof: DpopProof | None = None) -> Verdict:
+        result = await anyio.to_thread.run_sync(self.rt.broker.authorize, token, req, proof)
+        return verdict_from_result(result)
+
+    async def visible(self, token: str, action: str, resources: Sequence[str]) -> frozenset[str]:
+        found = await anyio.to_thread.run_sync(self._service.visible, self.rt, token, action,
+                                               list(resources))
+        return frozenset(found)
+
+    async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
+                     trace_id: str | None = None) -> None:
+        await anyio.to_thread.run_sync(self._service.record_call, self.rt, type_, verdict.task,
+                                       verdict.decision_id, verdict.lease_id, trace_id, dict(payload))
+
+    async def observe_tools(self, server: str,
+                            definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        return await anyio.to_thread.run_sync(self.pins.observe, server, definitions)
+
+    async def aclose(self) -> None:
+        return None
+
+
+_BY_STATUS: dict[int, type[TetherError]] = {
+    400: InvalidRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
+    413: PayloadTooLarge,
+}
+
+
+class RemoteAuthorizer:
+    """Over HTTP to a broker's enforcer API, authenticated by this gateway's JWT-SVID.
+
+    ``svid`` is called for each request so a rotating SVID (a file SPIRE rewrites) is
+    always fresh. Every call is a round trip: a closed or revoked task is refused at
+    once, with no cache to outlive it.
+    """
+
+    def __init__(self, broker_url: str, svid: Callable[[], str], *, timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not broker_url.startswith(("http://", "https://")):
+            raise InvalidRequest("the broker URL must be http(s)://…", code="invalid_field", field="broker")
+        self._svid = svid
+        self._client = httpx.AsyncClient(base_url=broker_url.rstrip("/"), timeout=timeout,
+                                         transport=transport, follow_redirects=False)
+
+    async def _post(self, path: str, body: Mapping[str, Any], token: str | None = None,
+                    trace: str | None = None) -> Any:
+        headers = {"x-tether-enforcer": self._svid()}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        if trace:
+            headers["traceparent"] = trace
+        try:
+            resp = await self._client.post(path, json=dict(body), headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unavailable("the broker is unreachable; nothing was allowed",
+                              code="broker_unavailable") from exc
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = None
+        if resp.status_code == 200 and isinstance(doc, dict):
+            return doc
+        err = doc if isinstance(doc, dict) else {}
+        cls = _BY_STATUS.get(resp.status_code, Unavailable)
+        code = str(err.get("code") or ("broker_unavailable" if cls is Unavailable else "broker_refused"))
+        raise cls(str(err.get("message") or f"the broker answered {resp.status_code}"), code=code)
+
+    async def authorize(self, token: str, req: AuthorizeRequest, proof: DpopProof | None = None) -> Verdict:
+        body: dict[str, Any] = {"action": req.action, "resource": req.resource,
+                                "arguments": dict(req.arguments),
+                                "context": {"method": req.method, "path": req.path}}
+        if proof is not None and proof.present:
+            body["dpop"] = {"proof": proof.proof, "method": proof.method, "url": proof.url,
+                            "count": proof.count}
+        trace = f"00-{req.trace_id}-{'0' * 15}1-01" if req.trace_id else None
+        doc = await self._post("/v1/gateway/authorize", body, token, trace)
+        decision, cred = doc.get("decision"), doc.get("credential") or {}
+        if not isinstance(decision, dict) or not isinstance(cred, dict):
+            raise Unavailable("the broker's answer was malformed; nothing was allowed",
+                              code="broker_unavailable")
+        return Verdict(decision=decision, task=doc.get("task"), lease_id=cred.get("lease_id"),
+                       for_agent=cred.get("for_agent"), for_enforcer=cred.get("for_enforcer"))
+
+    async def visible(self, token: str, action: str, resources: Sequence[str]) -> frozenset[str]:
+        doc = await self._post("/v1/gateway/visible", {"action": action, "resources": list(resources)}, token)
+        return frozenset(str(r) for r in doc.get("resources") or ())
+
+    async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
+                     trace_id: str | None = None) -> None:
+        await self._post("/v1/gateway/calls", {
+            "type": type_, "task": dict(verdict.task or {}), "decision_id": verdict.decision_id,
+            "lease_id": verdict.lease_id, "trace_id": trace_id, "payload": dict(payload)})
+
+    async def observe_tools(self, server: str,
+                            definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        doc = await self._post("/v1/gateway/tools", {"server": server, "tools": dict(definitions)})
+        states = doc.get("states")
+        if not isinstance(states, dict):
+            raise Unavailable("the broker's answer was malformed", code="broker_unavailable")
+        return {str(k): str(v) for k, v in states.items()}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

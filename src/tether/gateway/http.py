@@ -1,0 +1,347 @@
+"""The HTTP gateway: an ASGI reverse proxy that authorizes every request.
+
+For each request: match a configured route and rule (anything else is a 404: no open
+proxying), ask the broker (task token → action, resource, captured parameters as
+arguments), and only on ``allow`` forward it with the credential the connector minted.
+The agent's own ``Authorization`` never leaves the gateway; hop-by-hop headers, cookies
+and anything the ``Connection`` header names are dropped both ways.
+
+Bodies stream in both directions through one pooled ``httpx.AsyncClient`` (HTTP/1.1
+keep-alive to upstreams), counted against the configured limits. The W3C
+``traceparent`` is continued (same trace id, a new span id for the gateway's hop) and
+its trace id recorded with the decision and the call. Each forwarded call is an audit
+event (``call.forwarded``) linked to its decision id: method, route, upstream status,
+bytes and duration — bodies only when a route sets ``record_bodies``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+import httpx
+
+from tether.audit import event as ev
+from tether.broker import AuthorizeRequest
+from tether.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    TetherError,
+    Unauthenticated,
+    Unavailable,
+)
+from tether.gateway.authorizer import Authorizer, Verdict, upstream_credential_headers
+from tether.gateway.routes import Route, RouteTable, Rule
+from tether.identity.dpop import DpopProof
+
+log = logging.getLogger("tether.gateway.http")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+#: RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                        "trailer", "transfer-encoding", "upgrade", "proxy-connection"})
+#: Never forwarded upstream: the agent's credentials and what the gateway sets itself.
+_DROP_REQUEST = HOP_BY_HOP | {"authorization", "dpop", "cookie", "host", "content-length",
+                              "x-tether-enforcer", "traceparent", "tracestate"}
+#: Never returned to the agent: upstream sessions are not the agent's to hold.
+_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length"}
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_BAD_RAW_PATH = re.compile(r"%2f|%5c|%00|\\|%2e", re.IGNORECASE)
+_RECORD_LIMIT = 64 * 1024
+APPROVAL_POLL_SECONDS = 1.0
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def continue_trace(header: str | None) -> tuple[str, str]:
+    """(trace id, traceparent for the upstream): the caller's trace or a new one."""
+    m = _TRACEPARENT.match(header or "")
+    if m and m.group(1) != "0" * 32 and m.group(2) != "0" * 16:
+        trace, flags = m.group(1), m.group(3)
+    else:
+        trace, flags = secrets.token_hex(16), "01"
+    return trace, f"00-{trace}-{secrets.token_hex(8)}-{flags}"
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[str]:
+    """Headers a sender marked as hop-by-hop in its ``Connection`` header (RFC 9110 §7.6.1)."""
+    out: set[str] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            out.update(t.strip().lower() for t in v.decode("latin-1").split(",") if t.strip())
+    return out
+
+
+def forward_headers(raw: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> list[tuple[str, str]]:
+    drop = _DROP_REQUEST | _connection_tokens(raw) | set(extra)
+    out = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+    return [(k, v) for k, v in out if k not in drop] + list(extra.items())
+
+
+def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    raw = list(headers.raw)
+    drop = _DROP_RESPONSE | _connection_tokens(raw)
+    return [(k.lower(), v) for k, v in raw if k.decode("latin-1").lower() not in drop]
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
+    for k, v in headers:
+        if k.lower() == b"authorization":
+            scheme, _, token = v.decode("latin-1").partition(" ")
+            if scheme.lower() in ("bearer", "dpop") and token.strip():
+                return token.strip()
+    raise Unauthenticated("send your task token as `Authorization: Bearer <token>`", code="missing_token")
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+class HttpGateway:
+    """An ASGI application. ``transport`` replaces the network in tests and benchmarks."""
+
+    def __init__(self, table: RouteTable, authorizer: Authorizer, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.table = table
+        self.options = table.options
+        self.authorizer = authorizer
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            o = self.options
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(o.timeout_seconds, connect=o.connect_timeout_seconds),
+                limits=httpx.Limits(max_connections=o.max_connections,
+                                    max_keepalive_connections=o.max_connections),
+                follow_redirects=False, trust_env=False, transport=self._transport)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        await self.authorizer.aclose()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await self.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":  # cannot be authorized per message: refused
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        try:
+            await self._handle(scope, receive, send)
+        except TetherError as exc:
+            await _send_json(send, exc.status if 400 <= exc.status < 600 else 500, exc.to_dict())
+
+    async def _handle(self, scope: Scope, receive: Any, send: Any) -> None:
+        method: str = scope["method"]
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if not raw_path.startswith("/") or _BAD_RAW_PATH.search(raw_path):
+            # Encoded slashes, dots and backslashes are how a path that was authorized as
+            # one resource reaches another after the upstream normalizes it.
+            raise InvalidRequest("the request path is not in normal form", code="invalid_path")
+        path = unquote(raw_path)
+        if any(seg in (".", "..") for seg in path.split("/")) or "//" in path:
+            raise InvalidRequest("the request path is not in normal form", code="invalid_path")
+        found = self.table.find(path)
+        rule, params, route = None, None, None
+        if found is not None:
+            route, rest = found
+            for r in route.rules:
+                params = r.match(method, rest)
+                if params is not None:
+                    rule = r
+                    break
+        if route is None or rule is None or params is None:
+            raise NotFound(f"no route for `{method} {path[:200]}`", code="no_route")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        length = _header(headers, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.options.max_request_bytes):
+            raise PayloadTooLarge(f"the body exceeds {self.options.max_request_bytes} bytes",
+                                  limit=self.options.max_request_bytes)
+        token = _bearer(headers)
+        trace, traceparent = continue_trace(_header(headers, b"traceparent"))
+        rest_raw = raw_path[len(route.prefix):] if route.prefix != "/" else raw_path
+        req = AuthorizeRequest(action=rule.action, resource=rule.resource, arguments=params,
+                               method=method, path=path, trace_id=trace)
+        verdict = await self._decide(token, req, self._proof(scope, headers, method, raw_path))
+        if not verdict.allowed:
+            await self._refuse(send, verdict)
+            return
+        await self._forward(scope, receive, send, route, rule, verdict, rest_raw or "/", traceparent, trace)
+
+    def _proof(self, scope: Scope, headers: list[tuple[bytes, bytes]], method: str, raw_path: str
+               ) -> DpopProof | None:
+        """The agent's DPoP proof and the URL it must be for: this gateway's, as the agent saw it."""
+        proofs = [v.decode("latin-1") for k, v in headers if k.lower() == b"dpop"]
+        if not proofs:
+            return None
+        base = self.options.public_url or f"{scope.get('scheme', 'http')}://{_header(headers, b'host') or ''}"
+        return DpopProof(proof=proofs[0], method=method, url=base.rstrip("/") + raw_path, count=len(proofs))
+
+    async def _decide(self, token: str, req: AuthorizeRequest, proof: DpopProof | None) -> Verdict:
+        verdict = await self.authorizer.authorize(token, req, proof)
+        wait = self.options.approval_wait_seconds
+        if verdict.outcome != "approval_required" or wait <= 0:
+            return verdict
+        # Hold the request while a human decides: re-ask on a fixed cadence (the same
+        # arguments find the same pending approval), give up at the deadline.
+        deadline = time.monotonic() + wait
+        while verdict.outcome == "approval_required" and time.monotonic() < deadline:
+            await anyio.sleep(min(APPROVAL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            verdict = await self.authorizer.authorize(token, req, proof)
+        return verdict
+
+    async def _refuse(self, send: Any, verdict: Verdict) -> None:
+        body = verdict.public()
+        headers: dict[str, str] = {}
+        if verdict.outcome == "approval_required":
+            body["code"] = "approval_required"
+            body["message"] = "a human must approve this call; retry once it is approved"
+            headers["retry-after"] = str(self.options.retry_after_seconds)
+        else:
+            body.setdefault("code", "denied")
+            body["message"] = "policy denied this call"
+        await _send_json(send, 403, body, headers)
+
+    async def _forward(self, scope: Scope, receive: Any, send: Any, route: Route, rule: Rule,
+                       verdict: Verdict, rest_raw: str, traceparent: str, trace: str) -> None:
+        extra = {**route.headers, **upstream_credential_headers(verdict), "traceparent": traceparent}
+        query = scope.get("query_string") or b""
+        url = route.upstream + rest_raw + ("?" + query.decode("latin-1") if query else "")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        has_body = _header(headers, b"content-length") not in (None, "0") or \
+            _header(headers, b"transfer-encoding") is not None
+        sent = {"request": 0, "response": 0}
+        recorded: dict[str, bytearray] = {"request": bytearray(), "response": bytearray()}
+        limit = self.options.max_request_bytes
+
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise anyio.get_cancelled_exc_class()()
+                chunk = msg.get("body", b"")
+                sent["request"] += len(chunk)
+                if sent["request"] > limit:
+                    raise _BodyTooLarge
+                if route.record_bodies and len(recorded["request"]) < _RECORD_LIMIT:
+                    recorded["request"] += chunk[: _RECORD_LIMIT - len(recorded["request"])]
+                if chunk:
+                    yield chunk
+                if not msg.get("more_body", False):
+                    return
+
+        started = time.perf_counter()
+        status, outcome = 0, "ok"
+        try:
+            request = self.client.build_request(scope["method"], url, headers=forward_headers(headers, extra),
+                                                content=body() if has_body else None)
+            try:
+                resp = await self.client.send(request, stream=True)
+            except _BodyTooLarge:
+                outcome = "request_too_large"
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit) from None
+            except httpx.TimeoutException:
+                outcome = "upstream_timeout"
+                raise GatewayTimeout("the upstream did not answer in time", code="upstream_timeout") from None
+            except (httpx.HTTPError, OSError):
+                outcome = "upstream_unavailable"
+                raise BadGateway("the upstream could not be reached", code="upstream_unavailable") from None
+            try:
+                status = resp.status_code
+                keep = recorded["response"] if route.record_bodies else None
+                await self._relay(send, resp, verdict, sent, keep)
+            except (httpx.HTTPError, _BodyTooLarge) as exc:
+                # The status line is out: all that is left is cutting the connection.
+                outcome = "response_too_large" if isinstance(exc, _BodyTooLarge) else "upstream_broken"
+                raise
+            finally:
+                await resp.aclose()
+        finally:
+            payload: dict[str, Any] = {
+                "gateway": "http", "route": route.name, "service": route.service, "method": scope["method"],
+                "path": unquote(rest_raw)[:512], "rule": rule.path, "action": rule.action,
+                "resource": rule.resource, "upstream_status": status, "outcome": outcome,
+                "request_bytes": sent["request"], "response_bytes": sent["response"],
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+            if route.record_bodies:
+                payload["request_body"] = recorded["request"].decode("utf-8", "replace")
+                payload["response_body"] = recorded["response"].decode("utf-8", "replace")
+            await self._record(verdict, payload, trace)
+
+    async def _relay(self, send: Any, resp: httpx.Response, verdict: Verdict, sent: dict[str, int],
+                     record: bytearray | None) -> None:
+        limit = self.options.max_response_bytes
+        length = resp.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise BadGateway(f"the upstream response exceeds {limit} bytes",
+                             code="upstream_response_too_large")
+        out = response_headers(resp.headers)
+        if length is not None and length.isdigit():
+            out.append((b"content-length", length.encode()))
+        if verdict.decision_id:
+            out.append((b"x-tether-decision-id", verdict.decision_id.encode()))
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
+        async for chunk in resp.aiter_raw():
+            sent["response"] += len(chunk)
+            if sent["response"] > limit:
+                raise _BodyTooLarge
+            if record is not None and len(record) < _RECORD_LIMIT:
+                record += chunk[: _RECORD_LIMIT - len(record)]
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _record(self, verdict: Verdict, payload: dict[str, Any], trace: str) -> None:
+        try:
+            with anyio.CancelScope(shield=True):  # a client hanging up must not lose the record
+                await self.authorizer.record(ev.CALL_FORWARDED, verdict, payload, trace)
+        except Exception:
+            log.exception("could not record the forwarded call of decision %s", verdict.decision_id)
+
+
+class BadGateway(Unavailable):
+    """The upstream failed or misbehaved (502); nothing the agent can fix."""
+
+    status = 502
+
+
+class GatewayTimeout(Unavailable):
+    status = 504
+
+
+async def _send_json(send: Any, status: int, body: Mapping[str, Any],
+                     headers: Mapping[str, str] | None = None) -> None:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+           (b"cache-control", b"no-store")]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -1,0 +1,165 @@
+"""Broker side of the gateways: the enforcer API and the operators' pin commands.
+
+``/v1/gateway/*`` serves enforcement points that run in other processes. Each request
+carries two credentials: the agent's task token (``Authorization``), which is what is
+being authorized, and the gateway's own JWT-SVID (``X-Tether-Enforcer``), which must
+name a SPIFFE ID listed in ``[gateway] enforcers``. Only such a caller receives the
+``for_enforcer`` half of a credential (an upstream secret to inject) — the public
+``/v1/authorize`` never returns it, so an agent cannot obtain what the gateway injects.
+The enforcer is checked before anything else so the API is no oracle to strangers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tether.broker import AuthorizeRequest
+from tether.errors import ConfigError, Forbidden, InvalidRequest, TetherError, Unauthenticated
+from tether.gateway import service
+from tether.gateway.authorizer import task_fields
+from tether.gateway.pins import ToolPins
+from tether.identity.dpop import DpopProof
+from tether.identity.spiffe_id import parse_spiffe_id
+from tether.server.admin import Operator, operation
+from tether.server.app import bearer, guarded, trace_id
+from tether.server.parsing import check_fields, parse_arguments, req_str
+
+ENFORCER_HEADER = "x-tether-enforcer"
+
+
+def _enforcers(rt: Any) -> frozenset[str]:
+    out = set()
+    for i, value in enumerate(rt.settings.gateway.enforcers):
+        try:
+            out.add(str(parse_spiffe_id(value)))
+        except TetherError:
+            raise ConfigError(f"`gateway.enforcers[{i}]` is not a SPIFFE ID: `{value}`",
+                              code="config_invalid", field=f"gateway.enforcers[{i}]") from None
+    return frozenset(out)
+
+
+def _proof(raw: Any) -> DpopProof | None:
+    """The agent's DPoP proof as the gateway received it: checked against the gateway's URL."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("`dpop` must be an object", code="invalid_field", field="dpop")
+    check_fields(raw, ("proof", "method", "url", "count"), "dpop.")
+    count = raw.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 16:
+        raise InvalidRequest("`dpop.count` must be a small integer", code="invalid_field", field="dpop.count")
+    return DpopProof(proof=req_str(raw, "proof", max_len=8192), method=req_str(raw, "method", max_len=16),
+                     url=req_str(raw, "url", max_len=4096), count=count)
+
+
+class EnforcerApi:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.enforcers = _enforcers(rt)
+
+    def enforcer(self, request: Request) -> str:
+        svid = request.headers.get(ENFORCER_HEADER)
+        if not svid:
+            raise Unauthenticated(f"send the gateway's JWT-SVID in `{ENFORCER_HEADER}`",
+                                  code="enforcer_unauthenticated")
+        workload = self.rt.svids.verify(svid)
+        if workload.spiffe_id not in self.enforcers:
+            raise Forbidden(f"`{workload.spiffe_id}` is not a configured enforcement point; add it to "
+                            "`gateway.enforcers`", code="enforcer_not_configured")
+        return str(workload.spiffe_id)
+
+    async def _doc(self, request: Request) -> tuple[str, dict[str, Any]]:
+        enforcer = await run_in_threadpool(self.enforcer, request)
+        doc: dict[str, Any] = await request.app.state.api.body(request)
+        return enforcer, doc
+
+    async def authorize(self, request: Request) -> Response:
+        _, doc = await self._doc(request)
+        token = bearer(request)
+        check_fields(doc, ("action", "resource", "arguments", "context", "dpop"))
+        proof = _proof(doc.get("dpop"))
+        ctx = doc.get("context") or {}
+        if not isinstance(ctx, dict):
+            raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
+        check_fields(ctx, ("method", "path"), "context.")
+        req = AuthorizeRequest(
+            action=req_str(doc, "action", max_len=64), resource=req_str(doc, "resource"),
+            arguments=parse_arguments(doc.get("arguments")),
+            method=req_str(ctx, "method", max_len=16, required=False),
+            path=req_str(ctx, "path", max_len=4096, required=False), trace_id=trace_id(request))
+        result = await run_in_threadpool(self.rt.broker.authorize, token, req, proof)
+        body: dict[str, Any] = {"decision": result.decision.to_dict(), "task": task_fields(result.task)}
+        if result.credential is not None:
+            c = result.credential
+            body["credential"] = {"lease_id": c.lease_id, "for_agent": c.for_agent,
+                                  "for_enforcer": c.for_enforcer}
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
+    async def visible(self, request: Request) -> Response:
+        _, doc = await self._doc(request)
+        token = bearer(request)
+        check_fields(doc, ("action", "resources"))
+        resources = doc.get("resources")
+        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+            raise InvalidRequest("`resources` must be a list of catalog ids", code="invalid_field",
+                                 field="resources")
+        found = await run_in_threadpool(service.visible, self.rt, token, req_str(doc, "action", max_len=64),
+                                        resources)
+        return JSONResponse({"resources": found})
+
+    async def calls(self, request: Request) -> Response:
+        enforcer, doc = await self._doc(request)
+        check_fields(doc, ("type", "task", "decision_id", "lease_id", "trace_id", "payload"))
+        payload, task = doc.get("payload") or {}, doc.get("task") or {}
+        if not isinstance(payload, dict) or not isinstance(task, dict):
+            raise InvalidRequest("`payload` and `task` must be objects", code="invalid_field")
+        await run_in_threadpool(
+            service.record_call, self.rt, req_str(doc, "type", max_len=48), task,
+            req_str(doc, "decision_id", max_len=64, required=False) or None,
+            req_str(doc, "lease_id", max_len=64, required=False) or None,
+            req_str(doc, "trace_id", max_len=64, required=False) or None, payload, enforcer)
+        return JSONResponse({"recorded": True})
+
+    async def tools(self, request: Request) -> Response:
+        _, doc = await self._doc(request)
+        check_fields(doc, ("server", "tools"))
+        tools = doc.get("tools")
+        if not isinstance(tools, dict) or not all(isinstance(v, dict) for v in tools.values()):
+            raise InvalidRequest("`tools` must map tool names to definitions", code="invalid_field",
+                                 field="tools")
+        pins: ToolPins = self.rt.extras["gateway.pins"]
+        states = await run_in_threadpool(pins.observe, req_str(doc, "server", max_len=128), tools)
+        return JSONResponse({"states": states})
+
+
+def install(rt: Any) -> None:
+    rt.extras["gateway.pins"] = ToolPins(rt.audit, rt.broker.clock)
+    api = EnforcerApi(rt)
+    rt.routes.extend([
+        Route("/v1/gateway/authorize", guarded(api.authorize), methods=["POST"]),
+        Route("/v1/gateway/visible", guarded(api.visible), methods=["POST"]),
+        Route("/v1/gateway/calls", guarded(api.calls), methods=["POST"]),
+        Route("/v1/gateway/tools", guarded(api.tools), methods=["POST"]),
+    ])
+
+
+# -- admin operations (`tether mcp tools …`) ----------------------------------------------
+
+@operation("mcp.tools.list")
+def tools_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    server = args.get("server")
+    return rt.extras["gateway.pins"].list(server if isinstance(server, str) and server else None)
+
+
+@operation("mcp.tools.approve")
+def tools_approve(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    server, tool, digest = args.get("server"), args.get("tool"), args.get("digest")
+    if not isinstance(server, str) or not isinstance(tool, str):
+        raise InvalidRequest("name the `server` and the `tool`", code="missing_field")
+    return rt.extras["gateway.pins"].approve(server, tool, by=op.name,
+                                             digest=digest if isinstance(digest, str) else None)
