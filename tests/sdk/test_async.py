@@ -10,7 +10,7 @@ import pytest
 from tether.errors import Forbidden
 from tether.sdk import AsyncTask, Denied, guard
 
-TRIAGE = [("read", "crm"), ("read", "tickets"), ("send", "email.send")]
+TRIAGE = [("read", "crm"), ("read", "tickets"), ("write", "tickets.comment")]
 
 
 @guard(action="read", resource="tickets")
@@ -18,9 +18,9 @@ async def read_tickets() -> str:
     return "tickets"
 
 
-@guard(action="send", resource="email.send")
-def send_email(to: str) -> str:
-    return f"sent to {to}"
+@guard(action="write", resource="tickets.comment")
+def comment(text: str) -> str:
+    return f"commented {text}"
 
 
 def test_async_with_closes_the_task(make_async_client: Any, task_state: Any):
@@ -49,17 +49,17 @@ def test_sync_tool_in_worker_thread_uses_the_task_loop(make_async_client: Any):
     """A sync guarded tool run by a framework in a worker thread is authorized via the task's loop."""
     async def main() -> str:
         async with make_async_client() as client, client.task("support.triage", TRIAGE, ttl=60):
-            result: str = await asyncio.to_thread(send_email, "c@example.com")
+            result: str = await asyncio.to_thread(comment, "hi")
             return result
 
-    assert asyncio.run(main()) == "sent to c@example.com"
+    assert asyncio.run(main()) == "commented hi"
 
 
 def test_sync_tool_on_the_loop_thread_is_refused(make_async_client: Any):
     """A sync guarded tool called on the event loop itself is refused instead of deadlocking."""
     async def main() -> None:
         async with make_async_client() as client, client.task("support.triage", TRIAGE, ttl=60):
-            send_email("c@example.com")
+            comment("hi")
 
     with pytest.raises(Forbidden) as exc:
         asyncio.run(main())
@@ -69,11 +69,11 @@ def test_sync_tool_on_the_loop_thread_is_refused(make_async_client: Any):
 def test_async_delegation_cascade(make_async_client: Any, task_state: Any):
     """An async parent delegates; the child's task closes with the parent's."""
     async def main() -> str:
-        async with make_async_client() as client, make_async_client("reader") as reader:
-            async with client.task("support.triage", TRIAGE, ttl=60) as parent:
-                offer = await parent.delegate("spiffe://support.example/reader", [("read", "crm")], ttl=30)
-                child = await reader.task(delegation=offer)
-                assert (await child.authorize("read", "crm.customers")).allowed
-                return child.id
+        async with (make_async_client() as client, make_async_client("reader") as reader,
+                    client.task("support.triage", TRIAGE, ttl=60) as parent):
+            offer = await parent.delegate("spiffe://support.example/reader", [("read", "crm")], ttl=30)
+            child = await reader.task(delegation=offer)
+            assert (await child.authorize("read", "crm.customers")).allowed
+            return child.id
 
     assert task_state(asyncio.run(main())) == "closed"

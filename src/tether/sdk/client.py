@@ -30,12 +30,12 @@ from tether.sdk.task import AsyncTask, AsyncTaskOpener, Task
 __all__ = ["AsyncClient", "Client", "local_broker"]
 
 SvidLike = SvidSource | str | Path | Callable[[str], str]
-#: The Workload API socket in a state directory (see the identity module).
+#: The Workload API socket in a state directory, unless ``identity.workload_socket`` says otherwise.
 WORKLOAD_SOCKET = "workload.sock"
 
 
 def local_broker(state_dir: str | Path | None = None) -> tuple[str, str, Path]:
-    """(URL, audience, state dir) of the broker configured in ``state_dir``."""
+    """(URL, audience, Workload API socket) of the broker configured in ``state_dir``."""
     from tether.config import load_settings  # local: a remote-only client never reads config
 
     settings = load_settings(state_dir)
@@ -43,14 +43,45 @@ def local_broker(state_dir: str | Path | None = None) -> tuple[str, str, Path]:
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listen is reached on loopback
         host = "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}", settings.broker_audience, settings.state_dir
+    identity = getattr(settings, "identity", None)
+    socket = str(getattr(identity, "workload_socket", "") or WORKLOAD_SOCKET)
+    return f"http://{host}:{port}", settings.broker_audience, settings.state_dir / socket
+
+
+def _dpop_key(dpop: bool | Any) -> Any:
+    if dpop is False or dpop is None:
+        return None
+    if dpop is True:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        # One key per client, in memory only: a task token stolen from logs or a proxy is
+        # useless without it (RFC 9449).
+        return ec.generate_private_key(ec.SECP256R1())
+    return dpop
 
 
 class _Base:
-    def __init__(self, url: str, svid: SvidLike | None, audience: str | None) -> None:
+    def __init__(self, url: str, svid: SvidLike | None, audience: str | None, dpop: bool | Any) -> None:
         self.url = url.rstrip("/")
         self.audience = audience
         self._svid: CachedSvid | None = CachedSvid(as_source(svid)) if svid is not None else None
+        self._dpop = _dpop_key(dpop)
+
+    def _request(self, http: httpx.Client | httpx.AsyncClient, method: str, path: str, token: str,
+                 json: Any, task_token: bool) -> httpx.Request:
+        request = http.build_request(method, self.url + path, json=json)
+        if self._dpop is None:
+            request.headers["Authorization"] = f"Bearer {token}"
+            return request
+        from tether.identity.dpop import make_proof
+
+        # The proof names this exact method and URL; for a task token it also carries the
+        # token's hash (``ath``), so it cannot be replayed with another token.
+        htu = str(request.url.copy_with(query=None, fragment=None))
+        request.headers["DPoP"] = make_proof(self._dpop, method, htu,
+                                             access_token=token if task_token else None)
+        request.headers["Authorization"] = f"{'DPoP' if task_token else 'Bearer'} {token}"
+        return request
 
     def _svid_token(self) -> str:
         if self._svid is None:
@@ -105,8 +136,8 @@ class Client(_Base):
     """Synchronous client. ``http`` lets tests pass any ``httpx.Client`` (e.g. Starlette's TestClient)."""
 
     def __init__(self, url: str = "", *, svid: SvidLike | None = None, audience: str | None = None,
-                 timeout: float = 10.0, http: httpx.Client | None = None) -> None:
-        super().__init__(url, svid, audience)
+                 timeout: float = 10.0, http: httpx.Client | None = None, dpop: bool | Any = True) -> None:
+        super().__init__(url, svid, audience, dpop)
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=timeout)
 
@@ -114,8 +145,8 @@ class Client(_Base):
     def local(cls, state_dir: str | Path | None = None, *, spiffe_id: str | None = None,
               **kwargs: Any) -> Client:
         """The broker of a local state directory, with SVIDs from its Workload API."""
-        url, audience, state = local_broker(state_dir)
-        return cls(url, svid=WorkloadApiSvid(state / WORKLOAD_SOCKET, spiffe_id=spiffe_id),
+        url, audience, socket = local_broker(state_dir)
+        return cls(url, svid=WorkloadApiSvid(socket, spiffe_id=spiffe_id),
                    audience=audience, **kwargs)
 
     @classmethod
@@ -128,10 +159,10 @@ class Client(_Base):
                                  else env.get("TETHER_SVID"))
         return cls(env["TETHER_URL"], svid=svid, audience=env.get("TETHER_AUDIENCE"), **kwargs)
 
-    def _call(self, method: str, path: str, *, token: str, json: Any = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, *, token: str, json: Any = None,
+              task_token: bool = True) -> dict[str, Any]:
         try:
-            response = self.http.request(method, self.url + path, json=json,
-                                         headers={"Authorization": f"Bearer {token}"})
+            response = self.http.send(self._request(self.http, method, path, token, json, task_token))
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
         return self._decode(response)
@@ -146,13 +177,15 @@ class Client(_Base):
         """
         body = self._open_body(intent, scope, ttl, description, on_behalf_of, delegation)
         try:
-            return Task(self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body))
-        except Unauthenticated:
-            if self._svid is None:
+            return Task(self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body,
+                                         task_token=False))
+        except Unauthenticated as exc:
+            if self._svid is None or exc.code.startswith("dpop") or exc.code.startswith("delegator"):
                 raise
             # The cached SVID may have been rotated away under us: one fresh try, no more.
             self._svid.invalidate()
-            return Task(self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body))
+            return Task(self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body,
+                                         task_token=False))
 
     def close(self) -> None:
         if self._owns_http:
@@ -169,22 +202,24 @@ class AsyncClient(_Base):
     """Asyncio client; ``http`` may be any ``httpx.AsyncClient`` (e.g. on ``httpx.ASGITransport``)."""
 
     def __init__(self, url: str = "", *, svid: SvidLike | None = None, audience: str | None = None,
-                 timeout: float = 10.0, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(url, svid, audience)
+                 timeout: float = 10.0, http: httpx.AsyncClient | None = None,
+                 dpop: bool | Any = True) -> None:
+        super().__init__(url, svid, audience, dpop)
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout)
 
     @classmethod
     def local(cls, state_dir: str | Path | None = None, *, spiffe_id: str | None = None,
               **kwargs: Any) -> AsyncClient:
-        url, audience, state = local_broker(state_dir)
-        return cls(url, svid=WorkloadApiSvid(state / WORKLOAD_SOCKET, spiffe_id=spiffe_id),
+        url, audience, socket = local_broker(state_dir)
+        return cls(url, svid=WorkloadApiSvid(socket, spiffe_id=spiffe_id),
                    audience=audience, **kwargs)
 
-    async def _call(self, method: str, path: str, *, token: str, json: Any = None) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, *, token: str, json: Any = None,
+                    task_token: bool = True) -> dict[str, Any]:
         try:
-            response = await self.http.request(method, self.url + path, json=json,
-                                               headers={"Authorization": f"Bearer {token}"})
+            request = self._request(self.http, method, path, token, json, task_token)
+            response = await self.http.send(request)
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
         return self._decode(response)
@@ -203,14 +238,16 @@ class AsyncClient(_Base):
 
         async def open_() -> AsyncTask:
             try:
-                return AsyncTask(self, await self._call("POST", "/v1/tasks",
-                                                        token=await self._svid_token_async(), json=body))
-            except Unauthenticated:
-                if self._svid is None:
+                svid = await self._svid_token_async()
+                return AsyncTask(self, await self._call("POST", "/v1/tasks", token=svid, json=body,
+                                                        task_token=False))
+            except Unauthenticated as exc:
+                if self._svid is None or exc.code.startswith("dpop") or exc.code.startswith("delegator"):
                     raise
                 self._svid.invalidate()
-                return AsyncTask(self, await self._call("POST", "/v1/tasks",
-                                                        token=await self._svid_token_async(), json=body))
+                svid = await self._svid_token_async()
+                return AsyncTask(self, await self._call("POST", "/v1/tasks", token=svid, json=body,
+                                                        task_token=False))
 
         return AsyncTaskOpener(open_)
 

@@ -89,9 +89,8 @@ class WorkloadApiSvid:
             raise ConfigError("this tether build has no local Workload API; pass `svid=` to the client",
                               code="workload_api_unavailable") from exc
         fetch_svid: Callable[..., Any] = workload_api.fetch_svid
-        token = fetch_svid(self.socket_path, audience=audience, spiffe_id=self.spiffe_id,
-                           timeout=self.timeout)
-        return str(getattr(token, "token", token))
+        return str(fetch_svid(self.socket_path, audience=audience, spiffe_id=self.spiffe_id,
+                              timeout=self.timeout))
 
 
 def unverified_expiry(token: str) -> float | None:
