@@ -1,0 +1,188 @@
+"""The `postgres` connector against a real PostgreSQL server: dynamic login roles."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from conftest import connect_as, role_exists, tether_roles, wait_until
+
+from tether.credentials import leases as ls
+from tether.testing import capture_events
+
+pytestmark = pytest.mark.postgresql
+
+
+@pytest.fixture
+def analyst(pg_client, domain, pg_runtime):
+    from tests.conftest import Agent  # type: ignore[import-not-found]
+
+    return Agent(pg_client, domain, pg_runtime, "analyst")
+
+
+def _open(agent, resources=("analytics.orders",), **kw):
+    r = agent.open([{"action": "read", "resource": x} for x in resources], **kw)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _cred(agent, token, resource="analytics.orders"):
+    d = agent.authorize(token, "read", resource)
+    assert d.status_code == 200, d.text
+    body = d.json()
+    assert body["decision"] == "allow", body
+    return body["credential"]
+
+
+def test_role_reads_its_table_and_nothing_else(analyst):
+    """A role minted for one table can read that table and is refused every other one."""
+    t = _open(analyst)
+    cred = _cred(analyst, t["task_token"])
+    assert cred["kind"] == "postgres" and set(cred) >= {"dsn", "username", "password", "expires_at"}
+    with connect_as(cred) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM payroll")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO orders VALUES (3, 1)")
+
+
+def test_closed_task_role_cannot_log_in_and_is_gone(analyst, pg_server):
+    """After the task closes the role is dropped and its password no longer logs in."""
+    t = _open(analyst)
+    cred = _cred(analyst, t["task_token"])
+    r = analyst.client.post(f"/v1/tasks/{t['task_id']}/close",
+                            headers={"Authorization": f"Bearer {t['task_token']}"})
+    assert r.status_code == 200, r.text
+    wait_until(lambda: not role_exists(pg_server, cred["username"]), what="DROP ROLE")
+    with pytest.raises(psycopg.OperationalError):
+        connect_as(cred)
+
+
+def test_delegated_subtask_role_dropped_when_parent_closes(analyst, pg_client, domain, pg_runtime, pg_server):
+    """Closing a parent task drops the role minted for its delegated sub-task."""
+    from tests.conftest import Agent  # type: ignore[import-not-found]
+
+    parent = _open(analyst)
+    child_agent = Agent(pg_client, domain, pg_runtime, "helper")
+    d = pg_client.post(f"/v1/tasks/{parent['task_id']}/delegations",
+                       json={"child": child_agent.spiffe_id, "ttl_seconds": 120,
+                             "scope": [{"action": "read", "resource": "analytics.orders"}]},
+                       headers={"Authorization": f"Bearer {parent['task_token']}"})
+    assert d.status_code == 201, d.text
+    child = child_agent.open(None, delegation=d.json()["delegation"])
+    assert child.status_code == 201, child.text
+    cred = _cred(child_agent, child.json()["task_token"])
+    assert role_exists(pg_server, cred["username"])
+    pg_runtime.broker.close_task(parent["task_id"], by="test")
+    wait_until(lambda: not role_exists(pg_server, cred["username"]), what="child role dropped")
+
+
+def test_sql_injection_in_catalog_table_name_is_inert(analyst, pg_server, target_db, pg_runtime):
+    """A catalog table name with quotes and a semicolon is one odd identifier, never SQL."""
+    t = _open(analyst, ("analytics.evil",))
+    d = analyst.authorize(t["task_token"], "read", "analytics.evil").json()
+    assert d["decision"] == "deny" and d["code"] == "connector_failed"
+    with pg_server.connect(target_db) as conn:
+        assert conn.execute("SELECT count(*) FROM payroll").fetchone() == (1,)
+    wait_until(lambda: not tether_roles(pg_server), what="no half-created role")
+    with pg_runtime.db.read() as conn:
+        assert not [x for x in ls.list_leases(conn) if x.state in ls.LIVE]
+
+
+def test_connector_down_denies_and_leaves_nothing(tmp_path, store_url, domain, pg_server):
+    """An unreachable PostgreSQL denies with `connector_unavailable` and mints nothing."""
+    from conftest import DATASETS, add_analytics
+    from starlette.testclient import TestClient
+
+    from tether.runtime import Runtime
+    from tether.server.app import create_app
+    from tether.runtime import init_state_dir
+    from tether.testing import make_settings
+    from tests.conftest import Agent  # type: ignore[import-not-found]
+
+    state = tmp_path / "state"
+    init_state_dir(state)
+    add_analytics(state, DATASETS)
+    dead = f"postgresql://postgres@/nope?host={tmp_path}/no-such-socket-dir"
+    s = make_settings(state, store_url=store_url, domain=domain, overrides={"environment": "prod"},
+                      config_extra=f'\n[credentials.postgres]\nanalytics = "{dead}"\n')
+    rt = Runtime.start(s)
+    try:
+        with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+            a = Agent(c, domain, rt, "analyst")
+            t = _open(a)
+            d = a.authorize(t["task_token"], "read", "analytics.orders").json()
+            assert d["decision"] == "deny" and d["code"] == "connector_unavailable"
+            assert "credential" not in d
+            with rt.db.read() as conn:
+                assert not [x for x in ls.list_leases(conn) if x.state in ls.LIVE]
+    finally:
+        rt.close()
+
+
+def test_revocation_terminates_open_sessions(analyst, pg_runtime):
+    """A session opened with the credential is ended when the task is revoked."""
+    t = _open(analyst)
+    cred = _cred(analyst, t["task_token"])
+    conn = connect_as(cred)
+    try:
+        pg_runtime.broker.revoke(task_id=t["task_id"], by="test")
+
+        def dead() -> bool:
+            try:
+                conn.execute("SELECT 1")
+                return False
+            except psycopg.Error:
+                return True
+
+        wait_until(dead, what="session terminated")
+    finally:
+        conn.close()
+
+
+def test_revocation_handles_owned_objects_and_extra_grants(analyst, pg_server, target_db, pg_runtime):
+    """A role that was given more (CREATE on a schema) and owns a table is still dropped."""
+    t = _open(analyst)
+    cred = _cred(analyst, t["task_token"])
+    with pg_server.connect(target_db) as admin:
+        admin.execute(f'GRANT CREATE ON SCHEMA public TO "{cred["username"]}"')
+    with connect_as(cred) as conn:
+        conn.execute("CREATE TABLE scratch (x int)")
+    pg_runtime.broker.close_task(t["task_id"], by="test")
+    wait_until(lambda: not role_exists(pg_server, cred["username"]), what="DROP ROLE")
+    with pg_server.connect(target_db) as admin:
+        owner = admin.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'scratch'").fetchone()
+    assert owner == ("postgres",)
+
+
+def test_sweep_drops_tagged_role_without_lease_and_keeps_foreign_ones(pg_runtime, pg_server):
+    """The reaper drops this broker's orphan roles, never another deployment's."""
+    creds = pg_runtime.extras["credentials"]
+    pgc = creds.service.connectors["postgres"]
+    with pg_server.connect() as conn:
+        conn.execute("CREATE ROLE tether_l_orphan0001 LOGIN")
+        conn.execute(f"COMMENT ON ROLE tether_l_orphan0001 IS 'tether:{pgc._tag} lease lse_x task t'")
+        conn.execute("CREATE ROLE tether_l_foreign0001 LOGIN")
+        conn.execute("COMMENT ON ROLE tether_l_foreign0001 IS 'tether:someoneelse lease lse_y task t'")
+    try:
+        creds.reaper.reap()
+        assert not role_exists(pg_server, "tether_l_orphan0001")
+        assert role_exists(pg_server, "tether_l_foreign0001")
+    finally:
+        with pg_server.connect() as conn:
+            conn.execute("DROP ROLE IF EXISTS tether_l_foreign0001")
+            conn.execute("DROP ROLE IF EXISTS tether_l_orphan0001")
+
+
+def test_minted_and_revoked_events_carry_ids_never_the_password(analyst, pg_runtime, pg_server):
+    """Mint and revoke are audited with lease, task and connector, and no secret."""
+    t = _open(analyst)
+    with capture_events() as events:
+        cred = _cred(analyst, t["task_token"])
+        pg_runtime.broker.close_task(t["task_id"], by="test")
+        wait_until(lambda: any(e.type == "credential.revoked" for e in events), what="revoked event")
+    minted = [e for e in events if e.type == "credential.minted"]
+    revoked = [e for e in events if e.type == "credential.revoked"]
+    assert minted[0].lease_id == cred["lease_id"] == revoked[0].lease_id
+    assert minted[0].task_id == t["task_id"] and minted[0].payload["connector"] == "postgres"
+    assert all(cred["password"] not in str(e.to_dict()) for e in events)
