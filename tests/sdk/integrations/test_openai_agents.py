@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("agents")
 
-from agents import Agent, Runner, function_tool  # noqa: E402
-from agents.testing import ScriptedModel, assistant_message, function_call  # noqa: E402
+from agents import Agent, Runner, function_tool
+from agents.testing import ScriptedModel, assistant_message, function_call
 
-from tether.sdk import Client  # noqa: E402
-from tether.sdk.integrations.openai_agents import guard_tool, tether_tool  # noqa: E402
+from tether.sdk import Client
+from tether.sdk.integrations.openai_agents import guard_tool, tether_tool
 
 REFUND = [("tool:call", "billing.refund"), ("read", "billing")]
 ran: list[str] = []
@@ -40,7 +40,8 @@ def _run(tool: Any, name: str, args: dict[str, Any]) -> tuple[str, ScriptedModel
 
 def _tool_output(model: ScriptedModel) -> str:
     items = model.calls[1].input
-    return next(str(i["output"]) for i in items if isinstance(i, dict) and i.get("type") == "function_call_output")
+    outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
+    return str(outputs[0]["output"])
 
 
 @pytest.fixture(autouse=True)
