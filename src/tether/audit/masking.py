@@ -65,7 +65,8 @@ class Masker:
                  patterns: Iterable[str] = ()) -> None:
         self._paths = [_parse_path(p) for p in paths]
         self._headers = {h.lower() for h in (*DEFAULT_HEADERS, *headers)}
-        self._pattern = re.compile("|".join(f"(?:{p})" for p in (*DEFAULT_PATTERNS, *patterns)))
+        # Compiled one by one: a user pattern may carry its own global flags (`(?i)`).
+        self._patterns = [re.compile(p) for p in (*DEFAULT_PATTERNS, *patterns)]
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._secrets_re: re.Pattern[str] | None = None
         self._lock = threading.Lock()
@@ -141,7 +142,9 @@ class Masker:
                     items.append(self._walk(v, (*path, str(i)), masked, secrets_re, depth + 1))
             return items
         if isinstance(value, str):
-            new = self._pattern.sub(MASK, value)
+            new = value
+            for pattern in self._patterns:
+                new = pattern.sub(MASK, new)
             if secrets_re is not None:
                 new = secrets_re.sub(MASK, new)
             if new != value:
