@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, Table, insert, inspect, select
 
 from tether.store import audit_tables
+from tether.store import identity_tables as it
 from tether.store import credentials_tables as ct
 from tether.store import gateway_tables
 from tether.store import tables as t
@@ -43,6 +44,8 @@ MIGRATIONS: list[Migration] = [
     Migration(30, "gateway: pinned MCP tool definitions", create_tables(gateway_tables.tool_pins)),
     Migration(20, "credentials: leases, revocation feed, injected secrets",
               create_tables(ct.leases, ct.revocations, ct.secrets)),
+    Migration(10, "identity: workload registration entries, DPoP replay cache",
+              create_tables(it.workload_entries, it.dpop_jtis)),
     Migration(40, "audit: signed checkpoints", create_tables(audit_tables.audit_checkpoints)),
 ]
 
