@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, Table, insert, inspect, select
+from sqlalchemy import Connection, Engine, Table, insert, inspect, select, text
 
 from tether.store import audit_tables
-from tether.store import identity_tables as it
 from tether.store import credentials_tables as ct
+from tether.store import identity_tables as it
 from tether.store import gateway_tables
 from tether.store import tables as t
 
@@ -41,9 +41,9 @@ MIGRATIONS: list[Migration] = [
         create_tables(t.signing_keys, t.tasks, t.delegations, t.approvals, t.resource_uses,
                       t.audit_events, t.audit_chains),
     ),
-    Migration(30, "gateway: pinned MCP tool definitions", create_tables(gateway_tables.tool_pins)),
     Migration(20, "credentials: leases, revocation feed, injected secrets",
               create_tables(ct.leases, ct.revocations, ct.secrets)),
+    Migration(30, "gateway: pinned MCP tool definitions", create_tables(gateway_tables.tool_pins)),
     Migration(10, "identity: workload registration entries, DPoP replay cache",
               create_tables(it.workload_entries, it.dpop_jtis)),
     Migration(40, "audit: signed checkpoints", create_tables(audit_tables.audit_checkpoints)),
@@ -69,17 +69,39 @@ def current_version(engine: Engine) -> int:
     return max(versions, default=0)
 
 
+# Any constant works; it only has to be the same for every replica of this schema.
+_PG_MIGRATION_LOCK = 0x7E7E_0001
+
+
 def migrate(engine: Engine) -> list[int]:
-    """Apply every pending migration; return the versions applied."""
-    with engine.begin() as conn:
-        t.schema_migrations.create(conn, checkfirst=True)
-    applied: list[int] = []
+    """Apply every pending migration; return the versions applied.
+
+    On PostgreSQL an advisory lock serializes replicas that start at the same moment, so
+    two of them never run one migration twice; SQLite's write lock does the same there.
+    """
     with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            conn.commit()
+        try:
+            return _migrate(conn)
+        finally:
+            if engine.dialect.name == "postgresql":
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                conn.commit()
+
+
+def _migrate(conn: Connection) -> list[int]:
+    with conn.begin():
+        t.schema_migrations.create(conn, checkfirst=True)
+    with conn.begin():
         done = set(conn.execute(select(t.schema_migrations.c.version)).scalars().all())
-    for m in MIGRATIONS:
+    applied: list[int] = []
+    for m in sorted(MIGRATIONS, key=lambda m: m.version):
         if m.version in done:
             continue
-        with engine.begin() as conn:
+        with conn.begin():
             m.apply(conn)
             conn.execute(insert(t.schema_migrations).values(
                 version=m.version, name=m.name, applied_at=time.time()))

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tether.model import (
     Approval,
@@ -231,14 +233,11 @@ def set_approval_state(conn: Connection, approval_id: str, *, expect: ApprovalSt
 
 # -- risk signals ---------------------------------------------------------------------
 
-def note_resource_use(conn: Connection, agent: str, resource: str, now: float) -> bool:
-    """Record first use; True when this is the agent's first use of the resource."""
-    seen = conn.execute(select(t.resource_uses.c.first_at).where(and_(
-        t.resource_uses.c.agent == agent, t.resource_uses.c.resource == resource))).first()
-    if seen is not None:
-        return False
-    conn.execute(insert(t.resource_uses).values(agent=agent, resource=resource, first_at=now))
-    return True
+def note_resource_use(conn: Connection, agent: str, resource: str, now: float) -> None:
+    """Record the agent's first use of a resource; a concurrent first use is not an error."""
+    stmt = (pg_insert(t.resource_uses) if conn.dialect.name == "postgresql"
+            else sqlite_insert(t.resource_uses))
+    conn.execute(stmt.values(agent=agent, resource=resource, first_at=now).on_conflict_do_nothing())
 
 
 def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
