@@ -1,43 +1,19 @@
 """Fixtures for the credentials tests: a PostgreSQL target database with an `analytics`
-service in the catalog (connector `postgres`), a policy that lets triage read it, and
-helpers to wait (bounded, no sleeps) for the revoker."""
+service in the catalog (connector `postgres`) and a broker configured to mint roles on it."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-import yaml
+from _credhelp import DATASETS, add_analytics
 from starlette.testclient import TestClient
 
-from tether.runtime import Runtime
+from tether.runtime import Runtime, init_state_dir
 from tether.server.app import create_app
-from tether.runtime import init_state_dir
 from tether.testing import make_settings
-
-ANALYTICS_POLICY = """
-@id("analytics-read")
-@reason("triage may read the analytics orders")
-permit (principal, action in Tether::Action::"reads", resource in Tether::Service::"analytics")
-when { context.task.intent == "support.triage" };
-"""
-
-
-def add_analytics(state_dir: Path, tables: dict[str, list[str]]) -> None:
-    """Add an `analytics` service (postgres connector) with one dataset per entry."""
-    path = state_dir / "catalog.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["services"].append({"id": "analytics", "sensitivity": "internal", "environment": "prod",
-                            "egress": "internal", "owner": "team-data", "connector": "postgres",
-                            "options": {"tables": ["public.orders"]}})
-    for dataset, tbls in tables.items():
-        doc["datasets"].append({"id": dataset, "service": "analytics", "options": {"tables": tbls}})
-    path.write_text(yaml.safe_dump(doc))
-    (state_dir / "policies" / "50-analytics.cedar").write_text(ANALYTICS_POLICY)
 
 
 @pytest.fixture
@@ -50,10 +26,6 @@ def target_db(pg_server: Any, pg_create_database: Callable[..., str]) -> str:
         conn.execute("CREATE TABLE payroll (id int primary key, salary int)")
         conn.execute("INSERT INTO payroll VALUES (1, 99999)")
     return name
-
-
-DATASETS = {"analytics.orders": ["public.orders"], "analytics.payroll": ["public.payroll"],
-            "analytics.evil": ['public.orders"; DROP TABLE payroll; --']}
 
 
 @pytest.fixture
@@ -77,30 +49,3 @@ def pg_runtime(pg_settings: Any) -> Iterator[Runtime]:
 def pg_client(pg_runtime: Runtime) -> Iterator[TestClient]:
     with TestClient(create_app(pg_runtime), raise_server_exceptions=False) as c:
         yield c
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``pred`` until truthy; fail after ``timeout`` seconds (never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def role_exists(pg_server: Any, role: str) -> bool:
-    with pg_server.connect() as conn:
-        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
-
-
-def tether_roles(pg_server: Any) -> set[str]:
-    with pg_server.connect() as conn:
-        rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'tether\\_l\\_%'").fetchall()
-    return {r[0] for r in rows}
-
-
-def connect_as(cred: dict[str, Any]) -> psycopg.Connection[Any]:
-    return psycopg.connect(cred["dsn"], connect_timeout=5, autocommit=True)

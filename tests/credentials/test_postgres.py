@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from conftest import connect_as, role_exists, tether_roles, wait_until
+from _credhelp import connect_as, role_exists, tether_roles, wait_until
 
 from tether.credentials import leases as ls
 from tether.testing import capture_events
@@ -91,14 +91,13 @@ def test_sql_injection_in_catalog_table_name_is_inert(analyst, pg_server, target
 
 def test_connector_down_denies_and_leaves_nothing(tmp_path, store_url, domain, pg_server):
     """An unreachable PostgreSQL denies with `connector_unavailable` and mints nothing."""
-    from conftest import DATASETS, add_analytics
+    from _credhelp import DATASETS, add_analytics
     from starlette.testclient import TestClient
-
-    from tether.runtime import Runtime
-    from tether.server.app import create_app
-    from tether.runtime import init_state_dir
-    from tether.testing import make_settings
     from tests.conftest import Agent  # type: ignore[import-not-found]
+
+    from tether.runtime import Runtime, init_state_dir
+    from tether.server.app import create_app
+    from tether.testing import make_settings
 
     state = tmp_path / "state"
     init_state_dir(state)

@@ -31,7 +31,7 @@ from tether import actions as act
 from tether.audit import event as ev
 from tether.audit.chain import AuditChain, Unit
 from tether.broker import AuthorizeRequest, IssuedCredential, new_id
-from tether.catalog import Resource
+from tether.catalog import Catalog, Resource
 from tether.config import Settings
 from tether.credentials import failpoints
 from tether.credentials import leases as ls
@@ -72,15 +72,20 @@ class Credentials:
         self.counters: dict[str, int] = {"minted": 0, "mint_failed": 0, "revoked": 0,
                                          "revoke_failed": 0, "irrevocable": 0}
         self.wake: Callable[[], None] = lambda: None  # set by the reaper
+        self.catalog: Catalog | None = None  # set by the wiring; resolves grants of a service
 
     # -- minting -------------------------------------------------------------------------
-    def _actions(self, task: Task, resource: Resource, req: AuthorizeRequest) -> tuple[str, ...]:
+    def _grants(self, task: Task, resource: Resource, req: AuthorizeRequest) -> list[tuple[str, str]]:
+        """(action, resource) pairs the credential is for: the request's, or — for an explicit
+        `credential:issue` on a service — every grant the task holds inside that service."""
         if req.action != act.CREDENTIAL_ISSUE:
-            return (req.action,)
-        # An explicit credential request gets what the task may do on the resource.
-        found = sorted({g.action for g in task.scope if g.action != act.CREDENTIAL_ISSUE
-                        and (g.resource == resource.id or g.resource == resource.service)})
-        return tuple(found) or (act.CREDENTIAL_ISSUE,)
+            return [(req.action, resource.id)]
+        found = []
+        for g in task.scope:
+            target = self.catalog.get(g.resource) if self.catalog is not None else None
+            if g.action != act.CREDENTIAL_ISSUE and target is not None and target.service == resource.service:
+                found.append((g.action, g.resource))
+        return sorted(set(found)) or [(act.CREDENTIAL_ISSUE, resource.id)]
 
     def _lock_task(self, u: Unit, task: Task, now: float) -> None:
         row = u.conn.execute(select(t.tasks.c.state, t.tasks.c.expires_at)
@@ -110,11 +115,12 @@ class Credentials:
         now = self.clock()
         self._lock_task(u, task, now)
         lease_id = new_id("lse")
-        acts = self._actions(task, resource, req)
+        grants = self._grants(task, resource, req)
+        acts = tuple(sorted({a for a, _ in grants}))
         lease = Lease(
             id=lease_id, task_id=task.id, root_task_id=task.root_id, agent=task.agent,
             connector=connector.name, audience=resource.service, resource=resource.id,
-            scope=" ".join(f"{a}@{resource.id}" for a in acts), issued_at=now,
+            scope=" ".join(f"{a}@{r}" for a, r in grants), issued_at=now,
             expires_at=min(task.expires_at, now + self.settings.credentials.default_ttl_seconds),
             state=LeaseState.PENDING, revocation=Revocation.NONE, node_id=self.node_id,
             material=connector.plan(resource, lease_id))

@@ -54,6 +54,7 @@ def install(rt: Runtime) -> None:
     }
     feed = Feed(rt.db)
     service = Credentials(s, rt.db, rt.audit, connectors, feed, clock=rt.broker.clock)
+    service.catalog = rt.catalog
     reaper = Reaper(service)
     introspector = Introspector(rt, service)
     rt.broker.allow_hooks.append(service.on_allow)
