@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from tether.broker import AuthorizeRequest, OpenTaskRequest
 from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, Unauthenticated
+from tether.identity.dpop import DpopProof
 from tether.model import Task
 from tether.runtime import Runtime
 from tether.server.openapi import OPENAPI
@@ -57,6 +59,18 @@ def bearer(request: Request) -> str:
     if scheme.lower() not in ("bearer", "dpop") or not token.strip():
         raise Unauthenticated("the `Authorization` header must be `Bearer <token>`", code="missing_token")
     return token.strip()
+
+
+def dpop_proof(request: Request, public_url: str = "") -> DpopProof:
+    """The request's ``DPoP`` header with the method and URL it must be bound to (RFC 9449).
+
+    Behind a proxy, ``identity.public_url`` names the URL agents see; otherwise the URL
+    the request arrived on (without query) is used.
+    """
+    values = request.headers.getlist("dpop")
+    url = (public_url.rstrip("/") + request.url.path) if public_url else str(
+        request.url.replace(query="", fragment=""))
+    return DpopProof(values[0] if values else None, request.method, url, count=len(values))
 
 
 def trace_id(request: Request) -> str | None:
@@ -105,8 +119,11 @@ class Api:
     async def open_task(self, request: Request) -> Response:
         token = bearer(request)
         doc = await self.body(request)
-        check_fields(doc, ("intent", "description", "scope", "ttl_seconds", "delegation"))
+        check_fields(doc, ("intent", "description", "scope", "ttl_seconds", "delegation", "delegator_token"))
         delegation = req_str(doc, "delegation", required=False) or None
+        delegator_token = req_str(doc, "delegator_token", max_len=self.rt.settings.limits.max_token_bytes,
+                                  required=False) or None
+        proof = dpop_proof(request, self.rt.settings.identity.public_url)
         scope = parse_scope(doc["scope"]) if "scope" in doc else None
         req = OpenTaskRequest(
             intent=req_str(doc, "intent", max_len=64, required=delegation is None) or None,
@@ -118,8 +135,18 @@ class Api:
         )
 
         def run() -> Any:
-            workload = self.rt.svids.verify(token)
-            return self.rt.broker.open_task(workload, req)
+            identity = self.rt.extras.get("identity")
+            if identity is None:  # no identity layer installed: SVIDs only, no binding
+                if delegator_token is not None or proof.present:
+                    raise InvalidRequest("this broker accepts no delegator tokens or DPoP proofs",
+                                         code="identity_unavailable")
+                return self.rt.broker.open_task(self.rt.svids.verify(token), req)
+            # Who (workload credential), for whom (delegator), bound to what (DPoP key):
+            # each refusal is audited by the identity layer before it is raised.
+            workload = identity.authenticate(token)
+            delegator = identity.delegator(delegator_token) if delegator_token else None
+            jkt = identity.bind_at_open(proof)
+            return self.rt.broker.open_task(workload, replace(req, delegator=delegator, cnf_jkt=jkt))
 
         opened = await run_in_threadpool(run)
         return JSONResponse({
@@ -131,9 +158,10 @@ class Api:
     async def get_task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
         token = bearer(request)
+        proof = dpop_proof(request, self.rt.settings.identity.public_url)
 
         def run() -> Any:
-            claims = self.rt.broker.verify_token(token)
+            claims = self.rt.broker.verify_token(token, proof)
             task, children = self.rt.broker.get_task(task_id)
             # The task's own token or one of an ancestor (a parent supervises its children).
             if claims.task_id != task_id and claims.task_id not in (task.root_id, task.parent_id):
@@ -144,6 +172,7 @@ class Api:
 
     async def delegate(self, request: Request) -> Response:
         token = bearer(request)
+        proof = dpop_proof(request, self.rt.settings.identity.public_url)
         doc = await self.body(request)
         check_fields(doc, ("child", "scope", "ttl_seconds"))
         child = req_str(doc, "child", max_len=2048)
@@ -152,7 +181,7 @@ class Api:
         task_id = request.path_params["task_id"]
 
         def run() -> Any:
-            claims = self.rt.broker.verify_token(token)
+            claims = self.rt.broker.verify_token(token, proof)
             return self.rt.broker.delegate(claims, task_id, child, scope, ttl)
 
         d = await run_in_threadpool(run)
@@ -162,10 +191,11 @@ class Api:
 
     async def close(self, request: Request) -> Response:
         token = bearer(request)
+        proof = dpop_proof(request, self.rt.settings.identity.public_url)
         task_id = request.path_params["task_id"]
 
         def run() -> list[str]:
-            claims = self.rt.broker.verify_token(token)
+            claims = self.rt.broker.verify_token(token, proof)
             return self.rt.broker.close_task(task_id, by=claims.agent, claims=claims)
 
         closed = await run_in_threadpool(run)
@@ -186,7 +216,8 @@ class Api:
             path=req_str(ctx, "path", max_len=4096, required=False),
             trace_id=trace_id(request),
         )
-        result = await run_in_threadpool(self.rt.broker.authorize, token, req)
+        result = await run_in_threadpool(self.rt.broker.authorize, token, req,
+                                         dpop_proof(request, self.rt.settings.identity.public_url))
         body = result.decision.to_dict()
         if result.credential is not None and result.credential.for_agent is not None:
             body["credential"] = {"lease_id": result.credential.lease_id, **result.credential.for_agent}
