@@ -186,10 +186,11 @@ class KeyRing:
             return None
         return key.private_key.public_key()
 
-    def verifying_keys(self) -> list[SigningKey]:
+    def verifying_keys(self) -> tuple[SigningKey, ...]:
         """Every key that still verifies, oldest first (what the bundles publish)."""
         now = time.time()
-        return sorted((k for k in self._keys.values() if k.expires_at > now), key=lambda k: k.created_at)
+        return tuple(sorted((k for k in self._keys.values() if k.expires_at > now),
+                            key=lambda k: k.created_at))
 
     def jwks(self) -> dict[str, Any]:
         now = time.time()

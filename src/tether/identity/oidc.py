@@ -114,7 +114,8 @@ class IssuerKeys:
                         raise ValueError("discovery document too large")
             doc = json.loads(body)
         except (httpx.HTTPError, ValueError) as exc:
-            raise Unavailable(f"OIDC discovery for `{self.issuer}` failed", code="issuer_unavailable") from exc
+            raise Unavailable(f"OIDC discovery for `{self.issuer}` failed",
+                              code="issuer_unavailable") from exc
         # OpenID Connect Discovery section 4.3: the document must name exactly this issuer,
         # or a compromised or confused host could vouch for another one.
         if not isinstance(doc, dict) or doc.get("issuer") != self.issuer:
@@ -133,7 +134,8 @@ class IssuerKeys:
             if self._source is None:
                 now = self._clock()
                 if now < self._next_discovery:
-                    raise Unavailable(f"OIDC issuer `{self.issuer}` is unavailable", code="issuer_unavailable")
+                    raise Unavailable(f"OIDC issuer `{self.issuer}` is unavailable",
+                                      code="issuer_unavailable")
                 try:
                     self._source = self._discover()
                 except Unavailable:
@@ -207,5 +209,6 @@ class DelegatorVerifier(_Verifier):
         claims = self.claims(token, now)
         sub = str(claims["sub"])
         if len(sub) > 256 or not _subject_allowed(sub, self.cfg.subjects):
-            raise Unauthenticated(f"`sub` is not allowed for issuer `{self.issuer}`", code="subject_not_allowed")
+            raise Unauthenticated(f"`sub` is not allowed for issuer `{self.issuer}`",
+                                  code="subject_not_allowed")
         return Delegator(subject=sub, issuer=self.issuer)

@@ -19,6 +19,7 @@ Several matching entries: without ``spiffe_id`` the caller gets one SVID per ide
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -170,7 +171,7 @@ class WorkloadApiServer:
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         _bind_path(sock, self.path)
-        os.chmod(self.path, 0o666)  # any local process may ask; attestation decides
+        os.chmod(self.path, 0o666)  # noqa: S103 - any local process may ask; attestation decides
         sock.listen(64)
         sock.settimeout(0.5)  # lets the accept loop notice close()
         self._sock = sock
@@ -211,10 +212,8 @@ class WorkloadApiServer:
                 log.exception("workload API request failed")
                 reply = {"ok": False, "error": {"code": "internal_error",
                                                 "message": "internal error; no SVID was issued"}}
-            try:
+            with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
 
     def _try_audit(self, exc: TetherError, facts: attestor.PeerFacts | None, request: dict[str, Any]) -> None:
         try:
