@@ -117,7 +117,8 @@ class Authorizer(Protocol):
         """
         ...
 
-    async def visible(self, token: str, action: str, resources: Sequence[str]) -> frozenset[str]:
+    async def visible(self, token: str, action: str, resources: Sequence[str],
+                      proof: DpopProof | None = None) -> frozenset[str]:
         """The resources this task could be allowed ``action`` on (no decision is recorded)."""
         ...
 
@@ -149,9 +150,10 @@ class LocalAuthorizer:
         result = await anyio.to_thread.run_sync(self.rt.broker.authorize, token, req, proof)
         return verdict_from_result(result)
 
-    async def visible(self, token: str, action: str, resources: Sequence[str]) -> frozenset[str]:
+    async def visible(self, token: str, action: str, resources: Sequence[str],
+                      proof: DpopProof | None = None) -> frozenset[str]:
         found = await anyio.to_thread.run_sync(self._service.visible, self.rt, token, action,
-                                               list(resources))
+                                               list(resources), proof)
         return frozenset(found)
 
     async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
@@ -165,6 +167,10 @@ class LocalAuthorizer:
 
     async def aclose(self) -> None:
         return None
+
+
+def _dpop(proof: DpopProof) -> dict[str, Any]:
+    return {"proof": proof.proof, "method": proof.method, "url": proof.url, "count": proof.count}
 
 
 _BY_STATUS: dict[int, type[TetherError]] = {
@@ -217,8 +223,7 @@ class RemoteAuthorizer:
                                 "arguments": dict(req.arguments),
                                 "context": {"method": req.method, "path": req.path}}
         if proof is not None and proof.present:
-            body["dpop"] = {"proof": proof.proof, "method": proof.method, "url": proof.url,
-                            "count": proof.count}
+            body["dpop"] = _dpop(proof)
         trace = f"00-{req.trace_id}-{'0' * 15}1-01" if req.trace_id else None
         doc = await self._post("/v1/gateway/authorize", body, token, trace)
         decision, cred = doc.get("decision"), doc.get("credential") or {}
@@ -228,8 +233,12 @@ class RemoteAuthorizer:
         return Verdict(decision=decision, task=doc.get("task"), lease_id=cred.get("lease_id"),
                        for_agent=cred.get("for_agent"), for_enforcer=cred.get("for_enforcer"))
 
-    async def visible(self, token: str, action: str, resources: Sequence[str]) -> frozenset[str]:
-        doc = await self._post("/v1/gateway/visible", {"action": action, "resources": list(resources)}, token)
+    async def visible(self, token: str, action: str, resources: Sequence[str],
+                      proof: DpopProof | None = None) -> frozenset[str]:
+        body: dict[str, Any] = {"action": action, "resources": list(resources)}
+        if proof is not None and proof.present:
+            body["dpop"] = _dpop(proof)
+        doc = await self._post("/v1/gateway/visible", body, token)
         return frozenset(str(r) for r in doc.get("resources") or ())
 
     async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],

@@ -7,7 +7,9 @@ remote gateways, :class:`~tether.gateway.authorizer.LocalAuthorizer` calls them 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
+
+import cedarpy
 
 from tether import actions
 from tether.audit import event as ev
@@ -21,7 +23,8 @@ from tether.policy.context import (
     risk_context,
     task_context_from_task,
 )
-from tether.policy.engine import NO_PERMIT, PolicyPrincipal, PolicyRequest
+from tether.policy.engine import PolicyEngine, PolicyPrincipal, PolicyRequest
+from tether.policy.loader import PolicyBundle
 from tether.store import repo
 
 #: Event types an enforcement point may append; nothing else goes through this door.
@@ -29,20 +32,22 @@ CALL_EVENTS = frozenset({ev.CALL_FORWARDED, ev.CALL_RESULT})
 _MAX_RESOURCES = 512
 
 
-def visible(rt: Any, token: str, action: str, resources: Sequence[str]) -> list[str]:
+def visible(rt: Any, token: str, action: str, resources: Sequence[str], proof: Any = None) -> list[str]:
     """The resources a task could be allowed ``action`` on, for filtering a tool list.
 
-    Within scope, and not denied for want of any permit. Evaluated without arguments:
-    a forbid that looks at arguments still leaves the tool listed (the call itself is
-    decided with its arguments), while a resource no permit covers is hidden. No
-    decision is recorded: listing is not acting.
+    Within scope, and matched by some ``permit`` when evaluated without arguments and
+    without the forbids: a forbid may depend on the call's arguments, so it cannot hide
+    a tool here (the call itself is decided with its arguments and says why it was
+    refused). Write argument rules as ``forbid … unless`` so their tools stay listed; a
+    ``permit`` that requires arguments hides its tool. No decision is recorded: listing
+    is not acting.
     """
     if action not in actions.SCOPED:
         raise InvalidRequest(f"unknown action `{action}`", code="unknown_action", field="action")
     if len(resources) > _MAX_RESOURCES:
         raise InvalidRequest(f"at most {_MAX_RESOURCES} resources", code="invalid_field", field="resources")
     broker = rt.broker
-    claims = broker.verify_token(token)
+    claims = broker.verify_token(token, proof)
     now = broker.clock()
     with rt.db.read() as conn:
         task = repo.get_task(conn, claims.task_id)
@@ -56,17 +61,38 @@ def visible(rt: Any, token: str, action: str, resources: Sequence[str]) -> list[
     ctx = action_context(task=task_context_from_task(task, now), environment=rt.settings.environment,
                          risk=risk_context(max_sensitivity_read=taint), request=request_context(),
                          approval=approval_context(granted=False))
+    permits = _permits_engine(rt)
     out: list[str] = []
     for rid in resources:
         resource = rt.catalog.get(rid) if isinstance(rid, str) else None
         if resource is None or not rt.catalog.grant_within(Grant(action, rid), task.scope):
             continue
-        result = rt.engine.decide(PolicyRequest(principal=principal, action=action, resource=resource,
+        result = permits.decide(PolicyRequest(principal=principal, action=action, resource=resource,
                                                 context=ctx, arguments={}))
-        if result.outcome is Outcome.DENY and result.code == NO_PERMIT:
-            continue
-        out.append(rid)
+        if result.outcome is Outcome.ALLOW:
+            out.append(rid)
     return out
+
+
+def _permits_engine(rt: Any) -> PolicyEngine:
+    """An engine holding only the permits of the policy set in force (cached per version)."""
+    bundle, catalog = rt.engine.bundle, rt.engine.catalog
+    cached = rt.extras.get("gateway.permits")
+    if cached is not None and cached[0] == bundle.version and cached[1] is catalog:
+        return cast(PolicyEngine, cached[2])
+    engine = PolicyEngine()
+    if catalog is not None:
+        engine.set_catalog(catalog)
+    if bundle.policy_set is not None:
+        tree = bundle.policy_set.to_pst()
+        # Templates and their links are left out: a permit template hides its tools here.
+        kept = {pid: p for pid, p in tree.static_policies.items() if p.effect == "permit"}
+        policy_set = cedarpy.PolicySet.from_pst(type(tree)(templates={}, static_policies=kept,
+                                                           template_links=()))
+        engine.set_bundle(PolicyBundle(policy_set=policy_set, version=bundle.version,
+                                       policies={pid: bundle.policies[pid] for pid in kept}))
+    rt.extras["gateway.permits"] = (bundle.version, catalog, engine)
+    return engine
 
 
 def record_call(rt: Any, type_: str, task: Mapping[str, Any] | None, decision_id: str | None,

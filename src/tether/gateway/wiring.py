@@ -103,13 +103,13 @@ class EnforcerApi:
     async def visible(self, request: Request) -> Response:
         _, doc = await self._doc(request)
         token = bearer(request)
-        check_fields(doc, ("action", "resources"))
+        check_fields(doc, ("action", "resources", "dpop"))
         resources = doc.get("resources")
         if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
             raise InvalidRequest("`resources` must be a list of catalog ids", code="invalid_field",
                                  field="resources")
         found = await run_in_threadpool(service.visible, self.rt, token, req_str(doc, "action", max_len=64),
-                                        resources)
+                                        resources, _proof(doc.get("dpop")))
         return JSONResponse({"resources": found})
 
     async def calls(self, request: Request) -> Response:
