@@ -338,6 +338,11 @@ class Broker:
             if not repo.redeem_delegation(u.conn, d.id, task.id):
                 raise Conflict("the delegation was already redeemed", code="delegation_used")
             repo.insert_task(u.conn, task)
+            # The child starts with what its parent has already read: the parent can hand that
+            # data down, so a sibling must not be a clean channel to an external destination.
+            inherited = repo.max_sensitivity_read(u.conn, parent.id)
+            if inherited >= 0:
+                repo.raise_sensitivity_read(u.conn, [task.id], inherited)
             u.emit(ev.TASK_OPENED, {**self._task_payload(task, workload), "delegation_id": d.id},
                    **_audit_fields(task))
         return OpenedTask(task, self.tokens.mint(task, now=now))

@@ -186,3 +186,16 @@ def test_task_repr_hides_the_token(sdk: Client):
     """The task token never appears in a repr (logs, tracebacks)."""
     with sdk.task("support.triage", TRIAGE, ttl=60) as task:
         assert task.token not in repr(task)
+
+
+def test_child_inherits_parent_taint(sdk: Client, make_client: Any):
+    """A sub-agent delegated after its tree read restricted data cannot send it externally."""
+    reader, notifier = make_client("reader"), make_client("notifier")
+    with sdk.task("support.triage", TRIAGE, ttl=60) as parent:
+        r = reader.task(delegation=parent.delegate("spiffe://support.example/reader", [("read", "crm")], 30))
+        r.authorize("read", "crm.customers")
+        offer = parent.delegate("spiffe://support.example/notifier", [("send", "email.send")], 30)
+        n = notifier.task(delegation=offer)
+        with pytest.raises(Denied) as exc:
+            n.authorize("send", "email.send")
+    assert "taint-no-external-egress" in exc.value.policy_ids
