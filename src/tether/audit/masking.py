@@ -6,7 +6,8 @@ A :class:`Masker` is a payload filter for ``AuditChain.filters``. It applies, in
    ``password``/``passwd``, ``token``, ``authorization``, ``api_key``, ``cookie``,
    ``private_key`` or ``credential_value`` has its whole value replaced.
 2. **Headers** (always on for the usual ones, plus ``audit.mask_headers``): under any key
-   named ``headers``, as an object or a list of ``[name, value]`` pairs, case-insensitive.
+   ending in ``headers`` (``headers``, ``raw_headers``…), as an object or a list of
+   ``[name, value]`` pairs, case-insensitive.
 3. **JSON paths** (``audit.mask_paths``): dotted paths from the payload root, ``*`` for
    any key or list index, e.g. ``request.body.card_number`` or ``arguments.*.ssn``.
 4. **Value patterns** (default ones for bearer tokens, JWTs, secrets in query strings and
@@ -119,7 +120,7 @@ class Masker:
             return MASK
         if isinstance(value, dict):
             out: dict[str, Any] = {}
-            headers = bool(path) and path[-1].lower() == "headers"
+            headers = bool(path) and path[-1].lower().endswith("headers")
             for k, v in value.items():
                 key = str(k)
                 if key == MASKED_KEY and not path:
@@ -131,7 +132,7 @@ class Masker:
                     out[key] = self._walk(v, (*path, key), masked, secrets_re, depth + 1)
             return out
         if isinstance(value, list | tuple):
-            headers = bool(path) and path[-1].lower() == "headers"
+            headers = bool(path) and path[-1].lower().endswith("headers")
             items: list[Any] = []
             for i, v in enumerate(value):
                 if (headers and isinstance(v, list | tuple) and len(v) == 2 and isinstance(v[0], str)
