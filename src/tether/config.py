@@ -251,8 +251,15 @@ class GatewaySettings:
     #: allowed to call ``/v1/gateway/*`` and receive enforcer-only credential material.
     #: Empty: no remote gateway is trusted (co-located gateways need no entry).
     enforcers: tuple[str, ...] = ()
+    #: A routes file (relative to the state directory): serve the HTTP gateway inside the
+    #: broker's process, under ``http_mount`` on the broker's own listener.
+    http_routes: str = ""
+    http_mount: str = "/gw"
 
     def __post_init__(self) -> None:
+        if not self.http_mount.startswith("/") or self.http_mount == "/" or self.http_mount.endswith("/"):
+            raise ConfigError("`gateway.http_mount` must be a path like `/gw`", code="config_invalid",
+                              field="gateway.http_mount")
         value: Any = self.enforcers
         if isinstance(value, str):  # from the environment: comma or space separated
             value = value.replace(",", " ").split()

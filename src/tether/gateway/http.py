@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 import anyio
 import httpx
+from starlette.types import Receive, Scope, Send
 
 from tether.audit import event as ev
 from tether.broker import AuthorizeRequest
@@ -44,8 +45,6 @@ from tether.identity.dpop import DpopProof
 
 log = logging.getLogger("tether.gateway.http")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
 
 #: RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -140,7 +139,7 @@ class HttpGateway:
             self._client = None
         await self.authorizer.aclose()
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 msg = await receive()
@@ -162,6 +161,9 @@ class HttpGateway:
     async def _handle(self, scope: Scope, receive: Any, send: Any) -> None:
         method: str = scope["method"]
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        root = scope.get("root_path") or ""
+        if root and raw_path.startswith(root):  # mounted under the broker (``http_mount``)
+            raw_path = raw_path[len(root):] or "/"
         if not raw_path.startswith("/") or _BAD_RAW_PATH.search(raw_path):
             # Encoded slashes, dots and backslashes are how a path that was authorized as
             # one resource reaches another after the upstream normalizes it.

@@ -140,12 +140,33 @@ class EnforcerApi:
 def install(rt: Any) -> None:
     rt.extras["gateway.pins"] = ToolPins(rt.audit, rt.broker.clock)
     api = EnforcerApi(rt)
+    if rt.settings.gateway.http_routes:
+        _mount_http_gateway(rt)
     rt.routes.extend([
         Route("/v1/gateway/authorize", guarded(api.authorize), methods=["POST"]),
         Route("/v1/gateway/visible", guarded(api.visible), methods=["POST"]),
         Route("/v1/gateway/calls", guarded(api.calls), methods=["POST"]),
         Route("/v1/gateway/tools", guarded(api.tools), methods=["POST"]),
     ])
+
+
+def _mount_http_gateway(rt: Any) -> None:
+    """The HTTP gateway in the broker's process (``[gateway] http_routes``): in-process
+    authorization, served on the broker's listener under ``http_mount``."""
+    from pathlib import Path
+
+    from starlette.routing import Mount
+
+    from tether.gateway.authorizer import LocalAuthorizer
+    from tether.gateway.http import HttpGateway
+    from tether.gateway.routes import load_routes
+
+    path = Path(rt.settings.gateway.http_routes)
+    table = load_routes(path if path.is_absolute() else rt.settings.state_dir / path)
+    table.check_catalog(rt.catalog)
+    app = HttpGateway(table, LocalAuthorizer(rt))
+    rt.extras["gateway.http"] = app
+    rt.routes.append(Mount(rt.settings.gateway.http_mount, app=app))
 
 
 # -- admin operations (`tether mcp tools …`) ----------------------------------------------
