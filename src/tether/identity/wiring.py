@@ -41,7 +41,8 @@ def install(rt: Any) -> None:
     if s.trust_domain in rt.bundles:
         raise ConfigError(f"`trust_domain` `{s.trust_domain}` is also a configured trust bundle; give the "
                           "broker a trust domain of its own", code="config_invalid", field="trust_domain")
-    rt.bundles.add_local(s.trust_domain, LocalKeys(rt.keys), issuer=s.broker_issuer)
+    local_keys = LocalKeys(rt.keys)
+    rt.bundles.add_local(s.trust_domain, lambda: local_keys, issuer=s.broker_issuer)
 
     replay = ReplayCache(rt.db)
     dpop = DpopVerifier(replay, window_seconds=ident.dpop_window_seconds,
