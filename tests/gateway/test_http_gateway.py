@@ -322,3 +322,31 @@ def test_closed_task_token_refused(gateway, agent, client):
     assert client.post(f"/v1/tasks/{task_id}/close", headers=auth(tok)).status_code == 200
     r = gateway.get("/tickets/queue", headers=auth(tok))
     assert (r.status_code, r.json()["code"]) == (403, "task_not_active")
+
+
+class _Recorder:
+    """An authorizer that records what it was asked and denies (for checking the gateway's side)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    async def authorize(self, token, req, proof=None):
+        from tether.gateway.authorizer import Verdict
+
+        self.calls.append((token, req, proof))
+        return Verdict(decision={"decision": "deny", "decision_id": "dec_x", "code": "no_permit"})
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_dpop_proof_passed_with_gateway_url(upstream):
+    """The agent's DPoP proof goes to the broker with the method and the URL the agent called."""
+    rec = _Recorder()
+    with TestClient(HttpGateway(routes_for(upstream), rec), base_url="https://gw.example") as gw:
+        r = gw.get("/tickets/queue?x=1", headers={"Authorization": "DPoP tok", "DPoP": "proof.jwt"})
+    assert r.status_code == 403
+    (token_, req, proof) = rec.calls[0]
+    assert (token_, req.action, req.resource) == ("tok", "http:read", "tickets.queue")
+    assert (proof.proof, proof.method, proof.url, proof.count) == ("proof.jwt", "GET",
+                                                                    "https://gw.example/tickets/queue", 1)

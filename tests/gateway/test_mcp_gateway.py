@@ -318,3 +318,43 @@ def test_record_arguments_opt_in(runtime, agent):
         run(go)
     call = next(e for e in events if e.type == "call.forwarded")
     assert call.payload["arguments"] == {"timezone": "Europe/Paris"}
+
+
+def test_streamable_http_bearer_and_list(runtime, agent):
+    """Over Streamable HTTP the task token is the bearer; without one the gateway answers 401."""
+    import httpx2
+    import uvicorn
+    from mcp.client.streamable_http import streamable_http_client
+
+    from .conftest import free_port
+
+    token = open_token(agent, [CALL_TIME])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    async def go() -> tuple[int, list[str], bool]:
+        gateway = McpGateway("time", LocalAuthorizer(runtime))
+        async with gateway.connect(TIME):
+            server = uvicorn.Server(uvicorn.Config(gateway.http_app(), host="127.0.0.1", port=port,
+                                                   log_level="warning", lifespan="on"))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve)
+                with anyio.fail_after(10):
+                    while not server.started:
+                        await anyio.sleep(0.01)
+                async with httpx2.AsyncClient() as bare:
+                    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+                    unauth = (await bare.post(url, json=ping)).status_code
+                headers = {"Authorization": f"Bearer {token}"}
+                async with httpx2.AsyncClient(headers=headers) as http, \
+                        streamable_http_client(url, http_client=http) as (read, write), \
+                        ClientSession(read, write) as session:
+                    await session.initialize()
+                    listed = [t.name for t in (await session.list_tools()).tools]
+                    result = await session.call_tool("get_current_time", {"timezone": "Europe/Paris"})
+                server.should_exit = True
+        return unauth, listed, bool(result.is_error)
+
+    unauth, listed, is_error = run(go)
+    assert unauth == 401
+    assert listed == ["get_current_time"] and not is_error
