@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 SITE = next(p for p in sys.path if p.endswith("site-packages"))
 AUDIENCE = "spiffe://support.example/tether"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(SYSTEM_PY) or not shutil.which("runuser"),
-                                reason="needs root, runuser and a system python3.11")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(SYSTEM_PY) or not shutil.which("runuser"),
+    reason="needs root, runuser and a system python3.11")
 
 
 def _free_port() -> int:
@@ -89,7 +90,8 @@ def register(state: Path, *selectors: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
-def fetch_with(python: str | None, sock: Path, *, user: str | None = None) -> subprocess.CompletedProcess[str]:
+def fetch_with(python: str | None, sock: Path, *,
+               user: str | None = None) -> subprocess.CompletedProcess[str]:
     """`tether svid fetch` run by ``python`` (None: the installed `tether` script) as ``user``."""
     args = ["svid", "fetch", "--audience", AUDIENCE, "--socket", str(sock), "--json"]
     if python is None:
