@@ -1,0 +1,182 @@
+"""HTTP gateway overhead: latency added over calling the upstream directly, and throughput.
+
+Three processes on loopback: a trivial upstream (uvicorn, one worker), the gateway
+(uvicorn, one worker, authorizing in-process against a SQLite broker store, each call a
+decision + credential + audit commit + call record), and this client. Latency is
+sequential requests on one keep-alive connection (p50/p99); throughput is ``-c``
+concurrent keep-alive clients for ``-t`` seconds.
+
+Run: ``python bench/bench_gateway.py [-n 2000] [-c 16] [-t 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _stats import summary
+
+UPSTREAM = '''
+import sys, uvicorn
+BODY = b'{"ok":true}'
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+'''
+
+
+# Plain bearer task tokens (DPoP would add a proof per request on both sides).
+OVERRIDES = {"environment": "prod", "identity": {"dpop": "optional"}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def serve_gateway(state: str, port: int, upstream: str) -> None:
+    """Child process: the gateway with an in-process broker on the prepared state dir."""
+    import tomllib
+
+    import uvicorn
+
+    from tether.config import load_settings
+    from tether.gateway.authorizer import LocalAuthorizer
+    from tether.gateway.http import HttpGateway
+    from tether.gateway.routes import parse_routes
+    from tether.runtime import Runtime
+
+    rt = Runtime.start(load_settings(Path(state), environ={}, overrides=OVERRIDES))
+    table = parse_routes(tomllib.loads(
+        f'[[routes]]\nprefix = "/t"\nupstream = "{upstream}"\nservice = "tickets"\n'
+        '[[routes.rules]]\nmethod = "GET"\npath = "/queue"\naction = "http:read"\n'
+        'resource = "tickets.queue"\n'))
+    uvicorn.run(HttpGateway(table, LocalAuthorizer(rt)), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
+
+
+def prepare(tmp: Path) -> tuple[str, str]:
+    """A state dir with the example catalog/policies and one open task; its token."""
+    from tether.broker import OpenTaskRequest
+    from tether.model import Grant, Workload
+    from tether.runtime import Runtime
+    from tether.testing import TestTrustDomain, make_settings
+
+    domain = TestTrustDomain("support.example")
+    settings = make_settings(tmp / "state", domain=domain, overrides=OVERRIDES)
+    # The shipped burst rule (> 120 calls a minute) would turn a long run into denies.
+    taint = settings.policy_path / "20-taint.cedar"
+    taint.write_text(taint.read_text().replace("> 120", "> 100000000"))
+    rt = Runtime.start(settings)
+    try:
+        wl = Workload(domain.spiffe_id("bench"), domain.name, "jwt-svid")
+        opened = rt.broker.open_task(wl, OpenTaskRequest("support.triage", "bench",
+                                                         (Grant("http:read", "tickets.queue"),), 3600))
+        return str(settings.state_dir), opened.token
+    finally:
+        rt.close()
+
+
+def latency(url: str, headers: dict[str, str], n: int) -> list[float]:
+    with httpx.Client(headers=headers) as c:
+        for _ in range(50):
+            c.get(url).raise_for_status()
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            r = c.get(url)
+            out.append((time.perf_counter_ns() - t0) / 1000)
+            if r.status_code != 200:
+                raise SystemExit(f"{url}: {r.status_code} {r.text}")
+        return out
+
+
+async def throughput(url: str, headers: dict[str, str], clients: int, seconds: float) -> float:
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        async with httpx.AsyncClient(headers=headers) as c:
+            while time.monotonic() < stop:
+                (await c.get(url)).raise_for_status()
+                done += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return done / (time.monotonic() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("-n", type=int, default=2000, help="sequential requests for latency")
+    ap.add_argument("-c", type=int, default=16, help="concurrent clients for throughput")
+    ap.add_argument("-t", type=float, default=10.0, help="seconds of throughput load")
+    ap.add_argument("--serve-gateway", nargs=3, metavar=("STATE", "PORT", "UPSTREAM"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_gateway:
+        state, port, upstream = args.serve_gateway
+        serve_gateway(state, int(port), upstream)
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="tether-bench-gw-"))
+    state, token = prepare(tmp)
+    up_port, gw_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])]
+    procs.append(subprocess.Popen([sys.executable, __file__, "--serve-gateway", state, str(gw_port),
+                                   upstream]))
+    try:
+        wait(upstream + "/queue")
+        wait(f"http://127.0.0.1:{gw_port}/t/queue")
+        direct_url, gw_url = upstream + "/queue", f"http://127.0.0.1:{gw_port}/t/queue"
+        auth = {"Authorization": f"Bearer {token}"}
+        d = latency(direct_url, {}, args.n)
+        g = latency(gw_url, auth, args.n)
+        (d50, d99), (g50, g99) = summary(d), summary(g)
+        print(f"\nlatency, sequential keep-alive, n={args.n} (µs)")
+        print(f"{'path':34} {'p50':>9} {'p99':>9}")
+        print(f"{'upstream direct':34} {d50:9.0f} {d99:9.0f}")
+        print(f"{'through gateway (authorize+audit)':34} {g50:9.0f} {g99:9.0f}")
+        print(f"{'added by the gateway':34} {g50 - d50:9.0f} {g99 - d99:9.0f}")
+        dt = asyncio.run(throughput(direct_url, {}, args.c, args.t))
+        gt = asyncio.run(throughput(gw_url, auth, args.c, args.t))
+        print(f"\nthroughput, {args.c} concurrent clients, {args.t:.0f} s, one worker each (req/s)")
+        print(f"{'upstream direct':34} {dt:9.0f}")
+        print(f"{'through gateway':34} {gt:9.0f}")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
