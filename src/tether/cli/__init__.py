@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import click
 
-from tether.cli import approvals, audit, demo, gateway, keys, mcp, policy, serve, svid, tasks, workload
+from tether.cli import (
+    approvals,
+    audit,
+    demo,
+    gateway,
+    keys,
+    leases,
+    mcp,
+    policy,
+    serve,
+    svid,
+    tasks,
+    workload,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,5 +33,5 @@ def main() -> None:
     """
 
 
-for module in (serve, tasks, approvals, policy, audit, keys, workload, svid, gateway, mcp, demo):
+for module in (serve, tasks, approvals, policy, audit, keys, workload, svid, gateway, mcp, demo, leases):
     module.register(main)
