@@ -23,7 +23,9 @@ def emit(rt: Runtime, n: int) -> None:
 
 
 def writer(rt: Runtime, **cfg: object) -> CheckpointWriter:
-    return CheckpointWriter(rt.db, rt.audit, rt.keys, replace(rt.settings.audit, **cfg), rt.settings.state_dir)
+    return CheckpointWriter(
+        rt.db, rt.audit, rt.keys, replace(rt.settings.audit, **cfg), rt.settings.state_dir
+    )
 
 
 def test_checkpoint_is_written_every_n_events(runtime):
@@ -41,10 +43,14 @@ def test_checkpoint_is_written_every_n_events(runtime):
 def test_checkpoint_is_written_after_the_interval(runtime):
     """A tick writes once `checkpoint_interval_seconds` passed, even below the event count."""
     now = [1000.0]
-    w = CheckpointWriter(runtime.db, runtime.audit, runtime.keys,
-                         replace(runtime.settings.audit, checkpoint_every_events=10_000,
-                                 checkpoint_interval_seconds=60), runtime.settings.state_dir,
-                         clock=lambda: now[0])
+    w = CheckpointWriter(
+        runtime.db,
+        runtime.audit,
+        runtime.keys,
+        replace(runtime.settings.audit, checkpoint_every_events=10_000, checkpoint_interval_seconds=60),
+        runtime.settings.state_dir,
+        clock=lambda: now[0],
+    )
     emit(runtime, 1)
     assert w.tick() is None
     now[0] += 61
@@ -89,7 +95,7 @@ def test_checkpoints_are_posted_to_the_url(runtime):
     got: list[dict] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
@@ -118,13 +124,16 @@ def test_unreachable_checkpoint_url_does_not_stop_the_broker(runtime, caplog):
     assert "checkpoint_post_failed" in caplog.text
 
 
-@pytest.mark.parametrize(("raw", "field"), [
-    ({"mask_patterns": ["("]}, "audit.mask_patterns[0]"),
-    ({"mask_paths": ["a..b"]}, "audit.mask_paths[0]"),
-    ({"mask_headers": "x-key"}, "audit.mask_headers"),
-    ({"checkpoint_every_events": 0}, "audit.checkpoint_every_events"),
-    ({"checkpoint_url": "ftp://x"}, "audit.checkpoint_url"),
-])
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"mask_patterns": ["("]}, "audit.mask_patterns[0]"),
+        ({"mask_paths": ["a..b"]}, "audit.mask_paths[0]"),
+        ({"mask_headers": "x-key"}, "audit.mask_headers"),
+        ({"checkpoint_every_events": 0}, "audit.checkpoint_every_events"),
+        ({"checkpoint_url": "ftp://x"}, "audit.checkpoint_url"),
+    ],
+)
 def test_invalid_audit_settings_name_the_field(tmp_path, raw, field):
     """A bad `[audit]` setting refuses to load and names the field."""
     with pytest.raises(ConfigError) as exc:

@@ -21,15 +21,23 @@ def schema() -> dict:
 
 
 def test_every_event_of_a_real_flow_validates_against_the_shipped_schema(runtime):
-    """Events the broker writes (tasks, delegations, decisions, approvals, credentials, calls) fit the schema."""
+    """Events the broker writes (tasks, delegations, decisions, approvals, credentials, calls) fit it."""
     build_tree(runtime)
     validator = jsonschema.Draft202012Validator(schema())
     with runtime.db.read() as conn:
         events = list(iter_chain(conn, runtime.audit.chain_id))
     for e in events:
         validator.validate(e.to_dict())
-    assert {ev.TASK_OPENED, ev.TASK_DELEGATED, ev.DECISION, ev.APPROVAL_REQUESTED, ev.APPROVAL_GRANTED,
-            ev.CREDENTIAL_MINTED, ev.CALL_FORWARDED, ev.TASK_CLOSED} <= {e.type for e in events}
+    assert {
+        ev.TASK_OPENED,
+        ev.TASK_DELEGATED,
+        ev.DECISION,
+        ev.APPROVAL_REQUESTED,
+        ev.APPROVAL_GRANTED,
+        ev.CREDENTIAL_MINTED,
+        ev.CALL_FORWARDED,
+        ev.TASK_CLOSED,
+    } <= {e.type for e in events}
 
 
 def test_schema_lists_every_event_type_the_code_knows():
@@ -39,8 +47,14 @@ def test_schema_lists_every_event_type_the_code_knows():
 
 def test_schema_rejects_a_decision_without_outcome():
     """A decision event must carry its outcome (the schema is not a rubber stamp)."""
-    e = Event(chain="n", seq=1, ts=1.0, type=ev.DECISION, prev_hash="0" * 64,
-              payload={"action": "read", "policy_version": "x"})
+    e = Event(
+        chain="n",
+        seq=1,
+        ts=1.0,
+        type=ev.DECISION,
+        prev_hash="0" * 64,
+        payload={"action": "read", "policy_version": "x"},
+    )
     d = {**e.to_dict(), "hash": e.compute_hash()}
     assert not jsonschema.Draft202012Validator(schema()).is_valid(d)
 
@@ -49,16 +63,46 @@ def test_row_hash_equals_event_hash_for_varied_events():
     """`row_hash` over stored text equals `Event.compute_hash` (unicode, nulls, floats, nesting)."""
     rnd = random.Random(6)
     for i in range(300):
-        payload = {"s": "é\u2028\"\\" * rnd.randint(0, 3), "n": rnd.random() * 10 ** rnd.randint(-5, 12),
-                   "i": rnd.randint(-2**53, 2**53), "l": [None, True, {"z": 1, "a": [1.5]}], "u": "日本"}
-        e = Event(chain=f"node-{i % 3}", seq=i + 1, ts=1.7e9 + rnd.random(), type=ev.DECISION,
-                  prev_hash="%064x" % rnd.getrandbits(256), payload=payload,
-                  agent=rnd.choice([None, "spiffe://x/ä"]), task_id=rnd.choice([None, "tsk_1"]),
-                  trace_id=rnd.choice([None, "t"]), lease_id="l", decision_id=None)
-        assert row_hash(chain=e.chain, seq=e.seq, ts=e.ts, type=e.type, prev_hash=e.prev_hash,
-                        payload_text=canonical_json(e.payload), task_id=e.task_id, root_task_id=None,
-                        parent_task_id=None, agent=e.agent, delegator=None, decision_id=None,
-                        lease_id=e.lease_id, trace_id=e.trace_id, v=e.v) == e.compute_hash()
+        payload = {
+            "s": 'é\u2028"\\' * rnd.randint(0, 3),
+            "n": rnd.random() * 10 ** rnd.randint(-5, 12),
+            "i": rnd.randint(-(2**53), 2**53),
+            "l": [None, True, {"z": 1, "a": [1.5]}],
+            "u": "日本",
+        }
+        e = Event(
+            chain=f"node-{i % 3}",
+            seq=i + 1,
+            ts=1.7e9 + rnd.random(),
+            type=ev.DECISION,
+            prev_hash=f"{rnd.getrandbits(256):064x}",
+            payload=payload,
+            agent=rnd.choice([None, "spiffe://x/ä"]),
+            task_id=rnd.choice([None, "tsk_1"]),
+            trace_id=rnd.choice([None, "t"]),
+            lease_id="l",
+            decision_id=None,
+        )
+        assert (
+            row_hash(
+                chain=e.chain,
+                seq=e.seq,
+                ts=e.ts,
+                type=e.type,
+                prev_hash=e.prev_hash,
+                payload_text=canonical_json(e.payload),
+                task_id=e.task_id,
+                root_task_id=None,
+                parent_task_id=None,
+                agent=e.agent,
+                delegator=None,
+                decision_id=None,
+                lease_id=e.lease_id,
+                trace_id=e.trace_id,
+                v=e.v,
+            )
+            == e.compute_hash()
+        )
 
 
 def test_capture_events_collects_what_the_broker_commits(runtime):

@@ -46,15 +46,21 @@ def test_otel_export_makes_one_trace_per_root_task_with_nested_task_spans(runtim
 def test_otel_decision_and_call_spans_carry_outcome_and_duration(runtime):
     """Decision spans hang under their task; a deny is ERROR; a call spans forwarded → result."""
     tree = build_tree(runtime)
-    runtime.broker.authorize(tree.tokens["grand"], AuthorizeRequest("read", "billing.invoices"))  # task closed: deny
+    runtime.broker.authorize(
+        tree.tokens["grand"], AuthorizeRequest("read", "billing.invoices")
+    )  # task closed: deny
     events = events_of(runtime)
     mem = InMemorySpanExporter()
     export_spans(events, mem)
     spans = mem.get_finished_spans()
-    child_span = next(s for s in spans if s.attributes.get("tether.task_id") == tree.child
-                      and s.name.startswith("task "))
-    refund = next(s for s in spans if s.name == "decision tool:call billing.refund"
-                  and s.attributes["tether.outcome"] == "allow")
+    child_span = next(
+        s for s in spans if s.attributes.get("tether.task_id") == tree.child and s.name.startswith("task ")
+    )
+    refund = next(
+        s
+        for s in spans
+        if s.name == "decision tool:call billing.refund" and s.attributes["tether.outcome"] == "allow"
+    )
     assert refund.parent.span_id == child_span.context.span_id
     deny = next(s for s in spans if s.attributes.get("tether.outcome") == "deny")
     assert deny.status.status_code is StatusCode.ERROR
@@ -85,8 +91,13 @@ def test_otel_export_is_deterministic(runtime):
     a, b = io.StringIO(), io.StringIO()
     export_spans(events, JsonLinesSpanExporter(a))
     export_spans(events, JsonLinesSpanExporter(b))
-    ids = [[(j["context"]["trace_id"], j["context"]["span_id"]) for j in map(json.loads, x.getvalue().splitlines())]
-           for x in (a, b)]
+    ids = [
+        [
+            (j["context"]["trace_id"], j["context"]["span_id"])
+            for j in map(json.loads, x.getvalue().splitlines())
+        ]
+        for x in (a, b)
+    ]
     assert ids[0] == ids[1] and ids[0]
 
 
@@ -100,7 +111,7 @@ def test_ocsf_events_validate_against_the_api_activity_schema(runtime):
 
 
 def test_ocsf_decision_carries_authorization_outcome(runtime):
-    """A deny maps to status Failure with the decision in `actor.authorizations`; the delegator is the user."""
+    """A deny maps to status Failure, the decision in `actor.authorizations`, the delegator as user."""
     tree = build_tree(runtime)
     runtime.broker.authorize(tree.tokens["grand"], AuthorizeRequest("read", "billing.invoices"))
     deny = next(e for e in reversed(events_of(runtime)) if e.type == ev.DECISION)
@@ -108,7 +119,9 @@ def test_ocsf_decision_carries_authorization_outcome(runtime):
     assert (o["class_uid"], o["status_id"], o["type_uid"]) == (6003, 2, 600399)
     assert o["actor"]["authorizations"][0]["decision"] == "deny"
     assert o["actor"]["user"]["uid"].endswith("#alice@example.com")
-    assert o["actor"]["session"]["uid"] == tree.grandchild and o["status_code"] == "task_not_active"  # the tree was closed
+    assert (
+        o["actor"]["session"]["uid"] == tree.grandchild and o["status_code"] == "task_not_active"
+    )  # the tree was closed
 
 
 def test_ocsf_schema_rejects_a_record_without_actor():

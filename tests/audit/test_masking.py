@@ -32,8 +32,13 @@ mask_patterns = ["acct-[0-9]{6}-c4n4ry"]
 
 @pytest.fixture
 def masked_rt(tmp_path, store_url, domain):
-    settings = make_settings(tmp_path / "state", store_url=store_url, domain=domain,
-                             overrides={"environment": "prod"}, config_extra=AUDIT_CONFIG)
+    settings = make_settings(
+        tmp_path / "state",
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod"},
+        config_extra=AUDIT_CONFIG,
+    )
     rt = Runtime.start(settings)
     yield rt
     rt.close()
@@ -41,24 +46,40 @@ def masked_rt(tmp_path, store_url, domain):
 
 def plant(rt: Runtime) -> None:
     """Put the canary everywhere a careless caller might: keys, headers, paths, text, URLs."""
-    opened = rt.broker.open_task(workload("orchestrator"), OpenTaskRequest(
-        intent="billing.refund", description="refund", scope=grants(("read", "billing.invoices")),
-        ttl_seconds=300, delegator=DELEGATOR))
+    opened = rt.broker.open_task(
+        workload("orchestrator"),
+        OpenTaskRequest(
+            intent="billing.refund",
+            description="refund",
+            scope=grants(("read", "billing.invoices")),
+            ttl_seconds=300,
+            delegator=DELEGATOR,
+        ),
+    )
     # through the real broker: a secret in the query string of a forwarded request
-    rt.broker.authorize(opened.token, AuthorizeRequest("read", "billing.invoices", method="GET",
-                                                      path=f"/invoices?access_token={MARK}-q1&page=2"))
+    rt.broker.authorize(
+        opened.token,
+        AuthorizeRequest(
+            "read", "billing.invoices", method="GET", path=f"/invoices?access_token={MARK}-q1&page=2"
+        ),
+    )
     masker = rt.extras["audit.masker"]
     masker.register_secret(f"upstream-{MARK}-inject")  # what the inject connector hands over
-    emit_as(rt, ev.CALL_FORWARDED, opened.task.id, {
-        "client_secret": f"{MARK}-k1",
-        "nested": {"db_password": f"{MARK}-k2", "ok": "visible"},
-        "headers": {"Authorization": f"Bearer {MARK}-h1", "X-Tenant-Key": f"{MARK}-h2", "Accept": "json"},
-        "raw_headers": [["cookie", f"sid={MARK}-h3"]],
-        "request": {"body": {"card": f"4111-{MARK}", "amount": 5}},
-        "arguments": [{"ssn": f"{MARK}-p1"}, {"ssn": f"{MARK}-p2"}],
-        "note": f"customer acct-123456-{MARK} asked; upstream said upstream-{MARK}-inject",
-        "jwt_in_text": "sent eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c4n4ry_sig_c4n4ry",
-    })
+    emit_as(
+        rt,
+        ev.CALL_FORWARDED,
+        opened.task.id,
+        {
+            "client_secret": f"{MARK}-k1",
+            "nested": {"db_password": f"{MARK}-k2", "ok": "visible"},
+            "headers": {"Authorization": f"Bearer {MARK}-h1", "X-Tenant-Key": f"{MARK}-h2", "Accept": "json"},
+            "raw_headers": [["cookie", f"sid={MARK}-h3"]],
+            "request": {"body": {"card": f"4111-{MARK}", "amount": 5}},
+            "arguments": [{"ssn": f"{MARK}-p1"}, {"ssn": f"{MARK}-p2"}],
+            "note": f"customer acct-123456-{MARK} asked; upstream said upstream-{MARK}-inject",
+            "jwt_in_text": "sent eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c4n4ry_sig_c4n4ry",
+        },
+    )
 
 
 def test_canary_secret_never_reaches_database_exports_or_logs(masked_rt, caplog, tmp_path):
@@ -66,8 +87,12 @@ def test_canary_secret_never_reaches_database_exports_or_logs(masked_rt, caplog,
     caplog.set_level(logging.DEBUG)
     plant(masked_rt)
     with masked_rt.db.engine.connect() as conn:
-        dump = "\n".join(str(tuple(r)) for tbl in metadata.sorted_tables if conn.dialect.has_table(conn, tbl.name)
-                         for r in conn.execute(text(f'SELECT * FROM "{tbl.name}"')))  # noqa: S608
+        dump = "\n".join(
+            str(tuple(r))
+            for tbl in metadata.sorted_tables
+            if conn.dialect.has_table(conn, tbl.name)
+            for r in conn.execute(text(f'SELECT * FROM "{tbl.name}"'))
+        )
         with masked_rt.db.read() as rconn:
             events = list(iter_chain(rconn, masked_rt.audit.chain_id))
     assert MASK in dump and MARK not in dump
@@ -91,8 +116,13 @@ def test_masked_paths_are_listed_without_values(masked_rt):
     with masked_rt.db.read() as conn:
         e = [x for x in iter_chain(conn, masked_rt.audit.chain_id) if x.type == ev.CALL_FORWARDED][-1]
     assert e.payload["nested"]["ok"] == "visible" and e.payload["headers"]["Accept"] == "json"
-    assert {"$.client_secret", "$.headers.X-Tenant-Key", "$.request.body.card", "$.arguments.1.ssn",
-            "$.note"} <= set(e.payload["_masked"])
+    assert {
+        "$.client_secret",
+        "$.headers.X-Tenant-Key",
+        "$.request.body.card",
+        "$.arguments.1.ssn",
+        "$.note",
+    } <= set(e.payload["_masked"])
     assert e.payload["note"].startswith("customer [masked] asked")
 
 

@@ -23,7 +23,11 @@ def test_trace_json_hangs_every_task_under_its_parent(runtime):
     child = root["children"][0]
     grand = child["children"][0]
     assert (root["task_id"], child["task_id"], grand["task_id"]) == (tree.root, tree.child, tree.grandchild)
-    assert [n["agent"].rsplit("/", 1)[1] for n in (root, child, grand)] == ["orchestrator", "refunder", "lookup"]
+    assert [n["agent"].rsplit("/", 1)[1] for n in (root, child, grand)] == [
+        "orchestrator",
+        "refunder",
+        "lookup",
+    ]
     assert t["delegator"] == f"{DELEGATOR.issuer}#{DELEGATOR.subject}"
     assert [n["depth"] for n in (root, child, grand)] == [0, 1, 2]
     assert {n["state"] for n in (root, child, grand)} == {"closed"}  # the close cascaded
@@ -35,12 +39,23 @@ def test_trace_lists_decisions_approval_credential_and_call_in_time_order(runtim
     tree = build_tree(runtime)
     with runtime.db.read() as conn:
         child = build_trace(conn, tree.root).to_dict()["root"]["children"][0]
-    seen = [(e["type"], e["payload"].get("outcome")) for e in child["events"]
-            if e["type"] != ev.CREDENTIAL_MINTED or e["lease_id"] == "lse_child"]
-    wanted = [(ev.TASK_OPENED, None), (ev.TASK_DELEGATED, None), (ev.APPROVAL_REQUESTED, None),
-              (ev.DECISION, "approval_required"), (ev.APPROVAL_GRANTED, None), (ev.DECISION, "allow"),
-              (ev.CREDENTIAL_MINTED, None), (ev.CALL_FORWARDED, None), (ev.CALL_RESULT, None),
-              (ev.TASK_CLOSED, None)]
+    seen = [
+        (e["type"], e["payload"].get("outcome"))
+        for e in child["events"]
+        if e["type"] != ev.CREDENTIAL_MINTED or e["lease_id"] == "lse_child"
+    ]
+    wanted = [
+        (ev.TASK_OPENED, None),
+        (ev.TASK_DELEGATED, None),
+        (ev.APPROVAL_REQUESTED, None),
+        (ev.DECISION, "approval_required"),
+        (ev.APPROVAL_GRANTED, None),
+        (ev.DECISION, "allow"),
+        (ev.CREDENTIAL_MINTED, None),
+        (ev.CALL_FORWARDED, None),
+        (ev.CALL_RESULT, None),
+        (ev.TASK_CLOSED, None),
+    ]
     assert [x for x in seen if x in wanted] == wanted
     ts = [e["ts"] for e in child["events"]]
     assert ts == sorted(ts)
@@ -63,9 +78,12 @@ def test_rendered_tree_shows_delegator_agents_and_actions_nested(runtime):
     def indent(i: int) -> int:
         return len(lines[i]) - len(lines[i].lstrip(" │├└─"))
 
-    d, o, r, lk = (line_of("alice@example.com"), line_of("agent spiffe://support.example/orchestrator"),
-                   line_of("agent spiffe://support.example/refunder"),
-                   line_of("agent spiffe://support.example/lookup"))
+    d, o, r, lk = (
+        line_of("alice@example.com"),
+        line_of("agent spiffe://support.example/orchestrator"),
+        line_of("agent spiffe://support.example/refunder"),
+        line_of("agent spiffe://support.example/lookup"),
+    )
     refund = line_of("decision allow tool:call billing.refund")
     assert d < o < r < lk and indent(d) < indent(o) < indent(r) < indent(lk)
     assert r < refund and indent(refund) == indent(lk)  # an item of the refunder, like its sub-agent
@@ -77,16 +95,42 @@ def test_trace_flags_a_tampered_event(runtime):
     from .helpers import sql
 
     tree = build_tree(runtime)
-    sql(runtime, "UPDATE audit_events SET payload = '{\"outcome\":\"allow\"}' WHERE task_id = :t "
-                 "AND type = 'decision'", t=tree.grandchild)
-    res = CliRunner().invoke(main, ["audit", "trace", tree.root, "--state-dir", str(runtime.settings.state_dir),
-                                    "--store", runtime.settings.store_url, "--json"])
+    sql(
+        runtime,
+        'UPDATE audit_events SET payload = \'{"outcome":"allow"}\' WHERE task_id = :t '
+        "AND type = 'decision'",
+        t=tree.grandchild,
+    )
+    res = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "trace",
+            tree.root,
+            "--state-dir",
+            str(runtime.settings.state_dir),
+            "--store",
+            runtime.settings.store_url,
+            "--json",
+        ],
+    )
     assert res.exit_code == 1
     assert json.loads(res.output)["tampered"]
 
 
 def test_trace_of_an_unknown_task_is_not_found(runtime):
     """`trace` of a task with no events exits non-zero with code `task_not_found`."""
-    res = CliRunner().invoke(main, ["audit", "trace", "tsk_nope", "--state-dir", str(runtime.settings.state_dir),
-                                    "--store", runtime.settings.store_url, "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "trace",
+            "tsk_nope",
+            "--state-dir",
+            str(runtime.settings.state_dir),
+            "--store",
+            runtime.settings.store_url,
+            "--json",
+        ],
+    )
     assert res.exit_code == 1 and json.loads(res.output)["error"]["code"] == "task_not_found"

@@ -25,16 +25,32 @@ from .helpers import build_tree, scalar, sql
 
 def rows(rt: Runtime) -> list[dict[str, Any]]:
     with rt.db.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(text(
-            "SELECT * FROM audit_events WHERE chain = :c ORDER BY seq"), {"c": rt.audit.chain_id})]
+        return [
+            dict(r._mapping)
+            for r in conn.execute(
+                text("SELECT * FROM audit_events WHERE chain = :c ORDER BY seq"), {"c": rt.audit.chain_id}
+            )
+        ]
 
 
 def rehash(r: dict[str, Any], seq: int | None = None) -> str:
-    return row_hash(seq=r["seq"] if seq is None else seq, chain=r["chain"], ts=r["ts"], type=r["type"],
-                    prev_hash=r["prev_hash"], payload_text=r["payload"], task_id=r["task_id"],
-                    root_task_id=r["root_task_id"], parent_task_id=r["parent_task_id"], agent=r["agent"],
-                    delegator=r["delegator"], decision_id=r["decision_id"], lease_id=r["lease_id"],
-                    trace_id=r["trace_id"], v=r["v"])
+    return row_hash(
+        seq=r["seq"] if seq is None else seq,
+        chain=r["chain"],
+        ts=r["ts"],
+        type=r["type"],
+        prev_hash=r["prev_hash"],
+        payload_text=r["payload"],
+        task_id=r["task_id"],
+        root_task_id=r["root_task_id"],
+        parent_task_id=r["parent_task_id"],
+        agent=r["agent"],
+        delegator=r["delegator"],
+        decision_id=r["decision_id"],
+        lease_id=r["lease_id"],
+        trace_id=r["trace_id"],
+        v=r["v"],
+    )
 
 
 def first_break(rt: Runtime, **kw: Any) -> tuple[str, int]:
@@ -46,8 +62,13 @@ def first_break(rt: Runtime, **kw: Any) -> tuple[str, int]:
 
 def set_head(rt: Runtime, seq: int) -> None:
     h = scalar(rt, "SELECT hash FROM audit_events WHERE chain = :c AND seq = :s", c=rt.audit.chain_id, s=seq)
-    sql(rt, "UPDATE audit_chains SET head_seq = :s, head_hash = :h WHERE chain = :c",
-        s=seq, h=h, c=rt.audit.chain_id)
+    sql(
+        rt,
+        "UPDATE audit_chains SET head_seq = :s, head_hash = :h WHERE chain = :c",
+        s=seq,
+        h=h,
+        c=rt.audit.chain_id,
+    )
 
 
 @pytest.fixture
@@ -103,14 +124,27 @@ def test_swapped_rows_attack_is_reported_reordered(logged):
 def test_inserted_forged_event_attack_is_reported_inserted(logged):
     """A forged event that links correctly, slipped in by renumbering later rows, is `inserted`."""
     before = rows(logged)[2]  # seq 3
-    forged = Event(chain=before["chain"], seq=4, ts=before["ts"] + 0.001, type="decision",
-                   prev_hash=before["hash"], payload={"outcome": "allow", "action": "read"})
+    forged = Event(
+        chain=before["chain"],
+        seq=4,
+        ts=before["ts"] + 0.001,
+        type="decision",
+        prev_hash=before["hash"],
+        payload={"outcome": "allow", "action": "read"},
+    )
     forged_hash = forged.compute_hash()
     sql(logged, "UPDATE audit_events SET seq = seq + 1000000 WHERE seq >= 4")
     sql(logged, "UPDATE audit_events SET seq = seq - 999999 WHERE seq > 1000000")
-    sql(logged, "INSERT INTO audit_events (chain, seq, v, ts, type, payload, prev_hash, hash) "
-                "VALUES (:c, 4, 1, :ts, 'decision', :p, :ph, :h)",
-        c=forged.chain, ts=forged.ts, p=canonical_json(forged.payload), ph=forged.prev_hash, h=forged_hash)
+    sql(
+        logged,
+        "INSERT INTO audit_events (chain, seq, v, ts, type, payload, prev_hash, hash) "
+        "VALUES (:c, 4, 1, :ts, 'decision', :p, :ph, :h)",
+        c=forged.chain,
+        ts=forged.ts,
+        p=canonical_json(forged.payload),
+        ph=forged.prev_hash,
+        h=forged_hash,
+    )
     set_head(logged, len(rows(logged)))
     assert first_break(logged) == ("inserted", 4)
 
@@ -119,11 +153,25 @@ def test_forged_append_beyond_head_attack_is_reported_inserted(logged):
     """An event appended after the recorded head, even one that links, is `inserted` at head+1."""
     last = rows(logged)[-1]
     n = last["seq"] + 1
-    forged = Event(chain=last["chain"], seq=n, ts=last["ts"] + 1, type="decision", prev_hash=last["hash"],
-                   payload={"outcome": "allow"})
-    sql(logged, "INSERT INTO audit_events (chain, seq, v, ts, type, payload, prev_hash, hash) "
-                "VALUES (:c, :s, 1, :ts, 'decision', :p, :ph, :h)", c=forged.chain, s=n, ts=forged.ts,
-        p=canonical_json(forged.payload), ph=forged.prev_hash, h=forged.compute_hash())
+    forged = Event(
+        chain=last["chain"],
+        seq=n,
+        ts=last["ts"] + 1,
+        type="decision",
+        prev_hash=last["hash"],
+        payload={"outcome": "allow"},
+    )
+    sql(
+        logged,
+        "INSERT INTO audit_events (chain, seq, v, ts, type, payload, prev_hash, hash) "
+        "VALUES (:c, :s, 1, :ts, 'decision', :p, :ph, :h)",
+        c=forged.chain,
+        s=n,
+        ts=forged.ts,
+        p=canonical_json(forged.payload),
+        ph=forged.prev_hash,
+        h=forged.compute_hash(),
+    )
     assert first_break(logged) == ("inserted", n)
 
 
@@ -146,8 +194,14 @@ def test_chain_rewrite_attack_is_caught_by_checkpoint(logged):
             r["payload"] = canonical_json({**json.loads(r["payload"]), "outcome": "allow"})
         r["prev_hash"] = prev
         r["hash"] = prev = rehash(r)
-        sql(logged, "UPDATE audit_events SET payload = :p, prev_hash = :ph, hash = :h WHERE seq = :s",
-            p=r["payload"], ph=r["prev_hash"], h=r["hash"], s=r["seq"])
+        sql(
+            logged,
+            "UPDATE audit_events SET payload = :p, prev_hash = :ph, hash = :h WHERE seq = :s",
+            p=r["payload"],
+            ph=r["prev_hash"],
+            h=r["hash"],
+            s=r["seq"],
+        )
     set_head(logged, all_rows[-1]["seq"])
     assert first_break(logged) == ("checkpoint_mismatch", cp.seq)
 
@@ -167,8 +221,12 @@ def test_checkpoint_signed_by_attacker_key_is_bad_signature(logged):
 
     cp = logged.extras["audit.checkpoints"].tick(force=True)
     evil = ec.generate_private_key(ec.SECP256R1())
-    jws = sign_jwt({"chain": cp.chain, "seq": cp.seq, "hash": cp.hash, "iat": cp.ts, "exp": cp.ts + 60},
-                   evil, kid=cp.kid, typ="tether-audit-checkpoint+jwt")
+    jws = sign_jwt(
+        {"chain": cp.chain, "seq": cp.seq, "hash": cp.hash, "iat": cp.ts, "exp": cp.ts + 60},
+        evil,
+        kid=cp.kid,
+        typ="tether-audit-checkpoint+jwt",
+    )
     sql(logged, "UPDATE audit_checkpoints SET jws = :j WHERE seq = :s", j=jws, s=cp.seq)
     assert first_break(logged) == ("bad_signature", cp.seq)
 
