@@ -112,3 +112,11 @@ def test_http_follower_over_the_broker_api(agent, client, runtime):
     follower = RevocationFollower(HttpFeedSource("http://testserver", agent.svid, client=client))
     follower.poll_once()
     assert follower.is_revoked(None, t["task_id"])
+
+
+def test_duplicate_authorization_headers_are_refused(agent, runtime):
+    """Two Authorization headers (header smuggling between proxies) are a 401."""
+    _, cred = _cred(agent)
+    svc, _ = _service(runtime)
+    r = svc.get("/me", headers=[("Authorization", f"Bearer {cred['token']}"), ("Authorization", "Bearer x")])
+    assert r.status_code == 401 and r.json()["code"] == "missing_token"

@@ -222,7 +222,11 @@ class TetherAuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            values = [v for k, v in scope.get("headers") or [] if k.lower() == b"authorization"]
+            if len(values) > 1:
+                # Two proxies may each read a different one: refuse the ambiguity.
+                raise Unauthenticated("send exactly one `Authorization` header", code="missing_token")
+            auth = values[0].decode("latin-1") if values else ""
             kind, _, token = auth.partition(" ")
             if kind.lower() != "bearer" or not token.strip():
                 raise Unauthenticated("send the credential as `Authorization: Bearer <token>`",
