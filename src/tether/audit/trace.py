@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.text import Text
 from rich.tree import Tree
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, select
 
 from tether.audit import event as ev
 from tether.audit.event import Event, row_hash
@@ -127,7 +127,9 @@ def build_trace(conn: Connection, task_id: str) -> Trace:
                            .limit(1)).scalar()
     if root_id is None:
         raise NotFound(f"no audit events for task `{task_id}`", code="task_not_found")
-    rows = conn.execute(select(t.audit_events).where(or_(_E.root_task_id == root_id, _E.task_id == root_id))
+    # Only the indexed column: the broker sets root_task_id on every event of a tree (a root
+    # task's own events carry its id), and an OR with task_id would defeat the index.
+    rows = conn.execute(select(t.audit_events).where(_E.root_task_id == root_id)
                         .order_by(_E.ts, _E.chain, _E.seq)).all()
     return assemble(root_id, ((row_to_event(r._mapping), _row_intact(r._mapping)) for r in rows))
 
