@@ -185,3 +185,46 @@ def test_minted_and_revoked_events_carry_ids_never_the_password(analyst, pg_runt
     assert minted[0].lease_id == cred["lease_id"] == revoked[0].lease_id
     assert minted[0].task_id == t["task_id"] and minted[0].payload["connector"] == "postgres"
     assert all(cred["password"] not in str(e.to_dict()) for e in events)
+
+
+def test_unrevocable_lease_is_retried_then_marked_irrevocable(tmp_path, store_url, domain, pg_server,
+                                                              target_db):
+    """A revocation that keeps failing is retried, then irrevocable: event, counter, listed."""
+    from _credhelp import DATASETS, add_analytics
+    from starlette.testclient import TestClient
+    from tests.conftest import Agent  # type: ignore[import-not-found]
+
+    from tether.runtime import Runtime, init_state_dir
+    from tether.server.app import create_app
+    from tether.testing import make_settings
+
+    state = tmp_path / "state"
+    init_state_dir(state)
+    add_analytics(state, DATASETS)
+    s = make_settings(state, store_url=store_url, domain=domain,
+                      overrides={"environment": "prod", "credentials": {"revoke_max_attempts": 2}},
+                      config_extra=f'\n[credentials.postgres]\nanalytics = "{pg_server.url(target_db)}"\n')
+    rt = Runtime.start(s)
+    try:
+        with TestClient(create_app(rt), raise_server_exceptions=False) as c, capture_events() as events:
+            a = Agent(c, domain, rt, "analyst")
+            t = _open(a)
+            cred = _cred(a, t["task_token"])
+            creds = rt.extras["credentials"]
+            # The target becomes unreachable for the broker (a real failure, not a mock).
+            creds.service.connectors["postgres"]._dsns["analytics"] = f"postgresql://x@/x?host={tmp_path}/gone"
+            rt.broker.close_task(t["task_id"], by="test")
+
+            def irrevocable():
+                with rt.db.read() as conn:
+                    return ls.list_leases(conn, irrevocable=True)
+
+            rows = wait_until(irrevocable, timeout=20, what="irrevocable lease")
+            assert rows[0].id == cred["lease_id"] and rows[0].attempts == 2
+            assert creds.service.counters["irrevocable"] == 1
+            assert any(e.type == "credential.irrevocable" and e.lease_id == cred["lease_id"] for e in events)
+    finally:
+        rt.close()
+        with pg_server.connect(target_db) as conn:
+            conn.execute(f'DROP OWNED BY "{cred["username"]}"')
+            conn.execute(f'DROP ROLE "{cred["username"]}"')
