@@ -452,3 +452,215 @@ def test_task_token_replayed_as_svid(
     with pytest.raises(Unauthenticated) as info:
         _svid_verifier(key, attacker).verify(token, now=NOW)
     assert info.value.code == "bad_typ"
+
+
+# === the attack suite through the broker API ==========================================
+# Every forged credential presented to POST /v1/tasks (a JWT-SVID) or /v1/authorize (a task
+# token) must be rejected with a 4xx and a stable code, leave an audited deny, and never 5xx.
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from tether.identity import sign_jwt  # noqa: E402
+from tether.runtime import Runtime  # noqa: E402
+from tether.testing import TestTrustDomain, capture_events  # noqa: E402
+
+BROKER_AUD = "spiffe://tether.local/tether"
+TASK = {"intent": "support.triage", "scope": [{"action": "read", "resource": "tickets.queue"}],
+        "ttl_seconds": 60}
+
+
+def now_claims(**over: Any) -> dict[str, Any]:
+    import time
+    t = int(time.time())
+    base = {"sub": "spiffe://support.example/attacker", "aud": BROKER_AUD, "exp": t + 60, "iat": t, **over}
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def rejected_at_open(client: TestClient, token: str) -> str:
+    """POST /v1/tasks with ``token``: a 4xx, an audited deny with the same code; the code."""
+    with capture_events() as events:
+        r = client.post("/v1/tasks", headers={"Authorization": f"Bearer {token}"}, json=TASK)
+    assert 400 <= r.status_code < 500, r.text
+    code: str = r.json()["code"]
+    assert any(e.type == "decision" and e.payload.get("outcome") == "deny" and e.payload.get("code") == code
+               for e in events), code
+    return code
+
+
+def svid_hdr(domain: TestTrustDomain, **over: Any) -> dict[str, Any]:
+    return hdr(**{"kid": domain.kid, **over})
+
+
+def test_api_control_forged_svid_opens_task(client: TestClient, domain: TestTrustDomain) -> None:
+    """The hand-forged SVID is accepted when nothing is wrong with it, so every refusal below is real."""
+    r = client.post("/v1/tasks", json=TASK,
+                    headers={"Authorization": f"Bearer {es256(domain.key, svid_hdr(domain), now_claims())}"})
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+def test_api_alg_none_any_casing(client: TestClient, domain: TestTrustDomain, alg: str) -> None:
+    """alg none in any casing, at task open."""
+    token = f"{enc(svid_hdr(domain, alg=alg))}.{enc(now_claims())}."
+    assert rejected_at_open(client, token) == "alg_not_allowed"
+
+
+@pytest.mark.parametrize("secret_form", ["pem", "jwk_json"])
+def test_api_hs256_signed_with_public_key(client: TestClient, domain: TestTrustDomain,
+                                          secret_form: str) -> None:
+    """HS256 keyed with the trust domain's public key (PEM or JWK JSON)."""
+    pub = domain.key.public_key()
+    secret = (pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+              if secret_form == "pem" else json.dumps(public_jwk(pub, domain.kid)).encode())
+    h, p = enc(svid_hdr(domain, alg="HS256")), enc(now_claims())
+    token = f"{h}.{p}.{b64(hmac.new(secret, f'{h}.{p}'.encode(), hashlib.sha256).digest())}"
+    assert rejected_at_open(client, token) == "alg_not_allowed"
+
+
+@pytest.mark.parametrize("name", ["jwk", "jku", "x5u", "x5c"])
+def test_api_key_header_points_at_attacker_key(client: TestClient, domain: TestTrustDomain,
+                                               attacker: ec.EllipticCurvePrivateKey,
+                                               attacker_server: tuple[str, list[str]], name: str) -> None:
+    """jwk/jku/x5u/x5c naming the attacker's key: refused, and the attacker's server gets no request."""
+    url, hits = attacker_server
+    value: Any = {"jwk": public_jwk(attacker.public_key(), domain.kid), "jku": f"{url}/jwks.json",
+                  "x5u": f"{url}/cert.pem", "x5c": [b64(b"not-a-cert")]}[name]
+    assert rejected_at_open(client, es256(attacker, svid_hdr(domain, **{name: value}), now_claims())) \
+        == "header_key_rejected"
+    assert hits == []
+
+
+@pytest.mark.parametrize(("kid", "code"), [
+    ("../../../../etc/passwd", "unknown_kid"), ("k1' OR '1'='1", "unknown_kid"), ("k1\"; --", "unknown_kid"),
+    ("k" * 10 * 1024, "token_malformed"),
+])
+def test_api_kid_traversal_sql_and_10kb(client: TestClient, domain: TestTrustDomain, kid: str,
+                                        code: str) -> None:
+    """Hostile kids match nothing (or are malformed), at task open."""
+    assert rejected_at_open(client, es256(domain.key, svid_hdr(domain, kid=kid), now_claims())) == code
+
+
+@pytest.mark.parametrize(("over", "code"), [
+    ({"crit": ["exp"]}, "crit_unsupported"),
+    ({"b64": False}, "header_unsupported"),
+])
+def test_api_unknown_crit_and_b64_false(client: TestClient, domain: TestTrustDomain, over: dict[str, Any],
+                                        code: str) -> None:
+    """crit and b64:false headers, at task open."""
+    assert rejected_at_open(client, es256(domain.key, svid_hdr(domain, **over), now_claims())) == code
+
+
+@pytest.mark.parametrize(("aud", "code"), [
+    (None, "bad_audience"), ("spiffe://evil.example/tether", "bad_audience"),
+    (BROKER_AUD + "/", "bad_audience"), ([[BROKER_AUD]], "claim_invalid"), (7, "claim_invalid"),
+    ([], "claim_invalid"),
+])
+def test_api_missing_foreign_or_misshapen_aud(client: TestClient, domain: TestTrustDomain, aud: Any,
+                                              code: str) -> None:
+    """aud missing, foreign, a near miss, or not a string/list of strings."""
+    assert rejected_at_open(client, es256(domain.key, svid_hdr(domain), now_claims(aud=aud))) == code
+
+
+@pytest.mark.parametrize("iss", [BROKER_AUD + "/", BROKER_AUD + ".evil", "x" + BROKER_AUD, BROKER_AUD[:-1],
+                                 None])
+def test_api_issuer_prefix_suffix_tricks(client: TestClient, runtime: Runtime, iss: str | None) -> None:
+    """The broker's own SVIDs need the exact `iss`, even when signed with the broker's key."""
+    key = runtime.keys.signing_key()
+    claims = now_claims(sub="spiffe://tether.local/agents/x", iss=iss)
+    assert rejected_at_open(client, sign_jwt(claims, key.private_key, kid=key.kid, typ="JWT")) == "bad_issuer"
+
+
+@pytest.mark.parametrize(("over", "code"), [
+    ({"exp": -35}, "token_expired"), ({"nbf": 35}, "token_not_yet_valid"),
+    ({"iat": 35}, "token_not_yet_valid"),
+    ({"exp": "9999999999"}, "claim_invalid"), ({"exp": 1e400}, "claim_invalid"),
+])
+def test_api_exp_nbf_edges_strings_and_overflow(client: TestClient, domain: TestTrustDomain,
+                                                over: dict[str, Any], code: str) -> None:
+    """Times just past the 30 s leeway, as strings, and 1e400 (parses to inf)."""
+    import time
+    t = int(time.time())
+    claims = now_claims(**{k: (t + v if isinstance(v, int) else v) for k, v in over.items()})
+    payload = json.dumps(claims).replace('"exp": Infinity', '"exp": 1e400')
+    assert rejected_at_open(client, es256(domain.key, svid_hdr(domain), payload)) == code
+
+
+def test_api_exp_inside_leeway_is_accepted(client: TestClient, domain: TestTrustDomain) -> None:
+    """Control for the edge: expired 20 s ago, inside the 30 s leeway, still opens a task."""
+    import time
+    token = es256(domain.key, svid_hdr(domain), now_claims(exp=int(time.time()) - 20))
+    r = client.post("/v1/tasks", json=TASK, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201
+
+
+def test_api_exp_nan(client: TestClient, domain: TestTrustDomain) -> None:
+    """exp: NaN is not JSON: token_malformed."""
+    payload = json.dumps(now_claims()).replace('"exp": ', '"exp": NaN, "x": ')
+    assert rejected_at_open(client, es256(domain.key, svid_hdr(domain), payload)) == "token_malformed"
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_api_duplicate_json_keys(client: TestClient, domain: TestTrustDomain, where: str) -> None:
+    """A duplicate key in header or payload: token_malformed (parsers disagree on the winner)."""
+    h, p = json.dumps(svid_hdr(domain)), json.dumps(now_claims())
+    if where == "header":
+        h = h[:-1] + ', "alg": "none"}'
+    else:
+        p = p[:-1] + ', "sub": "spiffe://support.example/admin"}'
+    assert rejected_at_open(client, es256(domain.key, h, p)) == "token_malformed"
+
+
+def test_api_oversized_token_never_parsed(client: TestClient, domain: TestTrustDomain) -> None:
+    """A token over 16 KB is refused before parsing with a 4xx (the header limit), never a 5xx."""
+    token = es256(domain.key, svid_hdr(domain), now_claims(pad="A" * 17 * 1024))
+    r = client.post("/v1/tasks", headers={"Authorization": f"Bearer {token}"}, json=TASK)
+    assert 400 <= r.status_code < 500
+
+
+def test_api_token_over_token_limit_is_audited(tmp_path: Any, sqlite_url: str,
+                                               domain: TestTrustDomain) -> None:
+    """Under the header limit but over limits.max_token_bytes: token_too_large, audited."""
+    from tether.server.app import create_app
+    from tether.testing import make_settings
+    s = make_settings(tmp_path / "st", store_url=sqlite_url, domain=domain,
+                      overrides={"limits": {"max_token_bytes": 4096}, "identity": {"workload_socket": ""}})
+    rt = Runtime.start(s)
+    try:
+        with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+            token = es256(domain.key, svid_hdr(domain), now_claims(pad="A" * 5000))
+            assert rejected_at_open(c, token) == "token_too_large"
+    finally:
+        rt.close()
+
+
+def test_api_valid_svid_from_untrusted_trust_domain(client: TestClient) -> None:
+    """A correctly signed SVID of a trust domain nobody configured: untrusted_domain."""
+    evil = TestTrustDomain("evil.example")
+    assert rejected_at_open(client, evil.svid("agent", BROKER_AUD)) == "untrusted_domain"
+
+
+@pytest.mark.parametrize("sub", [
+    "spiffe://support.example/a?admin=1", "spiffe://support.example/a#frag", "spiffe://support.example:443/a",
+    "spiffe://support.example/" + "a" * 2100, "spiffe://support.example", "SPIFFE://support.example/a",
+])
+def test_api_svid_with_malformed_spiffe_id(client: TestClient, domain: TestTrustDomain, sub: str) -> None:
+    """sub with a query, fragment, port, over 2048 bytes, bare domain or wrong case: bad_subject."""
+    assert rejected_at_open(client, es256(domain.key, svid_hdr(domain), now_claims(sub=sub))) == "bad_subject"
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_api_forged_task_token_at_authorize(client: TestClient, runtime: Runtime, alg: str) -> None:
+    """A task token with alg none / HS256 (keyed with the broker's public JWK) at /v1/authorize."""
+    import time
+    kid = runtime.keys.signing_key().kid
+    header = {"alg": alg, "kid": kid, "typ": "txntoken+jwt"}
+    claims = {"iss": BROKER_AUD, "aud": BROKER_AUD, "sub": "spiffe://support.example/a", "txn": "tsk_x",
+              "exp": int(time.time()) + 60}
+    h, p = enc(header), enc(claims)
+    secret = json.dumps(runtime.keys.jwks()["keys"][0]).encode()
+    sig = "" if alg == "none" else b64(hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest())
+    with capture_events() as events:
+        r = client.post("/v1/authorize", headers={"Authorization": f"Bearer {h}.{p}.{sig}"},
+                        json={"action": "read", "resource": "tickets.queue"})
+    assert (r.status_code, r.json()["code"]) == (401, "alg_not_allowed")
+    assert any(e.type == "decision" and e.payload.get("code") == "alg_not_allowed" for e in events)
