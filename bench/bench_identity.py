@@ -76,7 +76,8 @@ def main() -> None:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("CREATE TABLE j (k TEXT PRIMARY KEY, e REAL)")
         counter = iter(range(10**9))
-        raw_insert = measure(lambda: conn.execute("INSERT INTO j VALUES (?, ?)", (str(next(counter)), 1.0)), n)
+        raw_insert = measure(
+            lambda: conn.execute("INSERT INTO j VALUES (?, ?)", (str(next(counter)), 1.0)), n)
         jtis = iter(range(10**9))
         row("dpop.replay insert (sqlite)",
             measure(lambda: checker.replay.remember("jkt", str(next(jtis)), time.time() + 90), n), raw_insert)
@@ -108,9 +109,10 @@ def main() -> None:
 
         fetches = max(50, n // 10)  # each one writes an audit event: keep the run short
         row("workload api fetch (audited)",
-            measure(lambda: workload_api.fetch_svid(path, audience="a"), fetches), measure(round_trip, fetches))
+            measure(lambda: workload_api.fetch_svid(path, audience="a"), fetches),
+            measure(round_trip, fetches))
 
-        a, b = socket.socketpair()
+        a, _b = socket.socketpair()
         row("attest (pidfd + /proc, cached sha)", measure(lambda: attestor.attest(a), n),
             measure(lambda: attestor.peer_credentials(a), n))
         echo.close()

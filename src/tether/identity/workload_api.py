@@ -161,6 +161,7 @@ class WorkloadApiServer:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tether-wl")
         self._thread: threading.Thread | None = None
+        self._inode = -1
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +173,7 @@ class WorkloadApiServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         _bind_path(sock, self.path)
         os.chmod(self.path, 0o666)  # noqa: S103 - any local process may ask; attestation decides
+        self._inode = self.path.stat().st_ino
         sock.listen(64)
         sock.settimeout(0.5)  # lets the accept loop notice close()
         self._sock = sock
@@ -228,8 +230,10 @@ class WorkloadApiServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.path.is_socket():
-            self.path.unlink()
+        # Only our own socket file: another broker on this state dir may have replaced it.
+        with contextlib.suppress(OSError):
+            if self.path.is_socket() and self.path.stat().st_ino == self._inode:
+                self.path.unlink()
 
 
 def _read_line(conn: socket.socket) -> bytes:
