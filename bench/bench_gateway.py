@@ -61,8 +61,25 @@ def wait(url: str) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+class AllowAll:
+    """Stands in for the broker to isolate the proxy's own cost (never used outside this bench)."""
+
+    async def authorize(self, token, req, proof=None):
+        from tether.gateway.authorizer import Verdict
+
+        return Verdict({"decision": "allow", "decision_id": "dec_bench"},
+                       for_agent={"kind": "jwt", "token": "bench"})
+
+    async def record(self, type_, verdict, payload, trace_id=None):
+        return None
+
+    async def aclose(self):
+        return None
+
+
 def serve_gateway(state: str, port: int, upstream: str) -> None:
-    """Child process: the gateway with an in-process broker on the prepared state dir."""
+    """Child process: the gateway with an in-process broker on the prepared state dir
+    (``state == "-"``: with the allow-all stand-in, for the proxy's own overhead)."""
     import tomllib
 
     import uvicorn
@@ -73,13 +90,17 @@ def serve_gateway(state: str, port: int, upstream: str) -> None:
     from tether.gateway.routes import parse_routes
     from tether.runtime import Runtime
 
-    rt = Runtime.start(load_settings(Path(state), environ={}, overrides=OVERRIDES))
     table = parse_routes(tomllib.loads(
         f'[[routes]]\nprefix = "/t"\nupstream = "{upstream}"\nservice = "tickets"\n'
         '[[routes.rules]]\nmethod = "GET"\npath = "/queue"\naction = "http:read"\n'
         'resource = "tickets.queue"\n'))
-    uvicorn.run(HttpGateway(table, LocalAuthorizer(rt)), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    if state == "-":
+        authorizer: object = AllowAll()
+    else:
+        settings = load_settings(Path(state), environ={}, overrides=OVERRIDES)
+        authorizer = LocalAuthorizer(Runtime.start(settings))
+    uvicorn.run(HttpGateway(table, authorizer), host="127.0.0.1", port=port,  # type: ignore[arg-type]
+                log_level="warning", access_log=False)
 
 
 def prepare(tmp: Path) -> tuple[str, str]:
@@ -149,29 +170,29 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-gw-"))
     state, token = prepare(tmp)
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, stub_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])]
     procs.append(subprocess.Popen([sys.executable, __file__, "--serve-gateway", state, str(gw_port),
                                    upstream]))
+    procs.append(subprocess.Popen([sys.executable, __file__, "--serve-gateway", "-", str(stub_port),
+                                   upstream]))
     try:
         wait(upstream + "/queue")
         wait(f"http://127.0.0.1:{gw_port}/t/queue")
-        direct_url, gw_url = upstream + "/queue", f"http://127.0.0.1:{gw_port}/t/queue"
+        wait(f"http://127.0.0.1:{stub_port}/t/queue")
         auth = {"Authorization": f"Bearer {token}"}
-        d = latency(direct_url, {}, args.n)
-        g = latency(gw_url, auth, args.n)
-        (d50, d99), (g50, g99) = summary(d), summary(g)
+        paths = [("upstream direct", upstream + "/queue"),
+                 ("gateway, proxy only (allow-all stub)", f"http://127.0.0.1:{stub_port}/t/queue"),
+                 ("gateway, in-process broker", f"http://127.0.0.1:{gw_port}/t/queue")]
+        stats = [summary(latency(url, auth, args.n)) for _, url in paths]
         print(f"\nlatency, sequential keep-alive, n={args.n} (µs)")
-        print(f"{'path':34} {'p50':>9} {'p99':>9}")
-        print(f"{'upstream direct':34} {d50:9.0f} {d99:9.0f}")
-        print(f"{'through gateway (authorize+audit)':34} {g50:9.0f} {g99:9.0f}")
-        print(f"{'added by the gateway':34} {g50 - d50:9.0f} {g99 - d99:9.0f}")
-        dt = asyncio.run(throughput(direct_url, {}, args.c, args.t))
-        gt = asyncio.run(throughput(gw_url, auth, args.c, args.t))
+        print(f"{'path':40} {'p50':>9} {'p99':>9} {'+p50':>9} {'+p99':>9}")
+        for (name, _), (p50, p99) in zip(paths, stats, strict=True):
+            print(f"{name:40} {p50:9.0f} {p99:9.0f} {p50 - stats[0][0]:9.0f} {p99 - stats[0][1]:9.0f}")
         print(f"\nthroughput, {args.c} concurrent clients, {args.t:.0f} s, one worker each (req/s)")
-        print(f"{'upstream direct':34} {dt:9.0f}")
-        print(f"{'through gateway':34} {gt:9.0f}")
+        for name, url in paths:
+            print(f"{name:40} {asyncio.run(throughput(url, auth, args.c, args.t)):9.0f}")
     finally:
         for p in procs:
             p.terminate()
