@@ -199,3 +199,15 @@ def test_child_inherits_parent_taint(sdk: Client, make_client: Any):
         with pytest.raises(Denied) as exc:
             n.authorize("send", "email.send")
     assert "taint-no-external-egress" in exc.value.policy_ids
+
+
+def test_sdk_task_token_is_dpop_bound_and_useless_alone(sdk: Client, client: Any):
+    """By default the SDK binds its task token (RFC 9449): the token without a proof is refused."""
+    from tether.sdk.svid import unverified_expiry
+
+    with sdk.task("support.triage", TRIAGE, ttl=60) as task:
+        assert task.authorize("read", "tickets.queue").allowed  # the SDK sends a fresh proof each time
+        stolen = client.post("/v1/authorize", json={"action": "read", "resource": "tickets.queue"},
+                             headers={"Authorization": f"Bearer {task.token}"})
+    assert unverified_expiry(task.token) is not None
+    assert stolen.status_code == 401 and stolen.json()["code"] == "dpop_proof_missing"
