@@ -350,3 +350,39 @@ def test_dpop_proof_passed_with_gateway_url(upstream):
     assert (token_, req.action, req.resource) == ("tok", "http:read", "tickets.queue")
     assert (proof.proof, proof.method, proof.url, proof.count) == ("proof.jwt", "GET",
                                                                     "https://gw.example/tickets/queue", 1)
+
+
+def test_approval_hold_forwards_once_granted(runtime, upstream, agent, credentials):
+    """With `approval_wait_seconds` the request is held and goes through when a human grants it."""
+    import threading
+    import tomllib
+
+    from tether.audit.chain import add_listener
+
+    doc = tomllib.loads(ROUTES.format(up=upstream.url))
+    doc["gateway"]["approval_wait_seconds"] = 20
+    tok = token(agent, [{"action": "tool:call", "resource": "billing.refund"}], "billing.refund")
+    upstream.reset()
+    requested: list[str] = []
+    asked = threading.Event()
+
+    def on_event(e: Any) -> None:
+        if e.type == "approval.requested":
+            requested.append(e.payload["approval_id"])
+            asked.set()
+
+    def grant() -> None:  # the human, once the gateway has asked
+        if asked.wait(timeout=15):
+            runtime.broker.decide_approval(requested[0], grant=True, by="uid:0")
+
+    remove = add_listener(on_event)
+    granter = threading.Thread(target=grant)
+    granter.start()
+    try:
+        with TestClient(HttpGateway(parse_routes(doc), LocalAuthorizer(runtime))) as gw:
+            r = gw.post("/billing/refund/T-42", headers=auth(tok), json={})
+    finally:
+        granter.join(timeout=20)
+        remove()
+    assert r.status_code == 200
+    assert len(upstream.seen()) == 1

@@ -210,7 +210,9 @@ class HttpGateway:
     async def _decide(self, token: str, req: AuthorizeRequest, proof: DpopProof | None) -> Verdict:
         verdict = await self.authorizer.authorize(token, req, proof)
         wait = self.options.approval_wait_seconds
-        if verdict.outcome != "approval_required" or wait <= 0:
+        # A DPoP proof is single-use (its jti is remembered): a held request could not be
+        # re-asked with it, so a bound token gets the 403 and retries after Retry-After.
+        if verdict.outcome != "approval_required" or wait <= 0 or proof is not None:
             return verdict
         # Hold the request while a human decides: re-ask on a fixed cadence (the same
         # arguments find the same pending approval), give up at the deadline.
