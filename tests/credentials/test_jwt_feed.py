@@ -255,3 +255,51 @@ def test_race_issue_and_revoke_leaves_nothing_usable(agent, runtime):
         live = [x for x in ls.list_leases(conn, task_id=t["task_id"]) if x.state in ls.LIVE]
     assert live == []
     assert all(introspector.introspect(tok) == {"active": False} for tok in issued)
+
+
+def _pg_only(store_url):
+    import pytest
+
+    if not store_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL only")
+
+
+def test_closing_a_task_notifies_other_replicas(agent, runtime, store_url):
+    """On PostgreSQL the feed append sends NOTIFY, delivered at commit to every replica."""
+    import psycopg
+
+    from tether.credentials.connectors.postgres import _libpq
+    from tether.credentials.revocation import NOTIFY_CHANNEL
+
+    _pg_only(store_url)
+    t = _task(agent)
+    dsn = _libpq(runtime.db.engine.url.render_as_string(hide_password=False))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        runtime.broker.close_task(t["task_id"], by="test")
+        got = list(conn.notifies(timeout=10, stop_after=1))
+    assert [n.channel for n in got] == [NOTIFY_CHANNEL]
+
+
+def test_feed_listener_wakes_local_followers_on_notify(runtime, store_url):
+    """A replica's LISTEN thread wakes its followers when another replica notifies."""
+    import psycopg
+    from _credhelp import wait_until
+
+    from tether.credentials.connectors.postgres import _libpq
+    from tether.credentials.revocation import NOTIFY_CHANNEL, Feed
+
+    _pg_only(store_url)
+    feed = Feed(runtime.db)
+    stop = threading.Event()
+    thread = feed.listen(stop)
+    try:
+        wait_until(lambda: feed.generation > 0, what="listener connected")
+        before = feed.generation
+        dsn = _libpq(runtime.db.engine.url.render_as_string(hide_password=False))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        wait_until(lambda: feed.generation > before, what="woken by NOTIFY")
+    finally:
+        stop.set()
+        thread.join(5)

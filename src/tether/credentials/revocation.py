@@ -17,6 +17,8 @@ order. Revocations are rare next to authorizations, so serializing them costs li
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +31,8 @@ from tether.store import credentials_tables as ct
 from tether.store.db import Database
 
 _FEED_LOCK_KEY = 0x7E7E_0004  # pg_advisory_xact_lock key for feed appends
+NOTIFY_CHANNEL = "tether_revocations"
+log = logging.getLogger("tether.credentials")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,9 @@ def append(conn: Connection, entries: Sequence[FeedEntry], now: float) -> None:
         return
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FEED_LOCK_KEY})
+        # Delivered at commit to every replica LISTENing (see Feed.listen): they wake their
+        # followers at once instead of at their next poll.
+        conn.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
     conn.execute(insert(ct.revocations), [
         {"ts": now, "kind": e.kind, "task_id": e.task_id, "lease_id": e.lease_id,
          "audience": e.audience, "reason": e.reason, "expires_at": e.expires_at}
@@ -124,6 +131,32 @@ class Feed:
             with self._cond:
                 if self._generation == generation:
                     self._cond.wait(remaining)
+
+    def listen(self, stop: threading.Event) -> threading.Thread | None:
+        """On PostgreSQL, wake local followers when any replica commits a revocation."""
+        if self._db.dialect != "postgresql":
+            return None
+        import psycopg  # local: only a PostgreSQL store needs it
+
+        dsn = re.sub(r"^postgres(ql)?\+\w+://", "postgresql://",
+                     self._db.engine.url.render_as_string(hide_password=False))
+
+        def run() -> None:
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                        self.notify()  # anything committed while we were not listening
+                        while not stop.is_set():
+                            for _ in conn.notifies(timeout=1.0, stop_after=1):
+                                self.notify()
+                except Exception as exc:  # reconnect; followers still poll meanwhile
+                    log.warning("revocation LISTEN failed: %s", type(exc).__name__)
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=run, name="tether-revocation-listen", daemon=True)
+        thread.start()
+        return thread
 
     def prune(self, now: float, keep_seconds: float) -> int:
         """Drop entries whose subject has expired anyway, ``keep_seconds`` after that."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 
 from tether.audit import event as ev
@@ -75,5 +76,13 @@ def install(rt: Runtime) -> None:
     rt.periodic.append(reaper.reap)
     rt.extras["credentials"] = CredentialsRuntime(service, feed, secrets, reaper, introspector)
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
+    stop_listen = threading.Event()
+    listener = feed.listen(stop_listen)
+    if listener is not None:
+        def stop_listening() -> None:
+            stop_listen.set()
+            listener.join(5)
+
+        rt.on_close.append(stop_listening)
     rt.on_close.append(remove_listener)
     rt.on_close.append(reaper.stop)
