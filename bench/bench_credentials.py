@@ -81,7 +81,7 @@ def bench_jwt(rt: Runtime, n: int, rounds: int) -> None:
                                audience="tickets", issuer=rt.settings.broker_issuer,
                                keys=JwksKeys(rt.keys.jwks), follower=follower)
     svc = TestClient(app)
-    bound, close_only = [], []
+    bound, close_only, fed = [], [], []
     for _ in range(rounds):
         task_id, tok = _open(rt, (Grant("read", "tickets.queue"),))
         cred = rt.broker.authorize(tok, AuthorizeRequest("read", "tickets.queue")).credential
@@ -91,12 +91,16 @@ def bench_jwt(rt: Runtime, n: int, rounds: int) -> None:
         t0 = time.perf_counter_ns()
         rt.broker.close_task(task_id, by="bench")
         close_only.append((time.perf_counter_ns() - t0) / 1000)
+        while not follower.is_revoked(None, task_id):
+            time.sleep(0.0001)
+        fed.append((time.perf_counter_ns() - t0) / 1000)
         while svc.get("/", headers=h).status_code != 401:
             pass
         bound.append((time.perf_counter_ns() - t0) / 1000)
     follower.stop()
     table("revocation bound at the middleware (in-process feed follower)",
-          [("close_task alone (floor)", close_only), ("close → middleware rejects (401)", bound)])
+          [("close_task alone (floor)", close_only), ("close → follower holds the revocation", fed),
+           ("close → middleware rejects (401, one more request)", bound)])
 
 
 def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds: int) -> None:
