@@ -468,7 +468,8 @@ class Broker:
         digest = args_digest(req.arguments)
         decision_id = new_id("dec")
         with self.audit.unit() as u:
-            task = repo.get_task(u.conn, claims.task_id)
+            found = repo.get_task_and_taint(u.conn, claims.task_id)
+            task, taint = found if found else (None, -1)
             if task is None or task.agent != claims.agent:
                 raise Unauthenticated("the task token names no task of this agent",
                                       code="token_unknown_task")
@@ -490,7 +491,7 @@ class Broker:
                 "calls_last_minute": repo.calls_since(u.conn, task.id, now - 60),
                 "first_use": repo.is_first_use(u.conn, task.agent, resource.id),
                 # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
-                "max_sensitivity_read": max(0, repo.max_sensitivity_read(u.conn, task.id)),
+                "max_sensitivity_read": max(0, taint),
             }
             decision, approval_used = self._decide(u, task, resource, req, risk, digest,
                                                    decision_id, now)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.audit.event import EVENT_FIELDS, EVENT_TYPES, GENESIS_HASH, Event, canonical_json
@@ -27,6 +27,10 @@ from tether.store import tables as t
 from tether.store.db import Database
 
 _INSERT_EVENT = insert(t.audit_events)
+# Compare-and-set on the head: a second writer on this chain makes it match no row.
+_ADVANCE_HEAD = (update(t.audit_chains)
+                 .where(t.audit_chains.c.chain == bindparam("c"))
+                 .where(t.audit_chains.c.head_seq == bindparam("old")))
 
 PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
 Listener = Callable[[Event], None]
@@ -171,10 +175,8 @@ class AuditChain:
             conn.execute(insert(t.audit_chains).values(
                 chain=self.chain_id, head_seq=u._seq, head_hash=u._head, updated_at=now))
             return
-        res = conn.execute(update(t.audit_chains)
-                           .where(t.audit_chains.c.chain == self.chain_id)
-                           .where(t.audit_chains.c.head_seq == self._seq)
-                           .values(head_seq=u._seq, head_hash=u._head, updated_at=now))
+        res = conn.execute(_ADVANCE_HEAD, {"c": self.chain_id, "old": self._seq, "head_seq": u._seq,
+                                           "head_hash": u._head, "updated_at": now})
         if res.rowcount != 1:
             raise Unavailable(f"audit chain `{self.chain_id}` was advanced by another writer; "
                               "give each replica its own node_id", code="audit_conflict")

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -61,9 +61,20 @@ def insert_task(conn: Connection, task: Task) -> None:
     ))
 
 
+# Hot-path statements are built once with bound parameters: constructing a statement
+# and its cache key per call costs more than SQLite takes to run it.
+_GET_TASK = select(t.tasks).where(t.tasks.c.id == bindparam("id"))
+
+
 def get_task(conn: Connection, task_id: str) -> Task | None:
-    row = conn.execute(select(t.tasks).where(t.tasks.c.id == task_id)).first()
+    row = conn.execute(_GET_TASK, {"id": task_id}).first()
     return _task(row) if row else None
+
+
+def get_task_and_taint(conn: Connection, task_id: str) -> tuple[Task, int] | None:
+    """The task and the highest sensitivity its tree has read (-1: nothing yet), in one query."""
+    row = conn.execute(_GET_TASK, {"id": task_id}).first()
+    return (_task(row), int(row._mapping["max_sensitivity_read"])) if row else None
 
 
 def list_tasks(conn: Connection, *, state: str | None = None, agent: str | None = None,
@@ -137,8 +148,8 @@ def all_active_tasks(conn: Connection) -> list[Task]:
 
 
 def max_sensitivity_read(conn: Connection, task_id: str) -> int:
-    value = conn.execute(select(t.tasks.c.max_sensitivity_read).where(t.tasks.c.id == task_id)).scalar()
-    return int(value) if value is not None else -1
+    found = get_task_and_taint(conn, task_id)
+    return found[1] if found else -1
 
 
 def raise_sensitivity_read(conn: Connection, task_ids: Sequence[str], level: int) -> None:
@@ -240,10 +251,12 @@ def note_resource_use(conn: Connection, agent: str, resource: str, now: float) -
     conn.execute(stmt.values(agent=agent, resource=resource, first_at=now).on_conflict_do_nothing())
 
 
+_SEEN = select(t.resource_uses.c.first_at).where(and_(
+    t.resource_uses.c.agent == bindparam("agent"), t.resource_uses.c.resource == bindparam("resource")))
+
+
 def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
-    seen = conn.execute(select(t.resource_uses.c.first_at).where(and_(
-        t.resource_uses.c.agent == agent, t.resource_uses.c.resource == resource))).first()
-    return seen is None
+    return conn.execute(_SEEN, {"agent": agent, "resource": resource}).first() is None
 
 
 #: Counting stops here: a policy needs "more than N" for a burst rule, and an unbounded
@@ -251,9 +264,12 @@ def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
 CALLS_CAP = 1000
 
 
+_RECENT = (select(t.audit_events.c.seq).where(and_(
+    t.audit_events.c.task_id == bindparam("task_id"), t.audit_events.c.type == "decision",
+    t.audit_events.c.ts >= bindparam("since"))).limit(CALLS_CAP).subquery())
+_CALLS_SINCE = select(func.count()).select_from(_RECENT)
+
+
 def calls_since(conn: Connection, task_id: str, since: float) -> int:
-    recent = (select(t.audit_events.c.seq).where(and_(
-        t.audit_events.c.task_id == task_id, t.audit_events.c.type == "decision",
-        t.audit_events.c.ts >= since)).limit(CALLS_CAP).subquery())
-    n = conn.execute(select(func.count()).select_from(recent)).scalar()
+    n = conn.execute(_CALLS_SINCE, {"task_id": task_id, "since": since}).scalar()
     return int(n or 0)
