@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,13 +52,18 @@ def run(state: Path, *args: str, check: bool = True, user: str | None = None) ->
 
 
 @pytest.fixture
-def broker(tmp_path):
-    state = tmp_path / "state"
+def broker():
+    # Not under pytest's tmp dir (0700 above it): another uid must be able to reach the
+    # admin socket's directory so that peer credentials, not file modes, are what refuse it.
+    base = Path(tempfile.mkdtemp(prefix="tether-cli-"))
+    base.chmod(0o711)
+    state = base / "state"
     domain = TestTrustDomain("support.example")
     run(state, "init")
     domain.write_jwks(state / "bundle.jwks.json")
     cfg = (state / "tether.toml").read_text().replace('environment = "dev"', 'environment = "prod"')
     cfg += '\n[[trust_bundles]]\ntrust_domain = "support.example"\njwks_file = "bundle.jwks.json"\n'
+    cfg += '\n[identity]\ndpop = "optional"   # these tests drive the API with plain bearer tokens\n'
     (state / "tether.toml").write_text(cfg)
     port = _free_port()
     proc = subprocess.Popen([TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
@@ -71,6 +78,7 @@ def broker(tmp_path):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _open_task(base: str, domain: TestTrustDomain) -> dict:
@@ -116,9 +124,8 @@ print(s.makefile().readline())
 def test_other_uid_cannot_operate_the_broker(broker):
     """A process of another uid reaching the admin socket is refused by peer credentials."""
     state, *_ = broker
-    # Let `nobody` reach the socket file so that the peer-credential check is what refuses.
-    for p in (state.parent.parent, state.parent, state):
-        p.chmod(0o755)
+    # Open the file modes wide so that the peer-credential check is what refuses.
+    state.chmod(0o755)
     (state / "admin.sock").chmod(0o666)
     r = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", _RAW_CLIENT,
                         str(state / "admin.sock")], capture_output=True, text=True, timeout=30)

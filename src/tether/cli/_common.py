@@ -37,7 +37,10 @@ def fail(exc: TetherError, as_json: bool = False) -> None:
     if as_json:
         click.echo(json.dumps({"error": exc.to_dict()}), err=False)
     else:
-        err_console.print(f"[bold red]error[/] [dim]({exc.code})[/] {exc.message}", highlight=False)
+        # soft_wrap: a path or a policy file name in the message must stay on one line
+        # for people who copy it and for scripts that grep it.
+        err_console.print(f"[bold red]error[/] [dim]({exc.code})[/] {exc.message}", highlight=False,
+                          soft_wrap=True)
     sys.exit(1 if exc.code != "broker_not_running" else 3)
 
 
