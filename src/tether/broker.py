@@ -109,8 +109,9 @@ class IssuedCredential:
     """
 
     lease_id: str
-    for_agent: Mapping[str, Any] | None = None
-    for_enforcer: Mapping[str, Any] | None = None
+    # Secret material never goes through repr: a logged result must not leak it.
+    for_agent: Mapping[str, Any] | None = field(default=None, repr=False)
+    for_enforcer: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,7 @@ class Broker:
                          attestation=attestation, tags=dict(tags or {}))
 
     def _lifecycle_decisions(self, principal: PolicyPrincipal, action: str, scope: Sequence[Grant],
-                             task_facts: Mapping[str, Any], ttl: int, child: str) -> list[Reason]:
+                             task_facts: dict[str, Any], ttl: int, child: str) -> list[Reason]:
         """Decide ``task:open``/``task:delegate`` for each grant; the reasons of any deny."""
         denied: list[Reason] = []
         for g in scope:

@@ -376,11 +376,19 @@ def _build(cls: Any, raw: Mapping[str, Any], prefix: str, **fixed: Any) -> Any:
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TETHER_<SETTING>[__<KEY>]`` variables whose first part names a setting.
+
+    Other ``TETHER_*`` variables (``TETHER_STATE_DIR``, ``TETHER_MASTER_KEY``, the SDK's
+    ``TETHER_TASK_TOKEN``, …) belong to other parts of the system and are left alone.
+    """
+    settable = {f.name for f in fields(Settings)} - {"state_dir"}
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith("TETHER_") or key in ("TETHER_STATE_DIR", "TETHER_MASTER_KEY"):
+        if not key.startswith("TETHER_"):
             continue
         path = key[len("TETHER_"):].lower().split("__")
+        if path[0] not in settable:
+            continue
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})

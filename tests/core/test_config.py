@@ -54,3 +54,10 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_settings(tmp_path, environ={})
     assert "tether.toml" in exc.value.message
+
+
+def test_unrelated_tether_variables_are_ignored(tmp_path):
+    """TETHER_* variables that name no setting (state dir, task token, test switches) are not settings."""
+    s = load_settings(tmp_path, environ={"TETHER_TEST_PG": "1", "TETHER_TASK_TOKEN": "x",
+                                         "TETHER_MASTER_KEY": "y", "TETHER_LISTEN": "127.0.0.1:9"})
+    assert s.listen == "127.0.0.1:9"
