@@ -34,8 +34,11 @@ DEFAULT_CONFIG = """\
 # Tether broker settings. Every key can be overridden by an environment variable:
 # TETHER_<KEY>, nested with a double underscore (TETHER_TASKS__MAX_TTL_SECONDS=600).
 listen = "127.0.0.1:8421"
-environment = "dev"
-trust_domain = "tether.local"
+# The example catalog and policies below describe a support team's production stack in
+# the `support.example` trust domain: change these two together with them. In `prod`,
+# task tokens must be DPoP-bound unless `[identity] dpop` says otherwise.
+environment = "prod"
+trust_domain = "support.example"
 node_id = "node-1"            # names this replica's audit chain; unique per replica
 # store = "postgresql://tether@db.internal/tether"   # default: SQLite in this directory
 policy_dir = "policies"

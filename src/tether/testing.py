@@ -61,6 +61,9 @@ def make_settings(state_dir: Path, *, store_url: str | None = None, domain: Test
     init_state_dir(state_dir)
     text = (state_dir / "tether.toml").read_text()
     if domain is not None:
+        # The test domain plays an external issuer (SPIRE): the broker keeps a domain of
+        # its own, written to the file so that other processes on this state agree.
+        text = text.replace(f'trust_domain = "{domain.name}"', 'trust_domain = "tether.local"')
         domain.write_jwks(state_dir / "test-bundle.jwks.json")
         text += (f'\n[[trust_bundles]]\ntrust_domain = "{domain.name}"\n'
                  'jwks_file = "test-bundle.jwks.json"\n')

@@ -33,7 +33,8 @@ def broker(tmp_path):
     domain = TestTrustDomain("support.example")
     _run(state, "init")
     domain.write_jwks(state / "bundle.jwks.json")
-    cfg = (state / "tether.toml").read_text().replace('environment = "dev"', 'environment = "prod"')
+    cfg = (state / "tether.toml").read_text().replace(
+        'trust_domain = "support.example"', 'trust_domain = "tether.local"')  # the test domain is external
     cfg += '\n[[trust_bundles]]\ntrust_domain = "support.example"\njwks_file = "bundle.jwks.json"\n'
     (state / "tether.toml").write_text(cfg)
     with socket.socket() as s:
