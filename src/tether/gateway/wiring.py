@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.broker import AuthorizeRequest
 from tether.errors import ConfigError, Forbidden, InvalidRequest, TetherError, Unauthenticated
 from tether.gateway import service
 from tether.gateway.authorizer import task_fields
@@ -27,7 +26,7 @@ from tether.identity.dpop import DpopProof
 from tether.identity.spiffe_id import parse_spiffe_id
 from tether.server.admin import Operator, operation
 from tether.server.app import bearer, guarded, trace_id
-from tether.server.parsing import check_fields, parse_arguments, req_str
+from tether.server.parsing import check_fields, parse_authorize, req_str
 
 ENFORCER_HEADER = "x-tether-enforcer"
 
@@ -81,17 +80,8 @@ class EnforcerApi:
     async def authorize(self, request: Request) -> Response:
         _, doc = await self._doc(request)
         token = bearer(request)
-        check_fields(doc, ("action", "resource", "arguments", "context", "dpop"))
+        req = parse_authorize(doc, trace_id=trace_id(request), extra_fields=("dpop",))
         proof = _proof(doc.get("dpop"))
-        ctx = doc.get("context") or {}
-        if not isinstance(ctx, dict):
-            raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
-        check_fields(ctx, ("method", "path"), "context.")
-        req = AuthorizeRequest(
-            action=req_str(doc, "action", max_len=64), resource=req_str(doc, "resource"),
-            arguments=parse_arguments(doc.get("arguments")),
-            method=req_str(ctx, "method", max_len=16, required=False),
-            path=req_str(ctx, "path", max_len=4096, required=False), trace_id=trace_id(request))
         result = await run_in_threadpool(self.rt.broker.authorize, token, req, proof)
         body: dict[str, Any] = {"decision": result.decision.to_dict(), "task": task_fields(result.task)}
         if result.credential is not None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import replace
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tether.broker import AuthorizeRequest, OpenTaskRequest
+from tether.broker import OpenTaskRequest
 from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, Unauthenticated
 from tether.identity.dpop import DpopProof
 from tether.model import Task
@@ -30,7 +30,7 @@ from tether.runtime import Runtime
 from tether.server.openapi import OPENAPI
 from tether.server.parsing import (
     check_fields,
-    parse_arguments,
+    parse_authorize,
     parse_json_object,
     parse_scope,
     req_int,
@@ -203,19 +203,7 @@ class Api:
 
     async def authorize(self, request: Request) -> Response:
         token = bearer(request)
-        doc = await self.body(request)
-        check_fields(doc, ("action", "resource", "arguments", "context"))
-        ctx = doc.get("context") or {}
-        if not isinstance(ctx, dict):
-            raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
-        check_fields(ctx, ("method", "path"), "context.")
-        req = AuthorizeRequest(
-            action=req_str(doc, "action", max_len=64), resource=req_str(doc, "resource"),
-            arguments=parse_arguments(doc.get("arguments")),
-            method=req_str(ctx, "method", max_len=16, required=False),
-            path=req_str(ctx, "path", max_len=4096, required=False),
-            trace_id=trace_id(request),
-        )
+        req = parse_authorize(await self.body(request), trace_id=trace_id(request))
         result = await run_in_threadpool(self.rt.broker.authorize, token, req,
                                          dpop_proof(request, self.rt.settings.identity.public_url))
         body = result.decision.to_dict()

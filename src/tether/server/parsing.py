@@ -11,6 +11,7 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from tether.broker import AuthorizeRequest
 from tether.errors import InvalidRequest
 from tether.model import Grant
 
@@ -96,3 +97,24 @@ def parse_arguments(value: Any) -> dict[str, Any]:
         raise InvalidRequest("`arguments` may hold at most 64 keys", code="invalid_field",
                              field="arguments")
     return value
+
+
+AUTHORIZE_FIELDS = ("action", "resource", "arguments", "context")
+
+
+def parse_authorize(doc: Mapping[str, Any], *, trace_id: str | None,
+                    extra_fields: Collection[str] = ()) -> AuthorizeRequest:
+    """An authorize body — ``{action, resource, arguments?, context?: {method, path}}`` —
+    as the agent API and the enforcer API both accept it (plus ``extra_fields``)."""
+    check_fields(doc, (*AUTHORIZE_FIELDS, *extra_fields))
+    ctx = doc.get("context") or {}
+    if not isinstance(ctx, dict):
+        raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
+    check_fields(ctx, ("method", "path"), "context.")
+    return AuthorizeRequest(
+        action=req_str(doc, "action", max_len=64), resource=req_str(doc, "resource"),
+        arguments=parse_arguments(doc.get("arguments")),
+        method=req_str(ctx, "method", max_len=16, required=False),
+        path=req_str(ctx, "path", max_len=4096, required=False),
+        trace_id=trace_id,
+    )
