@@ -37,13 +37,16 @@ AGENTS = [f"spiffe://support.example/agent/{n}" for n in ("orchestrator", "refun
 
 def payload_for(i: int, rnd: random.Random) -> dict[str, object]:
     resources = ["crm.customers", "tickets.queue", "billing.invoices"]
-    return {"action": "read", "resource": rnd.choice(resources),
-            "outcome": rnd.choice(["allow", "allow", "allow", "deny"]),
-            "policy_version": "sha256:" + "ab" * 32,
-            "args_digest": "sha256:" + hashlib.sha256(str(i).encode()).hexdigest(),
-            "reasons": [{"policy_id": "baseline-read", "message": "reads within the trust domain"}],
-            "risk": {"calls_last_minute": i % 60, "first_use": False, "max_sensitivity_read": 1},
-            "environment": "prod"}
+    return {
+        "action": "read",
+        "resource": rnd.choice(resources),
+        "outcome": rnd.choice(["allow", "allow", "allow", "deny"]),
+        "policy_version": "sha256:" + "ab" * 32,
+        "args_digest": "sha256:" + hashlib.sha256(str(i).encode()).hexdigest(),
+        "reasons": [{"policy_id": "baseline-read", "message": "reads within the trust domain"}],
+        "risk": {"calls_last_minute": i % 60, "first_use": False, "max_sensitivity_read": 1},
+        "environment": "prod",
+    }
 
 
 def generate(db: Database, n: int, chain: str = "node-1", tree: int = 0) -> tuple[str, list[bytes]]:
@@ -58,9 +61,11 @@ def generate(db: Database, n: int, chain: str = "node-1", tree: int = 0) -> tupl
     tasks = [root]
     batch: list[tuple[object, ...]] = []
     bodies: list[bytes] = []
-    sql = ("INSERT INTO audit_events (chain, seq, v, ts, type, task_id, root_task_id, parent_task_id, agent, "
-           "delegator, decision_id, lease_id, trace_id, payload, prev_hash, hash) "
-           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    sql = (
+        "INSERT INTO audit_events (chain, seq, v, ts, type, task_id, root_task_id, parent_task_id, agent, "
+        "delegator, decision_id, lease_id, trace_id, payload, prev_hash, hash) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
     for seq in range(1, n + 1):
         ts += 0.001
         in_tree = seq <= tree
@@ -77,23 +82,56 @@ def generate(db: Database, n: int, chain: str = "node-1", tree: int = 0) -> tupl
         root_id = root if in_tree else task
         agent = rnd.choice(AGENTS)
         text = canonical_json(payload)
-        row = dict(chain=chain, seq=seq, ts=ts, type=typ, prev_hash=prev, payload_text=text, task_id=task,
-                   root_task_id=root_id, parent_task_id=parent, agent=agent,
-                   delegator="https://idp.example.com#alice@example.com", decision_id=f"dec_{seq}",
-                   lease_id=None, trace_id=None, v=1)
+        row = dict(
+            chain=chain,
+            seq=seq,
+            ts=ts,
+            type=typ,
+            prev_hash=prev,
+            payload_text=text,
+            task_id=task,
+            root_task_id=root_id,
+            parent_task_id=parent,
+            agent=agent,
+            delegator="https://idp.example.com#alice@example.com",
+            decision_id=f"dec_{seq}",
+            lease_id=None,
+            trace_id=None,
+            v=1,
+        )
         h = row_hash(**row)  # type: ignore[arg-type]
         if len(bodies) < 100_000:
             bodies.append(json.dumps({"x": text, "p": prev, "s": seq, "a": agent}).encode())
-        batch.append((chain, seq, 1, ts, typ, task, root_id, parent, agent, row["delegator"],
-                      row["decision_id"], None, None, text, prev, h))
+        batch.append(
+            (
+                chain,
+                seq,
+                1,
+                ts,
+                typ,
+                task,
+                root_id,
+                parent,
+                agent,
+                row["delegator"],
+                row["decision_id"],
+                None,
+                None,
+                text,
+                prev,
+                h,
+            )
+        )
         prev = h
         if len(batch) == 50_000:
             cur.executemany(sql, batch)
             batch.clear()
     if batch:
         cur.executemany(sql, batch)
-    cur.execute("INSERT INTO audit_chains (chain, head_seq, head_hash, updated_at) VALUES (?,?,?,?)",
-                (chain, n, prev, ts))
+    cur.execute(
+        "INSERT INTO audit_chains (chain, head_seq, head_hash, updated_at) VALUES (?,?,?,?)",
+        (chain, n, prev, ts),
+    )
     raw.commit()
     cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw.close()
@@ -117,8 +155,10 @@ def main() -> None:
         db.migrate()
         t0 = time.perf_counter()
         root, bodies = generate(db, args.events, tree=args.tree)
-        print(f"generated {args.events:,} chained events in {time.perf_counter() - t0:.1f}s "
-              f"(db {Path(d, 'bench.db').stat().st_size / 1e6:.0f} MB)")
+        print(
+            f"generated {args.events:,} chained events in {time.perf_counter() - t0:.1f}s "
+            f"(db {Path(d, 'bench.db').stat().st_size / 1e6:.0f} MB)"
+        )
 
         runs = []
         for _ in range(args.runs):
@@ -127,8 +167,10 @@ def main() -> None:
             runs.append(time.perf_counter() - t0)
             assert report.ok and report.events == args.events, report.to_dict()
         med = statistics.median(runs)
-        print(f"verify: median {med:.2f}s over {args.runs} runs → {args.events / med:,.0f} events/s "
-              f"(min {min(runs):.2f}s, max {max(runs):.2f}s)")
+        print(
+            f"verify: median {med:.2f}s over {args.runs} runs → {args.events / med:,.0f} events/s "
+            f"(min {min(runs):.2f}s, max {max(runs):.2f}s)"
+        )
 
         t0 = time.perf_counter()
         with db.read() as conn:
@@ -153,9 +195,11 @@ def main() -> None:
             t0 = time.perf_counter()
             n = len(conn.execute(select(audit_events.c.seq).where(audit_events.c.root_task_id == root)).all())
             fetch = time.perf_counter() - t0
-        print(f"trace of a {args.tree:,}-event tree ({len(tr.root.children)} direct sub-tasks): "
-              f"median {statistics.median(times) * 1e3:.0f} ms, p99 {pct(times, 99) * 1e3:.0f} ms "
-              f"over {args.trace_runs} runs (index lookup floor {fetch * 1e3:.0f} ms for {n:,} rows)")
+        print(
+            f"trace of a {args.tree:,}-event tree ({len(tr.root.children)} direct sub-tasks): "
+            f"median {statistics.median(times) * 1e3:.0f} ms, p99 {pct(times, 99) * 1e3:.0f} ms "
+            f"over {args.trace_runs} runs (index lookup floor {fetch * 1e3:.0f} ms for {n:,} rows)"
+        )
         db.dispose()
 
 

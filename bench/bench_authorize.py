@@ -17,12 +17,12 @@ from pathlib import Path
 import cedarpy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stats import measure, table  # noqa: E402
+from _stats import measure, table
 
-from tether.broker import AuthorizeRequest, OpenTaskRequest  # noqa: E402
-from tether.model import Grant, Workload  # noqa: E402
-from tether.runtime import Runtime  # noqa: E402
-from tether.testing import TestTrustDomain, make_settings  # noqa: E402
+from tether.broker import AuthorizeRequest, OpenTaskRequest
+from tether.model import Grant, Workload
+from tether.runtime import Runtime
+from tether.testing import TestTrustDomain, make_settings
 
 
 def main() -> None:
@@ -33,8 +33,12 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     domain = TestTrustDomain("support.example")
-    settings = make_settings(tmp / "state", store_url=args.store, domain=domain,
-                             overrides={"environment": "prod", "identity": {"dpop": "optional"}})
+    settings = make_settings(
+        tmp / "state",
+        store_url=args.store,
+        domain=domain,
+        overrides={"environment": "prod", "identity": {"dpop": "optional"}},
+    )
     # The shipped burst rule (> 120 calls a minute) would turn a long run into denies;
     # lift it so the allow path is what gets measured.
     taint = settings.policy_path / "20-taint.cedar"
@@ -42,8 +46,9 @@ def main() -> None:
     rt = Runtime.start(settings)
     broker = rt.broker
     wl = Workload(domain.spiffe_id("bench"), domain.name, "jwt-svid")
-    opened = broker.open_task(wl, OpenTaskRequest("support.triage", "bench",
-                                                  (Grant("read", "tickets.queue"),), 3600))
+    opened = broker.open_task(
+        wl, OpenTaskRequest("support.triage", "bench", (Grant("read", "tickets.queue"),), 3600)
+    )
     token = opened.token
     req = AuthorizeRequest("read", "tickets.queue", {"ticket": "T-1"})
     assert broker.authorize(token, req).decision.allowed
@@ -52,25 +57,52 @@ def main() -> None:
     verify = lambda: rt.broker.tokens.verify(token, now=broker.clock())  # noqa: E731
     bundle = rt.engine.bundle
     state = rt.engine._state  # the same cached Entities handle the engine uses
-    request = {"principal": {"type": "Tether::Agent", "id": wl.spiffe_id},
-               "action": {"type": "Tether::Action", "id": "read"},
-               "resource": {"type": "Tether::Dataset", "id": "tickets.queue"},
-               "context": {"task": {"id": "t", "intent": "support.triage", "depth": 0, "age_seconds": 1,
-                                    "remaining_seconds": 100, "has_delegator": False, "delegator": "",
-                                    "root_agent": wl.spiffe_id},
-                           "risk": {"calls_last_minute": 1, "first_use": False, "max_sensitivity_read": 0},
-                           "request": {"method": "", "path": ""}, "approval": {"granted": False},
-                           "environment": "prod", "call": {"type": "Tether::Call", "id": "c"}}}
-    delta = json.dumps([{"uid": {"type": "Tether::Agent", "id": wl.spiffe_id},
-                         "attrs": {"trust_domain": domain.name, "attestation": "jwt-svid"}, "parents": [],
-                         "tags": {}}, {"uid": {"type": "Tether::Call", "id": "c"}, "attrs": {}, "parents": [],
-                                       "tags": {"ticket": "T-1"}}])
+    request = {
+        "principal": {"type": "Tether::Agent", "id": wl.spiffe_id},
+        "action": {"type": "Tether::Action", "id": "read"},
+        "resource": {"type": "Tether::Dataset", "id": "tickets.queue"},
+        "context": {
+            "task": {
+                "id": "t",
+                "intent": "support.triage",
+                "depth": 0,
+                "age_seconds": 1,
+                "remaining_seconds": 100,
+                "has_delegator": False,
+                "delegator": "",
+                "root_agent": wl.spiffe_id,
+            },
+            "risk": {"calls_last_minute": 1, "first_use": False, "max_sensitivity_read": 0},
+            "request": {"method": "", "path": ""},
+            "approval": {"granted": False},
+            "environment": "prod",
+            "call": {"type": "Tether::Call", "id": "c"},
+        },
+    }
+    delta = json.dumps(
+        [
+            {
+                "uid": {"type": "Tether::Agent", "id": wl.spiffe_id},
+                "attrs": {"trust_domain": domain.name, "attestation": "jwt-svid"},
+                "parents": [],
+                "tags": {},
+            },
+            {
+                "uid": {"type": "Tether::Call", "id": "c"},
+                "attrs": {},
+                "parents": [],
+                "tags": {"ticket": "T-1"},
+            },
+        ]
+    )
     entities = state.entities.with_added_json_str(delta)
     cedar = lambda: cedarpy.is_authorized(request, bundle.policy_set, entities, rt.engine.schema)  # noqa: E731
     assert cedar().allowed
 
-    rows = [("ES256 verify of the task token (floor)", measure(verify, args.n)),
-            ("cedarpy.is_authorized, cached handles (floor)", measure(cedar, args.n))]
+    rows = [
+        ("ES256 verify of the task token (floor)", measure(verify, args.n)),
+        ("cedarpy.is_authorized, cached handles (floor)", measure(cedar, args.n)),
+    ]
     if rt.db.dialect == "sqlite":
         raw = sqlite3.connect(tmp / "raw.db", isolation_level=None)
         raw.execute("PRAGMA journal_mode=WAL")
@@ -84,8 +116,12 @@ def main() -> None:
             raw.execute("COMMIT")
 
         rows.append(("sqlite INSERT + COMMIT, WAL (floor)", measure(insert_commit, args.n)))
-    rows.append((f"Broker.authorize allow + audit commit ({rt.db.dialect})",
-                 measure(lambda: broker.authorize(token, req), args.n)))
+    rows.append(
+        (
+            f"Broker.authorize allow + audit commit ({rt.db.dialect})",
+            measure(lambda: broker.authorize(token, req), args.n),
+        )
+    )
     table(f"authorize hot path, n={args.n}", rows)
     rt.close()
 

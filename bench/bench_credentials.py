@@ -67,19 +67,35 @@ def bench_jwt(rt: Runtime, n: int, rounds: int) -> None:
     floor = measure(lambda: rt.broker.authorize(tok, AuthorizeRequest("read", "crm.customers")), n)
     with_cred = measure(lambda: rt.broker.authorize(tok, AuthorizeRequest("read", "tickets.queue")), n)
     key = rt.keys.signing_key()
-    claims = {"iss": "x", "aud": "tickets", "sub": AGENT.spiffe_id, "exp": int(time.time()) + 300,
-              "jti": "lse_x", "txn": "tsk_x", "scope": "read@tickets.queue"}
+    claims = {
+        "iss": "x",
+        "aud": "tickets",
+        "sub": AGENT.spiffe_id,
+        "exp": int(time.time()) + 300,
+        "jti": "lse_x",
+        "txn": "tsk_x",
+        "scope": "read@tickets.queue",
+    }
     sign = measure(lambda: sign_jwt(claims, key.private_key, kid=key.kid, typ="at+jwt"), n)
-    table("mint (jwt connector)", [("authorize, no connector (floor)", floor),
-                                    ("authorize + jwt credential (lease + event + sign)", with_cred),
-                                    ("sign_jwt alone", sign)])
+    table(
+        "mint (jwt connector)",
+        [
+            ("authorize, no connector (floor)", floor),
+            ("authorize + jwt credential (lease + event + sign)", with_cred),
+            ("sign_jwt alone", sign),
+        ],
+    )
 
     # Revocation bound at the middleware: close → first rejected request.
     follower = RevocationFollower(FeedSource(rt.extras["credentials"].feed), wait=5.0).start()
     _poll(follower.fresh)
-    app = TetherAuthMiddleware(Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))]),
-                               audience="tickets", issuer=rt.settings.broker_issuer,
-                               keys=JwksKeys(rt.keys.jwks), follower=follower)
+    app = TetherAuthMiddleware(
+        Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))]),
+        audience="tickets",
+        issuer=rt.settings.broker_issuer,
+        keys=JwksKeys(rt.keys.jwks),
+        follower=follower,
+    )
     svc = TestClient(app)
     bound, close_only, fed = [], [], []
     for _ in range(rounds):
@@ -98,9 +114,14 @@ def bench_jwt(rt: Runtime, n: int, rounds: int) -> None:
             pass
         bound.append((time.perf_counter_ns() - t0) / 1000)
     follower.stop()
-    table("revocation bound at the middleware (in-process feed follower)",
-          [("close_task alone (floor)", close_only), ("close → follower holds the revocation", fed),
-           ("close → middleware rejects (401, one more request)", bound)])
+    table(
+        "revocation bound at the middleware (in-process feed follower)",
+        [
+            ("close_task alone (floor)", close_only),
+            ("close → follower holds the revocation", fed),
+            ("close → middleware rejects (401, one more request)", bound),
+        ],
+    )
 
 
 def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds: int) -> None:
@@ -125,8 +146,13 @@ def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds
         from _credhelp import DATASETS, add_analytics
 
         add_analytics(state, DATASETS)
-        settings = make_settings(state, store_url=store_url, domain=domain, overrides={"environment": "prod"},
-                                 config_extra=f'\n[credentials.postgres]\nanalytics = "{server.url(db)}"\n')
+        settings = make_settings(
+            state,
+            store_url=store_url,
+            domain=domain,
+            overrides={"environment": "prod"},
+            config_extra=f'\n[credentials.postgres]\nanalytics = "{server.url(db)}"\n',
+        )
         rt = Runtime.start(settings)
         try:
             mint, close_drop = [], []
@@ -139,8 +165,11 @@ def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds
                 with server.connect() as c:
                     t0 = time.perf_counter_ns()
                     rt.broker.close_task(task_id, by="bench")
-                    _poll(lambda c=c, role=role: c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                                           (role,)).fetchone() is None)
+                    _poll(
+                        lambda c=c, role=role: (
+                            c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+                        )
+                    )
                     close_drop.append((time.perf_counter_ns() - t0) / 1000)
             raw_create, raw_drop = [], []
             with psycopg.connect(server.conninfo(db), autocommit=True) as c:
@@ -153,18 +182,23 @@ def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds
                     raw_create.append((time.perf_counter_ns() - t0) / 1000)
                     t0 = time.perf_counter_ns()
                     c.execute(f"ALTER ROLE {name} NOLOGIN")
-                    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                              (name,))
+                    c.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+                    )
                     with c.transaction():
                         c.execute(f"REASSIGN OWNED BY {name} TO CURRENT_USER")
                         c.execute(f"DROP OWNED BY {name}")
                         c.execute(f"DROP ROLE {name}")
                     raw_drop.append((time.perf_counter_ns() - t0) / 1000)
-            table(f"postgres connector (store: {rt.db.dialect})",
-                  [("raw CREATE ROLE + GRANT, open connection (floor)", raw_create),
-                   ("authorize + postgres role (connect, mint, lease, event)", mint),
-                   ("raw NOLOGIN + terminate + DROP OWNED + DROP ROLE (floor)", raw_drop),
-                   ("close_task → role gone from pg_roles", close_drop)])
+            table(
+                f"postgres connector (store: {rt.db.dialect})",
+                [
+                    ("raw CREATE ROLE + GRANT, open connection (floor)", raw_create),
+                    ("authorize + postgres role (connect, mint, lease, event)", mint),
+                    ("raw NOLOGIN + terminate + DROP OWNED + DROP ROLE (floor)", raw_drop),
+                    ("close_task → role gone from pg_roles", close_drop),
+                ],
+            )
         finally:
             rt.close()
 

@@ -25,7 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from _stats import summary
 
-UPSTREAM = '''
+UPSTREAM = """
 import sys, uvicorn
 BODY = b'{"ok":true}'
 async def app(scope, receive, send):
@@ -37,7 +37,7 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
     await send({"type": "http.response.body", "body": BODY})
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
-'''
+"""
 
 
 # Plain bearer task tokens (DPoP would add a proof per request on both sides).
@@ -67,8 +67,9 @@ class AllowAll:
     async def authorize(self, token, req, proof=None):
         from tether.gateway.authorizer import Verdict
 
-        return Verdict({"decision": "allow", "decision_id": "dec_bench"},
-                       for_agent={"kind": "jwt", "token": "bench"})
+        return Verdict(
+            {"decision": "allow", "decision_id": "dec_bench"}, for_agent={"kind": "jwt", "token": "bench"}
+        )
 
     async def record(self, type_, verdict, payload, trace_id=None):
         return None
@@ -90,17 +91,25 @@ def serve_gateway(state: str, port: int, upstream: str) -> None:
     from tether.gateway.routes import parse_routes
     from tether.runtime import Runtime
 
-    table = parse_routes(tomllib.loads(
-        f'[[routes]]\nprefix = "/t"\nupstream = "{upstream}"\nservice = "tickets"\n'
-        '[[routes.rules]]\nmethod = "GET"\npath = "/queue"\naction = "http:read"\n'
-        'resource = "tickets.queue"\n'))
+    table = parse_routes(
+        tomllib.loads(
+            f'[[routes]]\nprefix = "/t"\nupstream = "{upstream}"\nservice = "tickets"\n'
+            '[[routes.rules]]\nmethod = "GET"\npath = "/queue"\naction = "http:read"\n'
+            'resource = "tickets.queue"\n'
+        )
+    )
     if state == "-":
         authorizer: object = AllowAll()
     else:
         settings = load_settings(Path(state), environ={}, overrides=OVERRIDES)
         authorizer = LocalAuthorizer(Runtime.start(settings))
-    uvicorn.run(HttpGateway(table, authorizer), host="127.0.0.1", port=port,  # type: ignore[arg-type]
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        HttpGateway(table, authorizer),
+        host="127.0.0.1",
+        port=port,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def prepare(tmp: Path) -> tuple[str, str]:
@@ -118,8 +127,9 @@ def prepare(tmp: Path) -> tuple[str, str]:
     rt = Runtime.start(settings)
     try:
         wl = Workload(domain.spiffe_id("bench"), domain.name, "jwt-svid")
-        opened = rt.broker.open_task(wl, OpenTaskRequest("support.triage", "bench",
-                                                         (Grant("http:read", "tickets.queue"),), 3600))
+        opened = rt.broker.open_task(
+            wl, OpenTaskRequest("support.triage", "bench", (Grant("http:read", "tickets.queue"),), 3600)
+        )
         return str(settings.state_dir), opened.token
     finally:
         rt.close()
@@ -160,8 +170,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="sequential requests for latency")
     ap.add_argument("-c", type=int, default=16, help="concurrent clients for throughput")
     ap.add_argument("-t", type=float, default=10.0, help="seconds of throughput load")
-    ap.add_argument("--serve-gateway", nargs=3, metavar=("STATE", "PORT", "UPSTREAM"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--serve-gateway", nargs=3, metavar=("STATE", "PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_gateway:
         state, port, upstream = args.serve_gateway
@@ -173,18 +182,22 @@ def main() -> None:
     up_port, gw_port, stub_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])]
-    procs.append(subprocess.Popen([sys.executable, __file__, "--serve-gateway", state, str(gw_port),
-                                   upstream]))
-    procs.append(subprocess.Popen([sys.executable, __file__, "--serve-gateway", "-", str(stub_port),
-                                   upstream]))
+    procs.append(
+        subprocess.Popen([sys.executable, __file__, "--serve-gateway", state, str(gw_port), upstream])
+    )
+    procs.append(
+        subprocess.Popen([sys.executable, __file__, "--serve-gateway", "-", str(stub_port), upstream])
+    )
     try:
         wait(upstream + "/queue")
         wait(f"http://127.0.0.1:{gw_port}/t/queue")
         wait(f"http://127.0.0.1:{stub_port}/t/queue")
         auth = {"Authorization": f"Bearer {token}"}
-        paths = [("upstream direct", upstream + "/queue"),
-                 ("gateway, proxy only (allow-all stub)", f"http://127.0.0.1:{stub_port}/t/queue"),
-                 ("gateway, in-process broker", f"http://127.0.0.1:{gw_port}/t/queue")]
+        paths = [
+            ("upstream direct", upstream + "/queue"),
+            ("gateway, proxy only (allow-all stub)", f"http://127.0.0.1:{stub_port}/t/queue"),
+            ("gateway, in-process broker", f"http://127.0.0.1:{gw_port}/t/queue"),
+        ]
         stats = [summary(latency(url, auth, args.n)) for _, url in paths]
         print(f"\nlatency, sequential keep-alive, n={args.n} (µs)")
         print(f"{'path':40} {'p50':>9} {'p99':>9} {'+p50':>9} {'+p99':>9}")

@@ -45,8 +45,10 @@ def measure(fn: Callable[[], object], n: int) -> tuple[float, float]:
 
 
 def row(name: str, result: tuple[float, float], floor: tuple[float, float]) -> None:
-    print(f"{name:<34} median {result[0]:9.1f} µs  p99 {result[1]:9.1f} µs   "
-          f"(floor median {floor[0]:8.1f} µs  p99 {floor[1]:8.1f} µs, x{result[0] / floor[0]:.1f})")
+    print(
+        f"{name:<34} median {result[0]:9.1f} µs  p99 {result[1]:9.1f} µs   "
+        f"(floor median {floor[0]:8.1f} µs  p99 {floor[1]:8.1f} µs, x{result[0] / floor[0]:.1f})"
+    )
 
 
 def main() -> None:
@@ -67,8 +69,11 @@ def main() -> None:
 
         dkey = ec.generate_private_key(ec.SECP256R1())
         checker = DpopVerifier(ReplayCache(rt.db), window_seconds=60, leeway_seconds=30, required=False)
-        proof = DpopProof(make_proof(dkey, "POST", "http://x/v1/authorize", access_token="t"),
-                          "POST", "http://x/v1/authorize")
+        proof = DpopProof(
+            make_proof(dkey, "POST", "http://x/v1/authorize", access_token="t"),
+            "POST",
+            "http://x/v1/authorize",
+        )
         row("dpop.check (no store)", measure(lambda: checker._check(proof, "t"), n), raw_verify)
 
         conn = sqlite3.connect(tmp / "floor.db", isolation_level=None)
@@ -77,13 +82,20 @@ def main() -> None:
         conn.execute("CREATE TABLE j (k TEXT PRIMARY KEY, e REAL)")
         counter = iter(range(10**9))
         raw_insert = measure(
-            lambda: conn.execute("INSERT INTO j VALUES (?, ?)", (str(next(counter)), 1.0)), n)
+            lambda: conn.execute("INSERT INTO j VALUES (?, ?)", (str(next(counter)), 1.0)), n
+        )
         jtis = iter(range(10**9))
-        row("dpop.replay insert (sqlite)",
-            measure(lambda: checker.replay.remember("jkt", str(next(jtis)), time.time() + 90), n), raw_insert)
+        row(
+            "dpop.replay insert (sqlite)",
+            measure(lambda: checker.replay.remember("jkt", str(next(jtis)), time.time() + 90), n),
+            raw_insert,
+        )
 
-        admin_ops.register(rt, {"spiffe_id": "spiffe://tether.local/bench",
-                                "selectors": [f"unix:uid:{os.getuid()}"]}, Operator(0, 1))
+        admin_ops.register(
+            rt,
+            {"spiffe_id": "spiffe://tether.local/bench", "selectors": [f"unix:uid:{os.getuid()}"]},
+            Operator(0, 1),
+        )
         path = rt.extras["workload_socket"]
         echo_path = tmp / "echo.sock"
         echo = socket.socket(socket.AF_UNIX)
@@ -108,13 +120,18 @@ def main() -> None:
                 s.recv(4096)
 
         fetches = max(50, n // 10)  # each one writes an audit event: keep the run short
-        row("workload api fetch (audited)",
+        row(
+            "workload api fetch (audited)",
             measure(lambda: workload_api.fetch_svid(path, audience="a"), fetches),
-            measure(round_trip, fetches))
+            measure(round_trip, fetches),
+        )
 
         a, _b = socket.socketpair()
-        row("attest (pidfd + /proc, cached sha)", measure(lambda: attestor.attest(a), n),
-            measure(lambda: attestor.peer_credentials(a), n))
+        row(
+            "attest (pidfd + /proc, cached sha)",
+            measure(lambda: attestor.attest(a), n),
+            measure(lambda: attestor.peer_credentials(a), n),
+        )
         echo.close()
     finally:
         rt.close()

@@ -58,6 +58,7 @@ def main() -> None:
         svid = WorkloadApiSvid(stack.workload_socket, spiffe_id=AGENTS["orchestrator"])
         aud = stack.settings.broker_audience
         with Client(stack.url, audience=aud, svid=svid, dpop=False) as plain, httpx.Client() as raw:
+
             def raw_post(task: Task) -> Callable[[], object]:
                 headers = {"Authorization": f"Bearer {task.token}"}
                 url = stack.url + "/v1/authorize"
@@ -67,33 +68,57 @@ def main() -> None:
                 def call() -> None:
                     with task.bind():
                         read_queue("refund")
+
                 return call
 
             def check(task: Task) -> Callable[[], object]:
                 return lambda: task.check("read", "tickets.queue", {"q": "refund"})
 
             with Client(stack.url, audience=aud, svid=svid, dpop=True) as bound:
-                rows += round_robin([("raw httpx POST /v1/authorize", plain, raw_post),
-                                     ("sdk task.check (no DPoP)", plain, check),
-                                     ("sdk @guard call (no DPoP)", plain, guarded),
-                                     ("sdk task.check (DPoP proof per request)", bound, check)])
+                rows += round_robin(
+                    [
+                        ("raw httpx POST /v1/authorize", plain, raw_post),
+                        ("sdk task.check (no DPoP)", plain, check),
+                        ("sdk @guard call (no DPoP)", plain, guarded),
+                        ("sdk task.check (DPoP proof per request)", bound, check),
+                    ]
+                )
 
     answer = {"decision": "allow", "decision_id": "dec_x", "reasons": [], "policy_version": "v"}
     opened = {"task_id": "tsk_x", "task_token": "a.b.c", "expires_at": 1e10, "scope": [], "depth": 0}
-    mock = httpx.Client(transport=httpx.MockTransport(
-        lambda r: httpx.Response(201 if r.url.path == "/v1/tasks" else 200,
-                                 json=opened if r.url.path == "/v1/tasks" else answer)))
-    rows.append(("httpx alone on MockTransport", measure(
-        lambda: mock.post("http://broker/v1/authorize", json=BODY), N * 4)))
+    mock = httpx.Client(
+        transport=httpx.MockTransport(
+            lambda r: httpx.Response(
+                201 if r.url.path == "/v1/tasks" else 200,
+                json=opened if r.url.path == "/v1/tasks" else answer,
+            )
+        )
+    )
+    rows.append(
+        (
+            "httpx alone on MockTransport",
+            measure(lambda: mock.post("http://broker/v1/authorize", json=BODY), N * 4),
+        )
+    )
     for dpop in (False, True):
-        with Client("http://broker", audience="a", svid="x.y.z", http=mock, dpop=dpop) as c, \
-                c.task("support.triage", SCOPE) as t:
+        with (
+            Client("http://broker", audience="a", svid="x.y.z", http=mock, dpop=dpop) as c,
+            c.task("support.triage", SCOPE) as t,
+        ):
             tag = "DPoP" if dpop else "no DPoP"
-            rows.append((f"sdk task.check on MockTransport ({tag})", measure(
-                lambda t=t: t.check("read", "tickets.queue", {"q": "refund"}), N * 4)))
+            rows.append(
+                (
+                    f"sdk task.check on MockTransport ({tag})",
+                    measure(lambda t=t: t.check("read", "tickets.queue", {"q": "refund"}), N * 4),
+                )
+            )
             with t.bind():
-                rows.append((f"sdk @guard call on MockTransport ({tag})", measure(
-                    lambda: read_queue("refund"), N * 4)))
+                rows.append(
+                    (
+                        f"sdk @guard call on MockTransport ({tag})",
+                        measure(lambda: read_queue("refund"), N * 4),
+                    )
+                )
     table(f"SDK authorize overhead (N={N}, one broker process, SQLite)", rows)
     raw_med = summary(rows[0][1])[0]
     for name, samples in rows[1:4]:

@@ -1,6 +1,6 @@
 """The SDK without any framework: a task in a `with` block, tools behind `@guard`.
 
-    python examples/guard_basics.py
+python examples/guard_basics.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LangChain + tether: wrap any BaseTool; invoke it directly or from an agent loop.
 
-    python examples/langchain_tools.py
+python examples/langchain_tools.py
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ guarded = guard_tool(comment, action="write", resource="tickets.comment")
 
 with broker_client() as client, client.task("support.triage", [("write", "tickets")], ttl=120):
     print(guarded.invoke({"ticket": "T-7", "text": "looking into it"}))
-    msg = guarded.invoke({"name": "comment", "args": {"ticket": "T-7", "text": "hi"}, "id": "1",
-                          "type": "tool_call"})
+    msg = guarded.invoke(
+        {"name": "comment", "args": {"ticket": "T-7", "text": "hi"}, "id": "1", "type": "tool_call"}
+    )
     print(type(msg).__name__, msg.content)
 with broker_client() as client, client.task("support.triage", [("read", "tickets")], ttl=120):
     print(guarded.invoke({"ticket": "T-7", "text": "hi"}))  # out of scope: TETHER_DENIED …

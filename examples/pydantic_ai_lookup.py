@@ -1,6 +1,6 @@
 """Pydantic AI + tether: guarded tools, driven offline by Pydantic AI's TestModel.
 
-    python examples/pydantic_ai_lookup.py
+python examples/pydantic_ai_lookup.py
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ def post_to_customer_channel(text: str) -> str:
     return "posted"
 
 
-agent = Agent(TestModel(), tools=[
-    tether_tool(read_queue, action="read", resource="tickets.queue"),
-    tether_tool(post_to_customer_channel, action="send", resource="slack-external.post"),
-])
+agent = Agent(
+    TestModel(),
+    tools=[
+        tether_tool(read_queue, action="read", resource="tickets.queue"),
+        tether_tool(post_to_customer_channel, action="send", resource="slack-external.post"),
+    ],
+)
 
 with broker_client() as client, client.task("support.triage", [("read", "tickets")], ttl=120):
     print(agent.run_sync("summarize the queue").output)  # the post is outside the scope: denied

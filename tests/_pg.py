@@ -151,9 +151,7 @@ class PgServer:
     def drop_database(self, name: str) -> None:
         """Drop a database, terminating any connections a test left open."""
         with self.connect() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     # -- lifecycle -------------------------------------------------------------------
 

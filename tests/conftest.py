@@ -40,9 +40,7 @@ except ImportError:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "postgresql: needs the throwaway PostgreSQL server (tests/_pg.py)"
-    )
+    config.addinivalue_line("markers", "postgresql: needs the throwaway PostgreSQL server (tests/_pg.py)")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -128,8 +126,12 @@ def domain() -> TestTrustDomain:
 
 @pytest.fixture
 def settings(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Any:
-    return make_settings(tmp_path / "state", store_url=store_url, domain=domain,
-                         overrides={"environment": "prod", "identity": {"dpop": "optional"}})
+    return make_settings(
+        tmp_path / "state",
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod", "identity": {"dpop": "optional"}},
+    )
 
 
 @pytest.fixture
@@ -155,14 +157,22 @@ class Agent:
     def svid(self) -> str:
         return self.domain.svid(self.spiffe_id, self.rt.settings.broker_audience)
 
-    def open(self, scope: list[dict[str, str]] | None = None, *, intent: str = "support.triage",
-             ttl: int = 600, **extra: Any) -> Any:
+    def open(
+        self,
+        scope: list[dict[str, str]] | None = None,
+        *,
+        intent: str = "support.triage",
+        ttl: int = 600,
+        **extra: Any,
+    ) -> Any:
         body: dict[str, Any] = {"intent": intent, "description": "test", "ttl_seconds": ttl, **extra}
         if scope is not None:
             body["scope"] = scope
         return self.client.post("/v1/tasks", json=body, headers={"Authorization": f"Bearer {self.svid()}"})
 
-    def authorize(self, token: str, action: str, resource: str, arguments: dict[str, Any] | None = None) -> Any:
+    def authorize(
+        self, token: str, action: str, resource: str, arguments: dict[str, Any] | None = None
+    ) -> Any:
         body: dict[str, Any] = {"action": action, "resource": resource}
         if arguments is not None:
             body["arguments"] = arguments

@@ -111,8 +111,17 @@ def _require(entry: Mapping[str, Any], key: str, where: str) -> Any:
 def _parse_entry(raw: Any, kind: str, where: str, services: Mapping[str, Resource]) -> Resource:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping", code="catalog_invalid")
-    allowed = {"id", "service", "sensitivity", "environment", "egress", "owner", "connector",
-               "options", "description"}
+    allowed = {
+        "id",
+        "service",
+        "sensitivity",
+        "environment",
+        "egress",
+        "owner",
+        "connector",
+        "options",
+        "description",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown field `{unknown[0]}`", code="catalog_invalid")
@@ -139,20 +148,20 @@ def _parse_entry(raw: Any, kind: str, where: str, services: Mapping[str, Resourc
     if isinstance(sensitivity, str) and sensitivity in SENSITIVITY_NAMES:
         sensitivity = SENSITIVITY_NAMES.index(sensitivity)
     if isinstance(sensitivity, bool) or not isinstance(sensitivity, int) or not 0 <= sensitivity <= 3:
-        raise ConfigError(f"{where} ({rid}): `sensitivity` must be 0-3 or one of "
-                          f"{', '.join(SENSITIVITY_NAMES)}", code="catalog_invalid")
+        raise ConfigError(
+            f"{where} ({rid}): `sensitivity` must be 0-3 or one of {', '.join(SENSITIVITY_NAMES)}",
+            code="catalog_invalid",
+        )
     egress = attr("egress", "internal")
     if egress not in ("internal", "external"):
-        raise ConfigError(f"{where} ({rid}): `egress` must be internal or external",
-                          code="catalog_invalid")
+        raise ConfigError(f"{where} ({rid}): `egress` must be internal or external", code="catalog_invalid")
     environment = str(attr("environment", "dev"))
     owner = str(attr("owner", ""))
     connector = raw.get("connector", parent.connector if parent else None)
     options = raw.get("options", parent.options if parent else {})
     if not isinstance(options, dict):
         raise ConfigError(f"{where} ({rid}): `options` must be a mapping", code="catalog_invalid")
-    return Resource(rid, kind, service_id, sensitivity, environment, egress, owner,
-                    connector, options)
+    return Resource(rid, kind, service_id, sensitivity, environment, egress, owner, connector, options)
 
 
 def parse_catalog(doc: Any, source: str = "<memory>") -> Catalog:
@@ -178,8 +187,9 @@ def parse_catalog(doc: Any, source: str = "<memory>") -> Catalog:
         for i, raw in enumerate(entries):
             res = _parse_entry(raw, kind, f"{source}: {section}[{i}]", services)
             if res.id in resources:
-                raise ConfigError(f"{source}: {section}[{i}]: duplicate id `{res.id}`",
-                                  code="catalog_invalid")
+                raise ConfigError(
+                    f"{source}: {section}[{i}]: duplicate id `{res.id}`", code="catalog_invalid"
+                )
             resources[res.id] = res
             if kind == "service":
                 services[res.id] = res

@@ -76,8 +76,11 @@ def _str_tuple(value: Any, name: str) -> tuple[str, ...]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise ConfigError(f"`{name}` must be a list of strings (JSON in the environment)",
-                              code="config_invalid", field=name) from None
+            raise ConfigError(
+                f"`{name}` must be a list of strings (JSON in the environment)",
+                code="config_invalid",
+                field=name,
+            ) from None
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"`{name}` must be a list of strings", code="config_invalid", field=name)
     return tuple(value)
@@ -104,19 +107,29 @@ class AuditSettings:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ConfigError(f"`audit.mask_patterns[{i}]` is not a valid regex: {exc}",
-                                  code="config_invalid", field=f"audit.mask_patterns[{i}]") from None
+                raise ConfigError(
+                    f"`audit.mask_patterns[{i}]` is not a valid regex: {exc}",
+                    code="config_invalid",
+                    field=f"audit.mask_patterns[{i}]",
+                ) from None
         for i, path in enumerate(self.mask_paths):
             if not path.strip("$.") or ".." in path.lstrip("$"):
-                raise ConfigError(f"`audit.mask_paths[{i}]` must be a dotted path like "
-                                  "`request.headers.x-key`", code="config_invalid", field=f"audit.mask_paths[{i}]")
+                raise ConfigError(
+                    f"`audit.mask_paths[{i}]` must be a dotted path like `request.headers.x-key`",
+                    code="config_invalid",
+                    field=f"audit.mask_paths[{i}]",
+                )
         for name in ("checkpoint_every_events", "checkpoint_interval_seconds"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"`audit.{name}` must be at least 1", code="config_invalid",
-                                  field=f"audit.{name}")
+                raise ConfigError(
+                    f"`audit.{name}` must be at least 1", code="config_invalid", field=f"audit.{name}"
+                )
         if self.checkpoint_url and not self.checkpoint_url.startswith(("https://", "http://")):
-            raise ConfigError("`audit.checkpoint_url` must be an http(s) URL", code="config_invalid",
-                              field="audit.checkpoint_url")
+            raise ConfigError(
+                "`audit.checkpoint_url` must be an http(s) URL",
+                code="config_invalid",
+                field="audit.checkpoint_url",
+            )
 
 
 def _identity_error(name: str, why: str) -> ConfigError:
@@ -133,7 +146,8 @@ def _identity_strs(value: Any, name: str) -> tuple[str, ...]:
 
 def _identity_map(value: Any, name: str) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()):
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
+    ):
         raise _identity_error(name, "must be a table of strings")
     return dict(value)
 
@@ -143,8 +157,12 @@ def _issuer_url(value: str, name: str) -> None:
 
     parts = urlsplit(value)
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
-    if not (parts.scheme == "https" or (parts.scheme == "http" and loopback)) or not parts.hostname \
-            or parts.query or parts.fragment:
+    if (
+        not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+    ):
         raise _identity_error(name, f"must be an https URL without query or fragment, got `{value}`")
 
 
@@ -234,8 +252,10 @@ class IdentitySettings:
             value: Any = getattr(self, name)
             if not isinstance(value, list | tuple):
                 raise _identity_error(f"identity.{name}", "must be a list of tables")
-            built = tuple(v if isinstance(v, cls) else _build(cls, v, f"identity.{name}[{i}].")
-                          for i, v in enumerate(value))
+            built = tuple(
+                v if isinstance(v, cls) else _build(cls, v, f"identity.{name}[{i}].")
+                for i, v in enumerate(value)
+            )
             issuers = [b.issuer for b in built]
             if len(set(issuers)) != len(issuers):
                 raise _identity_error(f"identity.{name}", "lists an issuer twice")
@@ -258,14 +278,20 @@ class GatewaySettings:
 
     def __post_init__(self) -> None:
         if not self.http_mount.startswith("/") or self.http_mount == "/" or self.http_mount.endswith("/"):
-            raise ConfigError("`gateway.http_mount` must be a path like `/gw`", code="config_invalid",
-                              field="gateway.http_mount")
+            raise ConfigError(
+                "`gateway.http_mount` must be a path like `/gw`",
+                code="config_invalid",
+                field="gateway.http_mount",
+            )
         value: Any = self.enforcers
         if isinstance(value, str):  # from the environment: comma or space separated
             value = value.replace(",", " ").split()
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError("`gateway.enforcers` must be a list of SPIFFE IDs", code="config_invalid",
-                              field="gateway.enforcers")
+            raise ConfigError(
+                "`gateway.enforcers` must be a list of SPIFFE IDs",
+                code="config_invalid",
+                field="gateway.enforcers",
+            )
         object.__setattr__(self, "enforcers", tuple(value))
 
 
@@ -334,10 +360,11 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"`{name}` must be an integer, got `{value}`",
-                              code="config_invalid", field=name) from None
+            raise ConfigError(
+                f"`{name}` must be an integer, got `{value}`", code="config_invalid", field=name
+            ) from None
     if typ is str or typ == str | None:
-        if value is None and typ != str:
+        if value is None and typ is not str:
             return None
         if not isinstance(value, str):
             raise ConfigError(f"`{name}` must be a string", code="config_invalid", field=name)
@@ -355,8 +382,9 @@ def _build(cls: Any, raw: Mapping[str, Any], prefix: str, **fixed: Any) -> Any:
     known = {f.name for f in fields(cls)} - set(fixed)
     for key in raw:
         if key not in known:
-            raise ConfigError(f"unknown setting `{prefix}{key}`", code="config_invalid",
-                              field=f"{prefix}{key}")
+            raise ConfigError(
+                f"unknown setting `{prefix}{key}`", code="config_invalid", field=f"{prefix}{key}"
+            )
     kwargs: dict[str, Any] = dict(fixed)
     for f in fields(cls):
         if f.name not in raw or f.name in fixed:
@@ -386,7 +414,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith("TETHER_"):
             continue
-        path = key[len("TETHER_"):].lower().split("__")
+        path = key[len("TETHER_") :].lower().split("__")
         if path[0] not in settable:
             continue
         node = out
@@ -459,8 +487,12 @@ def validate(s: Settings) -> Settings:
     return s
 
 
-def load_settings(state_dir: Path | str | None = None, *, environ: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(
+    state_dir: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
     """Read and validate settings once. ``overrides`` (from CLI flags) win over everything."""
     env = os.environ if environ is None else environ
     state = Path(state_dir or env.get("TETHER_STATE_DIR") or ".tether").absolute()

@@ -141,21 +141,35 @@ class Runtime:
         bundle = engine.reload(settings.policy_path)  # raises: a bad set refuses to start
         db = Database(settings.store_url)
         db.migrate()
-        keys = KeyRing(db, load_master_key(settings.state_dir), rotate_after=settings.keys.rotate_after_seconds,
-                       overlap=settings.keys.overlap_seconds)
+        keys = KeyRing(
+            db,
+            load_master_key(settings.state_dir),
+            rotate_after=settings.keys.rotate_after_seconds,
+            overlap=settings.keys.overlap_seconds,
+        )
         keys.ensure_current()
         audit = AuditChain(db, settings.node_id)
         bundles = TrustBundles.from_settings(settings.trust_bundles, settings.state_dir, **bundle_options)
-        svids = SvidVerifier(bundles, settings.broker_audience, settings.limits.jwt_leeway_seconds,
-                             settings.limits.max_token_bytes)
-        tokens = TaskTokens(keys, issuer=settings.broker_issuer, audience=settings.broker_audience,
-                            leeway=settings.limits.jwt_leeway_seconds,
-                            max_bytes=settings.limits.max_token_bytes)
+        svids = SvidVerifier(
+            bundles,
+            settings.broker_audience,
+            settings.limits.jwt_leeway_seconds,
+            settings.limits.max_token_bytes,
+        )
+        tokens = TaskTokens(
+            keys,
+            issuer=settings.broker_issuer,
+            audience=settings.broker_audience,
+            leeway=settings.limits.jwt_leeway_seconds,
+            max_bytes=settings.limits.max_token_bytes,
+        )
         kwargs: dict[str, Any] = {"clock": clock} if clock else {}
         broker = Broker(settings, db, audit, engine, catalog, tokens, **kwargs)
         with audit.unit() as u:
-            u.emit(ev.POLICY_LOADED, {"version": bundle.version, "files": list(bundle.files),
-                                      "node": settings.node_id})
+            u.emit(
+                ev.POLICY_LOADED,
+                {"version": bundle.version, "files": list(bundle.files), "node": settings.node_id},
+            )
         rt = cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
         for install in _load_extensions():
             install(rt)
@@ -172,8 +186,10 @@ class Runtime:
                 u.emit(ev.POLICY_RELOAD_FAILED, {"error": exc.message, "kept_version": old})
             raise
         with self.audit.unit() as u:
-            u.emit(ev.POLICY_LOADED, {"version": bundle.version, "files": list(bundle.files),
-                                      "previous_version": old})
+            u.emit(
+                ev.POLICY_LOADED,
+                {"version": bundle.version, "files": list(bundle.files), "previous_version": old},
+            )
         return bundle.version
 
     def close(self) -> None:

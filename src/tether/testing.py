@@ -46,8 +46,15 @@ class TestTrustDomain:
     def spiffe_id(self, path: str) -> str:
         return f"spiffe://{self.name}/{path.lstrip('/')}"
 
-    def svid(self, workload: str, audience: str, *, ttl: int = 300, now: float | None = None,
-             extra: Mapping[str, Any] | None = None) -> str:
+    def svid(
+        self,
+        workload: str,
+        audience: str,
+        *,
+        ttl: int = 300,
+        now: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
         """A JWT-SVID for ``workload`` (a SPIFFE ID or a path in this domain)."""
         sub = workload if workload.startswith("spiffe://") else self.spiffe_id(workload)
         t = int(time.time() if now is None else now)
@@ -55,8 +62,14 @@ class TestTrustDomain:
         return sign_jwt(claims, self.key, kid=self.kid, typ="JWT")
 
 
-def make_settings(state_dir: Path, *, store_url: str | None = None, domain: TestTrustDomain | None = None,
-                  overrides: Mapping[str, Any] | None = None, config_extra: str = "") -> Settings:
+def make_settings(
+    state_dir: Path,
+    *,
+    store_url: str | None = None,
+    domain: TestTrustDomain | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config_extra: str = "",
+) -> Settings:
     """Initialize ``state_dir`` from the examples and return its validated settings."""
     init_state_dir(state_dir)
     text = (state_dir / "tether.toml").read_text()
@@ -65,8 +78,7 @@ def make_settings(state_dir: Path, *, store_url: str | None = None, domain: Test
         # its own, written to the file so that other processes on this state agree.
         text = text.replace(f'trust_domain = "{domain.name}"', 'trust_domain = "tether.local"')
         domain.write_jwks(state_dir / "test-bundle.jwks.json")
-        text += (f'\n[[trust_bundles]]\ntrust_domain = "{domain.name}"\n'
-                 'jwks_file = "test-bundle.jwks.json"\n')
+        text += f'\n[[trust_bundles]]\ntrust_domain = "{domain.name}"\njwks_file = "test-bundle.jwks.json"\n'
     (state_dir / "tether.toml").write_text(text + config_extra)
     over = dict(overrides or {})
     # Test agents send no DPoP proofs unless a test asks for them: make DPoP optional here

@@ -22,7 +22,7 @@ from tether.identity.jwt import sign_jwt, verify_jwt
 from tether.identity.keys import KeyRing
 from tether.model import Task
 
-TASK_TOKEN_TYP = "txntoken+jwt"
+TASK_TOKEN_TYP = "txntoken+jwt"  # noqa: S105 (a media type, not a secret)
 
 
 def act_claim(chain: tuple[str, ...]) -> dict[str, Any] | None:
@@ -46,8 +46,7 @@ class TaskTokenClaims:
 
 
 class TaskTokens:
-    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, leeway: int,
-                 max_bytes: int) -> None:
+    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, leeway: int, max_bytes: int) -> None:
         self._keys = keys
         self.issuer = issuer
         self.audience = audience
@@ -70,8 +69,9 @@ class TaskTokens:
                 "intent": task.intent,
                 "depth": task.depth,
                 "root_txn": task.root_id,
-                "delegator": ({"sub": task.delegator.subject, "iss": task.delegator.issuer}
-                              if task.delegator else None),
+                "delegator": (
+                    {"sub": task.delegator.subject, "iss": task.delegator.issuer} if task.delegator else None
+                ),
             },
         }
         act = act_claim(task.act_chain)
@@ -88,12 +88,20 @@ class TaskTokens:
             kid = header.get("kid")
             return self._keys.verification_key(kid) if isinstance(kid, str) else None
 
-        claims = verify_jwt(token, key_for=key_for, algorithms=("ES256",), audience=self.audience,
-                            issuer=self.issuer, typ=(TASK_TOKEN_TYP,), leeway=self._leeway, now=now,
-                            max_bytes=self._max_bytes, required=("exp", "txn", "sub"))
+        claims = verify_jwt(
+            token,
+            key_for=key_for,
+            algorithms=("ES256",),
+            audience=self.audience,
+            issuer=self.issuer,
+            typ=(TASK_TOKEN_TYP,),
+            leeway=self._leeway,
+            now=now,
+            max_bytes=self._max_bytes,
+            required=("exp", "txn", "sub"),
+        )
         txn, sub = claims.get("txn"), claims.get("sub")
         if not isinstance(txn, str) or not isinstance(sub, str):
-
             raise Unauthenticated("task token lacks `txn` or `sub`", code="token_malformed")
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None

@@ -18,8 +18,10 @@ def test_agent_journey_open_delegate_authorize_close(client, runtime, make_agent
     notifier = make_agent("notifier")
     runtime.extras["credentials"].secrets.set("email", "Bearer sk-test-email-upstream")
 
-    r = orch.open([READ_Q, {"action": "read", "resource": "crm"},
-                   {"action": "send", "resource": "email.send"}], intent="support.triage")
+    r = orch.open(
+        [READ_Q, {"action": "read", "resource": "crm"}, {"action": "send", "resource": "email.send"}],
+        intent="support.triage",
+    )
     assert r.status_code == 201, r.text
     parent = r.json()
     ptok = parent["task_token"]
@@ -33,18 +35,30 @@ def test_agent_journey_open_delegate_authorize_close(client, runtime, make_agent
     assert (d["decision"], d["code"]) == ("deny", "out_of_scope")
 
     # delegate part of the scope to the reader and to the notifier
-    r = client.post(f"/v1/tasks/{parent['task_id']}/delegations", headers=_bearer(ptok),
-                    json={"child": reader.spiffe_id, "scope": [{"action": "read", "resource": "crm"}],
-                          "ttl_seconds": 120})
+    r = client.post(
+        f"/v1/tasks/{parent['task_id']}/delegations",
+        headers=_bearer(ptok),
+        json={
+            "child": reader.spiffe_id,
+            "scope": [{"action": "read", "resource": "crm"}],
+            "ttl_seconds": 120,
+        },
+    )
     assert r.status_code == 201, r.text
     r = reader.open(None, delegation=r.json()["delegation"])
     assert r.status_code == 201, r.text
     child = r.json()
     assert child["depth"] == 1 and child["parent_id"] == parent["task_id"]
 
-    r = client.post(f"/v1/tasks/{parent['task_id']}/delegations", headers=_bearer(ptok),
-                    json={"child": notifier.spiffe_id,
-                          "scope": [{"action": "send", "resource": "email.send"}], "ttl_seconds": 120})
+    r = client.post(
+        f"/v1/tasks/{parent['task_id']}/delegations",
+        headers=_bearer(ptok),
+        json={
+            "child": notifier.spiffe_id,
+            "scope": [{"action": "send", "resource": "email.send"}],
+            "ttl_seconds": 120,
+        },
+    )
     notif = notifier.open(None, delegation=r.json()["delegation"]).json()
 
     # the reader reads restricted customer data: allowed, and it taints the whole tree
@@ -96,8 +110,9 @@ def test_approval_flow_binds_to_arguments_and_is_single_use(client, runtime, mak
 def test_rejected_approval_never_allows(client, runtime, make_agent):
     """A rejected approval leaves the call denied pending a new approval."""
     agent = make_agent("billing-bot")
-    tok = agent.open([{"action": "tool:call", "resource": "billing.refund"}],
-                     intent="billing.refund").json()["task_token"]
+    tok = agent.open([{"action": "tool:call", "resource": "billing.refund"}], intent="billing.refund").json()[
+        "task_token"
+    ]
     args = {"ticket_id": "T-7"}
     d = agent.authorize(tok, "tool:call", "billing.refund", args).json()
     runtime.broker.decide_approval(d["approval_id"], grant=False, by="uid:0")
@@ -108,8 +123,9 @@ def test_rejected_approval_never_allows(client, runtime, make_agent):
 def test_argument_rule_denies_refund_without_ticket(make_agent):
     """Policy sees call arguments: a refund that names no ticket is denied outright."""
     agent = make_agent("billing-bot")
-    tok = agent.open([{"action": "tool:call", "resource": "billing.refund"}],
-                     intent="billing.refund").json()["task_token"]
+    tok = agent.open([{"action": "tool:call", "resource": "billing.refund"}], intent="billing.refund").json()[
+        "task_token"
+    ]
     d = agent.authorize(tok, "tool:call", "billing.refund", {"amount": 5}).json()
     assert d["decision"] == "deny" and "refund-needs-ticket" in [x["policy_id"] for x in d["reasons"]]
 
@@ -118,8 +134,11 @@ def test_get_task_shows_children_to_parent(client, make_agent):
     """GET /v1/tasks/{id} shows state, scope and children to the task's own token."""
     orch, reader = make_agent("orchestrator"), make_agent("reader")
     p = orch.open([READ_Q]).json()
-    dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                      json={"child": reader.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60}).json()
+    dlg = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": reader.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60},
+    ).json()
     c = reader.open(None, delegation=dlg["delegation"]).json()
     view = client.get(f"/v1/tasks/{p['task_id']}", headers=_bearer(p["task_token"])).json()
     assert view["state"] == "active" and [k["task_id"] for k in view["children"]] == [c["task_id"]]
@@ -149,11 +168,17 @@ def test_delegated_token_carries_act_chain(client, make_agent):
     import jwt as pyjwt
 
     ta = a.open([READ_Q]).json()
-    d1 = client.post(f"/v1/tasks/{ta['task_id']}/delegations", headers=_bearer(ta["task_token"]),
-                     json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60}).json()
+    d1 = client.post(
+        f"/v1/tasks/{ta['task_id']}/delegations",
+        headers=_bearer(ta["task_token"]),
+        json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60},
+    ).json()
     tb = b.open(None, delegation=d1["delegation"]).json()
-    d2 = client.post(f"/v1/tasks/{tb['task_id']}/delegations", headers=_bearer(tb["task_token"]),
-                     json={"child": c.spiffe_id, "scope": [READ_Q], "ttl_seconds": 30}).json()
+    d2 = client.post(
+        f"/v1/tasks/{tb['task_id']}/delegations",
+        headers=_bearer(tb["task_token"]),
+        json={"child": c.spiffe_id, "scope": [READ_Q], "ttl_seconds": 30},
+    ).json()
     tc = c.open(None, delegation=d2["delegation"]).json()
     claims = pyjwt.decode(tc["task_token"], options={"verify_signature": False})
     assert claims["act"] == {"sub": b.spiffe_id, "act": {"sub": a.spiffe_id}}

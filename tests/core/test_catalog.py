@@ -10,8 +10,15 @@ from tether.model import Grant
 
 DOC = {
     "intents": {"support.triage": "triage"},
-    "services": [{"id": "crm", "sensitivity": "confidential", "environment": "prod", "egress": "internal",
-                  "owner": "team"}],
+    "services": [
+        {
+            "id": "crm",
+            "sensitivity": "confidential",
+            "environment": "prod",
+            "egress": "internal",
+            "owner": "team",
+        }
+    ],
     "tools": [{"id": "crm.lookup", "service": "crm"}],
     "datasets": [{"id": "crm.customers", "service": "crm", "sensitivity": 3}],
 }
@@ -32,15 +39,18 @@ def test_service_grant_covers_only_its_children():
     assert not cat.grant_within(Grant("read", "crm"), [Grant("read", "crm.customers")])
 
 
-@pytest.mark.parametrize("doc, needle", [
-    ({"services": [{"id": "a", "sensitivity": 7}]}, "sensitivity"),
-    ({"services": [{"id": "a", "egress": "sideways"}]}, "egress"),
-    ({"tools": [{"id": "t", "service": "ghost"}]}, "ghost"),
-    ({"services": [{"id": "a"}, {"id": "a"}]}, "duplicate"),
-    ({"services": [{"id": "a'; DROP TABLE x;--"}]}, "invalid id"),
-    ({"services": [{"id": "a", "colour": "red"}]}, "colour"),
-    ({"widgets": []}, "widgets"),
-])
+@pytest.mark.parametrize(
+    "doc, needle",
+    [
+        ({"services": [{"id": "a", "sensitivity": 7}]}, "sensitivity"),
+        ({"services": [{"id": "a", "egress": "sideways"}]}, "egress"),
+        ({"tools": [{"id": "t", "service": "ghost"}]}, "ghost"),
+        ({"services": [{"id": "a"}, {"id": "a"}]}, "duplicate"),
+        ({"services": [{"id": "a'; DROP TABLE x;--"}]}, "invalid id"),
+        ({"services": [{"id": "a", "colour": "red"}]}, "colour"),
+        ({"widgets": []}, "widgets"),
+    ],
+)
 def test_invalid_catalog_names_the_entry(doc, needle):
     """Invalid entries are refused with `catalog_invalid` and a message naming the entry."""
     with pytest.raises(ConfigError) as exc:

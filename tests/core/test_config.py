@@ -28,18 +28,23 @@ def test_environment_overrides_file(tmp_path):
     assert (s.environment, s.tasks.max_ttl_seconds) == ("prod", 50)
 
 
-@pytest.mark.parametrize("text, field", [
-    ('listen = "nope"\n', "listen"),
-    ('trust_domain = "Bad Domain!"\n', "trust_domain"),
-    ('[tasks]\nmax_ttl_seconds = "soon"\n', "tasks.max_ttl_seconds"),
-    ('[tasks]\nmax_ttl_seconds = 0\n', "tasks.max_ttl_seconds"),
-    ('[limits]\njwt_leeway_seconds = 3600\n', "limits.jwt_leeway_seconds"),
-    ('store = "mysql://x"\n', "store"),
-    ('surprise = 1\n', "surprise"),
-    ('[[trust_bundles]]\ntrust_domain = "a.example"\n', "trust_bundles[0]"),
-    ('[[trust_bundles]]\ntrust_domain = "a.example"\njwks_file = "a"\njwks_url = "https://b"\n',
-     "trust_bundles[0]"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ('listen = "nope"\n', "listen"),
+        ('trust_domain = "Bad Domain!"\n', "trust_domain"),
+        ('[tasks]\nmax_ttl_seconds = "soon"\n', "tasks.max_ttl_seconds"),
+        ("[tasks]\nmax_ttl_seconds = 0\n", "tasks.max_ttl_seconds"),
+        ("[limits]\njwt_leeway_seconds = 3600\n", "limits.jwt_leeway_seconds"),
+        ('store = "mysql://x"\n', "store"),
+        ("surprise = 1\n", "surprise"),
+        ('[[trust_bundles]]\ntrust_domain = "a.example"\n', "trust_bundles[0]"),
+        (
+            '[[trust_bundles]]\ntrust_domain = "a.example"\njwks_file = "a"\njwks_url = "https://b"\n',
+            "trust_bundles[0]",
+        ),
+    ],
+)
 def test_invalid_settings_name_the_field(tmp_path, text, field):
     """Each invalid value is refused with `config_invalid` and the field it concerns."""
     _write(tmp_path, text)
@@ -58,6 +63,13 @@ def test_toml_syntax_error_names_the_file(tmp_path):
 
 def test_unrelated_tether_variables_are_ignored(tmp_path):
     """TETHER_* variables that name no setting (state dir, task token, test switches) are not settings."""
-    s = load_settings(tmp_path, environ={"TETHER_TEST_PG": "1", "TETHER_TASK_TOKEN": "x",
-                                         "TETHER_MASTER_KEY": "y", "TETHER_LISTEN": "127.0.0.1:9"})
+    s = load_settings(
+        tmp_path,
+        environ={
+            "TETHER_TEST_PG": "1",
+            "TETHER_TASK_TOKEN": "x",
+            "TETHER_MASTER_KEY": "y",
+            "TETHER_LISTEN": "127.0.0.1:9",
+        },
+    )
     assert s.listen == "127.0.0.1:9"

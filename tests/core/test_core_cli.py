@@ -41,7 +41,9 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     raise AssertionError("broker did not become ready")
 
 
-def run(state: Path, *args: str, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    state: Path, *args: str, check: bool = True, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [TETHER, *args, "--state-dir", str(state)]
     if user:
         cmd = ["runuser", "-u", user, "--", *cmd]
@@ -61,14 +63,20 @@ def broker():
     domain = TestTrustDomain("support.example")
     run(state, "init")
     domain.write_jwks(state / "bundle.jwks.json")
-    cfg = (state / "tether.toml").read_text().replace(
-        'trust_domain = "support.example"', 'trust_domain = "tether.local"')  # the test domain is external
+    cfg = (
+        (state / "tether.toml")
+        .read_text()
+        .replace('trust_domain = "support.example"', 'trust_domain = "tether.local"')
+    )  # the test domain is external
     cfg += '\n[[trust_bundles]]\ntrust_domain = "support.example"\njwks_file = "bundle.jwks.json"\n'
     cfg += '\n[identity]\ndpop = "optional"   # these tests drive the API with plain bearer tokens\n'
     (state / "tether.toml").write_text(cfg)
     port = _free_port()
-    proc = subprocess.Popen([TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base + "/readyz", proc)
@@ -84,9 +92,15 @@ def broker():
 
 def _open_task(base: str, domain: TestTrustDomain) -> dict:
     svid = domain.svid("bot", "spiffe://tether.local/tether")
-    r = httpx.post(base + "/v1/tasks", headers={"Authorization": f"Bearer {svid}"},
-                   json={"intent": "support.triage", "scope": [{"action": "read", "resource": "tickets.queue"}],
-                         "ttl_seconds": 300})
+    r = httpx.post(
+        base + "/v1/tasks",
+        headers={"Authorization": f"Bearer {svid}"},
+        json={
+            "intent": "support.triage",
+            "scope": [{"action": "read", "resource": "tickets.queue"}],
+            "ttl_seconds": 300,
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -98,8 +112,11 @@ def test_operator_lists_and_closes_tasks_over_admin_socket(broker):
     listed = json.loads(run(state, "task", "list", "--json").stdout)
     assert [t["task_id"] for t in listed] == [task["task_id"]]
     run(state, "task", "close", task["task_id"])
-    r = httpx.post(base + "/v1/authorize", headers={"Authorization": f"Bearer {task['task_token']}"},
-                   json={"action": "read", "resource": "tickets.queue"})
+    r = httpx.post(
+        base + "/v1/authorize",
+        headers={"Authorization": f"Bearer {task['task_token']}"},
+        json={"action": "read", "resource": "tickets.queue"},
+    )
     assert r.json()["code"] == "task_not_active"
 
 
@@ -120,16 +137,22 @@ print(s.makefile().readline())
 """
 
 
-@pytest.mark.skipif(os.getuid() != 0 or not Path("/usr/bin/python3").exists(),
-                    reason="needs root and a system python to run a client as another uid")
+@pytest.mark.skipif(
+    os.getuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root and a system python to run a client as another uid",
+)
 def test_other_uid_cannot_operate_the_broker(broker):
     """A process of another uid reaching the admin socket is refused by peer credentials."""
     state, *_ = broker
     # Open the file modes wide so that the peer-credential check is what refuses.
     state.chmod(0o755)
     (state / "admin.sock").chmod(0o666)
-    r = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", _RAW_CLIENT,
-                        str(state / "admin.sock")], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", _RAW_CLIENT, str(state / "admin.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     reply = json.loads(r.stdout)
     assert reply["ok"] is False and reply["error"]["code"] == "operator_forbidden"
 
@@ -155,8 +178,11 @@ def test_approvals_cli_grants_a_pending_approval(broker):
     """`tether approvals list` shows a pending approval and `tether approve` grants it."""
     state, base, domain, _ = broker
     svid = domain.svid("billing", "spiffe://tether.local/tether")
-    task = httpx.post(base + "/v1/tasks", headers={"Authorization": f"Bearer {svid}"}, json={
-        "intent": "billing.refund", "scope": [{"action": "tool:call", "resource": "billing.refund"}]}).json()
+    task = httpx.post(
+        base + "/v1/tasks",
+        headers={"Authorization": f"Bearer {svid}"},
+        json={"intent": "billing.refund", "scope": [{"action": "tool:call", "resource": "billing.refund"}]},
+    ).json()
     auth = {"Authorization": f"Bearer {task['task_token']}"}
     body = {"action": "tool:call", "resource": "billing.refund", "arguments": {"ticket_id": "T-1"}}
     first = httpx.post(base + "/v1/authorize", headers=auth, json=body).json()
@@ -178,9 +204,15 @@ def test_invalid_policy_at_start_exits_nonzero_naming_file(tmp_path):
     """`tether serve` with an invalid policy exits non-zero and names the file and line."""
     state = tmp_path / "s"
     run(state, "init")
-    (state / "policies" / "50-broken.cedar").write_text("\n\npermit(principal, action, resource) when { oops };\n")
-    r = subprocess.run([TETHER, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{_free_port()}"],
-                       capture_output=True, text=True, timeout=60)
+    (state / "policies" / "50-broken.cedar").write_text(
+        "\n\npermit(principal, action, resource) when { oops };\n"
+    )
+    r = subprocess.run(
+        [TETHER, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{_free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "50-broken.cedar" in r.stderr and "3" in r.stderr
 
 

@@ -35,8 +35,10 @@ def test_no_policy_loaded_denies_everything(settings, domain):
     rt = Runtime.start(settings)
     try:
         with pytest.raises(Forbidden) as exc:
-            rt.broker.open_task(_workload(domain), OpenTaskRequest(
-                "support.triage", "", (Grant("read", "tickets.queue"),), 60))
+            rt.broker.open_task(
+                _workload(domain),
+                OpenTaskRequest("support.triage", "", (Grant("read", "tickets.queue"),), 60),
+            )
         assert exc.value.code == "task_open_denied"
         assert exc.value.details["reasons"][0]["policy_id"] == "no_policy"
     finally:
@@ -45,7 +47,9 @@ def test_no_policy_loaded_denies_everything(settings, domain):
 
 def test_invalid_policy_refuses_to_start_naming_file_and_line(settings):
     """A fresh start with an invalid policy set refuses to start, naming file and line."""
-    (settings.policy_path / "99-bad.cedar").write_text('permit(principal, action, resource)\nwhen { nope };\n')
+    (settings.policy_path / "99-bad.cedar").write_text(
+        "permit(principal, action, resource)\nwhen { nope };\n"
+    )
     with pytest.raises(PolicyError) as exc:
         Runtime.start(settings)
     assert exc.value.details["file"].endswith("99-bad.cedar") and exc.value.details["line"] == 1
@@ -67,7 +71,8 @@ def test_reload_with_valid_policy_changes_version_and_decisions(runtime, agent):
     """A good reload swaps the set: decisions carry the new version and obey it."""
     tok = agent.open([READ_Q]).json()["task_token"]
     (runtime.settings.policy_path / "50-freeze.cedar").write_text(
-        '@id("freeze") @reason("change freeze")\nforbid(principal, action, resource);\n')
+        '@id("freeze") @reason("change freeze")\nforbid(principal, action, resource);\n'
+    )
     version = runtime.reload_policy()
     d = agent.authorize(tok, "read", "tickets.queue").json()
     assert d["decision"] == "deny" and d["policy_version"] == version
@@ -75,6 +80,7 @@ def test_reload_with_valid_policy_changes_version_and_decisions(runtime, agent):
 
 def test_failed_audit_write_denies_and_leaves_no_state(runtime, agent, monkeypatch):
     """No action without a record: if the audit append fails, the open is refused and nothing is stored."""
+
     def broken(*a, **k):
         raise Unavailable("disk full", code="audit_unavailable")
 
@@ -105,8 +111,11 @@ def test_store_down_is_503_and_deny(agent, runtime):
     from tether.store.db import Database
 
     tok = agent.open([READ_Q]).json()["task_token"]
-    unreachable = ("sqlite:////nonexistent/dir/tether.db" if runtime.db.dialect == "sqlite"
-                   else runtime.db.engine.url.set(host="/nonexistent").render_as_string(hide_password=False))
+    unreachable = (
+        "sqlite:////nonexistent/dir/tether.db"
+        if runtime.db.dialect == "sqlite"
+        else runtime.db.engine.url.set(host="/nonexistent").render_as_string(hide_password=False)
+    )
     runtime.db.dispose()
     runtime.db.engine = Database(unreachable).engine  # the broker's store vanishes under it
     r = agent.authorize(tok, "read", "tickets.queue")
@@ -130,8 +139,10 @@ def test_every_decision_is_recorded(runtime, agent):
     """Allow, deny and out-of-scope decisions each commit one decision event with their id."""
     tok = agent.open([READ_Q]).json()["task_token"]
     with capture_events() as events:
-        ids = [agent.authorize(tok, a, r).json()["decision_id"]
-               for a, r in [("read", "tickets.queue"), ("read", "crm.customers")]]
+        ids = [
+            agent.authorize(tok, a, r).json()["decision_id"]
+            for a, r in [("read", "tickets.queue"), ("read", "crm.customers")]
+        ]
     assert [e.decision_id for e in events if e.type == "decision"] == ids
 
 
@@ -139,9 +150,11 @@ def test_child_scope_wider_than_parent_is_refused(client, make_agent):
     """Attenuation: a delegation may not name a grant the parent does not hold."""
     a, b = make_agent("a"), make_agent("b")
     p = a.open([READ_Q]).json()
-    r = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                    json={"child": b.spiffe_id, "scope": [{"action": "read", "resource": "crm"}],
-                          "ttl_seconds": 60})
+    r = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [{"action": "read", "resource": "crm"}], "ttl_seconds": 60},
+    )
     assert r.status_code == 403 and r.json()["code"] == "scope_exceeds_parent"
 
 
@@ -149,8 +162,11 @@ def test_child_redeem_cannot_widen_delegated_scope(client, make_agent):
     """Attenuation: redeeming a delegation with a wider scope than offered is refused."""
     a, b = make_agent("a"), make_agent("b")
     p = a.open([READ_Q, {"action": "read", "resource": "crm"}]).json()
-    dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                      json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60}).json()
+    dlg = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60},
+    ).json()
     r = b.open([READ_Q, {"action": "read", "resource": "crm"}], delegation=dlg["delegation"])
     assert r.status_code == 403 and r.json()["code"] == "scope_exceeds_parent"
 
@@ -166,8 +182,11 @@ def test_child_cannot_outlive_parent(client, make_agent):
     """Attenuation: a delegation whose TTL exceeds the parent's remaining life is refused."""
     a, b = make_agent("a"), make_agent("b")
     p = a.open([READ_Q], ttl=60).json()
-    r = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                    json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 3600})
+    r = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 3600},
+    )
     assert r.status_code == 403 and r.json()["code"] == "ttl_exceeds_parent"
 
 
@@ -178,22 +197,37 @@ def test_delegation_depth_is_bounded(tmp_path, store_url, domain):
     from tether.server.app import create_app
     from tether.testing import make_settings
 
-    settings = make_settings(tmp_path / "s", store_url=store_url, domain=domain,
-                             overrides={"environment": "prod", "identity": {"dpop": "optional"}, "tasks": {"max_depth": 1}})
+    settings = make_settings(
+        tmp_path / "s",
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod", "identity": {"dpop": "optional"}, "tasks": {"max_depth": 1}},
+    )
     rt = Runtime.start(settings)
     try:
         with TestClient(create_app(rt)) as client:
+
             def svid(p):
                 return _bearer(domain.svid(domain.spiffe_id(p), settings.broker_audience))
 
-            p = client.post("/v1/tasks", headers=svid("a"), json={
-                "intent": "support.triage", "scope": [READ_Q], "ttl_seconds": 300}).json()
-            dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                              json={"child": domain.spiffe_id("b"), "scope": [READ_Q], "ttl_seconds": 100})
-            c = client.post("/v1/tasks", headers=svid("b"),
-                            json={"delegation": dlg.json()["delegation"]}).json()
-            r = client.post(f"/v1/tasks/{c['task_id']}/delegations", headers=_bearer(c["task_token"]),
-                            json={"child": domain.spiffe_id("c"), "scope": [READ_Q], "ttl_seconds": 50})
+            p = client.post(
+                "/v1/tasks",
+                headers=svid("a"),
+                json={"intent": "support.triage", "scope": [READ_Q], "ttl_seconds": 300},
+            ).json()
+            dlg = client.post(
+                f"/v1/tasks/{p['task_id']}/delegations",
+                headers=_bearer(p["task_token"]),
+                json={"child": domain.spiffe_id("b"), "scope": [READ_Q], "ttl_seconds": 100},
+            )
+            c = client.post(
+                "/v1/tasks", headers=svid("b"), json={"delegation": dlg.json()["delegation"]}
+            ).json()
+            r = client.post(
+                f"/v1/tasks/{c['task_id']}/delegations",
+                headers=_bearer(c["task_token"]),
+                json={"child": domain.spiffe_id("c"), "scope": [READ_Q], "ttl_seconds": 50},
+            )
             assert r.status_code == 403 and r.json()["code"] == "depth_exceeded"
     finally:
         rt.close()
@@ -203,8 +237,11 @@ def test_delegation_is_single_use(client, make_agent):
     """A delegation redeemed once cannot be redeemed again."""
     a, b = make_agent("a"), make_agent("b")
     p = a.open([READ_Q]).json()
-    dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                      json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60}).json()
+    dlg = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60},
+    ).json()
     assert b.open(None, delegation=dlg["delegation"]).status_code == 201
     r = b.open(None, delegation=dlg["delegation"])
     assert r.status_code == 409 and r.json()["code"] == "delegation_used"
@@ -214,8 +251,11 @@ def test_delegation_stolen_by_another_agent_is_refused(client, make_agent):
     """A delegation is bound to the named child: a different agent cannot redeem it."""
     a, b, mallory = make_agent("a"), make_agent("b"), make_agent("mallory")
     p = a.open([READ_Q]).json()
-    dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                      json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60}).json()
+    dlg = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60},
+    ).json()
     r = mallory.open(None, delegation=dlg["delegation"])
     assert r.status_code == 403 and r.json()["code"] == "delegation_invalid"
 
@@ -243,8 +283,11 @@ def test_revoke_by_agent_ends_all_its_task_trees(runtime, make_agent, client):
     """The kill switch for one agent revokes its tasks and their descendants."""
     a, b = make_agent("a"), make_agent("b")
     p = a.open([READ_Q]).json()
-    dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                      json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60}).json()
+    dlg = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [READ_Q], "ttl_seconds": 60},
+    ).json()
     c = b.open(None, delegation=dlg["delegation"]).json()
     ended = runtime.broker.revoke(agent=a.spiffe_id, by="uid:0")
     assert set(ended) == {p["task_id"], c["task_id"]}
@@ -256,9 +299,11 @@ def test_taint_flows_up_to_the_delegating_parent(client, make_agent):
     """A parent cannot send out what its child read: the taint is recorded on ancestors too."""
     a, b = make_agent("a"), make_agent("b")
     p = a.open([{"action": "read", "resource": "crm"}, {"action": "send", "resource": "email.send"}]).json()
-    dlg = client.post(f"/v1/tasks/{p['task_id']}/delegations", headers=_bearer(p["task_token"]),
-                      json={"child": b.spiffe_id, "scope": [{"action": "read", "resource": "crm"}],
-                            "ttl_seconds": 60}).json()
+    dlg = client.post(
+        f"/v1/tasks/{p['task_id']}/delegations",
+        headers=_bearer(p["task_token"]),
+        json={"child": b.spiffe_id, "scope": [{"action": "read", "resource": "crm"}], "ttl_seconds": 60},
+    ).json()
     c = b.open(None, delegation=dlg["delegation"]).json()
     assert b.authorize(c["task_token"], "read", "crm.customers").json()["decision"] == "allow"
     d = a.authorize(p["task_token"], "send", "email.send").json()

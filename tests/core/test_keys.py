@@ -24,7 +24,9 @@ def test_private_key_is_encrypted_at_rest(db, tmp_path):
     ring = KeyRing(db, load_master_key(tmp_path, environ={}), rotate_after=3600, overlap=60)
     key = ring.ensure_current()
     with db.read() as conn:
-        blob = conn.execute(select(t.signing_keys.c.private_enc).where(t.signing_keys.c.kid == key.kid)).scalar()
+        blob = conn.execute(
+            select(t.signing_keys.c.private_enc).where(t.signing_keys.c.kid == key.kid)
+        ).scalar()
     assert b"\x30\x81" not in blob[:16] and len(blob) > 100
 
 

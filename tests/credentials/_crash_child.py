@@ -13,12 +13,17 @@ from tether.config import load_settings
 from tether.model import Grant, Workload
 from tether.runtime import Runtime
 
-rt = Runtime.start(load_settings(sys.argv[1], environ={},
-                                overrides={"store": sys.argv[2], "environment": "prod",
-                                           "identity": {"dpop": "optional"}}))
+rt = Runtime.start(
+    load_settings(
+        sys.argv[1],
+        environ={},
+        overrides={"store": sys.argv[2], "environment": "prod", "identity": {"dpop": "optional"}},
+    )
+)
 agent = Workload("spiffe://support.example/analyst", "support.example", "test")
-opened = rt.broker.open_task(agent, OpenTaskRequest("support.triage", "crash test",
-                                                    (Grant("read", "analytics.orders"),), 600))
+opened = rt.broker.open_task(
+    agent, OpenTaskRequest("support.triage", "crash test", (Grant("read", "analytics.orders"),), 600)
+)
 result = rt.broker.authorize(opened.token, AuthorizeRequest("read", "analytics.orders"))
 print("minted" if result.credential else f"denied {result.decision.code}", flush=True)
 rt.close()

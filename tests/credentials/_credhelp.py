@@ -22,17 +22,28 @@ def add_analytics(state_dir: Path, tables: dict[str, list[str]]) -> None:
     """Add an `analytics` service (postgres connector) with one dataset per entry."""
     path = state_dir / "catalog.yaml"
     doc = yaml.safe_load(path.read_text())
-    doc["services"].append({"id": "analytics", "sensitivity": "internal", "environment": "prod",
-                            "egress": "internal", "owner": "team-data", "connector": "postgres",
-                            "options": {"tables": ["public.orders"]}})
+    doc["services"].append(
+        {
+            "id": "analytics",
+            "sensitivity": "internal",
+            "environment": "prod",
+            "egress": "internal",
+            "owner": "team-data",
+            "connector": "postgres",
+            "options": {"tables": ["public.orders"]},
+        }
+    )
     for dataset, tbls in tables.items():
         doc["datasets"].append({"id": dataset, "service": "analytics", "options": {"tables": tbls}})
     path.write_text(yaml.safe_dump(doc))
     (state_dir / "policies" / "50-analytics.cedar").write_text(ANALYTICS_POLICY)
 
 
-DATASETS = {"analytics.orders": ["public.orders"], "analytics.payroll": ["public.payroll"],
-            "analytics.evil": ['public.orders"; DROP TABLE payroll; --']}
+DATASETS = {
+    "analytics.orders": ["public.orders"],
+    "analytics.payroll": ["public.payroll"],
+    "analytics.evil": ['public.orders"; DROP TABLE payroll; --'],
+}
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -34,8 +34,9 @@ def pg_settings(tmp_path: Path, store_url: str, domain: Any, pg_server: Any, tar
     init_state_dir(state)
     add_analytics(state, DATASETS)
     extra = f'\n[credentials.postgres]\nanalytics = "{pg_server.url(target_db)}"\n'
-    return make_settings(state, store_url=store_url, domain=domain, overrides={"environment": "prod"},
-                         config_extra=extra)
+    return make_settings(
+        state, store_url=store_url, domain=domain, overrides={"environment": "prod"}, config_extra=extra
+    )
 
 
 @pytest.fixture

@@ -17,16 +17,26 @@ from tether.store.db import Database
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.slow]
 
-STEPS = ("lease.after_pending", "pg.after_create_role", "pg.after_grants", "pg.after_commit",
-         "lease.after_mint")
+STEPS = (
+    "lease.after_pending",
+    "pg.after_create_role",
+    "pg.after_grants",
+    "pg.after_commit",
+    "lease.after_mint",
+)
 ROUNDS = 2
 CHILD = Path(__file__).with_name("_crash_child.py")
 
 
 def _run_child(settings, failpoint: str | None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TETHER_FAILPOINT": failpoint or ""}
-    return subprocess.run([sys.executable, str(CHILD), str(settings.state_dir), settings.store_url],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(settings.state_dir), settings.store_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_kill_9_at_every_mint_step_leaves_no_orphan_role(pg_settings, pg_server):

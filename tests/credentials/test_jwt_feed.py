@@ -37,8 +37,15 @@ def test_allow_returns_jwt_credential_in_the_contract_shape(agent, client, runti
     assert cred["kind"] == "jwt" and cred["audience"] == "tickets" and cred["lease_id"].startswith("lse_")
     jwks = client.get("/.well-known/jwks.json").json()
     keys = {k["kid"]: load_jwk(k) for k in jwks["keys"]}
-    claims = verify_jwt(cred["token"], key_for=lambda h, c: keys.get(h["kid"]), algorithms=("ES256",),
-                        audience="tickets", issuer=runtime.settings.broker_issuer, typ=("at+jwt",), leeway=0)
+    claims = verify_jwt(
+        cred["token"],
+        key_for=lambda h, c: keys.get(h["kid"]),
+        algorithms=("ES256",),
+        audience="tickets",
+        issuer=runtime.settings.broker_issuer,
+        typ=("at+jwt",),
+        leeway=0,
+    )
     assert claims["jti"] == cred["lease_id"] and claims["txn"] == t["task_id"]
     assert claims["scope"] == "read@tickets.queue" and claims["exp"] <= t["expires_at"]
 
@@ -68,13 +75,20 @@ def test_close_revokes_leases_of_the_whole_subtree(agent, make_agent, client, ru
     """Closing a parent revokes its leases and its delegated child's leases."""
     parent = _task(agent)
     child_agent = make_agent("helper")
-    d = client.post(f"/v1/tasks/{parent['task_id']}/delegations",
-                    json={"child": child_agent.spiffe_id, "ttl_seconds": 60,
-                          "scope": [{"action": "read", "resource": "tickets.queue"}]},
-                    headers={"Authorization": f"Bearer {parent['task_token']}"})
+    d = client.post(
+        f"/v1/tasks/{parent['task_id']}/delegations",
+        json={
+            "child": child_agent.spiffe_id,
+            "ttl_seconds": 60,
+            "scope": [{"action": "read", "resource": "tickets.queue"}],
+        },
+        headers={"Authorization": f"Bearer {parent['task_token']}"},
+    )
     child = child_agent.open(None, delegation=d.json()["delegation"]).json()
-    leases = [_cred(agent, parent["task_token"])["lease_id"],
-              _cred(child_agent, child["task_token"])["lease_id"]]
+    leases = [
+        _cred(agent, parent["task_token"])["lease_id"],
+        _cred(child_agent, child["task_token"])["lease_id"],
+    ]
     runtime.broker.close_task(parent["task_id"], by="test")
     with runtime.db.read() as conn:
         states = {ls.get_lease(conn, x).state for x in leases}
@@ -106,8 +120,12 @@ def test_revoke_by_agent_revokes_its_leases_only(agent, make_agent, runtime):
 
 def test_explicit_credential_request_is_decided_by_policy(agent, client):
     """POST /v1/credentials issues for `credential:issue` in scope and refuses otherwise."""
-    r = agent.open([{"action": "read", "resource": "tickets.queue"},
-                    {"action": "credential:issue", "resource": "tickets"}])
+    r = agent.open(
+        [
+            {"action": "read", "resource": "tickets.queue"},
+            {"action": "credential:issue", "resource": "tickets"},
+        ]
+    )
     h = {"Authorization": f"Bearer {r.json()['task_token']}"}
     r = client.post("/v1/credentials", json={"resource": "tickets"}, headers=h)
     assert r.status_code == 201, r.text
@@ -124,8 +142,11 @@ def test_explicit_credential_for_resource_without_connector_is_400(agent, client
     runtime.catalog.resources["tickets"] = replace(res, connector=None)  # type: ignore[index]
     try:
         t = _task(agent)
-        r = client.post("/v1/credentials", json={"resource": "tickets"},
-                        headers={"Authorization": f"Bearer {t['task_token']}"})
+        r = client.post(
+            "/v1/credentials",
+            json={"resource": "tickets"},
+            headers={"Authorization": f"Bearer {t['task_token']}"},
+        )
         assert r.status_code == 400 and r.json()["code"] == "no_connector"
     finally:
         runtime.catalog.resources["tickets"] = res  # type: ignore[index]
@@ -153,8 +174,11 @@ def test_introspection_requires_an_authenticated_caller(agent, client):
     t = _task(agent)
     r = client.post("/v1/introspect", data={"token": t["task_token"]})
     assert r.status_code == 401
-    r = client.post("/v1/introspect", data={"token": t["task_token"]},
-                    headers={"Authorization": f"Bearer {t['task_token']}"})
+    r = client.post(
+        "/v1/introspect",
+        data={"token": t["task_token"]},
+        headers={"Authorization": f"Bearer {t['task_token']}"},
+    )
     assert r.status_code == 401
 
 
@@ -168,8 +192,11 @@ def test_revoke_token_kills_the_credential_and_feeds_it(agent, client, runtime):
     """RFC 7009 on a jwt credential revokes its lease and puts its jti on the feed."""
     t = _task(agent)
     cred = _cred(agent, t["task_token"])
-    r = client.post("/v1/revoke-token", data={"token": cred["token"]},
-                    headers={"Authorization": f"Bearer {t['task_token']}"})
+    r = client.post(
+        "/v1/revoke-token",
+        data={"token": cred["token"]},
+        headers={"Authorization": f"Bearer {t['task_token']}"},
+    )
     assert r.status_code == 200
     assert _introspect(agent, cred["token"]).json() == {"active": False}
     events, _ = runtime.extras["credentials"].feed.since(0)
@@ -215,14 +242,19 @@ def test_sse_stream_sends_ids_and_resumes_with_last_event_id(agent, client, runt
     a, b = _task(agent), _task(agent)
     runtime.broker.close_task(a["task_id"], by="test")
     runtime.broker.close_task(b["task_id"], by="test")
-    with client.stream("GET", "/v1/revocations/stream", params={"timeout": 1},
-                       headers=_svid_header(agent)) as r:
+    with client.stream(
+        "GET", "/v1/revocations/stream", params={"timeout": 1}, headers=_svid_header(agent)
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
     assert len(ids) == 2 and "event: revocation" in text
-    with client.stream("GET", "/v1/revocations/stream", params={"timeout": 1},
-                       headers={**_svid_header(agent), "Last-Event-ID": str(ids[0])}) as r:
+    with client.stream(
+        "GET",
+        "/v1/revocations/stream",
+        params={"timeout": 1},
+        headers={**_svid_header(agent), "Last-Event-ID": str(ids[0])},
+    ) as r:
         text = "".join(r.iter_text())
     assert b["task_id"] in text and a["task_id"] not in text
 

@@ -20,9 +20,13 @@ async def whoami(request: Request) -> JSONResponse:
 def _service(runtime, audience="tickets", max_staleness=30.0):
     follower = RevocationFollower(FeedSource(runtime.extras["credentials"].feed), max_staleness=max_staleness)
     follower.poll_once()
-    app = TetherAuthMiddleware(Starlette(routes=[Route("/me", whoami)]), audience=audience,
-                               issuer=runtime.settings.broker_issuer, keys=JwksKeys(runtime.keys.jwks),
-                               follower=follower)
+    app = TetherAuthMiddleware(
+        Starlette(routes=[Route("/me", whoami)]),
+        audience=audience,
+        issuer=runtime.settings.broker_issuer,
+        keys=JwksKeys(runtime.keys.jwks),
+        follower=follower,
+    )
     return TestClient(app), follower
 
 
@@ -99,8 +103,13 @@ def test_missing_token_is_401(runtime):
 def test_middleware_refuses_permissive_construction():
     """Audience and issuer are required: no permissive default."""
     with pytest.raises(ValueError):
-        TetherAuthMiddleware(lambda *a: None, audience="", issuer="x", keys=JwksKeys(dict),
-                             follower=RevocationFollower(FeedSource(None)))  # type: ignore[arg-type]
+        TetherAuthMiddleware(
+            lambda *a: None,
+            audience="",
+            issuer="x",
+            keys=JwksKeys(dict),
+            follower=RevocationFollower(FeedSource(None)),
+        )  # type: ignore[arg-type]
 
 
 def test_http_follower_over_the_broker_api(agent, client, runtime):

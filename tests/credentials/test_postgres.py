@@ -50,8 +50,9 @@ def test_closed_task_role_cannot_log_in_and_is_gone(analyst, pg_server):
     """After the task closes the role is dropped and its password no longer logs in."""
     t = _open(analyst)
     cred = _cred(analyst, t["task_token"])
-    r = analyst.client.post(f"/v1/tasks/{t['task_id']}/close",
-                            headers={"Authorization": f"Bearer {t['task_token']}"})
+    r = analyst.client.post(
+        f"/v1/tasks/{t['task_id']}/close", headers={"Authorization": f"Bearer {t['task_token']}"}
+    )
     assert r.status_code == 200, r.text
     wait_until(lambda: not role_exists(pg_server, cred["username"]), what="DROP ROLE")
     with pytest.raises(psycopg.OperationalError):
@@ -64,10 +65,15 @@ def test_delegated_subtask_role_dropped_when_parent_closes(analyst, pg_client, d
 
     parent = _open(analyst)
     child_agent = Agent(pg_client, domain, pg_runtime, "helper")
-    d = pg_client.post(f"/v1/tasks/{parent['task_id']}/delegations",
-                       json={"child": child_agent.spiffe_id, "ttl_seconds": 120,
-                             "scope": [{"action": "read", "resource": "analytics.orders"}]},
-                       headers={"Authorization": f"Bearer {parent['task_token']}"})
+    d = pg_client.post(
+        f"/v1/tasks/{parent['task_id']}/delegations",
+        json={
+            "child": child_agent.spiffe_id,
+            "ttl_seconds": 120,
+            "scope": [{"action": "read", "resource": "analytics.orders"}],
+        },
+        headers={"Authorization": f"Bearer {parent['task_token']}"},
+    )
     assert d.status_code == 201, d.text
     child = child_agent.open(None, delegation=d.json()["delegation"])
     assert child.status_code == 201, child.text
@@ -103,8 +109,13 @@ def test_connector_down_denies_and_leaves_nothing(tmp_path, store_url, domain, p
     init_state_dir(state)
     add_analytics(state, DATASETS)
     dead = f"postgresql://postgres@/nope?host={tmp_path}/no-such-socket-dir"
-    s = make_settings(state, store_url=store_url, domain=domain, overrides={"environment": "prod"},
-                      config_extra=f'\n[credentials.postgres]\nanalytics = "{dead}"\n')
+    s = make_settings(
+        state,
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod"},
+        config_extra=f'\n[credentials.postgres]\nanalytics = "{dead}"\n',
+    )
     rt = Runtime.start(s)
     try:
         with TestClient(create_app(rt), raise_server_exceptions=False) as c:
@@ -187,8 +198,9 @@ def test_minted_and_revoked_events_carry_ids_never_the_password(analyst, pg_runt
     assert all(cred["password"] not in str(e.to_dict()) for e in events)
 
 
-def test_unrevocable_lease_is_retried_then_marked_irrevocable(tmp_path, store_url, domain, pg_server,
-                                                              target_db):
+def test_unrevocable_lease_is_retried_then_marked_irrevocable(
+    tmp_path, store_url, domain, pg_server, target_db
+):
     """A revocation that keeps failing is retried, then irrevocable: event, counter, listed."""
     from _credhelp import DATASETS, add_analytics
     from starlette.testclient import TestClient
@@ -201,9 +213,13 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(tmp_path, store_ur
     state = tmp_path / "state"
     init_state_dir(state)
     add_analytics(state, DATASETS)
-    s = make_settings(state, store_url=store_url, domain=domain,
-                      overrides={"environment": "prod", "credentials": {"revoke_max_attempts": 2}},
-                      config_extra=f'\n[credentials.postgres]\nanalytics = "{pg_server.url(target_db)}"\n')
+    s = make_settings(
+        state,
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod", "credentials": {"revoke_max_attempts": 2}},
+        config_extra=f'\n[credentials.postgres]\nanalytics = "{pg_server.url(target_db)}"\n',
+    )
     rt = Runtime.start(s)
     try:
         with TestClient(create_app(rt), raise_server_exceptions=False) as c, capture_events() as events:
@@ -212,7 +228,9 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(tmp_path, store_ur
             cred = _cred(a, t["task_token"])
             creds = rt.extras["credentials"]
             # The target becomes unreachable for the broker (a real failure, not a mock).
-            creds.service.connectors["postgres"]._dsns["analytics"] = f"postgresql://x@/x?host={tmp_path}/gone"
+            creds.service.connectors["postgres"]._dsns["analytics"] = (
+                f"postgresql://x@/x?host={tmp_path}/gone"
+            )
             rt.broker.close_task(t["task_id"], by="test")
 
             def irrevocable():

@@ -35,9 +35,22 @@ def test_demo_succeeds_in_under_a_minute(result: Result):
 
 def test_steps_happen_in_story_order(result: Result):
     """The steps are reported in the order the story tells them."""
-    assert [s.key for s in result.steps] == ["broker", "workloads", "crm", "ask", "open", "delegate", "read",
-                                             "notify", "approval", "refund", "close", "revoked", "trace",
-                                             "verify"]
+    assert [s.key for s in result.steps] == [
+        "broker",
+        "workloads",
+        "crm",
+        "ask",
+        "open",
+        "delegate",
+        "read",
+        "notify",
+        "approval",
+        "refund",
+        "close",
+        "revoked",
+        "trace",
+        "verify",
+    ]
 
 
 def test_reader_reads_with_a_short_lived_credential(result: Result):

@@ -67,10 +67,16 @@ class Upstream:
 def settings(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Any:
     """The shared broker settings, plus a configured remote enforcement point. DPoP is
     optional here so most tests can use plain bearer task tokens; DPoP has its own tests."""
-    extra = (f'\n[gateway]\nenforcers = ["{domain.spiffe_id(GATEWAY_PATH)}"]\n'
-             '\n[identity]\ndpop = "optional"\n')
-    return make_settings(tmp_path / "state", store_url=store_url, domain=domain,
-                         overrides={"environment": "prod"}, config_extra=extra)
+    extra = (
+        f'\n[gateway]\nenforcers = ["{domain.spiffe_id(GATEWAY_PATH)}"]\n\n[identity]\ndpop = "optional"\n'
+    )
+    return make_settings(
+        tmp_path / "state",
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod"},
+        config_extra=extra,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,13 +108,21 @@ def credentials(runtime: Any) -> str:
     def hook(u: Any, task: Any, resource: Any, req: Any, decision: Any) -> IssuedCredential | None:
         lease = f"lse_test_{resource.id}"
         if resource.connector == "jwt":
-            return IssuedCredential(lease, for_agent={"kind": "jwt", "token": FAKE_JWT + resource.service,
-                                                      "expires_at": task.expires_at,
-                                                      "audience": resource.service})
+            return IssuedCredential(
+                lease,
+                for_agent={
+                    "kind": "jwt",
+                    "token": FAKE_JWT + resource.service,
+                    "expires_at": task.expires_at,
+                    "audience": resource.service,
+                },
+            )
         if resource.connector == "inject":
-            return IssuedCredential(lease, for_agent={"kind": "inject", "expires_at": task.expires_at},
-                                    for_enforcer={"kind": "inject", "header": "X-Api-Key",
-                                                  "value": FAKE_SECRET})
+            return IssuedCredential(
+                lease,
+                for_agent={"kind": "inject", "expires_at": task.expires_at},
+                for_enforcer={"kind": "inject", "header": "X-Api-Key", "value": FAKE_SECRET},
+            )
         return None
 
     runtime.broker.allow_hooks.append(hook)

@@ -183,14 +183,29 @@ async def _raw(app: Any, method: str, raw_path: bytes, headers: list[tuple[bytes
     async def send(msg: dict[str, Any]) -> None:
         sent.append(msg)
 
-    scope = {"type": "http", "method": method, "path": raw_path.decode(), "raw_path": raw_path,
-             "query_string": b"", "headers": headers}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": raw_path.decode(),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "headers": headers,
+    }
     await app(scope, receive, send)
     return {"status": sent[0]["status"], "body": json.loads(sent[1]["body"])}
 
 
-@pytest.mark.parametrize("raw", [b"/tickets/../admin", b"/tickets/%2e%2e/admin", b"/tickets/queue%2F..",
-                                 b"/tickets//queue", b"/tickets/a%5c..%5cadmin", b"http://evil.example/x"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/tickets/../admin",
+        b"/tickets/%2e%2e/admin",
+        b"/tickets/queue%2F..",
+        b"/tickets//queue",
+        b"/tickets/a%5c..%5cadmin",
+        b"http://evil.example/x",
+    ],
+)
 def test_path_confusion_refused(runtime, upstream, agent, raw):
     """Dot segments, encoded slashes/backslashes and absolute-form targets never reach an upstream."""
     app = HttpGateway(routes_for(upstream), LocalAuthorizer(runtime))
@@ -216,11 +231,21 @@ def test_forged_token_401(gateway, upstream):
 
 def test_hop_by_hop_headers_stripped(gateway, agent, upstream):
     """Hop-by-hop, Connection-named, cookie and proxy headers are dropped in both directions."""
-    r = gateway.get("/tickets/cookie", headers=auth(
-        token(agent), Connection="x-secret-hop", **{"X-Secret-Hop": "1", "Keep-Alive": "timeout=5",
-                                                    "Proxy-Authorization": "Basic Zm9vOmJhcg==",
-                                                    "Cookie": "agent=1", "TE": "trailers",
-                                                    "X-Forwarded-Ok": "kept"}))
+    r = gateway.get(
+        "/tickets/cookie",
+        headers=auth(
+            token(agent),
+            Connection="x-secret-hop",
+            **{
+                "X-Secret-Hop": "1",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+                "Cookie": "agent=1",
+                "TE": "trailers",
+                "X-Forwarded-Ok": "kept",
+            },
+        ),
+    )
     assert r.status_code == 200
     (seen,) = upstream.seen()
     for name in ("x-secret-hop", "keep-alive", "proxy-authorization", "cookie", "te"):
@@ -269,6 +294,7 @@ def test_request_body_too_large_413(gateway, agent, upstream):
 
 def test_streamed_request_body_over_limit_413(gateway, agent, upstream):
     """A chunked body that grows past the limit is cut off with 413."""
+
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
             yield b"y" * 1000
@@ -348,8 +374,12 @@ def test_dpop_proof_passed_with_gateway_url(upstream):
     assert r.status_code == 403
     (token_, req, proof) = rec.calls[0]
     assert (token_, req.action, req.resource) == ("tok", "http:read", "tickets.queue")
-    assert (proof.proof, proof.method, proof.url, proof.count) == ("proof.jwt", "GET",
-                                                                    "https://gw.example/tickets/queue", 1)
+    assert (proof.proof, proof.method, proof.url, proof.count) == (
+        "proof.jwt",
+        "GET",
+        "https://gw.example/tickets/queue",
+        1,
+    )
 
 
 def test_approval_hold_forwards_once_granted(runtime, upstream, agent, credentials):

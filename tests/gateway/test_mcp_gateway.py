@@ -87,8 +87,13 @@ def repos(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def settings(tmp_path, store_url, domain, repos):
-    s = make_settings(tmp_path / "state", store_url=store_url, domain=domain,
-                      overrides={"environment": "prod"}, config_extra='\n[identity]\ndpop = "optional"\n')
+    s = make_settings(
+        tmp_path / "state",
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod"},
+        config_extra='\n[identity]\ndpop = "optional"\n',
+    )
     catalog = s.catalog_path.read_text()
     catalog = catalog.replace("\ntools:\n", CATALOG_EXTRA + "\ntools:\n" + TOOLS_EXTRA.lstrip("\n"), 1)
     s.catalog_path.write_text(catalog)
@@ -97,8 +102,9 @@ def settings(tmp_path, store_url, domain, repos):
 
 
 @contextlib.asynccontextmanager
-async def through_gateway(runtime: Any, token: str | None, upstream: Upstream = TIME,
-                          server: str = "time", **options: Any) -> AsyncIterator[ClientSession]:
+async def through_gateway(
+    runtime: Any, token: str | None, upstream: Upstream = TIME, server: str = "time", **options: Any
+) -> AsyncIterator[ClientSession]:
     """A real ClientSession talking to the gateway (in memory), which talks to a real server."""
     gateway = McpGateway(server, LocalAuthorizer(runtime), task_token=token, **options)
     async with gateway.connect(upstream):
@@ -185,8 +191,9 @@ def test_out_of_scope_tool_denied_not_not_found(runtime, agent):
 
     async def go() -> types.CallToolResult:
         async with through_gateway(runtime, token) as s:
-            return await s.call_tool("convert_time", {"source_timezone": "UTC", "time": "10:00",
-                                                      "target_timezone": "Europe/Paris"})
+            return await s.call_tool(
+                "convert_time", {"source_timezone": "UTC", "time": "10:00", "target_timezone": "Europe/Paris"}
+            )
 
     result = run(go)
     assert result.is_error and meta(result)["code"] == "out_of_scope"
@@ -200,8 +207,9 @@ def test_approval_required_returns_approval_id(runtime, agent):
     async def go() -> tuple[types.CallToolResult, types.CallToolResult]:
         async with through_gateway(runtime, token) as s:
             first = await s.call_tool("convert_time", args)
-            await anyio.to_thread.run_sync(lambda: runtime.broker.decide_approval(
-                meta(first)["approval_id"], grant=True, by="uid:0"))
+            await anyio.to_thread.run_sync(
+                lambda: runtime.broker.decide_approval(meta(first)["approval_id"], grant=True, by="uid:0")
+            )
             return first, await s.call_tool("convert_time", args)
 
     first, second = run(go)
@@ -212,16 +220,29 @@ def test_approval_required_returns_approval_id(runtime, agent):
 
 def seed_pin(runtime: Any, definition: dict[str, Any]) -> None:
     with runtime.db.begin() as conn:
-        conn.execute(tool_pins.insert().values(
-            server="time", tool="get_current_time", state="approved", digest=definition_digest(definition),
-            definition=json.dumps(definition), first_seen=0.0))
+        conn.execute(
+            tool_pins.insert().values(
+                server="time",
+                tool="get_current_time",
+                state="approved",
+                digest=definition_digest(definition),
+                definition=json.dumps(definition),
+                first_seen=0.0,
+            )
+        )
 
 
 def test_rug_pull_tool_definition_change_blocked(runtime, agent):
     """A definition that differs from the approved pin: tool hidden, calls blocked, change audited."""
     # What an operator approved earlier; the server now presents another description/schema.
-    seed_pin(runtime, {"name": "get_current_time", "description": "Get the time (approved wording)",
-                       "inputSchema": {"type": "object"}})
+    seed_pin(
+        runtime,
+        {
+            "name": "get_current_time",
+            "description": "Get the time (approved wording)",
+            "inputSchema": {"type": "object"},
+        },
+    )
     token = open_token(agent, [CALL_TIME])
 
     async def go() -> tuple[list[str], types.CallToolResult]:
@@ -252,8 +273,9 @@ def test_approved_tool_definition_change_unblocks(runtime, agent):
             views = await anyio.to_thread.run_sync(pins.list, "time")
             (view,) = [v for v in views if v["tool"] == "get_current_time"]
             assert view["state"] == "changed"
-            await anyio.to_thread.run_sync(lambda: pins.approve("time", "get_current_time", by="uid:0",
-                                                                 digest=view["pending_digest"]))
+            await anyio.to_thread.run_sync(
+                lambda: pins.approve("time", "get_current_time", by="uid:0", digest=view["pending_digest"])
+            )
             return await s.call_tool("get_current_time", {"timezone": "Europe/Paris"})
 
     assert not run(go).is_error
@@ -277,6 +299,7 @@ def test_revoked_task_token_refused(runtime, agent):
 
 def test_missing_task_token_refused(runtime):
     """Without a task token nothing is listed and no call is forwarded."""
+
     async def go() -> tuple[int, types.CallToolResult]:
         async with through_gateway(runtime, None) as s:
             try:
@@ -335,8 +358,11 @@ def test_streamable_http_bearer_and_list(runtime, agent):
     async def go() -> tuple[int, list[str], bool]:
         gateway = McpGateway("time", LocalAuthorizer(runtime))
         async with gateway.connect(TIME):
-            server = uvicorn.Server(uvicorn.Config(gateway.http_app(), host="127.0.0.1", port=port,
-                                                   log_level="warning", lifespan="on"))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    gateway.http_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+                )
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve)
                 with anyio.fail_after(10):
@@ -346,9 +372,11 @@ def test_streamable_http_bearer_and_list(runtime, agent):
                     ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
                     unauth = (await bare.post(url, json=ping)).status_code
                 headers = {"Authorization": f"Bearer {token}"}
-                async with httpx2.AsyncClient(headers=headers) as http, \
-                        streamable_http_client(url, http_client=http) as (read, write), \
-                        ClientSession(read, write) as session:
+                async with (
+                    httpx2.AsyncClient(headers=headers) as http,
+                    streamable_http_client(url, http_client=http) as (read, write),
+                    ClientSession(read, write) as session,
+                ):
                     await session.initialize()
                     listed = [t.name for t in (await session.list_tools()).tools]
                     result = await session.call_tool("get_current_time", {"timezone": "Europe/Paris"})

@@ -8,8 +8,13 @@ from tether.audit.chain import capture_events
 from tether.errors import Conflict, NotFound
 from tether.gateway.pins import definition_digest, tool_definition
 
-TOOL = {"name": "lookup", "description": "Look a customer up", "inputSchema": {"type": "object"},
-        "annotations": {"readOnlyHint": True}, "icons": [{"src": "x"}]}
+TOOL = {
+    "name": "lookup",
+    "description": "Look a customer up",
+    "inputSchema": {"type": "object"},
+    "annotations": {"readOnlyHint": True},
+    "icons": [{"src": "x"}],
+}
 
 
 def test_first_sight_pins_silently(runtime):

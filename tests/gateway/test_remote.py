@@ -31,8 +31,9 @@ def gateway_svid(domain, runtime) -> str:
 def remote_gateway(runtime, domain, upstream, credentials) -> Iterator[TestClient]:
     upstream.reset()
     broker = httpx.ASGITransport(app=create_app(runtime))
-    authorizer = RemoteAuthorizer("http://broker.test", lambda: gateway_svid(domain, runtime),
-                                  transport=broker)
+    authorizer = RemoteAuthorizer(
+        "http://broker.test", lambda: gateway_svid(domain, runtime), transport=broker
+    )
     with TestClient(HttpGateway(routes_for(upstream), authorizer), raise_server_exceptions=False) as c:
         yield c
 
@@ -64,8 +65,11 @@ def test_public_authorize_never_returns_injected_secret(agent, credentials):
 def test_configured_enforcer_receives_enforcer_credential(client, agent, domain, runtime, credentials):
     """A configured enforcement point gets the decision, the task and the `for_enforcer` half."""
     tok = token(agent, [SEND], "reporting.weekly")
-    r = client.post("/v1/gateway/authorize", json=BODY,
-                    headers=auth(tok, **{"X-Tether-Enforcer": gateway_svid(domain, runtime)}))
+    r = client.post(
+        "/v1/gateway/authorize",
+        json=BODY,
+        headers=auth(tok, **{"X-Tether-Enforcer": gateway_svid(domain, runtime)}),
+    )
     assert r.status_code == 200
     doc = r.json()
     assert doc["decision"]["decision"] == "allow" and doc["task"]["agent"] == agent.spiffe_id
@@ -114,15 +118,24 @@ def test_http_gateway_mounted_in_broker_process(tmp_path, domain, upstream, agen
     (state / "routes.toml").write_text(
         f'[[routes]]\nprefix = "/tickets"\nupstream = "{upstream.url}"\nservice = "tickets"\n'
         '[[routes.rules]]\nmethod = "GET"\npath = "/queue"\naction = "http:read"\n'
-        'resource = "tickets.queue"\n')
+        'resource = "tickets.queue"\n'
+    )
     extra = '\n[gateway]\nhttp_routes = "routes.toml"\n\n[identity]\ndpop = "optional"\n'
-    s = make_settings(state, store_url=f"sqlite:///{state / 'tether.db'}", domain=domain,
-                      overrides={"environment": "prod"}, config_extra=extra)
+    s = make_settings(
+        state,
+        store_url=f"sqlite:///{state / 'tether.db'}",
+        domain=domain,
+        overrides={"environment": "prod"},
+        config_extra=extra,
+    )
     rt = Runtime.start(s)
     try:
         with TestClient(create_app(rt)) as c:
-            r = c.post("/v1/tasks", json={"intent": "support.triage", "description": "t", "scope": [READ]},
-                       headers={"Authorization": f"Bearer {domain.svid(agent.spiffe_id, s.broker_audience)}"})
+            r = c.post(
+                "/v1/tasks",
+                json={"intent": "support.triage", "description": "t", "scope": [READ]},
+                headers={"Authorization": f"Bearer {domain.svid(agent.spiffe_id, s.broker_audience)}"},
+            )
             tok = r.json()["task_token"]
             upstream.reset()
             r = c.get("/gw/tickets/queue", headers=auth(tok))

@@ -8,8 +8,12 @@ from tether.catalog import load_catalog
 from tether.errors import ConfigError
 from tether.gateway.routes import load_routes, parse_routes
 
-RULE = {"method": "GET", "path": "/repos/{owner}/{repo}/issues", "action": "http:read",
-        "resource": "tickets.queue"}
+RULE = {
+    "method": "GET",
+    "path": "/repos/{owner}/{repo}/issues",
+    "action": "http:read",
+    "resource": "tickets.queue",
+}
 
 
 def doc(**route_over):
@@ -46,21 +50,24 @@ def test_longest_prefix_wins_and_no_prefix_confusion():
     assert table.find("/gh/admin/x")[0].prefix == "/gh/admin"
 
 
-@pytest.mark.parametrize(("over", "field"), [
-    ({"upstream": "ftp://x"}, "routes[0].upstream"),
-    ({"upstream": "https://user:pw@x"}, "routes[0].upstream"),
-    ({"prefix": "gh"}, "routes[0].prefix"),
-    ({"prefix": "/gh/"}, "routes[0].prefix"),
-    ({"rules": []}, "routes[0].rules"),
-    ({"rules": [{**RULE, "action": "root"}]}, "routes[0].rules[0].action"),
-    ({"rules": [{**RULE, "method": "get"}]}, "routes[0].rules[0].method"),
-    ({"rules": [{**RULE, "method": "CONNECT"}]}, "routes[0].rules[0].method"),
-    ({"rules": [{**RULE, "path": "/a/../b"}]}, "routes[0].rules[0].path"),
-    ({"rules": [{**RULE, "extra": 1}]}, "routes[0].rules[0].extra"),
-    ({"headers": {"Authorization": "x"}}, "routes[0].headers"),
-    ({"headers": {"X-A": "a\r\nb"}}, "routes[0].headers"),
-    ({"surprise": True}, "routes[0].surprise"),
-])
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"upstream": "ftp://x"}, "routes[0].upstream"),
+        ({"upstream": "https://user:pw@x"}, "routes[0].upstream"),
+        ({"prefix": "gh"}, "routes[0].prefix"),
+        ({"prefix": "/gh/"}, "routes[0].prefix"),
+        ({"rules": []}, "routes[0].rules"),
+        ({"rules": [{**RULE, "action": "root"}]}, "routes[0].rules[0].action"),
+        ({"rules": [{**RULE, "method": "get"}]}, "routes[0].rules[0].method"),
+        ({"rules": [{**RULE, "method": "CONNECT"}]}, "routes[0].rules[0].method"),
+        ({"rules": [{**RULE, "path": "/a/../b"}]}, "routes[0].rules[0].path"),
+        ({"rules": [{**RULE, "extra": 1}]}, "routes[0].rules[0].extra"),
+        ({"headers": {"Authorization": "x"}}, "routes[0].headers"),
+        ({"headers": {"X-A": "a\r\nb"}}, "routes[0].headers"),
+        ({"surprise": True}, "routes[0].surprise"),
+    ],
+)
 def test_invalid_route_names_field(over, field):
     """Each invalid field is refused with a `config_invalid` naming it."""
     with pytest.raises(ConfigError) as e:
@@ -70,9 +77,11 @@ def test_invalid_route_names_field(over, field):
 
 def test_invalid_gateway_options_name_field():
     """Gateway options are range-checked and unknown ones refused."""
-    for options, field in (({"timeout_seconds": 0}, "gateway.timeout_seconds"),
-                           ({"max_request_bytes": "big"}, "gateway.max_request_bytes"),
-                           ({"nope": 1}, "gateway.nope")):
+    for options, field in (
+        ({"timeout_seconds": 0}, "gateway.timeout_seconds"),
+        ({"max_request_bytes": "big"}, "gateway.max_request_bytes"),
+        ({"nope": 1}, "gateway.nope"),
+    ):
         with pytest.raises(ConfigError) as e:
             parse_routes({**doc(), "gateway": options})
         assert e.value.details["field"] == field

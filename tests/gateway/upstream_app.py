@@ -36,11 +36,16 @@ async def app(scope, receive, send):
         SEEN.clear()
         out = b"[]"
     else:
-        SEEN.append({"method": scope["method"], "path": path,
-                     "raw_path": (scope.get("raw_path") or b"").decode("latin-1"),
-                     "query": scope["query_string"].decode(),
-                     "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
-                     "body_bytes": len(body)})
+        SEEN.append(
+            {
+                "method": scope["method"],
+                "path": path,
+                "raw_path": (scope.get("raw_path") or b"").decode("latin-1"),
+                "query": scope["query_string"].decode(),
+                "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+                "body_bytes": len(body),
+            }
+        )
         if path == "/big":
             out = b"x" * int(query["n"][0])
         elif path == "/slow":
@@ -49,10 +54,19 @@ async def app(scope, receive, send):
         else:
             out = json.dumps({"ok": True, "path": path}).encode()
         if path == "/cookie":
-            headers += [(b"set-cookie", b"session=upstream-secret"), (b"connection", b"x-internal"),
-                        (b"x-internal", b"hop"), (b"x-kept", b"yes")]
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [*headers, (b"content-length", str(len(out)).encode())]})
+            headers += [
+                (b"set-cookie", b"session=upstream-secret"),
+                (b"connection", b"x-internal"),
+                (b"x-internal", b"hop"),
+                (b"x-kept", b"yes"),
+            ]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*headers, (b"content-length", str(len(out)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": out})
 
 

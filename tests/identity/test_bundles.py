@@ -33,8 +33,11 @@ def test_bundle_endpoint_has_spiffe_members(client: TestClient, runtime: Runtime
 
 def test_tether_svid_validates_with_spiffe_package(client: TestClient, runtime: Runtime) -> None:
     """An SVID from the Workload API validates with py-spiffe given only tether's bundle."""
-    admin_ops.register(runtime, {"spiffe_id": "spiffe://tether.local/agents/interop",
-                                 "selectors": [f"unix:uid:{os.getuid()}"]}, Operator(0, 1))
+    admin_ops.register(
+        runtime,
+        {"spiffe_id": "spiffe://tether.local/agents/interop", "selectors": [f"unix:uid:{os.getuid()}"]},
+        Operator(0, 1),
+    )
     token = workload_api.fetch_svid(runtime.extras["workload_socket"], audience="https://service.example")
     bundle = JwtBundle.parse(TrustDomain("tether.local"), client.get("/.well-known/spiffe-bundle").content)
     svid = JwtSvid.parse_and_validate(token, bundle, {"https://service.example"})
@@ -42,6 +45,7 @@ def test_tether_svid_validates_with_spiffe_package(client: TestClient, runtime: 
 
 
 # -- refresh from a bundle URL -------------------------------------------------------------
+
 
 class Issuer:
     """A SPIRE-like bundle endpoint on loopback that counts its requests."""
@@ -57,8 +61,9 @@ class Issuer:
         return kid
 
     def doc(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"keys": [{**public_jwk(k.public_key(), kid), "use": "jwt-svid"}
-                                      for kid, k in self.keys.items()]}
+        d: dict[str, Any] = {
+            "keys": [{**public_jwk(k.public_key(), kid), "use": "jwt-svid"} for kid, k in self.keys.items()]
+        }
         if self.hint is not None:
             d.update(spiffe_sequence=len(self.keys), spiffe_refresh_hint=self.hint)
         return d
@@ -143,8 +148,12 @@ def test_unknown_kid_flood_is_rate_limited(issuer: tuple[Issuer, str]) -> None:
     v = verifier(url, clock)
     attacker = ec.generate_private_key(ec.SECP256R1())
     for _ in range(100):
-        token = sign_jwt({"sub": "spiffe://spire.example/w", "aud": AUD, "exp": 1_700_000_060},
-                         attacker, kid=secrets.token_hex(8), typ="JWT")
+        token = sign_jwt(
+            {"sub": "spiffe://spire.example/w", "aud": AUD, "exp": 1_700_000_060},
+            attacker,
+            kid=secrets.token_hex(8),
+            typ="JWT",
+        )
         with pytest.raises(Unauthenticated) as info:
             v.verify(token, now=1_700_000_000)
         assert info.value.code == "unknown_kid"

@@ -35,12 +35,22 @@ class BoundAgent:
         headers = {"Authorization": f"Bearer {svid}"}
         if proof:
             headers["DPoP"] = make_proof(self.key, "POST", BASE + "/v1/tasks")
-        return self.client.post("/v1/tasks", headers=headers,
-                                json={"intent": "support.triage", "scope": SCOPE, "ttl_seconds": 300})
+        return self.client.post(
+            "/v1/tasks",
+            headers=headers,
+            json={"intent": "support.triage", "scope": SCOPE, "ttl_seconds": 300},
+        )
 
-    def authorize(self, token: str, *, key: Any = "mine", method: str = "POST",
-                  url: str = BASE + "/v1/authorize", proof: str | None = None,
-                  ath_token: str | None = None) -> Any:
+    def authorize(
+        self,
+        token: str,
+        *,
+        key: Any = "mine",
+        method: str = "POST",
+        url: str = BASE + "/v1/authorize",
+        proof: str | None = None,
+        ath_token: str | None = None,
+    ) -> Any:
         headers = {"Authorization": f"DPoP {token}"}
         if proof is None and key is not None:
             signer = self.key if key == "mine" else key
@@ -63,8 +73,10 @@ def opened(agent: BoundAgent) -> str:
 
 
 def denied(events: list[Any], code: str) -> bool:
-    return any(e.type == "decision" and e.payload.get("outcome") == "deny" and e.payload.get("code") == code
-               for e in events)
+    return any(
+        e.type == "decision" and e.payload.get("outcome") == "deny" and e.payload.get("code") == code
+        for e in events
+    )
 
 
 def test_proof_at_open_binds_token_to_key(bound: BoundAgent, runtime: Runtime) -> None:
@@ -98,11 +110,14 @@ def test_token_replayed_with_a_different_dpop_key(bound: BoundAgent) -> None:
     assert denied(events, "dpop_key_mismatch")
 
 
-@pytest.mark.parametrize(("kwargs", "code"), [
-    ({"method": "GET"}, "dpop_method_mismatch"),
-    ({"url": BASE + "/v1/tasks"}, "dpop_url_mismatch"),
-    ({"url": "http://evil.example/v1/authorize"}, "dpop_url_mismatch"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"method": "GET"}, "dpop_method_mismatch"),
+        ({"url": BASE + "/v1/tasks"}, "dpop_url_mismatch"),
+        ({"url": "http://evil.example/v1/authorize"}, "dpop_url_mismatch"),
+    ],
+)
 def test_dpop_proof_for_another_method_or_url(bound: BoundAgent, kwargs: dict[str, str], code: str) -> None:
     """A proof made for another method or URL is refused and audited."""
     token = opened(bound)
@@ -142,6 +157,7 @@ def test_dpop_proof_unsigned_or_symmetric(bound: BoundAgent, alg: str) -> None:
     """A proof with alg none or HS256 is dpop_invalid."""
     import base64
     import json
+
     token = opened(bound)
     parts = make_proof(bound.key, "POST", BASE + "/v1/authorize", access_token=token).split(".")
     header = json.loads(base64.urlsafe_b64decode(parts[0] + "=="))
@@ -155,8 +171,11 @@ def test_two_dpop_headers_are_refused(bound: BoundAgent) -> None:
     """Exactly one DPoP header (RFC 9449 section 4.3)."""
     token = opened(bound)
     p = [make_proof(bound.key, "POST", BASE + "/v1/authorize", access_token=token) for _ in range(2)]
-    r = bound.client.post("/v1/authorize", json=AUTHZ,
-                          headers=[("Authorization", f"DPoP {token}"), ("DPoP", p[0]), ("DPoP", p[1])])
+    r = bound.client.post(
+        "/v1/authorize",
+        json=AUTHZ,
+        headers=[("Authorization", f"DPoP {token}"), ("DPoP", p[0]), ("DPoP", p[1])],
+    )
     assert (r.status_code, r.json()["code"]) == (401, "dpop_invalid")
 
 
@@ -173,10 +192,15 @@ def test_bound_token_needs_proof_on_task_endpoints(bound: BoundAgent) -> None:
 
 # -- required mode (the `prod` default) ----------------------------------------------------
 
+
 @pytest.fixture
 def strict(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Iterator[tuple[Runtime, TestClient]]:
-    s = make_settings(tmp_path / "state", store_url=store_url, domain=domain,
-                      overrides={"environment": "prod", "identity": {"dpop": "auto"}})
+    s = make_settings(
+        tmp_path / "state",
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod", "identity": {"dpop": "auto"}},
+    )
     rt = Runtime.start(s)
     with TestClient(create_app(rt), raise_server_exceptions=False) as c:
         yield rt, c
@@ -199,18 +223,25 @@ def test_prod_refuses_unbound_token(strict: tuple[Runtime, TestClient]) -> None:
     rt, client = strict
     from tether.broker import OpenTaskRequest
     from tether.model import Grant, Workload
+
     opened_task = rt.broker.open_task(
         Workload("spiffe://support.example/x", "support.example", "jwt-svid"),
-        OpenTaskRequest("support.triage", "", (Grant("read", "tickets.queue"),), 60))
+        OpenTaskRequest("support.triage", "", (Grant("read", "tickets.queue"),), 60),
+    )
     r = client.post("/v1/authorize", json=AUTHZ, headers={"Authorization": f"Bearer {opened_task.token}"})
     assert (r.status_code, r.json()["code"]) == (401, "dpop_required")
 
 
-def test_dpop_replay_across_two_brokers_on_one_postgresql(tmp_path: Path, pg_url: str,
-                                                         domain: TestTrustDomain) -> None:
+def test_dpop_replay_across_two_brokers_on_one_postgresql(
+    tmp_path: Path, pg_url: str, domain: TestTrustDomain
+) -> None:
     """Two broker processes sharing PostgreSQL: a proof used on one is a replay on the other."""
-    first = make_settings(tmp_path / "state", store_url=pg_url, domain=domain, overrides={
-        "environment": "prod", "node_id": "node-1", "identity": {"workload_socket": ""}})
+    first = make_settings(
+        tmp_path / "state",
+        store_url=pg_url,
+        domain=domain,
+        overrides={"environment": "prod", "node_id": "node-1", "identity": {"workload_socket": ""}},
+    )
     # Same state directory (same master key), same store, its own audit chain.
     runtimes = [Runtime.start(first), Runtime.start(dataclasses.replace(first, node_id="node-2"))]
     try:
@@ -219,8 +250,9 @@ def test_dpop_replay_across_two_brokers_on_one_postgresql(tmp_path: Path, pg_url
             token = opened(agent)
             proof = make_proof(agent.key, "POST", BASE + "/v1/authorize", access_token=token)
             assert agent.authorize(token, proof=proof).status_code == 200
-            r = c2.post("/v1/authorize", json=AUTHZ,
-                        headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+            r = c2.post(
+                "/v1/authorize", json=AUTHZ, headers={"Authorization": f"DPoP {token}", "DPoP": proof}
+            )
             assert (r.status_code, r.json()["code"]) == (401, "dpop_replay")
     finally:
         for rt in runtimes:

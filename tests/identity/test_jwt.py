@@ -48,8 +48,12 @@ def claims(**over: Any) -> dict[str, Any]:
 def verify(token: str, key: Any, **over: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "key_for": lambda h, c: key.public_key() if h.get("kid") == "k1" else None,
-        "algorithms": ["ES256"], "audience": AUD, "issuer": ISS, "typ": ["JWT"],
-        "leeway": 30, "now": NOW,
+        "algorithms": ["ES256"],
+        "audience": AUD,
+        "issuer": ISS,
+        "typ": ["JWT"],
+        "leeway": 30,
+        "now": NOW,
     }
     kwargs.update(over)
     return verify_jwt(token, **kwargs)
@@ -98,8 +102,7 @@ def test_der_encoded_ecdsa_signature_rejected(p256: ec.EllipticCurvePrivateKey) 
     assert code_of(f"{h}.{p}.{b64(der)}", p256) == "bad_signature"
 
 
-def test_key_of_wrong_type_for_alg(rsa2048: rsa.RSAPrivateKey,
-                                   p256: ec.EllipticCurvePrivateKey) -> None:
+def test_key_of_wrong_type_for_alg(rsa2048: rsa.RSAPrivateKey, p256: ec.EllipticCurvePrivateKey) -> None:
     """An RSA key returned for an ES256 token gives bad_signature, not a crash."""
     token = sign_jwt(claims(), p256, kid="k1", typ="JWT")
     assert code_of(token, rsa2048) == "bad_signature"
@@ -186,9 +189,7 @@ def test_sub_must_be_string(p256: ec.EllipticCurvePrivateKey) -> None:
 
 
 @pytest.mark.parametrize("algs", [[], ["HS256"], ["none"], ["ES256", "EdDSA"]])
-def test_allowlist_must_be_supported_asymmetric(
-    p256: ec.EllipticCurvePrivateKey, algs: list[str]
-) -> None:
+def test_allowlist_must_be_supported_asymmetric(p256: ec.EllipticCurvePrivateKey, algs: list[str]) -> None:
     """An empty allowlist or one naming HS*, none or unsupported algs is a caller bug."""
     token = sign_jwt(claims(), p256, kid="k1", typ="JWT")
     with pytest.raises(ValueError):
@@ -228,10 +229,10 @@ def test_sign_refuses_non_finite_claims(p256: ec.EllipticCurvePrivateKey) -> Non
 RFC7638_JWK = {
     "kty": "RSA",
     "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSo"
-         "c_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YG"
-         "jQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdk"
-         "t-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnq"
-         "DKgw",
+    "c_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YG"
+    "jQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdk"
+    "t-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnq"
+    "DKgw",
     "e": "AQAB",
     "alg": "RS256",
     "kid": "2011-04-29",
@@ -272,8 +273,7 @@ def test_load_jwk_rejects_bad_keys(p256: ec.EllipticCurvePrivateKey) -> None:
     """Private members, off-curve points, short coordinates, weak RSA, enc keys: jwk_invalid."""
     good = public_jwk(p256.public_key(), "k1")
     nums = p256.public_key().public_numbers()
-    small_rsa = public_jwk(
-        rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key(), "r")
+    small_rsa = public_jwk(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key(), "r")
     bad = [
         {**good, "d": "AAAA"},
         {**good, "y": b64((nums.y ^ 1).to_bytes(32, "big"))},

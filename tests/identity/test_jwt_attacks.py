@@ -36,8 +36,9 @@ def enc(part: dict[str, Any] | str) -> str:
     return b64((part if isinstance(part, str) else json.dumps(part)).encode())
 
 
-def es256(key: ec.EllipticCurvePrivateKey, header: dict[str, Any] | str,
-          payload: dict[str, Any] | str) -> str:
+def es256(
+    key: ec.EllipticCurvePrivateKey, header: dict[str, Any] | str, payload: dict[str, Any] | str
+) -> str:
     """Sign arbitrary header/payload text with ES256, so header checks meet a valid sig."""
     h, p = enc(header), enc(payload)
     r, s = decode_dss_signature(key.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())))
@@ -45,8 +46,7 @@ def es256(key: ec.EllipticCurvePrivateKey, header: dict[str, Any] | str,
 
 
 def hdr(**over: Any) -> dict[str, Any]:
-    return {k: v for k, v in {"alg": "ES256", "kid": "k1", "typ": "JWT", **over}.items()
-            if v is not None}
+    return {k: v for k, v in {"alg": "ES256", "kid": "k1", "typ": "JWT", **over}.items() if v is not None}
 
 
 def claims(**over: Any) -> dict[str, Any]:
@@ -67,8 +67,12 @@ def attacker() -> ec.EllipticCurvePrivateKey:
 def code_of(token: str, key: ec.EllipticCurvePrivateKey, **over: Any) -> str:
     kwargs: dict[str, Any] = {
         "key_for": lambda h, c: key.public_key() if h.get("kid") == "k1" else None,
-        "algorithms": ["ES256"], "audience": AUD, "issuer": ISS, "typ": ["JWT"],
-        "leeway": 30, "now": NOW,
+        "algorithms": ["ES256"],
+        "audience": AUD,
+        "issuer": ISS,
+        "typ": ["JWT"],
+        "leeway": 30,
+        "now": NOW,
     }
     kwargs.update(over)
     with pytest.raises(Unauthenticated) as info:
@@ -79,11 +83,23 @@ def code_of(token: str, key: ec.EllipticCurvePrivateKey, **over: Any) -> str:
 def test_control_valid_forged_token_verifies(key: ec.EllipticCurvePrivateKey) -> None:
     """The hand-forging helpers make tokens that verify, so every rejection below is real."""
     token = es256(key, hdr(), claims())
-    assert verify_jwt(token, key_for=lambda h, c: key.public_key(), algorithms=["ES256"],
-                      audience=AUD, issuer=ISS, typ=["JWT"], leeway=30, now=NOW)["sub"] == "agent"
+    assert (
+        verify_jwt(
+            token,
+            key_for=lambda h, c: key.public_key(),
+            algorithms=["ES256"],
+            audience=AUD,
+            issuer=ISS,
+            typ=["JWT"],
+            leeway=30,
+            now=NOW,
+        )["sub"]
+        == "agent"
+    )
 
 
 # --- algorithm confusion -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 @pytest.mark.parametrize("sig", ["", "AAAA"])
@@ -102,9 +118,11 @@ def test_alg_case_variant_of_allowed_alg(key: ec.EllipticCurvePrivateKey) -> Non
 def test_hs256_signed_with_public_key(key: ec.EllipticCurvePrivateKey, secret_form: str) -> None:
     """HS256 with the verifier's public key (PEM or JWK JSON) as HMAC secret is refused."""
     pub = key.public_key()
-    secret = (pub.public_bytes(serialization.Encoding.PEM,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
-              if secret_form == "pem" else json.dumps(public_jwk(pub, "k1")).encode())
+    secret = (
+        pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if secret_form == "pem"
+        else json.dumps(public_jwk(pub, "k1")).encode()
+    )
     h, p = enc(hdr(alg="HS256")), enc(claims())
     mac = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
     token = f"{h}.{p}.{b64(mac)}"
@@ -115,6 +133,7 @@ def test_hs256_signed_with_public_key(key: ec.EllipticCurvePrivateKey, secret_fo
 
 
 # --- key material from headers -------------------------------------------------------
+
 
 class _Counter(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []  # noqa: RUF012 - shared on purpose: the server makes instances
@@ -145,25 +164,30 @@ def attacker_server() -> Iterator[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize("name", ["jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"])
 def test_key_headers_point_at_attacker_key(
-    key: ec.EllipticCurvePrivateKey, attacker: ec.EllipticCurvePrivateKey,
-    attacker_server: tuple[str, list[str]], name: str,
+    key: ec.EllipticCurvePrivateKey,
+    attacker: ec.EllipticCurvePrivateKey,
+    attacker_server: tuple[str, list[str]],
+    name: str,
 ) -> None:
     """jwk/jku/x5u/x5c/x5t headers are refused and nothing is ever fetched."""
     url, hits = attacker_server
     value: Any = {
         "jwk": public_jwk(attacker.public_key(), "k1"),
-        "jku": f"{url}/jwks.json", "x5u": f"{url}/cert.pem",
-        "x5c": [b64(b"not-a-cert")], "x5t": b64(b"x" * 20), "x5t#S256": b64(b"x" * 32),
+        "jku": f"{url}/jwks.json",
+        "x5u": f"{url}/cert.pem",
+        "x5c": [b64(b"not-a-cert")],
+        "x5t": b64(b"x" * 20),
+        "x5t#S256": b64(b"x" * 32),
     }[name]
     token = es256(attacker, hdr(**{name: value}), claims())
     # The lookup would even find the attacker key: the header check must come first.
-    assert code_of(token, key, key_for=lambda h, c: attacker.public_key()) \
-        == "header_key_rejected"
+    assert code_of(token, key, key_for=lambda h, c: attacker.public_key()) == "header_key_rejected"
     assert hits == []
 
 
 def test_jku_header_on_svid_fetches_nothing(
-    attacker: ec.EllipticCurvePrivateKey, attacker_server: tuple[str, list[str]],
+    attacker: ec.EllipticCurvePrivateKey,
+    attacker_server: tuple[str, list[str]],
 ) -> None:
     """A JWT-SVID with a jku header is refused by SvidVerifier with zero requests made."""
     url, hits = attacker_server
@@ -178,9 +202,11 @@ def test_jku_header_on_svid_fetches_nothing(
 
 # --- kid injection -------------------------------------------------------------------
 
-@pytest.mark.parametrize("kid", ["../../../../etc/passwd", "k1' OR '1'='1", "k1\"; --", "k1/../k1"])
+
+@pytest.mark.parametrize("kid", ["../../../../etc/passwd", "k1' OR '1'='1", 'k1"; --', "k1/../k1"])
 def test_kid_path_traversal_and_sql_metacharacters(
-    key: ec.EllipticCurvePrivateKey, kid: str,
+    key: ec.EllipticCurvePrivateKey,
+    kid: str,
 ) -> None:
     """Hostile kids reach key lookup verbatim as opaque strings and match nothing."""
     bundles = TrustBundles()
@@ -193,7 +219,8 @@ def test_kid_path_traversal_and_sql_metacharacters(
 
 @pytest.mark.parametrize("kid", ["k" * 10 * 1024, "k1\n", "k1\x00", "", 1, ["k1"], None])
 def test_kid_oversized_control_chars_or_not_string(
-    key: ec.EllipticCurvePrivateKey, kid: Any,
+    key: ec.EllipticCurvePrivateKey,
+    kid: Any,
 ) -> None:
     """A 10 KB kid, control characters, empty, null or non-string kid is token_malformed."""
     header = {"alg": "ES256", "typ": "JWT", "kid": kid}
@@ -202,6 +229,7 @@ def test_kid_oversized_control_chars_or_not_string(
 
 
 # --- extensions ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("crit", [["exp"], ["b64"], ["http://example.com/ext"], [], "x"])
 def test_unknown_crit(key: ec.EllipticCurvePrivateKey, crit: Any) -> None:
@@ -218,6 +246,7 @@ def test_b64_false_unencoded_payload(key: ec.EllipticCurvePrivateKey) -> None:
 
 # --- audience and issuer -------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("aud", "code"),
     [
@@ -233,7 +262,9 @@ def test_b64_false_unencoded_payload(key: ec.EllipticCurvePrivateKey) -> None:
     ],
 )
 def test_missing_foreign_or_mistyped_audience(
-    key: ec.EllipticCurvePrivateKey, aud: Any, code: str,
+    key: ec.EllipticCurvePrivateKey,
+    aud: Any,
+    code: str,
 ) -> None:
     """aud must be a string or list of strings containing the exact expected audience."""
     assert code_of(es256(key, hdr(), claims(aud=aud)), key) == code
@@ -265,6 +296,7 @@ def test_issuer_prefix_suffix_tricks(key: ec.EllipticCurvePrivateKey, iss: Any, 
 
 # --- time claims ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("over", "code"),
     [
@@ -280,19 +312,27 @@ def test_issuer_prefix_suffix_tricks(key: ec.EllipticCurvePrivateKey, iss: Any, 
     ],
 )
 def test_time_claims_at_edges_and_mistyped(
-    key: ec.EllipticCurvePrivateKey, over: dict[str, Any], code: str,
+    key: ec.EllipticCurvePrivateKey,
+    over: dict[str, Any],
+    code: str,
 ) -> None:
     """exp/nbf/iat beyond the leeway, as strings, bools or missing exp are refused."""
     assert code_of(es256(key, hdr(), claims(**over)), key) == code
 
 
 @pytest.mark.parametrize("over", [{"exp": NOW - 29}, {"nbf": NOW + 30}, {"iat": NOW + 30}])
-def test_time_claims_just_inside_leeway(key: ec.EllipticCurvePrivateKey,
-                                        over: dict[str, Any]) -> None:
+def test_time_claims_just_inside_leeway(key: ec.EllipticCurvePrivateKey, over: dict[str, Any]) -> None:
     """One second inside the leeway still verifies."""
-    claims_ = verify_jwt(es256(key, hdr(), claims(**over)), key_for=lambda h, c: key.public_key(),
-                         algorithms=["ES256"], audience=AUD, issuer=ISS, typ=["JWT"],
-                         leeway=30, now=NOW)
+    claims_ = verify_jwt(
+        es256(key, hdr(), claims(**over)),
+        key_for=lambda h, c: key.public_key(),
+        algorithms=["ES256"],
+        audience=AUD,
+        issuer=ISS,
+        typ=["JWT"],
+        leeway=30,
+        now=NOW,
+    )
     assert claims_["sub"] == "agent"
 
 
@@ -312,10 +352,13 @@ def test_exp_nan_or_infinity_literal(key: ec.EllipticCurvePrivateKey, literal: s
 
 # --- size and parsing ----------------------------------------------------------------
 
+
 def test_oversized_token_rejected_before_parsing(
-    key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch,
+    key: ec.EllipticCurvePrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A token over 16 KB is token_too_large with no base64 or JSON decoding done."""
+
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("parsed an oversized token")
 
@@ -388,6 +431,7 @@ def test_header_or_payload_not_an_object(key: ec.EllipticCurvePrivateKey) -> Non
 
 # --- JWT-SVID trust domains ----------------------------------------------------------
 
+
 def _svid_verifier(key: ec.EllipticCurvePrivateKey, other: ec.EllipticCurvePrivateKey) -> Any:
     bundles = TrustBundles()
     bundles.add_local("a.example", lambda: {"a1": key.public_key()})
@@ -396,7 +440,8 @@ def _svid_verifier(key: ec.EllipticCurvePrivateKey, other: ec.EllipticCurvePriva
 
 
 def test_valid_svid_from_untrusted_domain(
-    key: ec.EllipticCurvePrivateKey, attacker: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    attacker: ec.EllipticCurvePrivateKey,
 ) -> None:
     """A well-signed SVID whose sub is in an unconfigured domain is untrusted_domain."""
     token = es256(attacker, hdr(kid="a1"), claims(sub="spiffe://evil.example/agent"))
@@ -406,12 +451,15 @@ def test_valid_svid_from_untrusted_domain(
 
 
 def test_key_from_domain_a_cannot_sign_for_domain_b(
-    key: ec.EllipticCurvePrivateKey, attacker: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    attacker: ec.EllipticCurvePrivateKey,
 ) -> None:
     """Domain A's key (and kid) never verifies an SVID whose sub is in domain B."""
     verifier = _svid_verifier(key, attacker)
-    assert verifier.verify(es256(key, hdr(kid="a1"), claims(sub="spiffe://a.example/x")),
-                           now=NOW).trust_domain == "a.example"
+    assert (
+        verifier.verify(es256(key, hdr(kid="a1"), claims(sub="spiffe://a.example/x")), now=NOW).trust_domain
+        == "a.example"
+    )
     token = es256(key, hdr(kid="a1"), claims(sub="spiffe://b.example/admin"))
     with pytest.raises(Unauthenticated) as info:
         verifier.verify(token, now=NOW)
@@ -435,7 +483,9 @@ def test_key_from_domain_a_cannot_sign_for_domain_b(
     ],
 )
 def test_svid_subject_with_query_fragment_port_or_too_long(
-    key: ec.EllipticCurvePrivateKey, attacker: ec.EllipticCurvePrivateKey, sub: str,
+    key: ec.EllipticCurvePrivateKey,
+    attacker: ec.EllipticCurvePrivateKey,
+    sub: str,
 ) -> None:
     """An SVID whose sub is not a strict workload SPIFFE ID is bad_subject."""
     token = es256(key, hdr(kid="a1"), claims(sub=sub))
@@ -445,7 +495,8 @@ def test_svid_subject_with_query_fragment_port_or_too_long(
 
 
 def test_task_token_replayed_as_svid(
-    key: ec.EllipticCurvePrivateKey, attacker: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    attacker: ec.EllipticCurvePrivateKey,
 ) -> None:
     """A token typed for another use (txntoken+jwt) is not accepted as a JWT-SVID."""
     token = es256(key, hdr(kid="a1", typ="txntoken+jwt"), claims(sub="spiffe://a.example/x"))
@@ -465,12 +516,16 @@ from tether.runtime import Runtime  # noqa: E402
 from tether.testing import TestTrustDomain, capture_events  # noqa: E402
 
 BROKER_AUD = "spiffe://tether.local/tether"
-TASK = {"intent": "support.triage", "scope": [{"action": "read", "resource": "tickets.queue"}],
-        "ttl_seconds": 60}
+TASK = {
+    "intent": "support.triage",
+    "scope": [{"action": "read", "resource": "tickets.queue"}],
+    "ttl_seconds": 60,
+}
 
 
 def now_claims(**over: Any) -> dict[str, Any]:
     import time
+
     t = int(time.time())
     base = {"sub": "spiffe://support.example/attacker", "aud": BROKER_AUD, "exp": t + 60, "iat": t, **over}
     return {k: v for k, v in base.items() if v is not None}
@@ -482,8 +537,10 @@ def rejected_at_open(client: TestClient, token: str) -> str:
         r = client.post("/v1/tasks", headers={"Authorization": f"Bearer {token}"}, json=TASK)
     assert 400 <= r.status_code < 500, r.text
     code: str = r.json()["code"]
-    assert any(e.type == "decision" and e.payload.get("outcome") == "deny" and e.payload.get("code") == code
-               for e in events), code
+    assert any(
+        e.type == "decision" and e.payload.get("outcome") == "deny" and e.payload.get("code") == code
+        for e in events
+    ), code
     return code
 
 
@@ -493,8 +550,11 @@ def svid_hdr(domain: TestTrustDomain, **over: Any) -> dict[str, Any]:
 
 def test_api_control_forged_svid_opens_task(client: TestClient, domain: TestTrustDomain) -> None:
     """The hand-forged SVID is accepted when nothing is wrong with it, so every refusal below is real."""
-    r = client.post("/v1/tasks", json=TASK,
-                    headers={"Authorization": f"Bearer {es256(domain.key, svid_hdr(domain), now_claims())}"})
+    r = client.post(
+        "/v1/tasks",
+        json=TASK,
+        headers={"Authorization": f"Bearer {es256(domain.key, svid_hdr(domain), now_claims())}"},
+    )
     assert r.status_code == 201, r.text
 
 
@@ -506,63 +566,95 @@ def test_api_alg_none_any_casing(client: TestClient, domain: TestTrustDomain, al
 
 
 @pytest.mark.parametrize("secret_form", ["pem", "jwk_json"])
-def test_api_hs256_signed_with_public_key(client: TestClient, domain: TestTrustDomain,
-                                          secret_form: str) -> None:
+def test_api_hs256_signed_with_public_key(
+    client: TestClient, domain: TestTrustDomain, secret_form: str
+) -> None:
     """HS256 keyed with the trust domain's public key (PEM or JWK JSON)."""
     pub = domain.key.public_key()
-    secret = (pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-              if secret_form == "pem" else json.dumps(public_jwk(pub, domain.kid)).encode())
+    secret = (
+        pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if secret_form == "pem"
+        else json.dumps(public_jwk(pub, domain.kid)).encode()
+    )
     h, p = enc(svid_hdr(domain, alg="HS256")), enc(now_claims())
     token = f"{h}.{p}.{b64(hmac.new(secret, f'{h}.{p}'.encode(), hashlib.sha256).digest())}"
     assert rejected_at_open(client, token) == "alg_not_allowed"
 
 
 @pytest.mark.parametrize("name", ["jwk", "jku", "x5u", "x5c"])
-def test_api_key_header_points_at_attacker_key(client: TestClient, domain: TestTrustDomain,
-                                               attacker: ec.EllipticCurvePrivateKey,
-                                               attacker_server: tuple[str, list[str]], name: str) -> None:
+def test_api_key_header_points_at_attacker_key(
+    client: TestClient,
+    domain: TestTrustDomain,
+    attacker: ec.EllipticCurvePrivateKey,
+    attacker_server: tuple[str, list[str]],
+    name: str,
+) -> None:
     """jwk/jku/x5u/x5c naming the attacker's key: refused, and the attacker's server gets no request."""
     url, hits = attacker_server
-    value: Any = {"jwk": public_jwk(attacker.public_key(), domain.kid), "jku": f"{url}/jwks.json",
-                  "x5u": f"{url}/cert.pem", "x5c": [b64(b"not-a-cert")]}[name]
-    assert rejected_at_open(client, es256(attacker, svid_hdr(domain, **{name: value}), now_claims())) \
+    value: Any = {
+        "jwk": public_jwk(attacker.public_key(), domain.kid),
+        "jku": f"{url}/jwks.json",
+        "x5u": f"{url}/cert.pem",
+        "x5c": [b64(b"not-a-cert")],
+    }[name]
+    assert (
+        rejected_at_open(client, es256(attacker, svid_hdr(domain, **{name: value}), now_claims()))
         == "header_key_rejected"
+    )
     assert hits == []
 
 
-@pytest.mark.parametrize(("kid", "code"), [
-    ("../../../../etc/passwd", "unknown_kid"), ("k1' OR '1'='1", "unknown_kid"), ("k1\"; --", "unknown_kid"),
-    ("k" * 10 * 1024, "token_malformed"),
-])
-def test_api_kid_traversal_sql_and_10kb(client: TestClient, domain: TestTrustDomain, kid: str,
-                                        code: str) -> None:
+@pytest.mark.parametrize(
+    ("kid", "code"),
+    [
+        ("../../../../etc/passwd", "unknown_kid"),
+        ("k1' OR '1'='1", "unknown_kid"),
+        ('k1"; --', "unknown_kid"),
+        ("k" * 10 * 1024, "token_malformed"),
+    ],
+)
+def test_api_kid_traversal_sql_and_10kb(
+    client: TestClient, domain: TestTrustDomain, kid: str, code: str
+) -> None:
     """Hostile kids match nothing (or are malformed), at task open."""
     assert rejected_at_open(client, es256(domain.key, svid_hdr(domain, kid=kid), now_claims())) == code
 
 
-@pytest.mark.parametrize(("over", "code"), [
-    ({"crit": ["exp"]}, "crit_unsupported"),
-    ({"b64": False}, "header_unsupported"),
-])
-def test_api_unknown_crit_and_b64_false(client: TestClient, domain: TestTrustDomain, over: dict[str, Any],
-                                        code: str) -> None:
+@pytest.mark.parametrize(
+    ("over", "code"),
+    [
+        ({"crit": ["exp"]}, "crit_unsupported"),
+        ({"b64": False}, "header_unsupported"),
+    ],
+)
+def test_api_unknown_crit_and_b64_false(
+    client: TestClient, domain: TestTrustDomain, over: dict[str, Any], code: str
+) -> None:
     """crit and b64:false headers, at task open."""
     assert rejected_at_open(client, es256(domain.key, svid_hdr(domain, **over), now_claims())) == code
 
 
-@pytest.mark.parametrize(("aud", "code"), [
-    (None, "bad_audience"), ("spiffe://evil.example/tether", "bad_audience"),
-    (BROKER_AUD + "/", "bad_audience"), ([[BROKER_AUD]], "claim_invalid"), (7, "claim_invalid"),
-    ([], "claim_invalid"),
-])
-def test_api_missing_foreign_or_misshapen_aud(client: TestClient, domain: TestTrustDomain, aud: Any,
-                                              code: str) -> None:
+@pytest.mark.parametrize(
+    ("aud", "code"),
+    [
+        (None, "bad_audience"),
+        ("spiffe://evil.example/tether", "bad_audience"),
+        (BROKER_AUD + "/", "bad_audience"),
+        ([[BROKER_AUD]], "claim_invalid"),
+        (7, "claim_invalid"),
+        ([], "claim_invalid"),
+    ],
+)
+def test_api_missing_foreign_or_misshapen_aud(
+    client: TestClient, domain: TestTrustDomain, aud: Any, code: str
+) -> None:
     """aud missing, foreign, a near miss, or not a string/list of strings."""
     assert rejected_at_open(client, es256(domain.key, svid_hdr(domain), now_claims(aud=aud))) == code
 
 
-@pytest.mark.parametrize("iss", [BROKER_AUD + "/", BROKER_AUD + ".evil", "x" + BROKER_AUD, BROKER_AUD[:-1],
-                                 None])
+@pytest.mark.parametrize(
+    "iss", [BROKER_AUD + "/", BROKER_AUD + ".evil", "x" + BROKER_AUD, BROKER_AUD[:-1], None]
+)
 def test_api_issuer_prefix_suffix_tricks(client: TestClient, runtime: Runtime, iss: str | None) -> None:
     """The broker's own SVIDs need the exact `iss`, even when signed with the broker's key."""
     key = runtime.keys.signing_key()
@@ -570,15 +662,22 @@ def test_api_issuer_prefix_suffix_tricks(client: TestClient, runtime: Runtime, i
     assert rejected_at_open(client, sign_jwt(claims, key.private_key, kid=key.kid, typ="JWT")) == "bad_issuer"
 
 
-@pytest.mark.parametrize(("over", "code"), [
-    ({"exp": -35}, "token_expired"), ({"nbf": 35}, "token_not_yet_valid"),
-    ({"iat": 35}, "token_not_yet_valid"),
-    ({"exp": "9999999999"}, "claim_invalid"), ({"exp": 1e400}, "claim_invalid"),
-])
-def test_api_exp_nbf_edges_strings_and_overflow(client: TestClient, domain: TestTrustDomain,
-                                                over: dict[str, Any], code: str) -> None:
+@pytest.mark.parametrize(
+    ("over", "code"),
+    [
+        ({"exp": -35}, "token_expired"),
+        ({"nbf": 35}, "token_not_yet_valid"),
+        ({"iat": 35}, "token_not_yet_valid"),
+        ({"exp": "9999999999"}, "claim_invalid"),
+        ({"exp": 1e400}, "claim_invalid"),
+    ],
+)
+def test_api_exp_nbf_edges_strings_and_overflow(
+    client: TestClient, domain: TestTrustDomain, over: dict[str, Any], code: str
+) -> None:
     """Times just past the 30 s leeway, as strings, and 1e400 (parses to inf)."""
     import time
+
     t = int(time.time())
     claims = now_claims(**{k: (t + v if isinstance(v, int) else v) for k, v in over.items()})
     payload = json.dumps(claims).replace('"exp": Infinity', '"exp": 1e400')
@@ -588,6 +687,7 @@ def test_api_exp_nbf_edges_strings_and_overflow(client: TestClient, domain: Test
 def test_api_exp_inside_leeway_is_accepted(client: TestClient, domain: TestTrustDomain) -> None:
     """Control for the edge: expired 20 s ago, inside the 30 s leeway, still opens a task."""
     import time
+
     token = es256(domain.key, svid_hdr(domain), now_claims(exp=int(time.time()) - 20))
     r = client.post("/v1/tasks", json=TASK, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 201
@@ -617,13 +717,19 @@ def test_api_oversized_token_never_parsed(client: TestClient, domain: TestTrustD
     assert 400 <= r.status_code < 500
 
 
-def test_api_token_over_token_limit_is_audited(tmp_path: Any, sqlite_url: str,
-                                               domain: TestTrustDomain) -> None:
+def test_api_token_over_token_limit_is_audited(
+    tmp_path: Any, sqlite_url: str, domain: TestTrustDomain
+) -> None:
     """Under the header limit but over limits.max_token_bytes: token_too_large, audited."""
     from tether.server.app import create_app
     from tether.testing import make_settings
-    s = make_settings(tmp_path / "st", store_url=sqlite_url, domain=domain,
-                      overrides={"limits": {"max_token_bytes": 4096}, "identity": {"workload_socket": ""}})
+
+    s = make_settings(
+        tmp_path / "st",
+        store_url=sqlite_url,
+        domain=domain,
+        overrides={"limits": {"max_token_bytes": 4096}, "identity": {"workload_socket": ""}},
+    )
     rt = Runtime.start(s)
     try:
         with TestClient(create_app(rt), raise_server_exceptions=False) as c:
@@ -639,10 +745,17 @@ def test_api_valid_svid_from_untrusted_trust_domain(client: TestClient) -> None:
     assert rejected_at_open(client, evil.svid("agent", BROKER_AUD)) == "untrusted_domain"
 
 
-@pytest.mark.parametrize("sub", [
-    "spiffe://support.example/a?admin=1", "spiffe://support.example/a#frag", "spiffe://support.example:443/a",
-    "spiffe://support.example/" + "a" * 2100, "spiffe://support.example", "SPIFFE://support.example/a",
-])
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "spiffe://support.example/a?admin=1",
+        "spiffe://support.example/a#frag",
+        "spiffe://support.example:443/a",
+        "spiffe://support.example/" + "a" * 2100,
+        "spiffe://support.example",
+        "SPIFFE://support.example/a",
+    ],
+)
 def test_api_svid_with_malformed_spiffe_id(client: TestClient, domain: TestTrustDomain, sub: str) -> None:
     """sub with a query, fragment, port, over 2048 bytes, bare domain or wrong case: bad_subject."""
     assert rejected_at_open(client, es256(domain.key, svid_hdr(domain), now_claims(sub=sub))) == "bad_subject"
@@ -652,15 +765,24 @@ def test_api_svid_with_malformed_spiffe_id(client: TestClient, domain: TestTrust
 def test_api_forged_task_token_at_authorize(client: TestClient, runtime: Runtime, alg: str) -> None:
     """A task token with alg none / HS256 (keyed with the broker's public JWK) at /v1/authorize."""
     import time
+
     kid = runtime.keys.signing_key().kid
     header = {"alg": alg, "kid": kid, "typ": "txntoken+jwt"}
-    claims = {"iss": BROKER_AUD, "aud": BROKER_AUD, "sub": "spiffe://support.example/a", "txn": "tsk_x",
-              "exp": int(time.time()) + 60}
+    claims = {
+        "iss": BROKER_AUD,
+        "aud": BROKER_AUD,
+        "sub": "spiffe://support.example/a",
+        "txn": "tsk_x",
+        "exp": int(time.time()) + 60,
+    }
     h, p = enc(header), enc(claims)
     secret = json.dumps(runtime.keys.jwks()["keys"][0]).encode()
     sig = "" if alg == "none" else b64(hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest())
     with capture_events() as events:
-        r = client.post("/v1/authorize", headers={"Authorization": f"Bearer {h}.{p}.{sig}"},
-                        json={"action": "read", "resource": "tickets.queue"})
+        r = client.post(
+            "/v1/authorize",
+            headers={"Authorization": f"Bearer {h}.{p}.{sig}"},
+            json={"action": "read", "resource": "tickets.queue"},
+        )
     assert (r.status_code, r.json()["code"]) == (401, "alg_not_allowed")
     assert any(e.type == "decision" and e.payload.get("code") == "alg_not_allowed" for e in events)

@@ -35,9 +35,17 @@ class OidcIssuer:
 
     def token(self, aud: str = AUD, **claims: Any) -> str:
         now = int(time.time())
-        body = {"iss": self.url, "aud": aud, "iat": now, "exp": now + 300,
-                "sub": "repo:acme/web:ref:refs/heads/main", "repository": "acme/web",
-                "workflow": "deploy", "repository_owner": "acme", **claims}
+        body = {
+            "iss": self.url,
+            "aud": aud,
+            "iat": now,
+            "exp": now + 300,
+            "sub": "repo:acme/web:ref:refs/heads/main",
+            "repository": "acme/web",
+            "workflow": "deploy",
+            "repository_owner": "acme",
+            **claims,
+        }
         return sign_jwt({k: v for k, v in body.items() if v is not None}, self.key, kid="k1", typ="JWT")
 
 
@@ -89,8 +97,13 @@ issuer = "{oidc.url}"
 audience = "tether-console"
 '''
     # The example policies admit `support.example`; CI workloads are mapped into it here.
-    s = make_settings(tmp_path / "state", store_url=sqlite_url, domain=domain, config_extra=extra,
-                      overrides={"environment": "prod", "trust_domain": "tether.local"})
+    s = make_settings(
+        tmp_path / "state",
+        store_url=sqlite_url,
+        domain=domain,
+        config_extra=extra,
+        overrides={"environment": "prod", "trust_domain": "tether.local"},
+    )
     rt = Runtime.start(s)
     with TestClient(create_app(rt), raise_server_exceptions=False) as c:
         yield c
@@ -98,8 +111,11 @@ audience = "tether-console"
 
 
 def open_with(client: TestClient, token: str, **body: Any) -> Any:
-    return client.post("/v1/tasks", headers={"Authorization": f"Bearer {token}"},
-                       json={"intent": "support.triage", "scope": SCOPE, "ttl_seconds": 60, **body})
+    return client.post(
+        "/v1/tasks",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"intent": "support.triage", "scope": SCOPE, "ttl_seconds": 60, **body},
+    )
 
 
 def test_ci_token_maps_to_spiffe_id_and_opens_task(api: TestClient, oidc: OidcIssuer) -> None:
@@ -113,19 +129,26 @@ def test_ci_token_maps_to_spiffe_id_and_opens_task(api: TestClient, oidc: OidcIs
     assert oidc.hits == ["/.well-known/openid-configuration", "/jwks"]
 
 
-@pytest.mark.parametrize(("claims", "code"), [
-    ({"sub": "repo:evil/web:ref:refs/heads/main"}, "subject_not_allowed"),
-    ({"repository_owner": "evil"}, "claim_mismatch"),
-    ({"repository_owner": None}, "claim_mismatch"),
-    ({"workflow": "a/b"}, "claim_unmappable"),
-    ({"workflow": ".."}, "claim_unmappable"),
-    ({"repository": "acme/../admin"}, "claim_unmappable"),
-    ({"workflow": None}, "claim_unmappable"),
-    ({"aud": "someone-else"}, "bad_audience"),
-    ({"iss": "http://127.0.0.1:1"}, "bad_subject"),  # unknown issuer → read as an SVID, sub is no SPIFFE ID
-])
-def test_ci_token_with_bad_claims_is_refused(api: TestClient, oidc: OidcIssuer, claims: dict[str, Any],
-                                            code: str) -> None:
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"sub": "repo:evil/web:ref:refs/heads/main"}, "subject_not_allowed"),
+        ({"repository_owner": "evil"}, "claim_mismatch"),
+        ({"repository_owner": None}, "claim_mismatch"),
+        ({"workflow": "a/b"}, "claim_unmappable"),
+        ({"workflow": ".."}, "claim_unmappable"),
+        ({"repository": "acme/../admin"}, "claim_unmappable"),
+        ({"workflow": None}, "claim_unmappable"),
+        ({"aud": "someone-else"}, "bad_audience"),
+        (
+            {"iss": "http://127.0.0.1:1"},
+            "bad_subject",
+        ),  # unknown issuer → read as an SVID, sub is no SPIFFE ID
+    ],
+)
+def test_ci_token_with_bad_claims_is_refused(
+    api: TestClient, oidc: OidcIssuer, claims: dict[str, Any], code: str
+) -> None:
     """Wrong subject, required claim, unsafe mapped claim or audience → 401 with a code, audited."""
     with capture_events() as events:
         r = open_with(api, oidc.token(**claims))
@@ -147,8 +170,9 @@ def test_discovery_naming_another_issuer_fails_closed(api: TestClient, oidc: Oid
     assert (r.status_code, r.json()["code"]) == (503, "issuer_unavailable")
 
 
-def test_delegator_id_token_names_the_human(api: TestClient, oidc: OidcIssuer,
-                                            domain: TestTrustDomain) -> None:
+def test_delegator_id_token_names_the_human(
+    api: TestClient, oidc: OidcIssuer, domain: TestTrustDomain
+) -> None:
     """delegator_token: its sub and issuer go into the task and the audit record."""
     id_token = oidc.token(aud="tether-console", sub="alice@example.com")
     svid = domain.svid("orchestrator", AUD)
@@ -160,17 +184,24 @@ def test_delegator_id_token_names_the_human(api: TestClient, oidc: OidcIssuer,
     assert opened.payload["delegator"] == {"sub": "alice@example.com", "iss": oidc.url}
 
 
-@pytest.mark.parametrize(("claims", "code"), [
-    ({"aud": AUD}, "bad_audience"),
-    ({"exp": 1}, "token_expired"),
-    ({"iss": "https://other.example"}, "delegator_untrusted"),
-])
-def test_bad_delegator_token_is_refused(api: TestClient, oidc: OidcIssuer, domain: TestTrustDomain,
-                                        claims: dict[str, Any], code: str) -> None:
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"aud": AUD}, "bad_audience"),
+        ({"exp": 1}, "token_expired"),
+        ({"iss": "https://other.example"}, "delegator_untrusted"),
+    ],
+)
+def test_bad_delegator_token_is_refused(
+    api: TestClient, oidc: OidcIssuer, domain: TestTrustDomain, claims: dict[str, Any], code: str
+) -> None:
     """A delegator token for another audience, expired, or from an unknown issuer → 401, audited."""
     with capture_events() as events:
-        r = open_with(api, domain.svid("orchestrator", AUD),
-                      delegator_token=oidc.token(**{"aud": "tether-console", **claims}))
+        r = open_with(
+            api,
+            domain.svid("orchestrator", AUD),
+            delegator_token=oidc.token(**{"aud": "tether-console", **claims}),
+        )
     assert (r.status_code, r.json()["code"]) == (401, code)
     assert any(e.type == "decision" and e.payload.get("code") == code for e in events)
 
@@ -179,7 +210,12 @@ def test_template_cannot_be_reshaped_by_claims() -> None:
     """Single-segment placeholders refuse `/`; a :path placeholder refuses `..` and empty segments."""
     t = "spiffe://td/ci/{repo:path}/{wf}"
     assert render_spiffe_id(t, {"repo": "a/b", "wf": "c"}, "td") == "spiffe://td/ci/a/b/c"
-    for claims in ({"repo": "a//b", "wf": "c"}, {"repo": "a", "wf": "b/c"}, {"repo": "../x", "wf": "c"},
-                   {"repo": "a", "wf": "c?x"}, {"repo": "a", "wf": True}):
+    for claims in (
+        {"repo": "a//b", "wf": "c"},
+        {"repo": "a", "wf": "b/c"},
+        {"repo": "../x", "wf": "c"},
+        {"repo": "a", "wf": "c?x"},
+        {"repo": "a", "wf": True},
+    ):
         with pytest.raises(Unauthenticated):
             render_spiffe_id(t, claims, "td")

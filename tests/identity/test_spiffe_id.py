@@ -96,9 +96,16 @@ def test_message_escapes_control_characters() -> None:
 @pytest.mark.parametrize(
     ("td", "ok"),
     [
-        ("example.org", True), ("tether.local", True), ("a_b-c.9", True), ("x", True),
-        ("", False), ("Example.org", False), ("example.org:80", False),
-        ("spiffe://example.org", False), ("example.org/x", False), ("a" * 256, False),
+        ("example.org", True),
+        ("tether.local", True),
+        ("a_b-c.9", True),
+        ("x", True),
+        ("", False),
+        ("Example.org", False),
+        ("example.org:80", False),
+        ("spiffe://example.org", False),
+        ("example.org/x", False),
+        ("a" * 256, False),
         ("a" * 255, True),
     ],
 )

@@ -29,17 +29,14 @@ def key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def svid(key: Any, *, kid: str = "k1", typ: str = "JWT", alg: str = "ES256",
-         **over: Any) -> str:
+def svid(key: Any, *, kid: str = "k1", typ: str = "JWT", alg: str = "ES256", **over: Any) -> str:
     claims = {"sub": AGENT, "aud": [AUD], "exp": NOW + 300, "iat": NOW, **over}
-    return sign_jwt({k: v for k, v in claims.items() if v is not None}, key,
-                    kid=kid, typ=typ, alg=alg)
+    return sign_jwt({k: v for k, v in claims.items() if v is not None}, key, kid=kid, typ=typ, alg=alg)
 
 
 def verifier(key: Any, issuer: str | None = None) -> SvidVerifier:
     bundles = TrustBundles()
-    bundles.add_jwks("example.org", {"keys": [public_jwk(key.public_key(), "k1")]},
-                     issuer=issuer)
+    bundles.add_jwks("example.org", {"keys": [public_jwk(key.public_key(), "k1")]}, issuer=issuer)
     return SvidVerifier(bundles, AUD, 30)
 
 
@@ -52,16 +49,29 @@ def code_of(v: SvidVerifier, token: str) -> str:
 def test_public_api_is_pinned() -> None:
     """tether.identity exports exactly the documented names."""
     assert sorted(tether.identity.__all__) == [
-        "ANY", "KeyLookup", "KeysProvider", "SUPPORTED_ALGORITHMS", "SpiffeId",
-        "SvidVerifier", "TrustBundles", "jwk_thumbprint", "load_jwk", "parse_jwks",
-        "parse_spiffe_id", "public_jwk", "sign_jwt", "valid_trust_domain", "verify_jwt",
+        "ANY",
+        "KeyLookup",
+        "KeysProvider",
+        "SUPPORTED_ALGORITHMS",
+        "SpiffeId",
+        "SvidVerifier",
+        "TrustBundles",
+        "jwk_thumbprint",
+        "load_jwk",
+        "parse_jwks",
+        "parse_spiffe_id",
+        "public_jwk",
+        "sign_jwt",
+        "valid_trust_domain",
+        "verify_jwt",
     ]
 
 
 def test_valid_svid_gives_workload(key: ec.EllipticCurvePrivateKey) -> None:
     """A valid JWT-SVID yields the Workload with attestation jwt-svid."""
     assert verifier(key).verify(svid(key), now=NOW) == Workload(
-        spiffe_id=AGENT, trust_domain="example.org", attestation="jwt-svid")
+        spiffe_id=AGENT, trust_domain="example.org", attestation="jwt-svid"
+    )
 
 
 @pytest.mark.parametrize("alg", ["RS256", "PS512"])
@@ -100,8 +110,7 @@ def test_typ_absent_is_accepted(key: ec.EllipticCurvePrivateKey) -> None:
         ({"exp": NOW - 31}, "token_expired"),
     ],
 )
-def test_svid_claim_rules(key: ec.EllipticCurvePrivateKey, over: dict[str, Any],
-                          code: str) -> None:
+def test_svid_claim_rules(key: ec.EllipticCurvePrivateKey, over: dict[str, Any], code: str) -> None:
     """sub must be a workload SPIFFE ID; aud must name the broker; exp is required."""
     assert code_of(verifier(key), svid(key, **over)) == code
 
@@ -162,21 +171,28 @@ def test_duplicate_domain_refused(key: ec.EllipticCurvePrivateKey) -> None:
 
 # --- bundles from files --------------------------------------------------------------
 
+
 def _write(path: Path, doc: Any) -> Path:
     path.write_text(json.dumps(doc))
     return path
 
 
 def test_from_settings_loads_relative_jwks_file(
-    tmp_path: Path, key: ec.EllipticCurvePrivateKey,
+    tmp_path: Path,
+    key: ec.EllipticCurvePrivateKey,
 ) -> None:
     """Relative jwks_file paths resolve against base_dir; x509-svid entries are skipped."""
-    doc = {"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["MIIB"]},
-                    {**public_jwk(key.public_key(), "k1"), "use": "jwt-svid"}],
-           "spiffe_sequence": 1}
+    doc = {
+        "keys": [
+            {"use": "x509-svid", "kty": "EC", "x5c": ["MIIB"]},
+            {**public_jwk(key.public_key(), "k1"), "use": "jwt-svid"},
+        ],
+        "spiffe_sequence": 1,
+    }
     _write(tmp_path / "example.json", doc)
     bundles = TrustBundles.from_settings(
-        [TrustBundle(trust_domain="example.org", jwks_file="example.json")], tmp_path)
+        [TrustBundle(trust_domain="example.org", jwks_file="example.json")], tmp_path
+    )
     assert bundles.trust_domains == {"example.org"}
     assert SvidVerifier(bundles, AUD, 30).verify(svid(key), now=NOW).spiffe_id == AGENT
 
@@ -193,33 +209,35 @@ def test_from_settings_loads_relative_jwks_file(
     ],
 )
 def test_bad_jwks_file_stops_startup(
-    tmp_path: Path, key: ec.EllipticCurvePrivateKey, doc: Any,
+    tmp_path: Path,
+    key: ec.EllipticCurvePrivateKey,
+    doc: Any,
 ) -> None:
     """Unreadable, malformed, private or ambiguous bundles are a ConfigError at startup."""
     jwk = public_jwk(key.public_key(), "k1")
     if doc == "private":
         doc = {"keys": [{**jwk, "d": "AAAA"}]}
     elif doc == "duplicate":
-        doc = {"keys": [jwk, public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(),
-                                        "k1")]}
+        doc = {"keys": [jwk, public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), "k1")]}
     path = tmp_path / "b.json"
     if isinstance(doc, str):
         path.write_text(doc)
     else:
         _write(path, doc)
     with pytest.raises(ConfigError):
-        TrustBundles.from_settings([TrustBundle(trust_domain="example.org",
-                                                jwks_file=str(path))], tmp_path)
+        TrustBundles.from_settings([TrustBundle(trust_domain="example.org", jwks_file=str(path))], tmp_path)
 
 
 def test_missing_jwks_file_stops_startup(tmp_path: Path) -> None:
     """A jwks_file that does not exist is a ConfigError."""
     with pytest.raises(ConfigError):
-        TrustBundles.from_settings([TrustBundle(trust_domain="example.org",
-                                                jwks_file="absent.json")], tmp_path)
+        TrustBundles.from_settings(
+            [TrustBundle(trust_domain="example.org", jwks_file="absent.json")], tmp_path
+        )
 
 
 # --- bundles from URLs ---------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -231,8 +249,9 @@ class FakeClock:
 
 def url_bundles(handler: Any, clock: FakeClock) -> TrustBundles:
     client = httpx.Client(transport=httpx.MockTransport(handler))
-    bundles = TrustBundles(http_client=client, cache_seconds=300, retry_seconds=30,
-                           max_stale_seconds=3600, clock=clock)
+    bundles = TrustBundles(
+        http_client=client, cache_seconds=300, retry_seconds=30, max_stale_seconds=3600, clock=clock
+    )
     bundles.add_jwks_url("example.org", "https://spire.example.org/bundle")
     return bundles
 
@@ -285,6 +304,7 @@ def test_jwks_url_outage_serves_last_good_then_fails_closed(
 
 def test_jwks_url_never_fetched_fails_closed(key: ec.EllipticCurvePrivateKey) -> None:
     """With no bundle ever fetched, verification is bundle_unavailable, never allowed."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
@@ -308,10 +328,10 @@ def test_jwks_url_redirect_not_followed(key: ec.EllipticCurvePrivateKey) -> None
     assert seen == ["spire.example.org"]
 
 
-@pytest.mark.parametrize("url", ["http://spire.example.org/bundle", "file:///etc/jwks.json",
-                                 "ftp://spire.example.org/b"])
+@pytest.mark.parametrize(
+    "url", ["http://spire.example.org/bundle", "file:///etc/jwks.json", "ftp://spire.example.org/b"]
+)
 def test_jwks_url_must_be_https(url: str) -> None:
     """Plain HTTP (except loopback) and other schemes are refused at configuration."""
     with pytest.raises(ConfigError):
-        TrustBundles.from_settings([TrustBundle(trust_domain="example.org", jwks_url=url)],
-                                   Path("."))
+        TrustBundles.from_settings([TrustBundle(trust_domain="example.org", jwks_url=url)], Path("."))

@@ -29,8 +29,9 @@ EXE = os.path.realpath(f"/proc/{os.getpid()}/exe")
 
 def register(rt: Runtime, spiffe_id: str = ME, *selectors: str, **attrs: str) -> dict[str, Any]:
     sels = list(selectors) or [f"unix:uid:{os.getuid()}"]
-    result: dict[str, Any] = admin_ops.register(rt, {"spiffe_id": spiffe_id, "selectors": sels,
-                                                     "attributes": attrs}, OPERATOR)
+    result: dict[str, Any] = admin_ops.register(
+        rt, {"spiffe_id": spiffe_id, "selectors": sels, "attributes": attrs}, OPERATOR
+    )
     return result
 
 
@@ -98,12 +99,17 @@ def test_several_entries_require_a_choice(runtime: Runtime) -> None:
     register(runtime, "spiffe://tether.local/agents/second")
     assert code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x")) == "ambiguous_identity"
     assert len(workload_api.fetch_svids(sock(runtime), audience="x")) == 2
-    token = workload_api.fetch_svid(sock(runtime), audience=runtime.settings.broker_audience,
-                                    spiffe_id="spiffe://tether.local/agents/second")
+    token = workload_api.fetch_svid(
+        sock(runtime),
+        audience=runtime.settings.broker_audience,
+        spiffe_id="spiffe://tether.local/agents/second",
+    )
     assert runtime.svids.verify(token).spiffe_id == "spiffe://tether.local/agents/second"
     nope = "spiffe://tether.local/nope"
-    assert code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x", spiffe_id=nope)) \
+    assert (
+        code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x", spiffe_id=nope))
         == "no_matching_entry"
+    )
 
 
 def test_bundle_fetch_returns_broker_jwks(runtime: Runtime) -> None:
@@ -121,18 +127,22 @@ def test_own_svid_authenticates_with_entry_attributes(runtime: Runtime) -> None:
     assert workload.attributes == {"owner": "team-a"}
 
 
-@pytest.mark.parametrize(("spiffe_id", "selectors", "code"), [
-    ("spiffe://tether.local/a", ["unix:path:/usr/bin/python3"], "invalid_selector"),
-    ("spiffe://tether.local/a", ["unix:uid:abc"], "invalid_selector"),
-    ("spiffe://tether.local/a", ["unix:sha256:xyz", "unix:uid:0"], "invalid_selector"),
-    ("spiffe://tether.local/a", ["k8s:ns:default"], "invalid_selector"),
-    ("spiffe://tether.local/a", ["unix:path:relative/python", "unix:uid:0"], "invalid_selector"),
-    ("spiffe://other.example/a", ["unix:uid:0"], "foreign_trust_domain"),
-    ("spiffe://tether.local", ["unix:uid:0"], "invalid_spiffe_id"),
-    ("spiffe://tether.local/a?x=1", ["unix:uid:0"], "invalid_spiffe_id"),
-])
-def test_bad_registration_is_refused(runtime: Runtime, spiffe_id: str, selectors: list[str],
-                                     code: str) -> None:
+@pytest.mark.parametrize(
+    ("spiffe_id", "selectors", "code"),
+    [
+        ("spiffe://tether.local/a", ["unix:path:/usr/bin/python3"], "invalid_selector"),
+        ("spiffe://tether.local/a", ["unix:uid:abc"], "invalid_selector"),
+        ("spiffe://tether.local/a", ["unix:sha256:xyz", "unix:uid:0"], "invalid_selector"),
+        ("spiffe://tether.local/a", ["k8s:ns:default"], "invalid_selector"),
+        ("spiffe://tether.local/a", ["unix:path:relative/python", "unix:uid:0"], "invalid_selector"),
+        ("spiffe://other.example/a", ["unix:uid:0"], "foreign_trust_domain"),
+        ("spiffe://tether.local", ["unix:uid:0"], "invalid_spiffe_id"),
+        ("spiffe://tether.local/a?x=1", ["unix:uid:0"], "invalid_spiffe_id"),
+    ],
+)
+def test_bad_registration_is_refused(
+    runtime: Runtime, spiffe_id: str, selectors: list[str], code: str
+) -> None:
     """Entries need valid selectors, an account selector, and an ID in the broker's own domain."""
     with pytest.raises(InvalidRequest) as info:
         admin_ops.register(runtime, {"spiffe_id": spiffe_id, "selectors": selectors}, OPERATOR)
@@ -150,9 +160,11 @@ def test_registration_and_removal_are_audited(runtime: Runtime) -> None:
 
 def test_garbage_request_is_a_clean_error(runtime: Runtime) -> None:
     """Non-JSON, unknown op and bad audience get error replies, never a dropped connection."""
-    for request, code in (({"op": "nope"}, "unknown_operation"),
-                          ({"op": "fetch_jwt_svid", "audience": []}, "invalid_audience"),
-                          ({"op": "fetch_jwt_svid", "audience": ["x"] * 9}, "invalid_audience")):
+    for request, code in (
+        ({"op": "nope"}, "unknown_operation"),
+        ({"op": "fetch_jwt_svid", "audience": []}, "invalid_audience"),
+        ({"op": "fetch_jwt_svid", "audience": ["x"] * 9}, "invalid_audience"),
+    ):
         assert code_of(lambda r=request: workload_api.call(sock(runtime), r)) == code  # type: ignore[misc]
     with socket.socket(socket.AF_UNIX) as s:
         workload_api.connect_path(s, sock(runtime))
@@ -184,8 +196,9 @@ def listener(tmp_path: Path) -> Any:
 
 
 def _child(path: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
     return proc
 

@@ -35,7 +35,8 @@ AUDIENCE = "spiffe://support.example/tether"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists(SYSTEM_PY) or not shutil.which("runuser"),
-    reason="needs root, runuser and a system python3.11")
+    reason="needs root, runuser and a system python3.11",
+)
 
 
 def _free_port() -> int:
@@ -59,8 +60,11 @@ def broker(tmp_path: Path) -> Iterator[tuple[Path, Path, str]]:
     cfg = cfg.replace('trust_domain = "tether.local"', 'trust_domain = "support.example"')
     (state / "tether.toml").write_text(cfg + f'\n[identity]\nworkload_socket = "{sock}"\n')
     port = _free_port()
-    proc = subprocess.Popen([TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -90,15 +94,22 @@ def register(state: Path, *selectors: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
-def fetch_with(python: str | None, sock: Path, *,
-               user: str | None = None) -> subprocess.CompletedProcess[str]:
+def fetch_with(
+    python: str | None, sock: Path, *, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """`tether svid fetch` run by ``python`` (None: the installed `tether` script) as ``user``."""
     args = ["svid", "fetch", "--audience", AUDIENCE, "--socket", str(sock), "--json"]
     if python is None:
         cmd = [TETHER, *args]
     else:
-        cmd = ["env", f"PYTHONPATH={REPO / 'src'}:{SITE}", python, "-c",
-               "import sys; from tether.cli import main; sys.argv[0] = 'tether'; main()", *args]
+        cmd = [
+            "env",
+            f"PYTHONPATH={REPO / 'src'}:{SITE}",
+            python,
+            "-c",
+            "import sys; from tether.cli import main; sys.argv[0] = 'tether'; main()",
+            *args,
+        ]
     if user:
         cmd = ["runuser", "-u", user, "--", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/tmp")
@@ -112,13 +123,23 @@ def test_registered_user_fetches_svid_that_opens_a_task(broker: tuple[Path, Path
     assert r.returncode == 0, r.stderr
     svid = json.loads(r.stdout)["svid"]
     proof = make_proof(ec.generate_private_key(ec.SECP256R1()), "POST", base + "/v1/tasks")
-    resp = httpx.post(base + "/v1/tasks", headers={"Authorization": f"Bearer {svid}", "DPoP": proof},
-                      json={"intent": "support.triage", "ttl_seconds": 60,
-                            "scope": [{"action": "read", "resource": "tickets.queue"}]})
+    resp = httpx.post(
+        base + "/v1/tasks",
+        headers={"Authorization": f"Bearer {svid}", "DPoP": proof},
+        json={
+            "intent": "support.triage",
+            "ttl_seconds": 60,
+            "scope": [{"action": "read", "resource": "tickets.queue"}],
+        },
+    )
     assert resp.status_code == 201, resp.text
     # Plain output is just the token, for `$(tether svid fetch ...)`.
-    plain = subprocess.run([TETHER, "svid", "fetch", "--audience", AUDIENCE, "--socket", str(sock)],
-                           capture_output=True, text=True, timeout=60)
+    plain = subprocess.run(
+        [TETHER, "svid", "fetch", "--audience", AUDIENCE, "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert plain.stdout.strip().count(".") == 2
 
 

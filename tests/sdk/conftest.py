@@ -24,7 +24,7 @@ def store_url(sqlite_url: str) -> str:
 @pytest.fixture
 def svid_for(domain: TestTrustDomain) -> Callable[[str], Callable[[str], str]]:
     """An SVID source for the agent at ``path`` in the test trust domain."""
-    return lambda path: (lambda audience: domain.svid(domain.spiffe_id(path), audience))
+    return lambda path: lambda audience: domain.svid(domain.spiffe_id(path), audience)
 
 
 @pytest.fixture
@@ -47,8 +47,9 @@ def make_async_client(runtime: Runtime, svid_for: Any) -> Callable[[str], AsyncC
 
     def make(path: str = "orchestrator") -> AsyncClient:
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://broker")
-        return AsyncClient("http://broker", svid=svid_for(path), audience=runtime.settings.broker_audience,
-                           http=http)
+        return AsyncClient(
+            "http://broker", svid=svid_for(path), audience=runtime.settings.broker_audience, http=http
+        )
 
     return make
 

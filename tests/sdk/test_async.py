@@ -25,6 +25,7 @@ def comment(text: str) -> str:
 
 def test_async_with_closes_the_task(make_async_client: Any, task_state: Any):
     """`async with client.task(...)` closes the task at the end of the block."""
+
     async def main() -> str:
         async with make_async_client() as client, client.task("support.triage", TRIAGE, ttl=60) as task:
             assert isinstance(task, AsyncTask)
@@ -36,6 +37,7 @@ def test_async_with_closes_the_task(make_async_client: Any, task_state: Any):
 
 def test_async_deny_raises_typed_error(make_async_client: Any):
     """A denied async call raises Denied with the broker's code."""
+
     async def main() -> None:
         async with make_async_client() as client, client.task("support.triage", TRIAGE, ttl=60) as task:
             await task.authorize("write", "tickets")
@@ -47,6 +49,7 @@ def test_async_deny_raises_typed_error(make_async_client: Any):
 
 def test_sync_tool_in_worker_thread_uses_the_task_loop(make_async_client: Any):
     """A sync guarded tool run by a framework in a worker thread is authorized via the task's loop."""
+
     async def main() -> str:
         async with make_async_client() as client, client.task("support.triage", TRIAGE, ttl=60):
             result: str = await asyncio.to_thread(comment, "hi")
@@ -57,6 +60,7 @@ def test_sync_tool_in_worker_thread_uses_the_task_loop(make_async_client: Any):
 
 def test_sync_tool_on_the_loop_thread_is_refused(make_async_client: Any):
     """A sync guarded tool called on the event loop itself is refused instead of deadlocking."""
+
     async def main() -> None:
         async with make_async_client() as client, client.task("support.triage", TRIAGE, ttl=60):
             comment("hi")
@@ -68,9 +72,13 @@ def test_sync_tool_on_the_loop_thread_is_refused(make_async_client: Any):
 
 def test_async_delegation_cascade(make_async_client: Any, task_state: Any):
     """An async parent delegates; the child's task closes with the parent's."""
+
     async def main() -> str:
-        async with (make_async_client() as client, make_async_client("reader") as reader,
-                    client.task("support.triage", TRIAGE, ttl=60) as parent):
+        async with (
+            make_async_client() as client,
+            make_async_client("reader") as reader,
+            client.task("support.triage", TRIAGE, ttl=60) as parent,
+        ):
             offer = await parent.delegate("spiffe://support.example/reader", [("read", "crm")], ttl=30)
             child = await reader.task(delegation=offer)
             assert (await child.authorize("read", "crm.customers")).allowed

@@ -18,11 +18,32 @@ REFUND = [("tool:call", "billing.refund"), ("read", "billing")]
 
 def test_public_api_is_pinned():
     """The SDK's public names are a deliberate list."""
-    assert sorted(sdk_pkg.__all__) == sorted([
-        "ApprovalRequired", "ApprovalTimeout", "AsyncClient", "AsyncTask", "CachedSvid", "CallableSvid",
-        "Client", "Credential", "Decision", "Delegation", "Denied", "FileSvid", "GuardSpec",
-        "NoActiveTask", "StaticSvid", "SvidSource", "Task", "WorkloadApiSvid", "current_decision",
-        "current_task", "guard", "local_broker"])
+    assert sorted(sdk_pkg.__all__) == sorted(
+        [
+            "ApprovalRequired",
+            "ApprovalTimeout",
+            "AsyncClient",
+            "AsyncTask",
+            "CachedSvid",
+            "CallableSvid",
+            "Client",
+            "Credential",
+            "Decision",
+            "Delegation",
+            "Denied",
+            "FileSvid",
+            "GuardSpec",
+            "NoActiveTask",
+            "StaticSvid",
+            "SvidSource",
+            "Task",
+            "WorkloadApiSvid",
+            "current_decision",
+            "current_task",
+            "guard",
+            "local_broker",
+        ]
+    )
 
 
 def test_with_block_closes_task_on_normal_exit(sdk: Client, task_state: Any):
@@ -149,6 +170,7 @@ def test_open_errors_carry_the_broker_code(sdk: Client):
 
 def test_unreachable_broker_is_unavailable():
     """A broker that cannot be reached raises Unavailable `broker_unreachable`."""
+
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
@@ -162,19 +184,33 @@ def test_unreachable_broker_is_unavailable():
 def _fake_broker(decision_body: Any) -> Client:
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/tasks":
-            return httpx.Response(201, json={"task_id": "tsk_1", "task_token": "t", "expires_at": 1e10,
-                                             "scope": [], "depth": 0, "parent_id": None})
+            return httpx.Response(
+                201,
+                json={
+                    "task_id": "tsk_1",
+                    "task_token": "t",
+                    "expires_at": 1e10,
+                    "scope": [],
+                    "depth": 0,
+                    "parent_id": None,
+                },
+            )
         if request.url.path == "/v1/authorize":
-            return httpx.Response(200, json=decision_body) if not isinstance(decision_body, bytes) \
+            return (
+                httpx.Response(200, json=decision_body)
+                if not isinstance(decision_body, bytes)
                 else httpx.Response(200, content=decision_body)
+            )
         return httpx.Response(200, json={"closed": []})
 
-    return Client("http://broker", svid="x.y.z", audience="a",
-                  http=httpx.Client(transport=httpx.MockTransport(handle)))
+    return Client(
+        "http://broker", svid="x.y.z", audience="a", http=httpx.Client(transport=httpx.MockTransport(handle))
+    )
 
 
-@pytest.mark.parametrize("body", [b"<html>ok</html>", {"decision": "maybe", "decision_id": "d"},
-                                  {"ok": True}])
+@pytest.mark.parametrize(
+    "body", [b"<html>ok</html>", {"decision": "maybe", "decision_id": "d"}, {"ok": True}]
+)
 def test_unreadable_decision_fails_closed(body: Any):
     """A 200 whose decision cannot be read is Unavailable, never an allow."""
     with _fake_broker(body).task("support.triage", TRIAGE) as task, pytest.raises(Unavailable) as exc:
@@ -207,7 +243,10 @@ def test_sdk_task_token_is_dpop_bound_and_useless_alone(sdk: Client, client: Any
 
     with sdk.task("support.triage", TRIAGE, ttl=60) as task:
         assert task.authorize("read", "tickets.queue").allowed  # the SDK sends a fresh proof each time
-        stolen = client.post("/v1/authorize", json={"action": "read", "resource": "tickets.queue"},
-                             headers={"Authorization": f"Bearer {task.token}"})
+        stolen = client.post(
+            "/v1/authorize",
+            json={"action": "read", "resource": "tickets.queue"},
+            headers={"Authorization": f"Bearer {task.token}"},
+        )
     assert unverified_expiry(task.token) is not None
     assert stolen.status_code == 401 and stolen.json()["code"] == "dpop_proof_missing"

@@ -66,6 +66,7 @@ def test_current_decision_inside_the_call(sdk: Client):
 
 def test_resource_can_depend_on_arguments(sdk: Client):
     """A callable resource is computed from the call's arguments."""
+
     @guard(action="read", resource=lambda dataset: dataset)
     def read(dataset: str) -> str:
         return dataset
@@ -79,6 +80,7 @@ def test_resource_can_depend_on_arguments(sdk: Client):
 
 def test_unserializable_argument_is_refused(sdk: Client):
     """An argument policy cannot see is refused (`argument_not_serializable`), not dropped."""
+
     @guard(action="read", resource="tickets")
     def read(handle: object) -> None: ...
 
@@ -89,6 +91,7 @@ def test_unserializable_argument_is_refused(sdk: Client):
 
 def test_exclude_and_dataclass_arguments(sdk: Client):
     """Excluded arguments stay out; dataclasses are sent as objects."""
+
     @dataclasses.dataclass
     class Query:
         text: str
@@ -103,6 +106,7 @@ def test_exclude_and_dataclass_arguments(sdk: Client):
 
 def test_async_function_with_sync_task(sdk: Client):
     """An async guarded tool works inside a sync task (authorized off the loop)."""
+
     @guard(action="read", resource="tickets")
     async def read() -> str:
         return "ok"

@@ -47,6 +47,7 @@ def test_file_svid_reads_rotated_token(tmp_path: Path):
 
 def test_failing_callable_is_svid_unavailable():
     """A source that raises is turned into `svid_unavailable` (no identity, nothing opened)."""
+
     def broken(aud: str) -> str:
         raise OSError("socket gone")
 

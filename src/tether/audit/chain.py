@@ -28,9 +28,11 @@ from tether.store.db import Database
 
 _INSERT_EVENT = insert(t.audit_events)
 # Compare-and-set on the head: a second writer on this chain makes it match no row.
-_ADVANCE_HEAD = (update(t.audit_chains)
-                 .where(t.audit_chains.c.chain == bindparam("c"))
-                 .where(t.audit_chains.c.head_seq == bindparam("old")))
+_ADVANCE_HEAD = (
+    update(t.audit_chains)
+    .where(t.audit_chains.c.chain == bindparam("c"))
+    .where(t.audit_chains.c.head_seq == bindparam("old"))
+)
 
 PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
 Listener = Callable[[Event], None]
@@ -93,17 +95,39 @@ class Unit:
             body = f(type_, body)
         payload_json = canonical_json(body)  # also rejects NaN/unserializable payloads
         self._seq += 1
-        ev = Event(chain=self._chain.chain_id, seq=self._seq, ts=time.time(), type=type_,
-                   prev_hash=self._head, payload=body, **fields)
+        ev = Event(
+            chain=self._chain.chain_id,
+            seq=self._seq,
+            ts=time.time(),
+            type=type_,
+            prev_hash=self._head,
+            payload=body,
+            **fields,
+        )
         ev = replace(ev, hash=ev.compute_hash())
         # One prepared INSERT with bound parameters: building `.values(...)` per event
         # costs more than the database write itself.
-        self.conn.execute(_INSERT_EVENT, {
-            "chain": ev.chain, "seq": ev.seq, "v": ev.v, "ts": ev.ts, "type": ev.type,
-            "task_id": ev.task_id, "root_task_id": ev.root_task_id, "parent_task_id": ev.parent_task_id,
-            "agent": ev.agent, "delegator": ev.delegator, "decision_id": ev.decision_id,
-            "lease_id": ev.lease_id, "trace_id": ev.trace_id, "payload": payload_json,
-            "prev_hash": ev.prev_hash, "hash": ev.hash})
+        self.conn.execute(
+            _INSERT_EVENT,
+            {
+                "chain": ev.chain,
+                "seq": ev.seq,
+                "v": ev.v,
+                "ts": ev.ts,
+                "type": ev.type,
+                "task_id": ev.task_id,
+                "root_task_id": ev.root_task_id,
+                "parent_task_id": ev.parent_task_id,
+                "agent": ev.agent,
+                "delegator": ev.delegator,
+                "decision_id": ev.decision_id,
+                "lease_id": ev.lease_id,
+                "trace_id": ev.trace_id,
+                "payload": payload_json,
+                "prev_hash": ev.prev_hash,
+                "hash": ev.hash,
+            },
+        )
         self._head = ev.hash
         self.events.append(ev)
         return ev
@@ -122,8 +146,11 @@ class AuditChain:
         self._loaded = False
 
     def _load_head(self, conn: Connection) -> None:
-        row = conn.execute(select(t.audit_chains.c.head_seq, t.audit_chains.c.head_hash)
-                           .where(t.audit_chains.c.chain == self.chain_id)).first()
+        row = conn.execute(
+            select(t.audit_chains.c.head_seq, t.audit_chains.c.head_hash).where(
+                t.audit_chains.c.chain == self.chain_id
+            )
+        ).first()
         if row is not None:
             self._seq, self._head = int(row[0]), str(row[1])
         self._loaded = True
@@ -159,8 +186,9 @@ class AuditChain:
             except SQLAlchemyError as exc:
                 # Reload the head next time: a conflicting writer may have moved it.
                 self._loaded = False
-                raise Unavailable("the audit log could not be written; the action is denied",
-                                  code="audit_unavailable") from exc
+                raise Unavailable(
+                    "the audit log could not be written; the action is denied", code="audit_unavailable"
+                ) from exc
             if u.events:
                 self._seq, self._head = u._seq, u._head
         for ev in u.events:
@@ -172,11 +200,25 @@ class AuditChain:
     def _advance(self, conn: Connection, u: Unit) -> None:
         now = time.time()
         if self._seq == 0:
-            conn.execute(insert(t.audit_chains).values(
-                chain=self.chain_id, head_seq=u._seq, head_hash=u._head, updated_at=now))
+            conn.execute(
+                insert(t.audit_chains).values(
+                    chain=self.chain_id, head_seq=u._seq, head_hash=u._head, updated_at=now
+                )
+            )
             return
-        res = conn.execute(_ADVANCE_HEAD, {"c": self.chain_id, "old": self._seq, "head_seq": u._seq,
-                                           "head_hash": u._head, "updated_at": now})
+        res = conn.execute(
+            _ADVANCE_HEAD,
+            {
+                "c": self.chain_id,
+                "old": self._seq,
+                "head_seq": u._seq,
+                "head_hash": u._head,
+                "updated_at": now,
+            },
+        )
         if res.rowcount != 1:
-            raise Unavailable(f"audit chain `{self.chain_id}` was advanced by another writer; "
-                              "give each replica its own node_id", code="audit_conflict")
+            raise Unavailable(
+                f"audit chain `{self.chain_id}` was advanced by another writer; "
+                "give each replica its own node_id",
+                code="audit_conflict",
+            )

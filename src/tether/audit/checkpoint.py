@@ -59,13 +59,22 @@ class Checkpoint:
         if not isinstance(d, Mapping):
             raise InvalidRequest("a checkpoint must be a JSON object", code="checkpoint_malformed")
         try:
-            cp = cls(chain=d["chain"], seq=d["seq"], hash=d["hash"], ts=float(d["ts"]), kid=d["kid"],
-                     jws=d["jws"])
+            cp = cls(
+                chain=d["chain"], seq=d["seq"], hash=d["hash"], ts=float(d["ts"]), kid=d["kid"], jws=d["jws"]
+            )
         except (KeyError, TypeError, ValueError):
-            raise InvalidRequest("a checkpoint needs `chain`, `seq`, `hash`, `ts`, `kid` and `jws`",
-                                 code="checkpoint_malformed") from None
-        if not (isinstance(cp.chain, str) and isinstance(cp.seq, int) and not isinstance(cp.seq, bool)
-                and isinstance(cp.hash, str) and isinstance(cp.kid, str) and isinstance(cp.jws, str)):
+            raise InvalidRequest(
+                "a checkpoint needs `chain`, `seq`, `hash`, `ts`, `kid` and `jws`",
+                code="checkpoint_malformed",
+            ) from None
+        if not (
+            isinstance(cp.chain, str)
+            and isinstance(cp.seq, int)
+            and not isinstance(cp.seq, bool)
+            and isinstance(cp.hash, str)
+            and isinstance(cp.kid, str)
+            and isinstance(cp.jws, str)
+        ):
             raise InvalidRequest("a checkpoint field has the wrong type", code="checkpoint_malformed")
         return cp
 
@@ -87,15 +96,27 @@ def verify_checkpoint(cp: Checkpoint, jwks: Mapping[str, Mapping[str, Any]]) -> 
         return "unknown_key"
     try:
         key = load_jwk(jwk)
-        claims = verify_jwt(cp.jws, key_for=lambda _h, _c: key, algorithms=("ES256",), audience=ANY,
-                            issuer=ANY, typ=(CHECKPOINT_TYP,), leeway=0, now=cp.ts,
-                            required=("chain", "seq", "hash", "iat"))
+        claims = verify_jwt(
+            cp.jws,
+            key_for=lambda _h, _c: key,
+            algorithms=("ES256",),
+            audience=ANY,
+            issuer=ANY,
+            typ=(CHECKPOINT_TYP,),
+            leeway=0,
+            now=cp.ts,
+            required=("chain", "seq", "hash", "iat"),
+        )
     except (Unauthenticated, InvalidRequest):
         return "bad_signature"
     # The unsigned columns must say what the signature says; otherwise someone moved a
     # valid signature onto another head.
     if (claims.get("chain"), claims.get("seq"), claims.get("hash"), claims.get("iat")) != (
-            cp.chain, cp.seq, cp.hash, cp.ts) or json.loads(_header(cp.jws)).get("kid") != cp.kid:
+        cp.chain,
+        cp.seq,
+        cp.hash,
+        cp.ts,
+    ) or json.loads(_header(cp.jws)).get("kid") != cp.kid:
         return "bad_signature"
     return None
 
@@ -109,8 +130,10 @@ def _header(jws: str) -> str:
 
 def store_jwks(conn: Connection) -> dict[str, dict[str, Any]]:
     """Public keys by kid, expired ones included: old checkpoints must still verify."""
-    return {r[0]: json.loads(r[1]) for r in conn.execute(
-        select(t.signing_keys.c.kid, t.signing_keys.c.public_jwk))}
+    return {
+        r[0]: json.loads(r[1])
+        for r in conn.execute(select(t.signing_keys.c.kid, t.signing_keys.c.public_jwk))
+    }
 
 
 def load_jwks_file(path: Path) -> dict[str, dict[str, Any]]:
@@ -137,16 +160,19 @@ def read_checkpoint_file(path: Path) -> list[Checkpoint]:
                 if not line.strip():
                     continue
                 if len(line) > _MAX_LINE:
-                    raise InvalidRequest(f"`{path}` line {n} is too long", code="checkpoint_malformed",
-                                         line=n)
+                    raise InvalidRequest(
+                        f"`{path}` line {n} is too long", code="checkpoint_malformed", line=n
+                    )
                 try:
                     out.append(Checkpoint.from_dict(json.loads(line)))
                 except (ValueError, InvalidRequest):
-                    raise InvalidRequest(f"`{path}` line {n} is not a checkpoint",
-                                         code="checkpoint_malformed", line=n) from None
+                    raise InvalidRequest(
+                        f"`{path}` line {n} is not a checkpoint", code="checkpoint_malformed", line=n
+                    ) from None
     except OSError as exc:
-        raise InvalidRequest(f"cannot read checkpoint file `{path}`: {exc.strerror}",
-                             code="checkpoint_file_unreadable") from None
+        raise InvalidRequest(
+            f"cannot read checkpoint file `{path}`: {exc.strerror}", code="checkpoint_file_unreadable"
+        ) from None
     return out
 
 
@@ -161,21 +187,38 @@ def append_checkpoint_file(path: Path, cp: Checkpoint) -> None:
 
 
 def post_checkpoint(url: str, cp: Checkpoint, timeout: float = 5.0) -> None:
-    req = urllib.request.Request(url, data=json.dumps(cp.to_dict()).encode(), method="POST",  # noqa: S310
-                                 headers={"Content-Type": "application/json"})
+    if not url.startswith(("https://", "http://")):  # never file:// or custom schemes
+        raise OSError("checkpoint_url must be an http(s) URL")
+    req = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        url,
+        data=json.dumps(cp.to_dict()).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked in config)
         if resp.status >= 300:
             raise OSError(f"checkpoint endpoint answered {resp.status}")
 
 
-def write_checkpoint(db: Database, keys: KeyRing, cfg: AuditSettings, state_dir: Path, chain: str,
-                     seq: int, head_hash: str, now: float) -> Checkpoint:
+def write_checkpoint(
+    db: Database,
+    keys: KeyRing,
+    cfg: AuditSettings,
+    state_dir: Path,
+    chain: str,
+    seq: int,
+    head_hash: str,
+    now: float,
+) -> Checkpoint:
     """Sign, store and ship one checkpoint. Storing must succeed; shipping is best effort
     (logged with a code): an unreachable archive must not stop the broker."""
     cp = sign_checkpoint(keys, chain, seq, head_hash, now)
     with db.begin() as conn:
-        exists = conn.execute(select(audit_checkpoints.c.seq).where(
-            audit_checkpoints.c.chain == chain, audit_checkpoints.c.seq == seq)).first()
+        exists = conn.execute(
+            select(audit_checkpoints.c.seq).where(
+                audit_checkpoints.c.chain == chain, audit_checkpoints.c.seq == seq
+            )
+        ).first()
         if exists is None:
             conn.execute(insert(audit_checkpoints).values(**cp.to_dict()))
     if cfg.checkpoint_file:
@@ -183,8 +226,9 @@ def write_checkpoint(db: Database, keys: KeyRing, cfg: AuditSettings, state_dir:
         try:
             append_checkpoint_file(path if path.is_absolute() else state_dir / path, cp)
         except OSError as exc:
-            log.error("audit checkpoint %s@%d not written to file (checkpoint_file_failed): %s",
-                      chain, seq, exc)
+            log.error(
+                "audit checkpoint %s@%d not written to file (checkpoint_file_failed): %s", chain, seq, exc
+            )
     if cfg.checkpoint_url:
         try:
             post_checkpoint(cfg.checkpoint_url, cp)
@@ -196,14 +240,24 @@ def write_checkpoint(db: Database, keys: KeyRing, cfg: AuditSettings, state_dir:
 class CheckpointWriter:
     """Checkpoints this process's chain every N events or T seconds, and on shutdown."""
 
-    def __init__(self, db: Database, chain: AuditChain, keys: KeyRing, cfg: AuditSettings,
-                 state_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        chain: AuditChain,
+        keys: KeyRing,
+        cfg: AuditSettings,
+        state_dir: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db, self.chain, self.keys, self.cfg = db, chain, keys, cfg
         self.state_dir, self.clock = state_dir, clock
         self._lock = threading.Lock()
         with db.read() as conn:
-            row = conn.execute(select(func.max(audit_checkpoints.c.seq), func.max(audit_checkpoints.c.ts))
-                               .where(audit_checkpoints.c.chain == chain.chain_id)).first()
+            row = conn.execute(
+                select(func.max(audit_checkpoints.c.seq), func.max(audit_checkpoints.c.ts)).where(
+                    audit_checkpoints.c.chain == chain.chain_id
+                )
+            ).first()
         self.last_seq = int(row[0]) if row and row[0] is not None else 0
         self.last_ts = float(row[1]) if row and row[1] is not None else clock()
 
@@ -214,13 +268,16 @@ class CheckpointWriter:
             now = self.clock()
             if seq == 0 or seq <= self.last_seq:
                 return None
-            due = (seq - self.last_seq >= self.cfg.checkpoint_every_events
-                   or now - self.last_ts >= self.cfg.checkpoint_interval_seconds)
+            due = (
+                seq - self.last_seq >= self.cfg.checkpoint_every_events
+                or now - self.last_ts >= self.cfg.checkpoint_interval_seconds
+            )
             if not (due or force):
                 return None
             try:
-                cp = write_checkpoint(self.db, self.keys, self.cfg, self.state_dir, self.chain.chain_id,
-                                      seq, head, now)
+                cp = write_checkpoint(
+                    self.db, self.keys, self.cfg, self.state_dir, self.chain.chain_id, seq, head, now
+                )
             except TetherError as exc:
                 log.error("audit checkpoint failed (%s): %s", exc.code, exc.message)
                 return None

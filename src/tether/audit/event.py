@@ -39,18 +39,35 @@ POLICY_RELOAD_FAILED = "policy.reload_failed"
 TOOL_DEFINITION_CHANGED = "tool.definition_changed"
 KEY_ROTATED = "key.rotated"
 
-EVENT_TYPES = frozenset({
-    WORKLOAD_ATTESTED, TASK_OPENED, TASK_DELEGATED, TASK_CLOSED, TASK_EXPIRED, TASK_REVOKED,
-    DECISION, APPROVAL_REQUESTED, APPROVAL_GRANTED, APPROVAL_REJECTED, CREDENTIAL_MINTED,
-    CREDENTIAL_REVOKED, CREDENTIAL_IRREVOCABLE, CALL_FORWARDED, CALL_RESULT, POLICY_LOADED,
-    POLICY_RELOAD_FAILED, TOOL_DEFINITION_CHANGED, KEY_ROTATED,
-    WORKLOAD_REGISTERED, WORKLOAD_REMOVED,
-})
+EVENT_TYPES = frozenset(
+    {
+        WORKLOAD_ATTESTED,
+        TASK_OPENED,
+        TASK_DELEGATED,
+        TASK_CLOSED,
+        TASK_EXPIRED,
+        TASK_REVOKED,
+        DECISION,
+        APPROVAL_REQUESTED,
+        APPROVAL_GRANTED,
+        APPROVAL_REJECTED,
+        CREDENTIAL_MINTED,
+        CREDENTIAL_REVOKED,
+        CREDENTIAL_IRREVOCABLE,
+        CALL_FORWARDED,
+        CALL_RESULT,
+        POLICY_LOADED,
+        POLICY_RELOAD_FAILED,
+        TOOL_DEFINITION_CHANGED,
+        KEY_ROTATED,
+        WORKLOAD_REGISTERED,
+        WORKLOAD_REMOVED,
+    }
+)
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +107,40 @@ class Event:
 _BODY_FIELDS = tuple(f.name for f in fields(Event) if f.name != "hash")
 
 # The fields an emitter may set; the chain sets the rest.
-EVENT_FIELDS = ("task_id", "root_task_id", "parent_task_id", "agent", "delegator",
-                "decision_id", "lease_id", "trace_id")
+EVENT_FIELDS = (
+    "task_id",
+    "root_task_id",
+    "parent_task_id",
+    "agent",
+    "delegator",
+    "decision_id",
+    "lease_id",
+    "trace_id",
+)
 
 
 def _js(value: str | None) -> str:
     return "null" if value is None else str(encode_basestring(value))
 
 
-def row_hash(*, chain: str, seq: int, ts: float, type: str, prev_hash: str, payload_text: str,
-             task_id: str | None, root_task_id: str | None, parent_task_id: str | None,
-             agent: str | None, delegator: str | None, decision_id: str | None,
-             lease_id: str | None, trace_id: str | None, v: int) -> str:
+def row_hash(
+    *,
+    chain: str,
+    seq: int,
+    ts: float,
+    type: str,
+    prev_hash: str,
+    payload_text: str,
+    task_id: str | None,
+    root_task_id: str | None,
+    parent_task_id: str | None,
+    agent: str | None,
+    delegator: str | None,
+    decision_id: str | None,
+    lease_id: str | None,
+    trace_id: str | None,
+    v: int,
+) -> str:
     """``Event.compute_hash`` for a stored row, without parsing its payload.
 
     The payload column already holds canonical JSON, so the canonical body is assembled
@@ -109,10 +148,12 @@ def row_hash(*, chain: str, seq: int, ts: float, type: str, prev_hash: str, payl
     pins it to ``compute_hash``. A payload re-spelled in a non-canonical way (same data,
     other bytes) no longer hashes the same, which is what we want from a tamper check.
     """
-    body = (f'{{"agent":{_js(agent)},"chain":{_js(chain)},"decision_id":{_js(decision_id)},'
-            f'"delegator":{_js(delegator)},"lease_id":{_js(lease_id)},'
-            f'"parent_task_id":{_js(parent_task_id)},"payload":{payload_text},'
-            f'"prev_hash":{_js(prev_hash)},"root_task_id":{_js(root_task_id)},"seq":{int(seq)},'
-            f'"task_id":{_js(task_id)},"trace_id":{_js(trace_id)},"ts":{float.__repr__(float(ts))},'
-            f'"type":{_js(type)},"v":{int(v)}}}')
+    body = (
+        f'{{"agent":{_js(agent)},"chain":{_js(chain)},"decision_id":{_js(decision_id)},'
+        f'"delegator":{_js(delegator)},"lease_id":{_js(lease_id)},'
+        f'"parent_task_id":{_js(parent_task_id)},"payload":{payload_text},'
+        f'"prev_hash":{_js(prev_hash)},"root_task_id":{_js(root_task_id)},"seq":{int(seq)},'
+        f'"task_id":{_js(task_id)},"trace_id":{_js(trace_id)},"ts":{float.__repr__(float(ts))},'
+        f'"type":{_js(type)},"v":{int(v)}}}'
+    )
     return hashlib.sha256(body.encode()).hexdigest()

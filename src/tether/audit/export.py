@@ -28,17 +28,30 @@ APPLICATION_ACTIVITY = 6
 
 CREATE, READ, UPDATE, DELETE, OTHER = 1, 2, 3, 4, 99
 _ACTIVITY = {
-    ev.TASK_OPENED: CREATE, ev.TASK_DELEGATED: CREATE, ev.APPROVAL_REQUESTED: CREATE,
-    ev.CREDENTIAL_MINTED: CREATE, ev.WORKLOAD_ATTESTED: CREATE,
-    ev.APPROVAL_GRANTED: UPDATE, ev.APPROVAL_REJECTED: UPDATE, ev.POLICY_LOADED: UPDATE,
-    ev.TOOL_DEFINITION_CHANGED: UPDATE, ev.KEY_ROTATED: UPDATE,
-    ev.TASK_CLOSED: DELETE, ev.TASK_EXPIRED: DELETE, ev.TASK_REVOKED: DELETE,
+    ev.TASK_OPENED: CREATE,
+    ev.TASK_DELEGATED: CREATE,
+    ev.APPROVAL_REQUESTED: CREATE,
+    ev.CREDENTIAL_MINTED: CREATE,
+    ev.WORKLOAD_ATTESTED: CREATE,
+    ev.APPROVAL_GRANTED: UPDATE,
+    ev.APPROVAL_REJECTED: UPDATE,
+    ev.POLICY_LOADED: UPDATE,
+    ev.TOOL_DEFINITION_CHANGED: UPDATE,
+    ev.KEY_ROTATED: UPDATE,
+    ev.TASK_CLOSED: DELETE,
+    ev.TASK_EXPIRED: DELETE,
+    ev.TASK_REVOKED: DELETE,
     ev.CREDENTIAL_REVOKED: DELETE,
 }
 _ACTIVITY_NAME = {CREATE: "Create", READ: "Read", UPDATE: "Update", DELETE: "Delete", OTHER: "Other"}
 # Severity: informational unless the event is something a SOC would look at.
-_SEVERITY = {ev.CREDENTIAL_IRREVOCABLE: 4, ev.TASK_REVOKED: 3, ev.POLICY_RELOAD_FAILED: 3,
-             ev.TOOL_DEFINITION_CHANGED: 3, ev.APPROVAL_REJECTED: 2}
+_SEVERITY = {
+    ev.CREDENTIAL_IRREVOCABLE: 4,
+    ev.TASK_REVOKED: 3,
+    ev.POLICY_RELOAD_FAILED: 3,
+    ev.TOOL_DEFINITION_CHANGED: 3,
+    ev.APPROVAL_REJECTED: 2,
+}
 _SEVERITY_NAME = {1: "Informational", 2: "Low", 3: "Medium", 4: "High"}
 
 
@@ -63,8 +76,10 @@ def to_ocsf(e: Event, *, product_version: str | None = None) -> dict[str, Any]:
     activity = _ACTIVITY.get(e.type, OTHER)
     severity = _SEVERITY.get(e.type, 1)
     status_id, status = 1, "Success"
-    actor: dict[str, Any] = {"app_uid": e.agent or f"tether:{e.chain}",
-                             "app_name": e.agent.rsplit("/", 1)[-1] if e.agent else "tether"}
+    actor: dict[str, Any] = {
+        "app_uid": e.agent or f"tether:{e.chain}",
+        "app_name": e.agent.rsplit("/", 1)[-1] if e.agent else "tether",
+    }
     if e.delegator:
         actor["user"] = {"uid": e.delegator, "type_id": 1, "type": "User"}
     if e.task_id:
@@ -73,30 +88,44 @@ def to_ocsf(e: Event, *, product_version: str | None = None) -> dict[str, Any]:
         outcome = str(p.get("outcome", "deny"))
         status_id, status = {"allow": (1, "Success"), "deny": (2, "Failure")}.get(outcome, (99, outcome))
         severity = 1 if outcome == "allow" else 2
-        actor["authorizations"] = [{"decision": outcome,
-                                    "policy": {"uid": str(p.get("policy_version", "")), "name": "tether"}}]
+        actor["authorizations"] = [
+            {"decision": outcome, "policy": {"uid": str(p.get("policy_version", "")), "name": "tether"}}
+        ]
     operation = str(p.get("action") or e.type)
     out: dict[str, Any] = {
-        "class_uid": API_ACTIVITY, "class_name": "API Activity",
-        "category_uid": APPLICATION_ACTIVITY, "category_name": "Application Activity",
-        "activity_id": activity, "activity_name": _ACTIVITY_NAME[activity] if activity != OTHER else e.type,
+        "class_uid": API_ACTIVITY,
+        "class_name": "API Activity",
+        "category_uid": APPLICATION_ACTIVITY,
+        "category_name": "Application Activity",
+        "activity_id": activity,
+        "activity_name": _ACTIVITY_NAME[activity] if activity != OTHER else e.type,
         "type_uid": API_ACTIVITY * 100 + activity,
         "type_name": f"API Activity: {_ACTIVITY_NAME[activity] if activity != OTHER else 'Other'}",
         "time": int(e.ts * 1000),
-        "severity_id": severity, "severity": _SEVERITY_NAME[severity],
-        "status_id": status_id, "status": status,
+        "severity_id": severity,
+        "severity": _SEVERITY_NAME[severity],
+        "status_id": status_id,
+        "status": status,
         "message": summarize(e),
         "metadata": {
-            "version": OCSF_VERSION, "uid": f"{e.chain}:{e.seq}", "event_code": e.type,
-            "log_name": "tether.audit", "correlation_uid": e.root_task_id or e.task_id,
-            "product": {"name": "Tether", "vendor_name": "Tether",
-                        "version": product_version or _product_version()},
+            "version": OCSF_VERSION,
+            "uid": f"{e.chain}:{e.seq}",
+            "event_code": e.type,
+            "log_name": "tether.audit",
+            "correlation_uid": e.root_task_id or e.task_id,
+            "product": {
+                "name": "Tether",
+                "vendor_name": "Tether",
+                "version": product_version or _product_version(),
+            },
         },
         "actor": actor,
-        "api": {"operation": operation, "service": {"name": "tether"},
-                **({"request": {"uid": e.decision_id}} if e.decision_id else {})},
-        "src_endpoint": {"uid": e.agent or f"tether:{e.chain}",
-                         "name": e.agent or "tether"},
+        "api": {
+            "operation": operation,
+            "service": {"name": "tether"},
+            **({"request": {"uid": e.decision_id}} if e.decision_id else {}),
+        },
+        "src_endpoint": {"uid": e.agent or f"tether:{e.chain}", "name": e.agent or "tether"},
         "unmapped": {"tether": e.to_dict()},
     }
     if p.get("code") and e.type == ev.DECISION:

@@ -42,8 +42,15 @@ _SECRET_KEY = re.compile(
     r"private[-_]?key|credential[-_]?value",
     re.IGNORECASE,
 )
-DEFAULT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
-                   "x-auth-token", "x-amz-security-token")
+DEFAULT_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+)
 DEFAULT_PATTERNS = (
     r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
     r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",  # a JWT / JWS
@@ -62,8 +69,9 @@ def _parse_path(path: str) -> tuple[str, ...]:
 class Masker:
     """A payload filter; thread-safe (registered secrets may change while events flow)."""
 
-    def __init__(self, *, paths: Iterable[str] = (), headers: Iterable[str] = (),
-                 patterns: Iterable[str] = ()) -> None:
+    def __init__(
+        self, *, paths: Iterable[str] = (), headers: Iterable[str] = (), patterns: Iterable[str] = ()
+    ) -> None:
         self._paths = [_parse_path(p) for p in paths]
         self._headers = {h.lower() for h in (*DEFAULT_HEADERS, *headers)}
         # Compiled one by one: a user pattern may carry its own global flags (`(?i)`).
@@ -113,8 +121,14 @@ class Masker:
             out[MASKED_KEY] = sorted(set(keep) | set(masked))
         return out
 
-    def _walk(self, value: Any, path: tuple[str, ...], masked: list[str],
-              secrets_re: re.Pattern[str] | None, depth: int) -> Any:
+    def _walk(
+        self,
+        value: Any,
+        path: tuple[str, ...],
+        masked: list[str],
+        secrets_re: re.Pattern[str] | None,
+        depth: int,
+    ) -> Any:
         if depth > _MAX_DEPTH:
             masked.append(_fmt(path))
             return MASK
@@ -135,8 +149,13 @@ class Masker:
             headers = bool(path) and path[-1].lower().endswith("headers")
             items: list[Any] = []
             for i, v in enumerate(value):
-                if (headers and isinstance(v, list | tuple) and len(v) == 2 and isinstance(v[0], str)
-                        and v[0].lower() in self._headers):
+                if (
+                    headers
+                    and isinstance(v, list | tuple)
+                    and len(v) == 2
+                    and isinstance(v[0], str)
+                    and v[0].lower() in self._headers
+                ):
                     items.append([v[0], MASK])
                     masked.append(_fmt((*path, str(i))))
                 else:
@@ -153,8 +172,7 @@ class Masker:
             return new
         return value
 
-    def _mask_path(self, value: Any, rest: tuple[str, ...], at: tuple[str, ...],
-                   masked: list[str]) -> Any:
+    def _mask_path(self, value: Any, rest: tuple[str, ...], at: tuple[str, ...], masked: list[str]) -> Any:
         if not rest:
             if value != MASK:
                 masked.append(_fmt(at))
@@ -162,13 +180,16 @@ class Masker:
         head, tail = rest[0], rest[1:]
         if isinstance(value, dict):
             out = dict(value)
-            for k in (list(out) if head == "*" else [head] if head in out else []):
+            for k in list(out) if head == "*" else [head] if head in out else []:
                 out[k] = self._mask_path(out[k], tail, (*at, k), masked)
             return out
         if isinstance(value, list):
             items = list(value)
-            idx = range(len(items)) if head == "*" else (
-                [int(head)] if head.isdigit() and int(head) < len(items) else [])
+            idx = (
+                range(len(items))
+                if head == "*"
+                else ([int(head)] if head.isdigit() and int(head) < len(items) else [])
+            )
             for i in idx:
                 items[i] = self._mask_path(items[i], tail, (*at, str(i)), masked)
             return items

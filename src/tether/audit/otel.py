@@ -31,8 +31,9 @@ try:
     from opentelemetry.sdk.trace.id_generator import IdGenerator
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ConfigError("OpenTelemetry export needs the `otel` extra: pip install 'tether[otel]'",
-                      code="otel_unavailable") from exc
+    raise ConfigError(
+        "OpenTelemetry export needs the `otel` extra: pip install 'tether[otel]'", code="otel_unavailable"
+    ) from exc
 
 
 def _id(value: str, bits: int) -> int:
@@ -80,8 +81,11 @@ def _ns(ts: float) -> int:
 
 
 def _attrs(e: Event) -> dict[str, Any]:
-    a: dict[str, Any] = {"tether.audit.chain": e.chain, "tether.audit.seq": e.seq,
-                         "tether.event.type": e.type}
+    a: dict[str, Any] = {
+        "tether.audit.chain": e.chain,
+        "tether.audit.seq": e.seq,
+        "tether.event.type": e.type,
+    }
     for k in ("task_id", "decision_id", "lease_id", "agent", "delegator"):
         v = getattr(e, k)
         if v:
@@ -123,14 +127,27 @@ def _task_spans(tracer: Any, ids: _FixedIds, n: TraceTask, parent: Any, trace: T
     end = n.ended_at if n.ended_at is not None else max([start, *(e.ts for e in items)])
     ctx = otel_trace.set_span_in_context(parent) if parent is not None else None
     ids.span_id = _id(n.task_id, 64)
-    attrs: dict[str, Any] = {"tether.task_id": n.task_id, "tether.task.state": n.state,
-                             "gen_ai.operation.name": "invoke_agent"}
-    for k, v in (("tether.agent", n.agent), ("gen_ai.agent.id", n.agent), ("tether.delegator", n.delegator),
-                 ("tether.intent", n.intent), ("tether.parent_task_id", n.parent_task_id)):
+    attrs: dict[str, Any] = {
+        "tether.task_id": n.task_id,
+        "tether.task.state": n.state,
+        "gen_ai.operation.name": "invoke_agent",
+    }
+    for k, v in (
+        ("tether.agent", n.agent),
+        ("gen_ai.agent.id", n.agent),
+        ("tether.delegator", n.delegator),
+        ("tether.intent", n.intent),
+        ("tether.parent_task_id", n.parent_task_id),
+    ):
         if v:
             attrs[k] = v
-    span = tracer.start_span(f"task {n.intent or n.task_id}", context=ctx, kind=SpanKind.INTERNAL,
-                             attributes=attrs, start_time=_ns(start))
+    span = tracer.start_span(
+        f"task {n.intent or n.task_id}",
+        context=ctx,
+        kind=SpanKind.INTERNAL,
+        attributes=attrs,
+        start_time=_ns(start),
+    )
     count = 1
     child_ctx = otel_trace.set_span_in_context(span)
     results = {e.decision_id: e for e in items if e.type == ev.CALL_RESULT and e.decision_id}
@@ -150,8 +167,9 @@ def _task_spans(tracer: Any, ids: _FixedIds, n: TraceTask, parent: Any, trace: T
             if str(e.payload.get("resource", "")).startswith("tool:") or e.payload.get("tool"):
                 attrs["gen_ai.operation.name"] = "execute_tool"
             name = f"call {e.payload.get('resource') or e.payload.get('target') or ''}".strip()
-            s = tracer.start_span(name, context=child_ctx, kind=SpanKind.CLIENT, attributes=attrs,
-                                  start_time=_ns(e.ts))
+            s = tracer.start_span(
+                name, context=child_ctx, kind=SpanKind.CLIENT, attributes=attrs, start_time=_ns(e.ts)
+            )
             if res is not None:
                 status = res.payload.get("status")
                 if isinstance(status, int):

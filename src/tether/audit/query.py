@@ -44,8 +44,11 @@ def parse_time(value: str, *, now: float | None = None, field: str = "since") ->
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidRequest(f"`{field}` must be ISO 8601, a relative age like `15m`, or epoch seconds; "
-                             f"got `{value}`", code="invalid_time", field=field) from None
+        raise InvalidRequest(
+            f"`{field}` must be ISO 8601, a relative age like `15m`, or epoch seconds; got `{value}`",
+            code="invalid_time",
+            field=field,
+        ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
@@ -64,17 +67,25 @@ class EventFilter:
     def __post_init__(self) -> None:
         for ty in self.types:
             if ty not in EVENT_TYPES:
-                raise InvalidRequest(f"unknown event type `{ty}`; one of {', '.join(sorted(EVENT_TYPES))}",
-                                     code="unknown_event_type", field="type")
+                raise InvalidRequest(
+                    f"unknown event type `{ty}`; one of {', '.join(sorted(EVENT_TYPES))}",
+                    code="unknown_event_type",
+                    field="type",
+                )
         if self.outcome is not None and self.outcome not in ("allow", "deny", "approval_required"):
-            raise InvalidRequest("`decision` must be `allow`, `deny` or `approval_required`",
-                                 code="invalid_outcome", field="decision")
+            raise InvalidRequest(
+                "`decision` must be `allow`, `deny` or `approval_required`",
+                code="invalid_outcome",
+                field="decision",
+            )
 
     def where(self, q: Select[Any], conn: Connection) -> Select[Any]:
         if self.task_id is not None:
             if self.tree:
-                root = conn.execute(select(_E.root_task_id).where(_E.task_id == self.task_id)
-                                    .limit(1)).scalar() or self.task_id
+                root = (
+                    conn.execute(select(_E.root_task_id).where(_E.task_id == self.task_id).limit(1)).scalar()
+                    or self.task_id
+                )
                 q = q.where(or_(_E.root_task_id == root, _E.task_id == root))
             else:
                 q = q.where(_E.task_id == self.task_id)
@@ -96,18 +107,21 @@ class EventFilter:
         return q
 
     def matches(self, e: Event) -> bool:
-        return ((self.resource is None or e.payload.get("resource") == self.resource)
-                and (self.outcome is None or e.payload.get("outcome") == self.outcome))
+        return (self.resource is None or e.payload.get("resource") == self.resource) and (
+            self.outcome is None or e.payload.get("outcome") == self.outcome
+        )
 
 
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(f"`limit` must be between 1 and {MAX_LIMIT}", code="invalid_limit",
-                             field="limit")
+        raise InvalidRequest(
+            f"`limit` must be between 1 and {MAX_LIMIT}", code="invalid_limit", field="limit"
+        )
 
 
-def search(conn: Connection, flt: EventFilter, *, limit: int = 100,
-           newest_first: bool = False) -> list[Event]:
+def search(
+    conn: Connection, flt: EventFilter, *, limit: int = 100, newest_first: bool = False
+) -> list[Event]:
     """Events matching ``flt`` in time order (oldest first unless ``newest_first``)."""
     _check_limit(limit)
     order = (_E.ts.desc(), _E.chain.desc(), _E.seq.desc()) if newest_first else (_E.ts, _E.chain, _E.seq)
@@ -115,8 +129,9 @@ def search(conn: Connection, flt: EventFilter, *, limit: int = 100,
     offset = 0
     # Page until ``limit`` confirmed matches: the LIKE prefilter may over-match.
     while len(out) < limit:
-        page = conn.execute(flt.where(select(t.audit_events), conn).order_by(*order)
-                            .offset(offset).limit(limit)).all()
+        page = conn.execute(
+            flt.where(select(t.audit_events), conn).order_by(*order).offset(offset).limit(limit)
+        ).all()
         out.extend(e for e in (row_to_event(r._mapping) for r in page) if flt.matches(e))
         if len(page) < limit:
             break
@@ -134,9 +149,15 @@ def high_water(conn: Connection) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
-def follow(db: Database, flt: EventFilter, *, after: dict[str, int], poll_seconds: float = 1.0,
-           stop: Callable[[], bool] = lambda: False,
-           sleep: Callable[[float], None] = time.sleep) -> Iterator[Event]:
+def follow(
+    db: Database,
+    flt: EventFilter,
+    *,
+    after: dict[str, int],
+    poll_seconds: float = 1.0,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Event]:
     """Yield matching events committed after ``after`` (chain → last seq seen), until
     ``stop()``. Per-chain seq marks, not timestamps, so nothing is skipped when replica
     clocks differ or two events share a timestamp. Heads are read first: the head moves
@@ -145,10 +166,20 @@ def follow(db: Database, flt: EventFilter, *, after: dict[str, int], poll_second
     while not stop():
         with db.read() as conn:
             heads = high_water(conn)
-            conds = [and_(_E.chain == c, _E.seq > marks.get(c, 0), _E.seq <= h)
-                     for c, h in heads.items() if h > marks.get(c, 0)]
-            rows = conn.execute(flt.where(select(t.audit_events).where(or_(*conds)), conn)
-                                .order_by(_E.ts, _E.chain, _E.seq)).all() if conds else []
+            conds = [
+                and_(_E.chain == c, _E.seq > marks.get(c, 0), _E.seq <= h)
+                for c, h in heads.items()
+                if h > marks.get(c, 0)
+            ]
+            rows = (
+                conn.execute(
+                    flt.where(select(t.audit_events).where(or_(*conds)), conn).order_by(
+                        _E.ts, _E.chain, _E.seq
+                    )
+                ).all()
+                if conds
+                else []
+            )
         marks.update(heads)
         for r in rows:
             e = row_to_event(r._mapping)

@@ -34,10 +34,18 @@ class TraceItem:
     intact: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ts": self.event.ts, "type": self.event.type, "summary": self.summary,
-                "intact": self.intact, "chain": self.event.chain, "seq": self.event.seq,
-                "decision_id": self.event.decision_id, "lease_id": self.event.lease_id,
-                "trace_id": self.event.trace_id, "payload": self.event.payload}
+        return {
+            "ts": self.event.ts,
+            "type": self.event.type,
+            "summary": self.summary,
+            "intact": self.intact,
+            "chain": self.event.chain,
+            "seq": self.event.seq,
+            "decision_id": self.event.decision_id,
+            "lease_id": self.event.lease_id,
+            "trace_id": self.event.trace_id,
+            "payload": self.event.payload,
+        }
 
 
 @dataclass
@@ -55,11 +63,19 @@ class TraceTask:
     children: list[TraceTask] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "agent": self.agent, "delegator": self.delegator,
-                "intent": self.intent, "parent_task_id": self.parent_task_id, "depth": self.depth,
-                "opened_at": self.opened_at, "state": self.state, "ended_at": self.ended_at,
-                "events": [i.to_dict() for i in self.items],
-                "children": [c.to_dict() for c in self.children]}
+        return {
+            "task_id": self.task_id,
+            "agent": self.agent,
+            "delegator": self.delegator,
+            "intent": self.intent,
+            "parent_task_id": self.parent_task_id,
+            "depth": self.depth,
+            "opened_at": self.opened_at,
+            "state": self.state,
+            "ended_at": self.ended_at,
+            "events": [i.to_dict() for i in self.items],
+            "children": [c.to_dict() for c in self.children],
+        }
 
 
 @dataclass
@@ -73,8 +89,13 @@ class Trace:
         return self.root.delegator
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root_task_id": self.root.task_id, "delegator": self.delegator, "events": self.events,
-                "tampered": [{"chain": c, "seq": s} for c, s in self.tampered], "root": self.root.to_dict()}
+        return {
+            "root_task_id": self.root.task_id,
+            "delegator": self.delegator,
+            "events": self.events,
+            "tampered": [{"chain": c, "seq": s} for c, s in self.tampered],
+            "root": self.root.to_dict(),
+        }
 
 
 def summarize(e: Event) -> str:
@@ -87,8 +108,14 @@ def summarize(e: Event) -> str:
                 extra.append(f"{k}={p[k]}")
         if e.lease_id:
             extra.append(f"lease={e.lease_id}")
-        return " ".join([f"decision {p.get('outcome', '?')}", str(p.get("action", "?")),
-                         str(p.get("resource", "")), *extra]).strip()
+        return " ".join(
+            [
+                f"decision {p.get('outcome', '?')}",
+                str(p.get("action", "?")),
+                str(p.get("resource", "")),
+                *extra,
+            ]
+        ).strip()
     if e.type.startswith("approval."):
         verb = e.type.split(".", 1)[1]
         by = f" by {p['by']}" if p.get("by") else ""
@@ -113,24 +140,41 @@ def summarize(e: Event) -> str:
 
 
 def _row_intact(m: Any) -> bool:
-    return bool(row_hash(chain=m["chain"], seq=m["seq"], ts=m["ts"], type=m["type"],
-                         prev_hash=m["prev_hash"], payload_text=m["payload"], task_id=m["task_id"],
-                         root_task_id=m["root_task_id"], parent_task_id=m["parent_task_id"],
-                         agent=m["agent"], delegator=m["delegator"], decision_id=m["decision_id"],
-                         lease_id=m["lease_id"], trace_id=m["trace_id"], v=m["v"]) == m["hash"])
+    return bool(
+        row_hash(
+            chain=m["chain"],
+            seq=m["seq"],
+            ts=m["ts"],
+            type=m["type"],
+            prev_hash=m["prev_hash"],
+            payload_text=m["payload"],
+            task_id=m["task_id"],
+            root_task_id=m["root_task_id"],
+            parent_task_id=m["parent_task_id"],
+            agent=m["agent"],
+            delegator=m["delegator"],
+            decision_id=m["decision_id"],
+            lease_id=m["lease_id"],
+            trace_id=m["trace_id"],
+            v=m["v"],
+        )
+        == m["hash"]
+    )
 
 
 def build_trace(conn: Connection, task_id: str) -> Trace:
     from tether.audit.verify import row_to_event  # local: verify imports the checkpoint stack
 
-    root_id = conn.execute(select(_E.root_task_id).where(_E.task_id == task_id, _E.root_task_id.is_not(None))
-                           .limit(1)).scalar()
+    root_id = conn.execute(
+        select(_E.root_task_id).where(_E.task_id == task_id, _E.root_task_id.is_not(None)).limit(1)
+    ).scalar()
     if root_id is None:
         raise NotFound(f"no audit events for task `{task_id}`", code="task_not_found")
     # Only the indexed column: the broker sets root_task_id on every event of a tree (a root
     # task's own events carry its id), and an OR with task_id would defeat the index.
-    rows = conn.execute(select(t.audit_events).where(_E.root_task_id == root_id)
-                        .order_by(_E.ts, _E.chain, _E.seq)).all()
+    rows = conn.execute(
+        select(t.audit_events).where(_E.root_task_id == root_id).order_by(_E.ts, _E.chain, _E.seq)
+    ).all()
     return assemble(root_id, ((row_to_event(r._mapping), _row_intact(r._mapping)) for r in rows))
 
 
@@ -206,7 +250,8 @@ def _task_label(n: TraceTask) -> Text:
 def _add_task(tree: Tree, n: TraceTask) -> None:
     branch = tree.add(_task_label(n))
     timeline: list[tuple[float, int, TraceItem | TraceTask]] = [
-        (i.event.ts, 0, i) for i in n.items if i.event.type != ev.TASK_OPENED]
+        (i.event.ts, 0, i) for i in n.items if i.event.type != ev.TASK_OPENED
+    ]
     timeline += [(c.opened_at or 0.0, 1, c) for c in n.children]
     for _, _, x in sorted(timeline, key=lambda x: (x[0], x[1])):
         if isinstance(x, TraceTask):

@@ -38,9 +38,24 @@ from tether.store.db import Database
 
 _WINDOW = 8  # how far from its place a moved row is looked for (only after a break)
 _E = t.audit_events.c
-_COLUMNS = (_E.seq, _E.chain, _E.ts, _E.type, _E.prev_hash, _E.payload, _E.task_id, _E.root_task_id,
-            _E.parent_task_id, _E.agent, _E.delegator, _E.decision_id, _E.lease_id, _E.trace_id, _E.v,
-            _E.hash)
+_COLUMNS = (
+    _E.seq,
+    _E.chain,
+    _E.ts,
+    _E.type,
+    _E.prev_hash,
+    _E.payload,
+    _E.task_id,
+    _E.root_task_id,
+    _E.parent_task_id,
+    _E.agent,
+    _E.delegator,
+    _E.decision_id,
+    _E.lease_id,
+    _E.trace_id,
+    _E.v,
+    _E.hash,
+)
 Row = tuple[Any, ...]
 
 
@@ -74,16 +89,34 @@ class VerifyReport:
         return self.breaks[0] if self.breaks else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "chains": self.chains,
-                "checkpoints": self.checkpoints, "breaks": [b.to_dict() for b in self.breaks]}
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "chains": self.chains,
+            "checkpoints": self.checkpoints,
+            "breaks": [b.to_dict() for b in self.breaks],
+        }
 
 
 def row_to_event(m: Any) -> Event:
-    return Event(chain=m["chain"], seq=m["seq"], ts=m["ts"], type=m["type"], prev_hash=m["prev_hash"],
-                 payload=json.loads(m["payload"]), task_id=m["task_id"],
-                 root_task_id=m["root_task_id"], parent_task_id=m["parent_task_id"],
-                 agent=m["agent"], delegator=m["delegator"], decision_id=m["decision_id"],
-                 lease_id=m["lease_id"], trace_id=m["trace_id"], v=m["v"], hash=m["hash"])
+    return Event(
+        chain=m["chain"],
+        seq=m["seq"],
+        ts=m["ts"],
+        type=m["type"],
+        prev_hash=m["prev_hash"],
+        payload=json.loads(m["payload"]),
+        task_id=m["task_id"],
+        root_task_id=m["root_task_id"],
+        parent_task_id=m["parent_task_id"],
+        agent=m["agent"],
+        delegator=m["delegator"],
+        decision_id=m["decision_id"],
+        lease_id=m["lease_id"],
+        trace_id=m["trace_id"],
+        v=m["v"],
+        hash=m["hash"],
+    )
 
 
 def iter_chain(conn: Connection, chain: str, batch: int = 5000) -> Iterator[Event]:
@@ -94,8 +127,9 @@ def iter_chain(conn: Connection, chain: str, batch: int = 5000) -> Iterator[Even
 def _rows(conn: Connection, chain: str, batch: int = 20000) -> Iterator[Row]:
     last = 0
     while True:
-        rows = conn.execute(select(*_COLUMNS).where(_E.chain == chain, _E.seq > last)
-                            .order_by(_E.seq).limit(batch)).all()
+        rows = conn.execute(
+            select(*_COLUMNS).where(_E.chain == chain, _E.seq > last).order_by(_E.seq).limit(batch)
+        ).all()
         if not rows:
             return
         yield from (tuple(r) for r in rows)
@@ -103,15 +137,29 @@ def _rows(conn: Connection, chain: str, batch: int = 20000) -> Iterator[Row]:
 
 
 def _hash_as(r: Row, seq: int) -> str:
-    return row_hash(seq=seq, chain=r[1], ts=r[2], type=r[3], prev_hash=r[4], payload_text=r[5],
-                    task_id=r[6], root_task_id=r[7], parent_task_id=r[8], agent=r[9], delegator=r[10],
-                    decision_id=r[11], lease_id=r[12], trace_id=r[13], v=r[14])
+    return row_hash(
+        seq=seq,
+        chain=r[1],
+        ts=r[2],
+        type=r[3],
+        prev_hash=r[4],
+        payload_text=r[5],
+        task_id=r[6],
+        root_task_id=r[7],
+        parent_task_id=r[8],
+        agent=r[9],
+        delegator=r[10],
+        decision_id=r[11],
+        lease_id=r[12],
+        trace_id=r[13],
+        v=r[14],
+    )
 
 
 def _belongs(r: Row, at: int) -> int | None:
     """The seq this row's content was hashed for, searched near ``at``; None if edited."""
     for d in range(_WINDOW + 1):
-        for s in ((at,) if d == 0 else (at + d, at - d)):
+        for s in (at,) if d == 0 else (at + d, at - d):
             if s >= 1 and _hash_as(r, s) == r[15]:
                 return s
     return None
@@ -123,20 +171,32 @@ def _classify(chain: str, k: int, r: Row, nxt: Row | None) -> Break:
     if b == k:  # intact row that does not link: the one before was rewritten and re-hashed
         if k == 1:
             return Break(chain, 1, "edited", "event 1 does not start the chain")
-        return Break(chain, k - 1, "edited",
-                     f"event {k - 1} was rewritten and re-hashed: event {k} no longer links to it")
+        return Break(
+            chain,
+            k - 1,
+            "edited",
+            f"event {k - 1} was rewritten and re-hashed: event {k} no longer links to it",
+        )
     if b is None:
         return Break(chain, k, "edited", f"event {k} was modified (its content does not match its hash)")
     if b > k:
         if nxt is not None and _belongs(nxt, k + 1) == b + 1:
             return Break(chain, k, "missing", f"event {k} was deleted and later events renumbered")
         return Break(chain, k, "reordered", f"the event at seq {k} was written as seq {b} (rows moved)")
-    return Break(chain, k - 1, "inserted",
-                 f"an event was inserted at seq {k - 1}: the event at seq {k} was written as seq {b}")
+    return Break(
+        chain,
+        k - 1,
+        "inserted",
+        f"an event was inserted at seq {k - 1}: the event at seq {k} was written as seq {b}",
+    )
 
 
-def verify_chain(conn: Connection, chain: str, head: tuple[int, str] | None,
-                 checkpoints: Sequence[tuple[Checkpoint, bool]] = ()) -> tuple[int, list[Break]]:
+def verify_chain(
+    conn: Connection,
+    chain: str,
+    head: tuple[int, str] | None,
+    checkpoints: Sequence[tuple[Checkpoint, bool]] = (),
+) -> tuple[int, list[Break]]:
     """Verify one chain against its head and (authentic) checkpoints; ``(events, breaks)``.
 
     ``checkpoints`` pairs each checkpoint with ``external`` (kept outside the database).
@@ -154,33 +214,57 @@ def verify_chain(conn: Connection, chain: str, head: tuple[int, str] | None,
             return count, [_classify(chain, seq, r, next(rows, None))]
         for cp in at_seq.get(seq, ()):
             if cp.hash != r[15]:
-                return count, [Break(chain, seq, "checkpoint_mismatch",
-                                     f"event {seq} differs from the signed checkpoint at seq {seq}")]
+                return count, [
+                    Break(
+                        chain,
+                        seq,
+                        "checkpoint_mismatch",
+                        f"event {seq} differs from the signed checkpoint at seq {seq}",
+                    )
+                ]
         prev = r[15]
         expected += 1
         count += 1
     for cp, external in sorted(checkpoints, key=lambda c: c[0].seq, reverse=True):
         if cp.seq > count:
             kind = "rolled_back" if external else "truncated"
-            return count, [Break(chain, count + 1, kind,
-                                 f"chain ends at seq {count} but a signed checkpoint "
-                                 f"{'kept outside the database ' if external else ''}has seq {cp.seq}")]
+            return count, [
+                Break(
+                    chain,
+                    count + 1,
+                    kind,
+                    f"chain ends at seq {count} but a signed checkpoint "
+                    f"{'kept outside the database ' if external else ''}has seq {cp.seq}",
+                )
+            ]
     if head is not None:
         head_seq, head_hash = head
         if head_seq > count:
-            return count, [Break(chain, count + 1, "truncated",
-                                 f"chain ends at seq {count} but its head says {head_seq}")]
+            return count, [
+                Break(
+                    chain, count + 1, "truncated", f"chain ends at seq {count} but its head says {head_seq}"
+                )
+            ]
         if head_seq < count:
-            return count, [Break(chain, head_seq + 1, "inserted",
-                                 f"events after the recorded head (seq {head_seq}) were never written "
-                                 "by the broker")]
+            return count, [
+                Break(
+                    chain,
+                    head_seq + 1,
+                    "inserted",
+                    f"events after the recorded head (seq {head_seq}) were never written by the broker",
+                )
+            ]
         if head_hash != prev:
             return count, [Break(chain, count, "head_mismatch", "last event differs from the recorded head")]
     return count, []
 
 
-def verify_chains(conn: Connection, *, external: Iterable[Checkpoint] = (),
-                  jwks: Mapping[str, Mapping[str, Any]] | None = None) -> VerifyReport:
+def verify_chains(
+    conn: Connection,
+    *,
+    external: Iterable[Checkpoint] = (),
+    jwks: Mapping[str, Mapping[str, Any]] | None = None,
+) -> VerifyReport:
     """Verify every chain in the store, its stored checkpoints and ``external`` ones.
 
     ``jwks`` (kid → public JWK) overrides the keys in the store: pass the broker's
@@ -188,8 +272,12 @@ def verify_chains(conn: Connection, *, external: Iterable[Checkpoint] = (),
     """
     report = VerifyReport()
     keys = dict(jwks) if jwks is not None else store_jwks(conn)
-    heads = {r[0]: (int(r[1]), str(r[2])) for r in conn.execute(
-        select(t.audit_chains.c.chain, t.audit_chains.c.head_seq, t.audit_chains.c.head_hash))}
+    heads = {
+        r[0]: (int(r[1]), str(r[2]))
+        for r in conn.execute(
+            select(t.audit_chains.c.chain, t.audit_chains.c.head_seq, t.audit_chains.c.head_hash)
+        )
+    }
     cps: dict[str, list[tuple[Checkpoint, bool]]] = {}
     for cp, ext in [*((c, False) for c in stored_checkpoints(conn)), *((c, True) for c in external)]:
         cps.setdefault(cp.chain, []).append((cp, ext))
@@ -203,10 +291,19 @@ def verify_chains(conn: Connection, *, external: Iterable[Checkpoint] = (),
                 good.append((cp, ext))
             elif not sig_breaks:
                 where = "kept outside the database " if ext else ""
-                sig_breaks.append(Break(chain, cp.seq, problem,
-                                        f"checkpoint {where}at seq {cp.seq}: "
-                                        + ("no public key for its kid" if problem == "unknown_key"
-                                           else "signature does not verify")))
+                sig_breaks.append(
+                    Break(
+                        chain,
+                        cp.seq,
+                        problem,
+                        f"checkpoint {where}at seq {cp.seq}: "
+                        + (
+                            "no public key for its kid"
+                            if problem == "unknown_key"
+                            else "signature does not verify"
+                        ),
+                    )
+                )
         count, breaks = verify_chain(conn, chain, heads.get(chain), good)
         report.chains[chain] = count
         report.checkpoints += len(good)

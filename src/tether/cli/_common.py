@@ -17,8 +17,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="TETHER_STATE_DIR",
-    default=Path(".tether"), show_default=True, help="Broker state directory (config, keys, SQLite).")
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="TETHER_STATE_DIR",
+    default=Path(".tether"),
+    show_default=True,
+    help="Broker state directory (config, keys, SQLite).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
@@ -39,8 +44,9 @@ def fail(exc: TetherError, as_json: bool = False) -> None:
     else:
         # soft_wrap: a path or a policy file name in the message must stay on one line
         # for people who copy it and for scripts that grep it.
-        err_console.print(f"[bold red]error[/] [dim]({exc.code})[/] {exc.message}", highlight=False,
-                          soft_wrap=True)
+        err_console.print(
+            f"[bold red]error[/] [dim]({exc.code})[/] {exc.message}", highlight=False, soft_wrap=True
+        )
     sys.exit(1 if exc.code != "broker_not_running" else 3)
 
 

@@ -20,8 +20,12 @@ def approvals() -> None:
 
 @approvals.command("list")
 @state_dir_option
-@click.option("--state", type=click.Choice(["pending", "granted", "rejected", "consumed"]),
-              default="pending", show_default=True)
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "granted", "rejected", "consumed"]),
+    default="pending",
+    show_default=True,
+)
 @json_option
 def list_(state_dir: Path, state: str, as_json: bool) -> None:
     """List approvals (pending by default)."""
@@ -30,8 +34,9 @@ def list_(state_dir: Path, state: str, as_json: bool) -> None:
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("approval", "task", "action", "resource", "why", "expires (UTC)")
         for r in rows:
-            t.add_row(r["approval_id"], r["task_id"], r["action"], r["resource"], r["reason"],
-                      when(r["expires_at"]))
+            t.add_row(
+                r["approval_id"], r["task_id"], r["action"], r["resource"], r["reason"], when(r["expires_at"])
+            )
         console.print(t if rows else f"no {state} approvals")
 
     output(rows, as_json, render)
@@ -39,9 +44,14 @@ def list_(state_dir: Path, state: str, as_json: bool) -> None:
 
 def _decide(op: str, state_dir: Path, approval_id: str, as_json: bool) -> None:
     data = run(lambda: call(admin_socket(state_dir), op, {"approval_id": approval_id}), as_json)
-    output(data, as_json, lambda d: console.print(
-        f"{'[green]✓ granted' if d['state'] == 'granted' else '[red]✗ rejected'}[/] {d['approval_id']}: "
-        f"{d['action']} on {d['resource']} for task {d['task_id']}"))
+    output(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"{'[green]✓ granted' if d['state'] == 'granted' else '[red]✗ rejected'}[/] {d['approval_id']}: "
+            f"{d['action']} on {d['resource']} for task {d['task_id']}"
+        ),
+    )
 
 
 @click.command()

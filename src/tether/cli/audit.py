@@ -63,14 +63,23 @@ def audit() -> None:
 @audit.command()
 @state_dir_option
 @store_option
-@click.option("--checkpoints", "checkpoint_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Signed checkpoints kept outside the database (JSON Lines) to check the store "
-                   "against [default: `audit.checkpoint_file` when set].")
-@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Verify checkpoint signatures with this JWKS instead of the keys in the store.")
+@click.option(
+    "--checkpoints",
+    "checkpoint_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Signed checkpoints kept outside the database (JSON Lines) to check the store "
+    "against [default: `audit.checkpoint_file` when set].",
+)
+@click.option(
+    "--jwks",
+    "jwks_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify checkpoint signatures with this JWKS instead of the keys in the store.",
+)
 @json_option
-def verify(state_dir: Path, store: str | None, checkpoint_file: Path | None, jwks_file: Path | None,
-           as_json: bool) -> None:
+def verify(
+    state_dir: Path, store: str | None, checkpoint_file: Path | None, jwks_file: Path | None, as_json: bool
+) -> None:
     """Walk every hash chain; report the first broken link with its seq (exit 1 when broken).
 
     Catches edited, deleted, reordered and inserted events, truncation after a checkpoint,
@@ -97,8 +106,10 @@ def verify(state_dir: Path, store: str | None, checkpoint_file: Path | None, jwk
         for b in report.breaks:
             console.print(f"[red]✗ broken[/] chain {b.chain} at seq [bold]{b.seq}[/] ({b.kind}): {b.message}")
         if report.ok:
-            console.print(f"[green]✓[/] audit log intact: {report.events} events, "
-                          f"{report.checkpoints} signed checkpoints ({elapsed:.2f}s)")
+            console.print(
+                f"[green]✓[/] audit log intact: {report.events} events, "
+                f"{report.checkpoints} signed checkpoints ({elapsed:.2f}s)"
+            )
 
     output(report.to_dict(), as_json, render)
     if not report.ok:
@@ -122,6 +133,7 @@ def trace(task_id: str, state_dir: Path, store: str | None, as_json: bool) -> No
 
     settings = _settings(state_dir, store, as_json)
     with _db(settings) as db:
+
         def go() -> Trace:
             with snapshot(db) as conn:
                 return build_trace(conn, task_id)
@@ -143,9 +155,12 @@ def _filters(**kw: Any) -> Any:
     from tether.audit.query import EventFilter, parse_time
 
     since, until = kw.pop("since", None), kw.pop("until", None)
-    return EventFilter(since=parse_time(since, field="since") if since else None,
-                       until=parse_time(until, field="until") if until else None,
-                       types=tuple(kw.pop("types", ()) or ()), **kw)
+    return EventFilter(
+        since=parse_time(since, field="since") if since else None,
+        until=parse_time(until, field="until") if until else None,
+        types=tuple(kw.pop("types", ()) or ()),
+        **kw,
+    )
 
 
 def _print_events(events: list[Event], as_json: bool) -> None:
@@ -163,8 +178,18 @@ def _print_events(events: list[Event], as_json: bool) -> None:
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between polls with --follow.")
 @click.option("--max-polls", type=int, hidden=True)  # bounds --follow in tests
 @json_option
-def tail(state_dir: Path, store: str | None, lines: int, follow: bool, task_id: str | None, tree: bool,
-         types: tuple[str, ...], poll: float, max_polls: int | None, as_json: bool) -> None:
+def tail(
+    state_dir: Path,
+    store: str | None,
+    lines: int,
+    follow: bool,
+    task_id: str | None,
+    tree: bool,
+    types: tuple[str, ...],
+    poll: float,
+    max_polls: int | None,
+    as_json: bool,
+) -> None:
     """Show the most recent events; with --follow, keep printing new ones (JSON Lines with --json)."""
     from tether.audit.query import follow as follow_events
     from tether.audit.query import high_water
@@ -173,6 +198,7 @@ def tail(state_dir: Path, store: str | None, lines: int, follow: bool, task_id: 
     settings = _settings(state_dir, store, as_json)
     flt = run(lambda: _filters(task_id=task_id, tree=tree, types=types), as_json)
     with _db(settings) as db:
+
         def first() -> tuple[list[Event], dict[str, int]]:
             with db.read() as conn:
                 return tail_events(conn, flt, lines), high_water(conn)
@@ -201,24 +227,49 @@ def tail(state_dir: Path, store: str | None, lines: int, follow: bool, task_id: 
 @store_option
 @click.option("--agent", help="SPIFFE ID of the agent.")
 @click.option("--resource", help="Catalog resource (e.g. `billing.refund`).")
-@click.option("--decision", "outcome", type=click.Choice(["allow", "deny", "approval_required"]),
-              help="Decision outcome.")
+@click.option(
+    "--decision",
+    "outcome",
+    type=click.Choice(["allow", "deny", "approval_required"]),
+    help="Decision outcome.",
+)
 @click.option("--type", "types", multiple=True, type=type_choice, help="Event type (repeatable).")
 @click.option("--task", "task_id", help="Only events of this task.")
 @click.option("--since", help="From this time: ISO 8601, `15m`, `2h`, `7d` or epoch seconds.")
 @click.option("--until", help="Before this time (same forms as --since).")
 @click.option("--limit", default=100, show_default=True, help="At most this many events.")
 @json_option
-def search(state_dir: Path, store: str | None, agent: str | None, resource: str | None, outcome: str | None,
-           types: tuple[str, ...], task_id: str | None, since: str | None, until: str | None, limit: int,
-           as_json: bool) -> None:
+def search(
+    state_dir: Path,
+    store: str | None,
+    agent: str | None,
+    resource: str | None,
+    outcome: str | None,
+    types: tuple[str, ...],
+    task_id: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """Find events by agent, resource, decision, type, task and time range (oldest first)."""
     from tether.audit.query import search as search_events
 
     settings = _settings(state_dir, store, as_json)
-    flt = run(lambda: _filters(agent=agent, resource=resource, outcome=outcome, types=types,
-                               task_id=task_id, since=since, until=until), as_json)
+    flt = run(
+        lambda: _filters(
+            agent=agent,
+            resource=resource,
+            outcome=outcome,
+            types=types,
+            task_id=task_id,
+            since=since,
+            until=until,
+        ),
+        as_json,
+    )
     with _db(settings) as db:
+
         def go() -> list[Event]:
             with db.read() as conn:
                 return search_events(conn, flt, limit=limit)
@@ -253,18 +304,40 @@ def _replace(flt: Any, **kw: Any) -> Any:
 @audit.command()
 @state_dir_option
 @store_option
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "otel", "ocsf"]), default="jsonl",
-              show_default=True, help="jsonl: events with hashes; otel: OpenTelemetry spans; ocsf: "
-                                      "OCSF API Activity (6003) events for a SIEM.")
-@click.option("--output", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write here instead of stdout.")
-@click.option("--otlp-endpoint", help="With --format otel: send spans over OTLP/HTTP to this URL "
-                                      "(e.g. http://collector:4318/v1/traces) instead of writing them.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "otel", "ocsf"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: events with hashes; otel: OpenTelemetry spans; ocsf: "
+    "OCSF API Activity (6003) events for a SIEM.",
+)
+@click.option(
+    "--output",
+    "-o",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of stdout.",
+)
+@click.option(
+    "--otlp-endpoint",
+    help="With --format otel: send spans over OTLP/HTTP to this URL "
+    "(e.g. http://collector:4318/v1/traces) instead of writing them.",
+)
 @click.option("--task", "task_id", help="Only this task's tree.")
 @click.option("--since", help="From this time: ISO 8601, `15m`, `2h`, `7d` or epoch seconds.")
 @click.option("--until", help="Before this time.")
-def export(state_dir: Path, store: str | None, fmt: str, out_path: Path | None, otlp_endpoint: str | None,
-           task_id: str | None, since: str | None, until: str | None) -> None:
+def export(
+    state_dir: Path,
+    store: str | None,
+    fmt: str,
+    out_path: Path | None,
+    otlp_endpoint: str | None,
+    task_id: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
     """Export events as JSON Lines, OpenTelemetry spans or OCSF events."""
     from tether.audit.export import to_jsonl, to_ocsf_lines
 
@@ -296,8 +369,12 @@ def _otel(events: Iterator[Event], out: IO[str], endpoint: str | None) -> int:
 @audit.command()
 @state_dir_option
 @store_option
-@click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also append the checkpoints here [default: `audit.checkpoint_file` when set].")
+@click.option(
+    "--file",
+    "file_",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also append the checkpoints here [default: `audit.checkpoint_file` when set].",
+)
 @json_option
 def checkpoint(state_dir: Path, store: str | None, file_: Path | None, as_json: bool) -> None:
     """Sign the current head of every chain now, store it and ship it like the broker does.
@@ -315,23 +392,32 @@ def checkpoint(state_dir: Path, store: str | None, file_: Path | None, as_json: 
     settings = _settings(state_dir, store, as_json)
     cfg = replace(settings.audit, checkpoint_file=str(file_)) if file_ else settings.audit
     with _db(settings) as db:
+
         def go() -> list[Checkpoint]:
-            keys = KeyRing(db, load_master_key(settings.state_dir),
-                           rotate_after=settings.keys.rotate_after_seconds,
-                           overlap=settings.keys.overlap_seconds)
+            keys = KeyRing(
+                db,
+                load_master_key(settings.state_dir),
+                rotate_after=settings.keys.rotate_after_seconds,
+                overlap=settings.keys.overlap_seconds,
+            )
             keys.refresh()
             with db.read() as conn:
-                heads = conn.execute(select(t.audit_chains.c.chain, t.audit_chains.c.head_seq,
-                                            t.audit_chains.c.head_hash)).all()
-            return [write_checkpoint(db, keys, cfg, settings.state_dir, str(c), int(s), str(h), time.time())
-                    for c, s, h in heads]
+                heads = conn.execute(
+                    select(t.audit_chains.c.chain, t.audit_chains.c.head_seq, t.audit_chains.c.head_hash)
+                ).all()
+            return [
+                write_checkpoint(db, keys, cfg, settings.state_dir, str(c), int(s), str(h), time.time())
+                for c, s, h in heads
+            ]
 
         cps: list[Checkpoint] = run(go, as_json)
 
     def render(_: Any) -> None:
         for cp in cps:
-            console.print(f"[green]✓[/] checkpoint chain [bold]{cp.chain}[/] seq {cp.seq} "
-                          f"head {cp.hash[:16]}… (kid {cp.kid})")
+            console.print(
+                f"[green]✓[/] checkpoint chain [bold]{cp.chain}[/] seq {cp.seq} "
+                f"head {cp.hash[:16]}… (kid {cp.kid})"
+            )
         if not cps:
             console.print("no audit chains yet")
 

@@ -11,13 +11,44 @@ from rich.panel import Panel
 
 from tether.cli._common import console
 
-_ICON = {"ok": "[green]✓[/]", "denied": "[red]✗ denied[/]", "approval": "[yellow]⏸ approval[/]",
-         "revoked": "[magenta]⊘ revoked[/]", "failed": "[bold red]✗ FAILED[/]"}
+_ICON = {
+    "ok": "[green]✓[/]",
+    "denied": "[red]✗ denied[/]",
+    "approval": "[yellow]⏸ approval[/]",
+    "revoked": "[magenta]⊘ revoked[/]",
+    "failed": "[bold red]✗ FAILED[/]",
+}
 # Details worth a line each in the story; everything is in --json.
-_SHOW = ("url", "environment", "policy", "spiffe_ids", "human", "request", "task_id", "intent", "reader",
-         "notifier", "decision_id", "lease_id", "credential_expires_in", "crm_status", "customer",
-         "tools_visible", "result", "approval_id", "approved_by", "refunded_cents", "subtree",
-         "seen_after_seconds", "leases", "events", "chains", "reasons", "code", "message")
+_SHOW = (
+    "url",
+    "environment",
+    "policy",
+    "spiffe_ids",
+    "human",
+    "request",
+    "task_id",
+    "intent",
+    "reader",
+    "notifier",
+    "decision_id",
+    "lease_id",
+    "credential_expires_in",
+    "crm_status",
+    "customer",
+    "tools_visible",
+    "result",
+    "approval_id",
+    "approved_by",
+    "refunded_cents",
+    "subtree",
+    "seen_after_seconds",
+    "leases",
+    "events",
+    "chains",
+    "reasons",
+    "code",
+    "message",
+)
 
 
 class RichReporter:
@@ -28,8 +59,11 @@ class RichReporter:
         if step.key in ("trace", "verify") and step.status == "ok" and step.key == "trace":
             return
         self.n += 1
-        console.print(f"\n[bold]{self.n:>2}.[/] {_ICON.get(step.status, step.status)} [bold]{step.title}[/] "
-                      f"[dim]({step.seconds:.2f}s)[/]", highlight=False)
+        console.print(
+            f"\n[bold]{self.n:>2}.[/] {_ICON.get(step.status, step.status)} [bold]{step.title}[/] "
+            f"[dim]({step.seconds:.2f}s)[/]",
+            highlight=False,
+        )
         for key in _SHOW:
             if key in step.detail and step.detail[key] not in (None, [], {}):
                 value = step.detail[key]
@@ -64,16 +98,22 @@ def demo(as_json: bool, keep: bool) -> None:
     from tether.demo.pipeline import run_pipeline
 
     if not as_json:
-        console.print(Panel.fit("[bold]tether demo[/] — the task is the unit of authority\n"
-                                "an orchestrator, a reader and a notifier handle one support ticket",
-                                border_style="cyan"))
+        console.print(
+            Panel.fit(
+                "[bold]tether demo[/] — the task is the unit of authority\n"
+                "an orchestrator, a reader and a notifier handle one support ticket",
+                border_style="cyan",
+            )
+        )
     result = run_pipeline(JsonReporter() if as_json else RichReporter(), keep=keep)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         verdict = "[green]demo complete[/]" if result.ok else "[bold red]demo failed[/]"
-        console.print(f"\n{verdict} in {result.wall_seconds:.1f}s"
-                      + (f" — state kept in {Path(result.state_dir)}" if keep else ""))
+        console.print(
+            f"\n{verdict} in {result.wall_seconds:.1f}s"
+            + (f" — state kept in {Path(result.state_dir)}" if keep else "")
+        )
     if not result.ok:
         raise SystemExit(1)
 

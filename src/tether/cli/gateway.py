@@ -23,17 +23,22 @@ from tether.errors import InvalidRequest, Unauthenticated
 
 def svid_source(svid_file: Path | None) -> Callable[[], str]:
     """The gateway's JWT-SVID: from a file (re-read each time) or ``TETHER_GATEWAY_SVID``."""
+
     def read() -> str:
         if svid_file is not None:
             try:
                 return svid_file.read_text().strip()
             except OSError as exc:
-                raise Unauthenticated(f"cannot read the gateway SVID `{svid_file}`: {exc.strerror}",
-                                      code="enforcer_unauthenticated") from exc
+                raise Unauthenticated(
+                    f"cannot read the gateway SVID `{svid_file}`: {exc.strerror}",
+                    code="enforcer_unauthenticated",
+                ) from exc
         value = os.environ.get("TETHER_GATEWAY_SVID", "").strip()
         if not value:
-            raise Unauthenticated("give the gateway a JWT-SVID with `--svid-file` or TETHER_GATEWAY_SVID",
-                                  code="enforcer_unauthenticated")
+            raise Unauthenticated(
+                "give the gateway a JWT-SVID with `--svid-file` or TETHER_GATEWAY_SVID",
+                code="enforcer_unauthenticated",
+            )
         return value
 
     return read
@@ -43,11 +48,19 @@ def _raise(exc: Exception) -> None:
     raise exc
 
 
-broker_option = click.option("--broker", envvar="TETHER_BROKER_URL", default="http://127.0.0.1:8421",
-                             show_default=True, help="The broker's URL.")
-svid_option = click.option("--svid-file", type=click.Path(dir_okay=False, path_type=Path),
-                           envvar="TETHER_GATEWAY_SVID_FILE",
-                           help="File holding this gateway's JWT-SVID (else TETHER_GATEWAY_SVID).")
+broker_option = click.option(
+    "--broker",
+    envvar="TETHER_BROKER_URL",
+    default="http://127.0.0.1:8421",
+    show_default=True,
+    help="The broker's URL.",
+)
+svid_option = click.option(
+    "--svid-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TETHER_GATEWAY_SVID_FILE",
+    help="File holding this gateway's JWT-SVID (else TETHER_GATEWAY_SVID).",
+)
 
 
 @click.group()
@@ -56,8 +69,13 @@ def gateway() -> None:
 
 
 @gateway.command("http")
-@click.option("--config", "config", required=True, help="The routes file (routes.toml).",
-              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config",
+    required=True,
+    help="The routes file (routes.toml).",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @click.option("--listen", help="HOST:PORT; overrides `gateway.listen` in the routes file.")
 @broker_option
 @svid_option
@@ -79,30 +97,61 @@ def http(config: Path, listen: str | None, broker: str, svid_file: Path | None) 
         run(lambda: _raise(InvalidRequest("`--listen` must be HOST:PORT", code="invalid_listen")))
     authorizer = run(lambda: RemoteAuthorizer(broker, svid_source(svid_file)))
     app = HttpGateway(table, authorizer)
-    console.print(f"[green]✓[/] http gateway on [bold]http://{host}:{port}[/] → broker {broker} "
-                  f"({len(table.routes)} routes from {config})")
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False,
-                server_header=False, date_header=False)
+    console.print(
+        f"[green]✓[/] http gateway on [bold]http://{host}:{port}[/] → broker {broker} "
+        f"({len(table.routes)} routes from {config})"
+    )
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+    )
 
 
 @gateway.command("mcp")
-@click.option("--server", "server", required=True,
-              help="The catalog service of this MCP server: tools are `Tool::\"<server>.<tool>\"`.")
+@click.option(
+    "--server",
+    "server",
+    required=True,
+    help='The catalog service of this MCP server: tools are `Tool::"<server>.<tool>"`.',
+)
 @click.option("--upstream-cmd", help="Command that starts the upstream MCP server (stdio).")
 @click.option("--upstream-url", help="Streamable HTTP URL of the upstream MCP server.")
-@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True,
-              help="How agents reach this gateway.")
-@click.option("--listen", default="127.0.0.1:8490", show_default=True,
-              help="HOST:PORT for `--transport http`.")
-@click.option("--task-token", envvar="TETHER_TASK_TOKEN",
-              help="The agent's task token (stdio only; over HTTP each request carries its own).")
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    help="How agents reach this gateway.",
+)
+@click.option(
+    "--listen", default="127.0.0.1:8490", show_default=True, help="HOST:PORT for `--transport http`."
+)
+@click.option(
+    "--task-token",
+    envvar="TETHER_TASK_TOKEN",
+    help="The agent's task token (stdio only; over HTTP each request carries its own).",
+)
 @click.option("--record-arguments", is_flag=True, help="Put call arguments (masked) in the audit log.")
 @click.option("--call-timeout", type=float, default=60.0, show_default=True, help="Seconds per tool call.")
 @broker_option
 @svid_option
-def mcp(server: str, upstream_cmd: str | None, upstream_url: str | None, transport: str, listen: str,
-        task_token: str | None, record_arguments: bool, call_timeout: float, broker: str,
-        svid_file: Path | None) -> None:
+def mcp(
+    server: str,
+    upstream_cmd: str | None,
+    upstream_url: str | None,
+    transport: str,
+    listen: str,
+    task_token: str | None,
+    record_arguments: bool,
+    call_timeout: float,
+    broker: str,
+    svid_file: Path | None,
+) -> None:
     """Run the MCP gateway in front of one MCP server.
 
     Example (stdio both ways, as an MCP client config would launch it):
@@ -115,13 +164,23 @@ def mcp(server: str, upstream_cmd: str | None, upstream_url: str | None, transpo
     from tether.gateway.mcp import McpGateway, Upstream
 
     if transport == "stdio" and not task_token:
-        run(lambda: _raise(Unauthenticated(
-            "over stdio the gateway needs the task token: `--task-token` or TETHER_TASK_TOKEN",
-            code="missing_token")))
+        run(
+            lambda: _raise(
+                Unauthenticated(
+                    "over stdio the gateway needs the task token: `--task-token` or TETHER_TASK_TOKEN",
+                    code="missing_token",
+                )
+            )
+        )
     upstream = run(lambda: Upstream(command=shlex.split(upstream_cmd or ""), url=upstream_url or ""))
     authorizer = run(lambda: RemoteAuthorizer(broker, svid_source(svid_file)))
-    gw = McpGateway(server, authorizer, task_token=task_token if transport == "stdio" else None,
-                    record_arguments=record_arguments, call_timeout=call_timeout)
+    gw = McpGateway(
+        server,
+        authorizer,
+        task_token=task_token if transport == "stdio" else None,
+        record_arguments=record_arguments,
+        call_timeout=call_timeout,
+    )
 
     async def main() -> None:
         async with gw.connect(upstream):
@@ -136,8 +195,9 @@ def mcp(server: str, upstream_cmd: str | None, upstream_url: str | None, transpo
 
                 host, _, port = listen.rpartition(":")
                 err_console.print(f"[green]✓[/] mcp gateway for `{server}` on http://{listen}/mcp")
-                config = uvicorn.Config(gw.http_app(host=host), host=host, port=int(port),
-                                        log_level="warning")
+                config = uvicorn.Config(
+                    gw.http_app(host=host), host=host, port=int(port), log_level="warning"
+                )
                 await uvicorn.Server(config).serve()
         await authorizer.aclose()
 

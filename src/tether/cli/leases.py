@@ -13,8 +13,13 @@ from rich.table import Table
 from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
 from tether.server.admin import call
 
-_STYLE = {"active": "green", "pending": "yellow", "revoking": "yellow", "revoked": "dim",
-          "irrevocable": "bold red"}
+_STYLE = {
+    "active": "green",
+    "pending": "yellow",
+    "revoking": "yellow",
+    "revoked": "dim",
+    "irrevocable": "bold red",
+}
 
 
 def _when(ts: float | None) -> str:
@@ -34,19 +39,35 @@ def leases() -> None:
 @json_option
 def list_(state_dir: Path, state: str | None, task_id: str | None, irrevocable: bool, as_json: bool) -> None:
     """List recent leases (newest first)."""
-    rows = run(lambda: call(admin_socket(state_dir), "leases.list",
-                            {"state": state, "task_id": task_id, "irrevocable": irrevocable}), as_json)
+    rows = run(
+        lambda: call(
+            admin_socket(state_dir),
+            "leases.list",
+            {"state": state, "task_id": task_id, "irrevocable": irrevocable},
+        ),
+        as_json,
+    )
 
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("lease", "task", "connector", "audience", "state", "revocation", "tries", "expires (UTC)")
         for r in rows:
             style = _STYLE.get(r["state"], "")
-            t.add_row(r["lease_id"], r["task_id"], r["connector"], r["audience"], f"[{style}]{r['state']}[/]",
-                      r["revocation"], str(r["attempts"]), _when(r["expires_at"]))
+            t.add_row(
+                r["lease_id"],
+                r["task_id"],
+                r["connector"],
+                r["audience"],
+                f"[{style}]{r['state']}[/]",
+                r["revocation"],
+                str(r["attempts"]),
+                _when(r["expires_at"]),
+            )
         console.print(t if rows else "no leases")
         if irrevocable and rows:
-            console.print("[bold red]these credentials may still work[/]: remove them at their system by "
-                          "hand, then `tether leases revoke LEASE` to record it")
+            console.print(
+                "[bold red]these credentials may still work[/]: remove them at their system by "
+                "hand, then `tether leases revoke LEASE` to record it"
+            )
 
     output(rows, as_json, render)
 
@@ -86,8 +107,12 @@ def set_(state_dir: Path, name: str, header: str, as_json: bool) -> None:
         value = click.prompt("value (full header value, e.g. `Bearer sk-…`)", hide_input=True)
     else:
         value = sys.stdin.readline().rstrip("\r\n")
-    data = run(lambda: call(admin_socket(state_dir), "secrets.set",
-                            {"name": name, "value": value, "header": header}), as_json)
+    data = run(
+        lambda: call(
+            admin_socket(state_dir), "secrets.set", {"name": name, "value": value, "header": header}
+        ),
+        as_json,
+    )
     output(data, as_json, lambda d: console.print(f"[green]✓[/] secret {d['name']} stored"))
 
 

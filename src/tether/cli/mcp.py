@@ -39,13 +39,20 @@ def list_(state_dir: Path, server: str | None, changed: bool, as_json: bool) -> 
         t = Table("server", "tool", "state", "digest", "changed fields", "first seen (UTC)")
         for r in rows:
             style = "red" if r["state"] == "changed" else "green"
-            t.add_row(r["server"], r["tool"], f"[{style}]{r['state']}[/]", r["digest"][:19],
-                      ", ".join(r.get("changed_fields", [])), when(r["first_seen"]))
+            t.add_row(
+                r["server"],
+                r["tool"],
+                f"[{style}]{r['state']}[/]",
+                r["digest"][:19],
+                ", ".join(r.get("changed_fields", [])),
+                when(r["first_seen"]),
+            )
         console.print(t if rows else "no pinned tools")
         for r in rows:
             if r["state"] == "changed":
-                console.print(f"\n[bold]{r['server']}.{r['tool']}[/] now presents "
-                              f"(digest {r['pending_digest']}):")
+                console.print(
+                    f"\n[bold]{r['server']}.{r['tool']}[/] now presents (digest {r['pending_digest']}):"
+                )
                 console.print_json(json.dumps(r["pending_definition"]))
 
     output(rows, as_json, render)
@@ -59,10 +66,17 @@ def list_(state_dir: Path, server: str | None, changed: bool, as_json: bool) -> 
 @json_option
 def approve(state_dir: Path, server: str, tool: str, digest: str | None, as_json: bool) -> None:
     """Accept the changed definition of SERVER's TOOL; calls to it work again."""
-    data = run(lambda: call(admin_socket(state_dir), "mcp.tools.approve",
-                            {"server": server, "tool": tool, "digest": digest}), as_json)
-    output(data, as_json, lambda d: console.print(
-        f"[green]✓[/] {d['server']}.{d['tool']} approved at {d['digest']}"))
+    data = run(
+        lambda: call(
+            admin_socket(state_dir), "mcp.tools.approve", {"server": server, "tool": tool, "digest": digest}
+        ),
+        as_json,
+    )
+    output(
+        data,
+        as_json,
+        lambda d: console.print(f"[green]✓[/] {d['server']}.{d['tool']} approved at {d['digest']}"),
+    )
 
 
 def register(main: click.Group) -> None:

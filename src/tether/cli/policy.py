@@ -25,22 +25,40 @@ def policy() -> None:
 def validate(policy_dir: Path, as_json: bool) -> None:
     """Validate every *.cedar file in POLICY_DIR against the Tether schema."""
     bundle = run(lambda: load_bundle(policy_dir, load_schema()), as_json)
-    data = {"ok": True, "version": bundle.version, "files": list(bundle.files),
-            "policies": len(bundle.policies)}
-    output(data, as_json, lambda d: console.print(
-        f"[green]✓[/] {d['policies']} policies in {len(d['files'])} files are valid ({d['version']})"))
+    data = {
+        "ok": True,
+        "version": bundle.version,
+        "files": list(bundle.files),
+        "policies": len(bundle.policies),
+    }
+    output(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"[green]✓[/] {d['policies']} policies in {len(d['files'])} files are valid ({d['version']})"
+        ),
+    )
 
 
 @policy.command("test")
 @click.argument("cases", type=click.Path(exists=True, path_type=Path))
-@click.option("--policies", "policy_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Policy directory [default: the state directory's].")
-@click.option("--catalog", "catalog_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Catalog file [default: the state directory's].")
+@click.option(
+    "--policies",
+    "policy_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Policy directory [default: the state directory's].",
+)
+@click.option(
+    "--catalog",
+    "catalog_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Catalog file [default: the state directory's].",
+)
 @state_dir_option
 @json_option
-def test(cases: Path, policy_dir: Path | None, catalog_file: Path | None, state_dir: Path,
-         as_json: bool) -> None:
+def test(
+    cases: Path, policy_dir: Path | None, catalog_file: Path | None, state_dir: Path, as_json: bool
+) -> None:
     """Run the YAML policy cases in CASES (a file or a directory)."""
     pdir = policy_dir or state_dir / "policies"
     cat = run(lambda: load_catalog(catalog_file or state_dir / "catalog.yaml"), as_json)

@@ -20,9 +20,13 @@ from tether.runtime import Runtime, init_state_dir
 def init(state_dir: Path, force: bool, as_json: bool) -> None:
     """Create a state directory with a config, an example catalog and example policies."""
     written = init_state_dir(state_dir, force=force)
-    output({"state_dir": str(state_dir.absolute()), "written": [str(p) for p in written]}, as_json,
-           lambda d: console.print(f"[green]✓[/] state directory [bold]{d['state_dir']}[/] "
-                                   f"({len(d['written'])} files written)"))
+    output(
+        {"state_dir": str(state_dir.absolute()), "written": [str(p) for p in written]},
+        as_json,
+        lambda d: console.print(
+            f"[green]✓[/] state directory [bold]{d['state_dir']}[/] ({len(d['written'])} files written)"
+        ),
+    )
 
 
 def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
@@ -32,9 +36,11 @@ def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
     from tether.server.serve import serve
 
     def ready() -> None:
-        console.print(f"[green]✓[/] tether listening on [bold]http://{settings.listen}[/] "
-                      f"(environment [bold]{settings.environment}[/], store {rt.db.dialect}, "
-                      f"policy {rt.engine.bundle.version})")
+        console.print(
+            f"[green]✓[/] tether listening on [bold]http://{settings.listen}[/] "
+            f"(environment [bold]{settings.environment}[/], store {rt.db.dialect}, "
+            f"policy {rt.engine.bundle.version})"
+        )
         console.print(f"  admin socket {settings.admin_socket}   stop with Ctrl-C")
 
     try:

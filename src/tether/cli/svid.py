@@ -28,10 +28,12 @@ def _socket(state_dir: Path, socket: Path | None) -> Path:
     return socket_path(settings) or state_dir.absolute() / "workload.sock"
 
 
-socket_option = click.option("--socket", type=click.Path(dir_okay=False, path_type=Path),
-                             envvar=SOCKET_ENV,
-                             help="Workload API socket (default: the broker's, from <state-dir>; "
-                                  f"env {SOCKET_ENV}).")
+socket_option = click.option(
+    "--socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=SOCKET_ENV,
+    help=f"Workload API socket (default: the broker's, from <state-dir>; env {SOCKET_ENV}).",
+)
 
 
 @click.group()
@@ -50,12 +52,18 @@ def svid() -> None:
 @svid.command("fetch")
 @state_dir_option
 @socket_option
-@click.option("--audience", "audiences", multiple=True, required=True,
-              help="Who the SVID is for (e.g. the broker's SPIFFE ID); repeat for several.")
+@click.option(
+    "--audience",
+    "audiences",
+    multiple=True,
+    required=True,
+    help="Who the SVID is for (e.g. the broker's SPIFFE ID); repeat for several.",
+)
 @click.option("--spiffe-id", help="Which identity, when several entries match this process.")
 @json_option
-def fetch(state_dir: Path, socket: Path | None, audiences: tuple[str, ...], spiffe_id: str | None,
-          as_json: bool) -> None:
+def fetch(
+    state_dir: Path, socket: Path | None, audiences: tuple[str, ...], spiffe_id: str | None, as_json: bool
+) -> None:
     """Print one JWT-SVID (just the token, for `$(...)` in scripts)."""
     path = _socket(state_dir, socket)
     svids = run(lambda: fetch_svids(path, audience=list(audiences), spiffe_id=spiffe_id), as_json)

@@ -39,8 +39,14 @@ def list_(state_dir: Path, state: str | None, agent: str | None, as_json: bool) 
         t = Table("task", "agent", "intent", "state", "depth", "expires (UTC)")
         for r in rows:
             style = _STATE_STYLE.get(r["state"], "")
-            t.add_row(r["task_id"], r["agent"], r["intent"], f"[{style}]{r['state']}[/]", str(r["depth"]),
-                      when(r["expires_at"]))
+            t.add_row(
+                r["task_id"],
+                r["agent"],
+                r["intent"],
+                f"[{style}]{r['state']}[/]",
+                str(r["depth"]),
+                when(r["expires_at"]),
+            )
         console.print(t if rows else "no tasks")
 
     output(rows, as_json, render)
@@ -91,8 +97,14 @@ def close(state_dir: Path, task_id: str, as_json: bool) -> None:
 @click.option("--delegator", help="Revoke every task run on behalf of this subject.")
 @click.option("--all", "everything", is_flag=True, help="Kill switch: revoke every active task.")
 @json_option
-def revoke(state_dir: Path, task_id: str | None, agent: str | None, delegator: str | None,
-           everything: bool, as_json: bool) -> None:
+def revoke(
+    state_dir: Path,
+    task_id: str | None,
+    agent: str | None,
+    delegator: str | None,
+    everything: bool,
+    as_json: bool,
+) -> None:
     """Revoke tasks now: their tokens stop working and their credentials are revoked."""
     if sum(bool(x) for x in (task_id, agent, delegator, everything)) != 1:
         raise click.UsageError("give exactly one of --task, --agent, --delegator or --all")

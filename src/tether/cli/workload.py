@@ -55,16 +55,29 @@ def _render(d: dict[str, Any]) -> None:
 @workload.command("register")
 @state_dir_option
 @click.argument("spiffe_id")
-@click.option("--selector", "selectors", multiple=True, required=True, metavar="unix:TYPE:VALUE",
-              help="uid, user, gid, group, path or sha256; repeat (all must match).")
-@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
-              help="Attribute the policy sees as a principal tag; repeat.")
+@click.option(
+    "--selector",
+    "selectors",
+    multiple=True,
+    required=True,
+    metavar="unix:TYPE:VALUE",
+    help="uid, user, gid, group, path or sha256; repeat (all must match).",
+)
+@click.option(
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Attribute the policy sees as a principal tag; repeat.",
+)
 @json_option
-def register_entry(state_dir: Path, spiffe_id: str, selectors: tuple[str, ...], attrs: tuple[str, ...],
-             as_json: bool) -> None:
+def register_entry(
+    state_dir: Path, spiffe_id: str, selectors: tuple[str, ...], attrs: tuple[str, ...], as_json: bool
+) -> None:
     """Give SPIFFE_ID to local processes matching every --selector."""
     args = {"spiffe_id": spiffe_id, "selectors": list(selectors), "attributes": _attrs(attrs)}
     data = run(lambda: call(admin_socket(state_dir), "workload.register", args), as_json)
+
     def render(d: dict[str, Any]) -> None:
         console.print("[green]✓[/] registered")
         _render(d)
@@ -83,8 +96,12 @@ def list_(state_dir: Path, spiffe_id: str | None, as_json: bool) -> None:
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("entry", "SPIFFE ID", "selectors", "attributes")
         for r in rows:
-            t.add_row(r["entry_id"], r["spiffe_id"], "\n".join(r["selectors"]),
-                      " ".join(f"{k}={v}" for k, v in r["attributes"].items()))
+            t.add_row(
+                r["entry_id"],
+                r["spiffe_id"],
+                "\n".join(r["selectors"]),
+                " ".join(f"{k}={v}" for k, v in r["attributes"].items()),
+            )
         console.print(t if rows else "no registration entries; add one with `tether workload register`")
 
     output(rows, as_json, render)

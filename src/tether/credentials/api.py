@@ -43,8 +43,9 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     if raw is None:
         return default
     if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise InvalidRequest(f"`{name}` must be an integer between {lo} and {hi}", code="invalid_field",
-                             field=name)
+        raise InvalidRequest(
+            f"`{name}` must be an integer between {lo} and {hi}", code="invalid_field", field=name
+        )
     return int(raw)
 
 
@@ -90,17 +91,24 @@ class CredentialsApi:
         resource_id = req_str(doc, "resource")
         resource = self.rt.catalog.get(resource_id)
         if resource is not None and resource.connector is None:
-            raise InvalidRequest(f"`{resource_id}` has no connector; nothing to issue", code="no_connector",
-                                 field="resource")
-        req = AuthorizeRequest(action=actions.CREDENTIAL_ISSUE, resource=resource_id,
-                               trace_id=trace_id(request))
+            raise InvalidRequest(
+                f"`{resource_id}` has no connector; nothing to issue", code="no_connector", field="resource"
+            )
+        req = AuthorizeRequest(
+            action=actions.CREDENTIAL_ISSUE, resource=resource_id, trace_id=trace_id(request)
+        )
         result = await run_in_threadpool(self.rt.broker.authorize, token, req)
         if not result.decision.allowed or result.credential is None:
-            raise Forbidden("policy does not allow a credential for this resource",
-                            code=result.decision.code or "credential_denied",
-                            decision=result.decision.to_dict())
-        body: dict[str, Any] = {"lease_id": result.credential.lease_id, **(result.credential.for_agent or {}),
-                                "decision_id": result.decision.id}
+            raise Forbidden(
+                "policy does not allow a credential for this resource",
+                code=result.decision.code or "credential_denied",
+                decision=result.decision.to_dict(),
+            )
+        body: dict[str, Any] = {
+            "lease_id": result.credential.lease_id,
+            **(result.credential.for_agent or {}),
+            "decision_id": result.decision.id,
+        }
         return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
 
     async def introspect(self, request: Request) -> Response:
@@ -166,8 +174,11 @@ class CredentialsApi:
                     return
                 await asyncio.sleep(SSE_POLL)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
 
 def routes(rt: Runtime, creds: Credentials, introspector: Introspector) -> list[Route]:
@@ -179,5 +190,3 @@ def routes(rt: Runtime, creds: Credentials, introspector: Introspector) -> list[
         Route("/v1/revocations", guarded(a.revocations), methods=["GET"]),
         Route("/v1/revocations/stream", guarded(a.stream), methods=["GET"]),
     ]
-
-

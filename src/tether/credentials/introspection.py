@@ -41,10 +41,18 @@ class Introspector:
             return keys.verification_key(kid) if isinstance(kid, str) else None
 
         s = self.rt.settings
-        return verify_jwt(token, key_for=key_for, algorithms=("ES256",), audience=ANY,
-                          issuer=s.broker_issuer, typ=(ACCESS_TOKEN_TYP,), leeway=s.limits.jwt_leeway_seconds,
-                          now=self.rt.broker.clock(), max_bytes=s.limits.max_token_bytes,
-                          required=("exp", "jti", "txn", "sub", "aud"))
+        return verify_jwt(
+            token,
+            key_for=key_for,
+            algorithms=("ES256",),
+            audience=ANY,
+            issuer=s.broker_issuer,
+            typ=(ACCESS_TOKEN_TYP,),
+            leeway=s.limits.jwt_leeway_seconds,
+            now=self.rt.broker.clock(),
+            max_bytes=s.limits.max_token_bytes,
+            required=("exp", "jti", "txn", "sub", "aud"),
+        )
 
     def introspect(self, token: str) -> dict[str, Any]:
         try:
@@ -62,22 +70,48 @@ class Introspector:
             with self.rt.db.read() as conn:
                 lease = ls.get_lease(conn, str(claims["jti"]))
                 task = repo.get_task(conn, str(claims["txn"]))
-            if (lease is None or lease.state is not ls.LeaseState.ACTIVE or lease.expires_at <= now
-                    or task is None or not task.is_active(now) or lease.task_id != task.id):
+            if (
+                lease is None
+                or lease.state is not ls.LeaseState.ACTIVE
+                or lease.expires_at <= now
+                or task is None
+                or not task.is_active(now)
+                or lease.task_id != task.id
+            ):
                 return dict(INACTIVE)
-            return {"active": True, "token_type": "access_token", "scope": claims.get("scope"),
-                    "client_id": claims.get("client_id"), "sub": claims["sub"], "aud": claims["aud"],
-                    "iss": claims.get("iss"), "exp": claims["exp"], "iat": claims.get("iat"),
-                    "jti": claims["jti"], "txn": claims["txn"], "act": claims.get("act")}
+            return {
+                "active": True,
+                "token_type": "access_token",
+                "scope": claims.get("scope"),
+                "client_id": claims.get("client_id"),
+                "sub": claims["sub"],
+                "aud": claims["aud"],
+                "iss": claims.get("iss"),
+                "exp": claims["exp"],
+                "iat": claims.get("iat"),
+                "jti": claims["jti"],
+                "txn": claims["txn"],
+                "act": claims.get("act"),
+            }
         tclaims = self.rt.broker.verify_token(token)
         with self.rt.db.read() as conn:
             task = repo.get_task(conn, tclaims.task_id)
         if task is None or task.agent != tclaims.agent or not task.is_active(now):
             return dict(INACTIVE)
         raw = tclaims.raw
-        return {"active": True, "token_type": "txn_token", "scope": raw.get("scope"), "sub": tclaims.agent,
-                "aud": raw.get("aud"), "iss": raw.get("iss"), "exp": raw.get("exp"), "iat": raw.get("iat"),
-                "jti": raw.get("jti"), "txn": tclaims.task_id, "act": raw.get("act")}
+        return {
+            "active": True,
+            "token_type": "txn_token",
+            "scope": raw.get("scope"),
+            "sub": tclaims.agent,
+            "aud": raw.get("aud"),
+            "iss": raw.get("iss"),
+            "exp": raw.get("exp"),
+            "iat": raw.get("iat"),
+            "jti": raw.get("jti"),
+            "txn": tclaims.task_id,
+            "act": raw.get("act"),
+        }
 
     def revoke(self, token: str, *, by: str) -> None:
         """RFC 7009: revoke a credential (its lease) or a task token (its task and subtree)."""

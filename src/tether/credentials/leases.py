@@ -70,38 +70,73 @@ class Lease:
     def view(self) -> dict[str, Any]:
         """What operators and the API may see (``material`` holds no secret by contract)."""
         return {
-            "lease_id": self.id, "task_id": self.task_id, "root_task_id": self.root_task_id,
-            "agent": self.agent, "connector": self.connector, "audience": self.audience,
-            "resource": self.resource, "scope": self.scope, "issued_at": self.issued_at,
-            "expires_at": self.expires_at, "state": self.state.value,
-            "revocation": self.revocation.value, "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at, "last_error": self.last_error,
-            "revoke_reason": self.revoke_reason, "revoked_at": self.revoked_at,
-            "node_id": self.node_id, "material": dict(self.material),
+            "lease_id": self.id,
+            "task_id": self.task_id,
+            "root_task_id": self.root_task_id,
+            "agent": self.agent,
+            "connector": self.connector,
+            "audience": self.audience,
+            "resource": self.resource,
+            "scope": self.scope,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "state": self.state.value,
+            "revocation": self.revocation.value,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+            "revoke_reason": self.revoke_reason,
+            "revoked_at": self.revoked_at,
+            "node_id": self.node_id,
+            "material": dict(self.material),
         }
 
 
 def _lease(row: Row[Any]) -> Lease:
     m = row._mapping
     return Lease(
-        id=m["id"], task_id=m["task_id"], root_task_id=m["root_task_id"], agent=m["agent"],
-        connector=m["connector"], audience=m["audience"], resource=m["resource"], scope=m["scope"],
-        issued_at=m["issued_at"], expires_at=m["expires_at"], state=LeaseState(m["state"]),
-        revocation=Revocation(m["revocation"]), node_id=m["node_id"],
-        material=json.loads(m["material"]), attempts=m["attempts"] or 0,
-        next_attempt_at=m["next_attempt_at"], last_error=m["last_error"],
-        revoke_reason=m["revoke_reason"], revoked_at=m["revoked_at"],
+        id=m["id"],
+        task_id=m["task_id"],
+        root_task_id=m["root_task_id"],
+        agent=m["agent"],
+        connector=m["connector"],
+        audience=m["audience"],
+        resource=m["resource"],
+        scope=m["scope"],
+        issued_at=m["issued_at"],
+        expires_at=m["expires_at"],
+        state=LeaseState(m["state"]),
+        revocation=Revocation(m["revocation"]),
+        node_id=m["node_id"],
+        material=json.loads(m["material"]),
+        attempts=m["attempts"] or 0,
+        next_attempt_at=m["next_attempt_at"],
+        last_error=m["last_error"],
+        revoke_reason=m["revoke_reason"],
+        revoked_at=m["revoked_at"],
     )
 
 
 def insert_lease(conn: Connection, lease: Lease) -> None:
-    conn.execute(insert(ct.leases).values(
-        id=lease.id, task_id=lease.task_id, root_task_id=lease.root_task_id, agent=lease.agent,
-        connector=lease.connector, audience=lease.audience, resource=lease.resource,
-        scope=lease.scope, issued_at=lease.issued_at, expires_at=lease.expires_at,
-        state=lease.state.value, revocation=lease.revocation.value, node_id=lease.node_id,
-        material=json.dumps(lease.material, sort_keys=True), attempts=0,
-    ))
+    conn.execute(
+        insert(ct.leases).values(
+            id=lease.id,
+            task_id=lease.task_id,
+            root_task_id=lease.root_task_id,
+            agent=lease.agent,
+            connector=lease.connector,
+            audience=lease.audience,
+            resource=lease.resource,
+            scope=lease.scope,
+            issued_at=lease.issued_at,
+            expires_at=lease.expires_at,
+            state=lease.state.value,
+            revocation=lease.revocation.value,
+            node_id=lease.node_id,
+            material=json.dumps(lease.material, sort_keys=True),
+            attempts=0,
+        )
+    )
 
 
 def get_lease(conn: Connection, lease_id: str) -> Lease | None:
@@ -110,11 +145,11 @@ def get_lease(conn: Connection, lease_id: str) -> Lease | None:
 
 
 def activate(conn: Connection, lease_id: str, material: dict[str, Any]) -> bool:
-    res = conn.execute(update(ct.leases)
-                       .where(and_(ct.leases.c.id == lease_id,
-                                   ct.leases.c.state == LeaseState.PENDING.value))
-                       .values(state=LeaseState.ACTIVE.value,
-                               material=json.dumps(material, sort_keys=True)))
+    res = conn.execute(
+        update(ct.leases)
+        .where(and_(ct.leases.c.id == lease_id, ct.leases.c.state == LeaseState.PENDING.value))
+        .values(state=LeaseState.ACTIVE.value, material=json.dumps(material, sort_keys=True))
+    )
     return res.rowcount == 1
 
 
@@ -122,27 +157,48 @@ def begin_revocation(conn: Connection, lease_ids: Sequence[str], reason: str, no
     """Move live leases to ``revoking``; the revoker finishes them. Returns how many moved."""
     if not lease_ids:
         return 0
-    res = conn.execute(update(ct.leases)
-                       .where(and_(ct.leases.c.id.in_(lease_ids),
-                                   ct.leases.c.state.in_([s.value for s in LIVE])))
-                       .values(state=LeaseState.REVOKING.value, revocation=Revocation.PENDING.value,
-                               revoke_reason=reason, next_attempt_at=now))
+    res = conn.execute(
+        update(ct.leases)
+        .where(and_(ct.leases.c.id.in_(lease_ids), ct.leases.c.state.in_([s.value for s in LIVE])))
+        .values(
+            state=LeaseState.REVOKING.value,
+            revocation=Revocation.PENDING.value,
+            revoke_reason=reason,
+            next_attempt_at=now,
+        )
+    )
     return res.rowcount
 
 
 def mark_revoked(conn: Connection, lease_id: str, now: float) -> bool:
-    res = conn.execute(update(ct.leases)
-                       .where(and_(ct.leases.c.id == lease_id,
-                                   ct.leases.c.state == LeaseState.REVOKING.value))
-                       .values(state=LeaseState.REVOKED.value, revocation=Revocation.DONE.value,
-                               revoked_at=now, next_attempt_at=None, last_error=None))
+    res = conn.execute(
+        update(ct.leases)
+        .where(and_(ct.leases.c.id == lease_id, ct.leases.c.state == LeaseState.REVOKING.value))
+        .values(
+            state=LeaseState.REVOKED.value,
+            revocation=Revocation.DONE.value,
+            revoked_at=now,
+            next_attempt_at=None,
+            last_error=None,
+        )
+    )
     return res.rowcount == 1
 
 
-def mark_failed(conn: Connection, lease_id: str, *, attempts: int, error: str,
-                next_attempt_at: float | None, irrevocable: bool) -> None:
-    values: dict[str, Any] = {"attempts": attempts, "last_error": error[:512],
-                              "next_attempt_at": next_attempt_at}
+def mark_failed(
+    conn: Connection,
+    lease_id: str,
+    *,
+    attempts: int,
+    error: str,
+    next_attempt_at: float | None,
+    irrevocable: bool,
+) -> None:
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "last_error": error[:512],
+        "next_attempt_at": next_attempt_at,
+    }
     if irrevocable:
         values.update(state=LeaseState.IRREVOCABLE.value, revocation=Revocation.IRREVOCABLE.value)
     else:
@@ -154,34 +210,49 @@ def live_leases_of_tasks(conn: Connection, task_ids: Iterable[str]) -> list[Leas
     ids = list(task_ids)
     if not ids:
         return []
-    rows = conn.execute(select(ct.leases).where(and_(
-        ct.leases.c.task_id.in_(ids), ct.leases.c.state.in_([s.value for s in LIVE]))))
+    rows = conn.execute(
+        select(ct.leases).where(
+            and_(ct.leases.c.task_id.in_(ids), ct.leases.c.state.in_([s.value for s in LIVE]))
+        )
+    )
     return [_lease(r) for r in rows]
 
 
 def due_revocations(conn: Connection, now: float, limit: int = 100) -> list[Lease]:
-    rows = conn.execute(select(ct.leases).where(and_(
-        ct.leases.c.state == LeaseState.REVOKING.value,
-        or_(ct.leases.c.next_attempt_at.is_(None), ct.leases.c.next_attempt_at <= now),
-    )).order_by(ct.leases.c.next_attempt_at).limit(limit))
+    rows = conn.execute(
+        select(ct.leases)
+        .where(
+            and_(
+                ct.leases.c.state == LeaseState.REVOKING.value,
+                or_(ct.leases.c.next_attempt_at.is_(None), ct.leases.c.next_attempt_at <= now),
+            )
+        )
+        .order_by(ct.leases.c.next_attempt_at)
+        .limit(limit)
+    )
     return [_lease(r) for r in rows]
 
 
 def expired_live(conn: Connection, now: float, limit: int = 500) -> list[Lease]:
-    rows = conn.execute(select(ct.leases).where(and_(
-        ct.leases.c.state == LeaseState.ACTIVE.value, ct.leases.c.expires_at <= now)).limit(limit))
+    rows = conn.execute(
+        select(ct.leases)
+        .where(and_(ct.leases.c.state == LeaseState.ACTIVE.value, ct.leases.c.expires_at <= now))
+        .limit(limit)
+    )
     return [_lease(r) for r in rows]
 
 
-def stale_pending(conn: Connection, *, node_id: str | None, older_than: float,
-                  limit: int = 500) -> list[Lease]:
+def stale_pending(
+    conn: Connection, *, node_id: str | None, older_than: float, limit: int = 500
+) -> list[Lease]:
     """Pending leases whose mint cannot still be running: this node's (``node_id``, given
     only at start, when nothing of ours is in flight) or any older than ``older_than``."""
     cond = ct.leases.c.issued_at <= older_than
     if node_id is not None:
         cond = or_(cond, ct.leases.c.node_id == node_id)
-    rows = conn.execute(select(ct.leases).where(and_(
-        ct.leases.c.state == LeaseState.PENDING.value, cond)).limit(limit))
+    rows = conn.execute(
+        select(ct.leases).where(and_(ct.leases.c.state == LeaseState.PENDING.value, cond)).limit(limit)
+    )
     return [_lease(r) for r in rows]
 
 
@@ -189,16 +260,25 @@ def live_of_ended_tasks(conn: Connection, limit: int = 500) -> list[Lease]:
     """Live leases whose task is no longer active (a safety net behind the task-end hook)."""
     from tether.store import tables as t  # local: keep the table import next to its only use
 
-    rows = conn.execute(select(ct.leases).join(t.tasks, t.tasks.c.id == ct.leases.c.task_id).where(and_(
-        ct.leases.c.state == LeaseState.ACTIVE.value, t.tasks.c.state != "active")).limit(limit))
+    rows = conn.execute(
+        select(ct.leases)
+        .join(t.tasks, t.tasks.c.id == ct.leases.c.task_id)
+        .where(and_(ct.leases.c.state == LeaseState.ACTIVE.value, t.tasks.c.state != "active"))
+        .limit(limit)
+    )
     return [_lease(r) for r in rows]
 
 
 def live_role_names(conn: Connection, connector: str) -> set[str]:
     """``material.role`` of every lease that may still need its role (not yet revoked)."""
-    rows = conn.execute(select(ct.leases.c.material).where(and_(
-        ct.leases.c.connector == connector,
-        ct.leases.c.state.in_([LeaseState.PENDING.value, LeaseState.ACTIVE.value]))))
+    rows = conn.execute(
+        select(ct.leases.c.material).where(
+            and_(
+                ct.leases.c.connector == connector,
+                ct.leases.c.state.in_([LeaseState.PENDING.value, LeaseState.ACTIVE.value]),
+            )
+        )
+    )
     out: set[str] = set()
     for (material,) in rows:
         role = json.loads(material).get("role")
@@ -207,8 +287,14 @@ def live_role_names(conn: Connection, connector: str) -> set[str]:
     return out
 
 
-def list_leases(conn: Connection, *, state: str | None = None, task_id: str | None = None,
-                irrevocable: bool = False, limit: int = 200) -> list[Lease]:
+def list_leases(
+    conn: Connection,
+    *,
+    state: str | None = None,
+    task_id: str | None = None,
+    irrevocable: bool = False,
+    limit: int = 200,
+) -> list[Lease]:
     q = select(ct.leases).order_by(ct.leases.c.issued_at.desc()).limit(limit)
     if irrevocable:
         q = q.where(ct.leases.c.state == LeaseState.IRREVOCABLE.value)

@@ -112,8 +112,11 @@ class HttpFeedSource:
         self._client = client or httpx.Client(timeout=40.0)
 
     def fetch(self, cursor: int, wait: float) -> tuple[list[RevocationEvent], int]:
-        r = self._client.get(self._url, params={"since": cursor, "wait": int(wait)},
-                             headers={"Authorization": f"Bearer {self._token()}"})
+        r = self._client.get(
+            self._url,
+            params={"since": cursor, "wait": int(wait)},
+            headers={"Authorization": f"Bearer {self._token()}"},
+        )
         r.raise_for_status()
         doc = r.json()
         return [RevocationEvent(**e) for e in doc["events"]], int(doc["cursor"])
@@ -122,8 +125,14 @@ class HttpFeedSource:
 class RevocationFollower:
     """The revoked lease ids and dead task ids, kept current from a feed source."""
 
-    def __init__(self, source: RevocationSource, *, max_staleness: float = 10.0, wait: float = 5.0,
-                 leeway: float = 30.0) -> None:
+    def __init__(
+        self,
+        source: RevocationSource,
+        *,
+        max_staleness: float = 10.0,
+        wait: float = 5.0,
+        leeway: float = 30.0,
+    ) -> None:
         self._source = source
         self.max_staleness = max_staleness
         self._wait = wait
@@ -188,8 +197,17 @@ class RevocationFollower:
 
 # -- the middleware ------------------------------------------------------------------
 class TetherAuthMiddleware:
-    def __init__(self, app: ASGIApp, *, audience: str, issuer: str, keys: JwksKeys,
-                 follower: RevocationFollower, leeway: int = 30, max_token_bytes: int = 16 * 1024) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        audience: str,
+        issuer: str,
+        keys: JwksKeys,
+        follower: RevocationFollower,
+        leeway: int = 30,
+        max_token_bytes: int = 16 * 1024,
+    ) -> None:
         if not audience or not issuer:
             raise ValueError("audience and issuer are required")  # no permissive default
         self.app = app
@@ -207,12 +225,22 @@ class TetherAuthMiddleware:
             kid = header.get("kid")
             return self.keys.key(kid) if isinstance(kid, str) else None
 
-        claims = verify_jwt(token, key_for=key_for, algorithms=("ES256",), audience=self.audience,
-                            issuer=self.issuer, typ=(ACCESS_TOKEN_TYP,), leeway=self.leeway,
-                            max_bytes=self.max_token_bytes, required=("exp", "jti", "txn", "sub"))
+        claims = verify_jwt(
+            token,
+            key_for=key_for,
+            algorithms=("ES256",),
+            audience=self.audience,
+            issuer=self.issuer,
+            typ=(ACCESS_TOKEN_TYP,),
+            leeway=self.leeway,
+            max_bytes=self.max_token_bytes,
+            required=("exp", "jti", "txn", "sub"),
+        )
         if not self.follower.fresh():
-            raise Unavailable("the revocation feed is not current; refusing credentials until it is",
-                              code="revocation_feed_stale")
+            raise Unavailable(
+                "the revocation feed is not current; refusing credentials until it is",
+                code="revocation_feed_stale",
+            )
         if self.follower.is_revoked(str(claims["jti"]), str(claims["txn"])):
             raise Unauthenticated("the credential has been revoked", code="token_revoked")
         return claims
@@ -229,8 +257,9 @@ class TetherAuthMiddleware:
             auth = values[0].decode("latin-1") if values else ""
             kind, _, token = auth.partition(" ")
             if kind.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("send the credential as `Authorization: Bearer <token>`",
-                                      code="missing_token")
+                raise Unauthenticated(
+                    "send the credential as `Authorization: Bearer <token>`", code="missing_token"
+                )
             claims = self.verify(token.strip())
         except TetherError as exc:
             await self._reject(exc, send, scope)
@@ -246,7 +275,11 @@ class TetherAuthMiddleware:
         body = json.dumps({"code": exc.code, "message": exc.message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 401:
-            headers.append((b"www-authenticate",
-                            f'Bearer error="invalid_token", error_description="{exc.code}"'.encode()))
+            headers.append(
+                (
+                    b"www-authenticate",
+                    f'Bearer error="invalid_token", error_description="{exc.code}"'.encode(),
+                )
+            )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

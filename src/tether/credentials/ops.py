@@ -26,8 +26,12 @@ def _str(args: dict[str, Any], key: str, required: bool = True) -> str | None:
 @operation("leases.list")
 def leases_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     with rt.db.read() as conn:
-        rows = ls.list_leases(conn, state=_str(args, "state", False), task_id=_str(args, "task_id", False),
-                              irrevocable=bool(args.get("irrevocable")))
+        rows = ls.list_leases(
+            conn,
+            state=_str(args, "state", False),
+            task_id=_str(args, "task_id", False),
+            irrevocable=bool(args.get("irrevocable")),
+        )
     return [x.view() for x in rows]
 
 

@@ -53,15 +53,20 @@ class Reaper:
             now = c.clock()
             out = {"stale": 0, "expired": 0, "orphaned": 0, "revoked": 0, "failed": 0, "swept": 0}
             with c.db.read() as conn:
-                stale = ls.stale_pending(conn, node_id=None if self._started else c.node_id,
-                                         older_than=now - c.settings.credentials.pending_timeout_seconds)
+                stale = ls.stale_pending(
+                    conn,
+                    node_id=None if self._started else c.node_id,
+                    older_than=now - c.settings.credentials.pending_timeout_seconds,
+                )
                 expired = ls.expired_live(conn, now)
                 orphaned = ls.live_of_ended_tasks(conn)
             inflight = c.inflight_leases()
             stale = [x for x in stale if x.id not in inflight]
-            for leases, reason, key in ((stale, "crashed_while_minting", "stale"),
-                                        (expired, "expired", "expired"),
-                                        (orphaned, "task_ended", "orphaned")):
+            for leases, reason, key in (
+                (stale, "crashed_while_minting", "stale"),
+                (expired, "expired", "expired"),
+                (orphaned, "task_ended", "orphaned"),
+            ):
                 if leases:
                     with c.audit.unit() as u:
                         # Expired credentials are dead by their own `exp`: no feed entry needed.
@@ -94,11 +99,17 @@ class Reaper:
                 if ls.mark_revoked(u.conn, lease.id, c.clock()):
                     c.counters["revoked"] += 1
                     done += 1
-                    u.emit(ev.CREDENTIAL_REVOKED, {"connector": lease.connector,
-                                                   "reason": lease.revoke_reason or "revoked",
-                                                   "by": "reaper", "audience": lease.audience,
-                                                   "attempts": lease.attempts + 1},
-                           **lease_fields(lease))
+                    u.emit(
+                        ev.CREDENTIAL_REVOKED,
+                        {
+                            "connector": lease.connector,
+                            "reason": lease.revoke_reason or "revoked",
+                            "by": "reaper",
+                            "audience": lease.audience,
+                            "attempts": lease.attempts + 1,
+                        },
+                        **lease_fields(lease),
+                    )
         return done, failed
 
     def _failed(self, lease: ls.Lease, exc: Exception) -> None:
@@ -109,18 +120,34 @@ class Reaper:
         error = f"{code}: {getattr(exc, 'message', '')}"[:512]
         c.counters["revoke_failed"] += 1
         with c.audit.unit() as u:
-            ls.mark_failed(u.conn, lease.id, attempts=attempts, error=error,
-                           next_attempt_at=None if irrevocable else
-                           c.clock() + min(MAX_BACKOFF, 2.0 ** attempts),
-                           irrevocable=irrevocable)
+            ls.mark_failed(
+                u.conn,
+                lease.id,
+                attempts=attempts,
+                error=error,
+                next_attempt_at=None if irrevocable else c.clock() + min(MAX_BACKOFF, 2.0**attempts),
+                irrevocable=irrevocable,
+            )
             if irrevocable:
-                u.emit(ev.CREDENTIAL_IRREVOCABLE, {"connector": lease.connector, "attempts": attempts,
-                                                   "error": error, "audience": lease.audience},
-                       **lease_fields(lease))
+                u.emit(
+                    ev.CREDENTIAL_IRREVOCABLE,
+                    {
+                        "connector": lease.connector,
+                        "attempts": attempts,
+                        "error": error,
+                        "audience": lease.audience,
+                    },
+                    **lease_fields(lease),
+                )
         if irrevocable:
             c.counters["irrevocable"] += 1
-            log.error("lease %s (%s) is IRREVOCABLE after %d attempts: %s; see "
-                      "`tether leases list --irrevocable`", lease.id, lease.connector, attempts, error)
+            log.error(
+                "lease %s (%s) is IRREVOCABLE after %d attempts: %s; see `tether leases list --irrevocable`",
+                lease.id,
+                lease.connector,
+                attempts,
+                error,
+            )
         else:
             log.warning("revoking lease %s failed (attempt %d): %s", lease.id, attempts, error)
 
@@ -158,8 +185,7 @@ class Reaper:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tether-credentials-reaper",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="tether-credentials-reaper", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -47,9 +47,16 @@ class RevocationEvent:
     expires_at: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "task_id": self.task_id,
-                "lease_id": self.lease_id, "audience": self.audience, "reason": self.reason,
-                "expires_at": self.expires_at}
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "task_id": self.task_id,
+            "lease_id": self.lease_id,
+            "audience": self.audience,
+            "reason": self.reason,
+            "expires_at": self.expires_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +78,21 @@ def append(conn: Connection, entries: Sequence[FeedEntry], now: float) -> None:
         # Delivered at commit to every replica LISTENing (see Feed.listen): they wake their
         # followers at once instead of at their next poll.
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
-    conn.execute(insert(ct.revocations), [
-        {"ts": now, "kind": e.kind, "task_id": e.task_id, "lease_id": e.lease_id,
-         "audience": e.audience, "reason": e.reason, "expires_at": e.expires_at}
-        for e in entries])
+    conn.execute(
+        insert(ct.revocations),
+        [
+            {
+                "ts": now,
+                "kind": e.kind,
+                "task_id": e.task_id,
+                "lease_id": e.lease_id,
+                "audience": e.audience,
+                "reason": e.reason,
+                "expires_at": e.expires_at,
+            }
+            for e in entries
+        ],
+    )
 
 
 class Feed:
@@ -96,8 +114,12 @@ class Feed:
         """Entries with ``seq > cursor`` (at most ``limit``) and the cursor to resume from."""
         limit = max(1, min(limit, self.MAX_PAGE))
         with self._db.read() as conn:
-            rows = conn.execute(select(ct.revocations).where(ct.revocations.c.seq > cursor)
-                                .order_by(ct.revocations.c.seq).limit(limit)).all()
+            rows = conn.execute(
+                select(ct.revocations)
+                .where(ct.revocations.c.seq > cursor)
+                .order_by(ct.revocations.c.seq)
+                .limit(limit)
+            ).all()
         events = [RevocationEvent(**dict(r._mapping)) for r in rows]
         return events, (events[-1].seq if events else cursor)
 
@@ -138,8 +160,11 @@ class Feed:
             return None
         import psycopg  # local: only a PostgreSQL store needs it
 
-        dsn = re.sub(r"^postgres(ql)?\+\w+://", "postgresql://",
-                     self._db.engine.url.render_as_string(hide_password=False))
+        dsn = re.sub(
+            r"^postgres(ql)?\+\w+://",
+            "postgresql://",
+            self._db.engine.url.render_as_string(hide_password=False),
+        )
 
         def run() -> None:
             while not stop.is_set():
@@ -161,6 +186,5 @@ class Feed:
     def prune(self, now: float, keep_seconds: float) -> int:
         """Drop entries whose subject has expired anyway, ``keep_seconds`` after that."""
         with self._db.begin() as conn:
-            res = conn.execute(delete(ct.revocations)
-                               .where(ct.revocations.c.expires_at < now - keep_seconds))
+            res = conn.execute(delete(ct.revocations).where(ct.revocations.c.expires_at < now - keep_seconds))
             return res.rowcount

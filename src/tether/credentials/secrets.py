@@ -35,8 +35,11 @@ def _aad(name: str) -> bytes:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidRequest(f"invalid secret name `{str(name)[:64]}`; use letters, digits, `.`, `_`, `-`",
-                             code="invalid_secret_name", field="name")
+        raise InvalidRequest(
+            f"invalid secret name `{str(name)[:64]}`; use letters, digits, `.`, `_`, `-`",
+            code="invalid_secret_name",
+            field="name",
+        )
     return name
 
 
@@ -52,20 +55,30 @@ class SecretStore:
         check_name(name)
         if not isinstance(value, str) or not value or len(value) > 8192 or "\n" in value or "\r" in value:
             # A newline in a header value is header injection at the enforcement point.
-            raise InvalidRequest("the secret value must be 1-8192 characters on one line",
-                                 code="invalid_secret_value", field="value")
+            raise InvalidRequest(
+                "the secret value must be 1-8192 characters on one line",
+                code="invalid_secret_value",
+                field="value",
+            )
         if not isinstance(header, str) or not _HEADER_RE.match(header):
-            raise InvalidRequest(f"invalid header name `{str(header)[:64]}`", code="invalid_field",
-                                 field="header")
+            raise InvalidRequest(
+                f"invalid header name `{str(header)[:64]}`", code="invalid_field", field="header"
+            )
         nonce = _random.token_bytes(12)
         blob = nonce + self._aead.encrypt(nonce, value.encode(), _aad(name))
         now = time.time()
         with self._db.begin() as conn:
-            done = conn.execute(update(ct.secrets).where(ct.secrets.c.name == name)
-                                .values(header=header, value_enc=blob, updated_at=now)).rowcount
+            done = conn.execute(
+                update(ct.secrets)
+                .where(ct.secrets.c.name == name)
+                .values(header=header, value_enc=blob, updated_at=now)
+            ).rowcount
             if not done:
-                conn.execute(insert(ct.secrets).values(name=name, header=header, value_enc=blob,
-                                                       created_at=now, updated_at=now))
+                conn.execute(
+                    insert(ct.secrets).values(
+                        name=name, header=header, value_enc=blob, created_at=now, updated_at=now
+                    )
+                )
         with self._lock:
             self._cache[name] = (header, value)
 
@@ -78,8 +91,9 @@ class SecretStore:
         with self._db.read() as conn:
             row = conn.execute(select(ct.secrets).where(ct.secrets.c.name == name)).first()
         if row is None:
-            raise NotFound(f"no secret `{name}`; set it with `tether secrets set {name}`",
-                           code="secret_not_configured")
+            raise NotFound(
+                f"no secret `{name}`; set it with `tether secrets set {name}`", code="secret_not_configured"
+            )
         header, value = row._mapping["header"], self._open(name, row._mapping["value_enc"])
         with self._lock:
             self._cache[name] = (header, value)
@@ -89,13 +103,18 @@ class SecretStore:
         try:
             return self._aead.decrypt(blob[:12], blob[12:], _aad(name)).decode()
         except InvalidTag:
-            raise Unavailable(f"secret `{name}` cannot be decrypted: wrong master key for this store",
-                              code="secret_undecryptable") from None
+            raise Unavailable(
+                f"secret `{name}` cannot be decrypted: wrong master key for this store",
+                code="secret_undecryptable",
+            ) from None
 
     def names(self) -> list[dict[str, Any]]:
         with self._db.read() as conn:
-            rows = conn.execute(select(ct.secrets.c.name, ct.secrets.c.header, ct.secrets.c.created_at,
-                                       ct.secrets.c.updated_at).order_by(ct.secrets.c.name)).all()
+            rows = conn.execute(
+                select(
+                    ct.secrets.c.name, ct.secrets.c.header, ct.secrets.c.created_at, ct.secrets.c.updated_at
+                ).order_by(ct.secrets.c.name)
+            ).all()
         return [dict(r._mapping) for r in rows]
 
     def delete(self, name: str) -> bool:

@@ -50,16 +50,27 @@ INFLIGHT_TTL = 120.0  # a mint whose transaction never committed is forgotten af
 
 
 def lease_fields(lease: Lease) -> dict[str, Any]:
-    return {"task_id": lease.task_id, "root_task_id": lease.root_task_id, "agent": lease.agent,
-            "lease_id": lease.id}
+    return {
+        "task_id": lease.task_id,
+        "root_task_id": lease.root_task_id,
+        "agent": lease.agent,
+        "lease_id": lease.id,
+    }
 
 
 class Credentials:
     """Everything the credentials layer keeps at run time (``rt.extras["credentials"]``)."""
 
-    def __init__(self, settings: Settings, db: Database, audit: AuditChain,
-                 connectors: Mapping[str, Connector], feed: rv.Feed, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        audit: AuditChain,
+        connectors: Mapping[str, Connector],
+        feed: rv.Feed,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.audit = audit
@@ -69,8 +80,13 @@ class Credentials:
         self.node_id = settings.node_id
         self._inflight: dict[str, float] = {}  # lease id → started; minted, not yet committed
         self._inflight_lock = threading.Lock()
-        self.counters: dict[str, int] = {"minted": 0, "mint_failed": 0, "revoked": 0,
-                                         "revoke_failed": 0, "irrevocable": 0}
+        self.counters: dict[str, int] = {
+            "minted": 0,
+            "mint_failed": 0,
+            "revoked": 0,
+            "revoke_failed": 0,
+            "irrevocable": 0,
+        }
         self.wake: Callable[[], None] = lambda: None  # set by the reaper
         self.catalog: Catalog | None = None  # set by the wiring; resolves grants of a service
 
@@ -88,8 +104,9 @@ class Credentials:
         return sorted(set(found)) or [(act.CREDENTIAL_ISSUE, resource.id)]
 
     def _lock_task(self, u: Unit, task: Task, now: float) -> None:
-        row = u.conn.execute(select(t.tasks.c.state, t.tasks.c.expires_at)
-                             .where(t.tasks.c.id == task.id).with_for_update()).first()
+        row = u.conn.execute(
+            select(t.tasks.c.state, t.tasks.c.expires_at).where(t.tasks.c.id == task.id).with_for_update()
+        ).first()
         if row is None or row[0] != TaskState.ACTIVE.value or row[1] <= now:
             raise Conflict(f"task `{task.id}` is no longer active", code="task_not_active")
 
@@ -104,26 +121,38 @@ class Credentials:
         with self._inflight_lock:
             self._inflight.pop(lease_id, None)
 
-    def on_allow(self, u: Unit, task: Task, resource: Resource, req: AuthorizeRequest,
-                 decision: Decision) -> IssuedCredential | None:
+    def on_allow(
+        self, u: Unit, task: Task, resource: Resource, req: AuthorizeRequest, decision: Decision
+    ) -> IssuedCredential | None:
         if resource.connector is None:
             return None
         connector = self.connectors.get(resource.connector)
         if connector is None:
-            raise Unavailable(f"connector `{resource.connector}` of `{resource.service}` is not "
-                              "available on this broker", code="connector_not_configured")
+            raise Unavailable(
+                f"connector `{resource.connector}` of `{resource.service}` is not available on this broker",
+                code="connector_not_configured",
+            )
         now = self.clock()
         self._lock_task(u, task, now)
         lease_id = new_id("lse")
         grants = self._grants(task, resource, req)
         acts = tuple(sorted({a for a, _ in grants}))
         lease = Lease(
-            id=lease_id, task_id=task.id, root_task_id=task.root_id, agent=task.agent,
-            connector=connector.name, audience=resource.service, resource=resource.id,
-            scope=" ".join(f"{a}@{r}" for a, r in grants), issued_at=now,
+            id=lease_id,
+            task_id=task.id,
+            root_task_id=task.root_id,
+            agent=task.agent,
+            connector=connector.name,
+            audience=resource.service,
+            resource=resource.id,
+            scope=" ".join(f"{a}@{r}" for a, r in grants),
+            issued_at=now,
             expires_at=min(task.expires_at, now + self.settings.credentials.default_ttl_seconds),
-            state=LeaseState.PENDING, revocation=Revocation.NONE, node_id=self.node_id,
-            material=connector.plan(resource, lease_id))
+            state=LeaseState.PENDING,
+            revocation=Revocation.NONE,
+            node_id=self.node_id,
+            material=connector.plan(resource, lease_id),
+        )
         durable = self.db.dialect == "postgresql"
         if durable:
             with self.db.begin() as conn:
@@ -145,30 +174,43 @@ class Credentials:
             if isinstance(exc, TetherError):
                 raise
             log.exception("connector %s failed to mint", connector.name)
-            raise Unavailable(f"connector `{connector.name}` failed; the action is denied",
-                              code="connector_failed") from exc
+            raise Unavailable(
+                f"connector `{connector.name}` failed; the action is denied", code="connector_failed"
+            ) from exc
         failpoints.hit("lease.after_mint")
         material = {**lease.material, **minted.material}
         if not ls.activate(u.conn, lease_id, material):
             # Revoked while we minted (the reaper took a durable pending row): do not hand it out.
             raise Conflict("the credential was revoked while it was issued", code="lease_revoked")
-        u.emit(ev.CREDENTIAL_MINTED, {
-            "connector": connector.name, "audience": lease.audience, "resource": lease.resource,
-            "scope": lease.scope, "expires_at": lease.expires_at, "material": material,
-            "kind": (minted.for_agent or {}).get("kind", connector.name),
-        }, **lease_fields(lease))
+        u.emit(
+            ev.CREDENTIAL_MINTED,
+            {
+                "connector": connector.name,
+                "audience": lease.audience,
+                "resource": lease.resource,
+                "scope": lease.scope,
+                "expires_at": lease.expires_at,
+                "material": material,
+                "kind": (minted.for_agent or {}).get("kind", connector.name),
+            },
+            **lease_fields(lease),
+        )
         self.counters["minted"] += 1
         return IssuedCredential(lease_id, minted.for_agent, minted.for_enforcer)
 
     # -- revocation ----------------------------------------------------------------------
-    def start_revocations(self, u: Unit, leases: Sequence[Lease], reason: str, *, by: str,
-                          feed: bool = True) -> None:
+    def start_revocations(
+        self, u: Unit, leases: Sequence[Lease], reason: str, *, by: str, feed: bool = True
+    ) -> None:
         """Mark leases revoking; finish offline ones now (same transaction, with events)."""
         now = self.clock()
         ls.begin_revocation(u.conn, [x.id for x in leases], reason, now)
         if feed:
-            rv.append(u.conn, [rv.FeedEntry("lease", x.task_id, reason, x.expires_at, x.id, x.audience)
-                               for x in leases], now)
+            rv.append(
+                u.conn,
+                [rv.FeedEntry("lease", x.task_id, reason, x.expires_at, x.id, x.audience) for x in leases],
+                now,
+            )
         external = False
         for lease in leases:
             connector = self.connectors.get(lease.connector)
@@ -176,9 +218,16 @@ class Credentials:
                 connector.revoke(lease)
                 if ls.mark_revoked(u.conn, lease.id, now):
                     self.counters["revoked"] += 1
-                    u.emit(ev.CREDENTIAL_REVOKED, {"connector": lease.connector, "reason": reason,
-                                                   "by": by, "audience": lease.audience},
-                           **lease_fields(lease))
+                    u.emit(
+                        ev.CREDENTIAL_REVOKED,
+                        {
+                            "connector": lease.connector,
+                            "reason": reason,
+                            "by": by,
+                            "audience": lease.audience,
+                        },
+                        **lease_fields(lease),
+                    )
             else:
                 external = True
         if external:
@@ -199,9 +248,15 @@ class Credentials:
             if lease is None:
                 raise NotFound(f"no lease `{lease_id}`", code="lease_not_found")
             if lease.state is LeaseState.IRREVOCABLE:
-                u.conn.execute(update(ct.leases).where(ct.leases.c.id == lease_id).values(
-                    state=LeaseState.REVOKING.value, revocation=Revocation.PENDING.value,
-                    next_attempt_at=self.clock()))
+                u.conn.execute(
+                    update(ct.leases)
+                    .where(ct.leases.c.id == lease_id)
+                    .values(
+                        state=LeaseState.REVOKING.value,
+                        revocation=Revocation.PENDING.value,
+                        next_attempt_at=self.clock(),
+                    )
+                )
                 self.wake()
             elif lease.state in ls.LIVE:
                 self.start_revocations(u, [lease], reason, by=by)

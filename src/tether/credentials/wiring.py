@@ -79,6 +79,7 @@ def install(rt: Runtime) -> None:
     stop_listen = threading.Event()
     listener = feed.listen(stop_listen)
     if listener is not None:
+
         def stop_listening() -> None:
             stop_listen.set()
             listener.join(5)

@@ -53,8 +53,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``check`` until true; fail with ``what`` after ``timeout`` or if ``proc`` died."""
     deadline = time.monotonic() + timeout
     delay = 0.05
@@ -81,7 +82,7 @@ trust_domain = "{TRUST_DOMAIN}"
 max_ttl_seconds = 600
 
 [gateway]
-enforcers = ["{AGENTS['gateway']}"]
+enforcers = ["{AGENTS["gateway"]}"]
 """
 
 
@@ -107,8 +108,13 @@ class Stack:
 
     def spawn(self, args: list[str], what: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "TETHER_STATE_DIR": str(self.state_dir)}
-        proc = subprocess.Popen([sys.executable, *args], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.procs.append(proc)
         return proc
 
@@ -149,21 +155,39 @@ def start_broker(stack: Stack) -> None:
 def register_workloads(stack: Stack) -> list[dict[str, Any]]:
     """What an operator does once per agent: bind a SPIFFE ID to how its process is attested."""
     selectors = [f"unix:uid:{os.getuid()}", f"unix:path:{os.path.realpath(sys.executable)}"]
-    return [stack.admin("workload.register", {"spiffe_id": sid, "selectors": selectors,
-                                              "attributes": {"role": name, "environment": ENVIRONMENT}})
-            for name, sid in AGENTS.items()]
+    return [
+        stack.admin(
+            "workload.register",
+            {
+                "spiffe_id": sid,
+                "selectors": selectors,
+                "attributes": {"role": name, "environment": ENVIRONMENT},
+            },
+        )
+        for name, sid in AGENTS.items()
+    ]
 
 
 def start_crm(stack: Stack) -> None:
     port = free_port()
     stack.crm_url = f"http://127.0.0.1:{port}"
-    cfg = {"broker": stack.url, "audience": "crm", "issuer": stack.settings.broker_issuer,
-           "broker_audience": stack.settings.broker_audience, "socket": str(stack.workload_socket),
-           "spiffe_id": AGENTS["crm"]}
-    proc = stack.spawn(["-m", "tether.demo.upstream", "--port", str(port), "--config", json.dumps(cfg)],
-                       "the CRM service")
-    wait_until(lambda: httpx.get(stack.crm_url + "/healthz", timeout=2).status_code == 200, START_TIMEOUT,
-               "the CRM service", proc)
+    cfg = {
+        "broker": stack.url,
+        "audience": "crm",
+        "issuer": stack.settings.broker_issuer,
+        "broker_audience": stack.settings.broker_audience,
+        "socket": str(stack.workload_socket),
+        "spiffe_id": AGENTS["crm"],
+    }
+    proc = stack.spawn(
+        ["-m", "tether.demo.upstream", "--port", str(port), "--config", json.dumps(cfg)], "the CRM service"
+    )
+    wait_until(
+        lambda: httpx.get(stack.crm_url + "/healthz", timeout=2).status_code == 200,
+        START_TIMEOUT,
+        "the CRM service",
+        proc,
+    )
 
 
 @contextlib.contextmanager

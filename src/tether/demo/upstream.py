@@ -22,8 +22,15 @@ from starlette.routing import Route
 from tether.credentials.middleware import HttpFeedSource, JwksKeys, RevocationFollower, TetherAuthMiddleware
 from tether.sdk.svid import CachedSvid, WorkloadApiSvid
 
-CUSTOMERS = {"42": {"id": "42", "name": "Dana Example", "email": "dana@example.com", "plan": "enterprise",
-                    "card_last4": "4242"}}
+CUSTOMERS = {
+    "42": {
+        "id": "42",
+        "name": "Dana Example",
+        "email": "dana@example.com",
+        "plan": "enterprise",
+        "card_last4": "4242",
+    }
+}
 
 
 async def customer(request: Request) -> Response:
@@ -43,11 +50,11 @@ def healthz_for(follower: RevocationFollower) -> Any:
     return healthz
 
 
-def build(broker: str, audience: str, issuer: str, broker_audience: str, socket: str,
-          spiffe_id: str) -> Any:
+def build(broker: str, audience: str, issuer: str, broker_audience: str, socket: str, spiffe_id: str) -> Any:
     svid = CachedSvid(WorkloadApiSvid(socket, spiffe_id=spiffe_id))
-    follower = RevocationFollower(HttpFeedSource(broker, lambda: svid.fetch(broker_audience)),
-                                  max_staleness=10.0, wait=1.0)
+    follower = RevocationFollower(
+        HttpFeedSource(broker, lambda: svid.fetch(broker_audience)), max_staleness=10.0, wait=1.0
+    )
     follower.start()
     app = Starlette(routes=[Route("/customers/{cid}", customer), Route("/healthz", healthz_for(follower))])
     keys = JwksKeys.from_url(broker + "/.well-known/jwks.json")
@@ -66,8 +73,9 @@ def build(broker: str, audience: str, issuer: str, broker_audience: str, socket:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--config", required=True,
-                   help="JSON: broker, audience, issuer, broker_audience, socket, spiffe_id")
+    p.add_argument(
+        "--config", required=True, help="JSON: broker, audience, issuer, broker_audience, socket, spiffe_id"
+    )
     args = p.parse_args()
     cfg = json.loads(args.config)
     uvicorn.run(build(**cfg), host="127.0.0.1", port=args.port, log_level="warning")

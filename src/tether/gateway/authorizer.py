@@ -71,16 +71,23 @@ class Verdict:
 def task_fields(task: Task | None) -> dict[str, Any] | None:
     if task is None:
         return None
-    return {"task_id": task.id, "root_task_id": task.root_id, "parent_task_id": task.parent_id,
-            "agent": task.agent}
+    return {
+        "task_id": task.id,
+        "root_task_id": task.root_id,
+        "parent_task_id": task.parent_id,
+        "agent": task.agent,
+    }
 
 
 def verdict_from_result(result: AuthorizeResult) -> Verdict:
     cred = result.credential
-    return Verdict(decision=result.decision.to_dict(), task=task_fields(result.task),
-                   lease_id=cred.lease_id if cred else None,
-                   for_agent=cred.for_agent if cred else None,
-                   for_enforcer=cred.for_enforcer if cred else None)
+    return Verdict(
+        decision=result.decision.to_dict(),
+        task=task_fields(result.task),
+        lease_id=cred.lease_id if cred else None,
+        for_agent=cred.for_agent if cred else None,
+        for_enforcer=cred.for_enforcer if cred else None,
+    )
 
 
 def upstream_credential_headers(verdict: Verdict) -> dict[str, str]:
@@ -92,16 +99,22 @@ def upstream_credential_headers(verdict: Verdict) -> dict[str, str]:
     fe, fa = verdict.for_enforcer, verdict.for_agent
     if fe and fe.get("kind") == "inject":
         name, value = fe.get("header"), fe.get("value")
-        if not isinstance(name, str) or not _HEADER_NAME.match(name) or not isinstance(value, str) \
-                or any(c in value for c in "\r\n\0"):
-            raise Unavailable("the credential for this call is malformed; nothing was forwarded",
-                              code="credential_invalid")
+        if (
+            not isinstance(name, str)
+            or not _HEADER_NAME.match(name)
+            or not isinstance(value, str)
+            or any(c in value for c in "\r\n\0")
+        ):
+            raise Unavailable(
+                "the credential for this call is malformed; nothing was forwarded", code="credential_invalid"
+            )
         return {name.lower(): value}
     if fa and fa.get("kind") == "jwt":
         token = fa.get("token")
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0 "):
-            raise Unavailable("the credential for this call is malformed; nothing was forwarded",
-                              code="credential_invalid")
+            raise Unavailable(
+                "the credential for this call is malformed; nothing was forwarded", code="credential_invalid"
+            )
         return {"authorization": f"Bearer {token}"}
     return {}
 
@@ -117,18 +130,21 @@ class Authorizer(Protocol):
         """
         ...
 
-    async def visible(self, token: str, action: str, resources: Sequence[str],
-                      proof: DpopProof | None = None) -> frozenset[str]:
+    async def visible(
+        self, token: str, action: str, resources: Sequence[str], proof: DpopProof | None = None
+    ) -> frozenset[str]:
         """The resources this task could be allowed ``action`` on (no decision is recorded)."""
         ...
 
-    async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
-                     trace_id: str | None = None) -> None:
+    async def record(
+        self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
+    ) -> None:
         """Append one call record (``call.forwarded``/``call.result``) linked to its decision."""
         ...
 
-    async def observe_tools(self, server: str,
-                            definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    async def observe_tools(
+        self, server: str, definitions: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, str]:
         """Check MCP tool definitions against their pins: ``{tool: "approved" | "changed"}``."""
         ...
 
@@ -150,19 +166,31 @@ class LocalAuthorizer:
         result = await anyio.to_thread.run_sync(self.rt.broker.authorize, token, req, proof)
         return verdict_from_result(result)
 
-    async def visible(self, token: str, action: str, resources: Sequence[str],
-                      proof: DpopProof | None = None) -> frozenset[str]:
-        found = await anyio.to_thread.run_sync(self._service.visible, self.rt, token, action,
-                                               list(resources), proof)
+    async def visible(
+        self, token: str, action: str, resources: Sequence[str], proof: DpopProof | None = None
+    ) -> frozenset[str]:
+        found = await anyio.to_thread.run_sync(
+            self._service.visible, self.rt, token, action, list(resources), proof
+        )
         return frozenset(found)
 
-    async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
-                     trace_id: str | None = None) -> None:
-        await anyio.to_thread.run_sync(self._service.record_call, self.rt, type_, verdict.task,
-                                       verdict.decision_id, verdict.lease_id, trace_id, dict(payload))
+    async def record(
+        self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
+    ) -> None:
+        await anyio.to_thread.run_sync(
+            self._service.record_call,
+            self.rt,
+            type_,
+            verdict.task,
+            verdict.decision_id,
+            verdict.lease_id,
+            trace_id,
+            dict(payload),
+        )
 
-    async def observe_tools(self, server: str,
-                            definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    async def observe_tools(
+        self, server: str, definitions: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, str]:
         return await anyio.to_thread.run_sync(self.pins.observe, server, definitions)
 
     async def aclose(self) -> None:
@@ -174,7 +202,11 @@ def _dpop(proof: DpopProof) -> dict[str, Any]:
 
 
 _BY_STATUS: dict[int, type[TetherError]] = {
-    400: InvalidRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
+    400: InvalidRequest,
+    401: Unauthenticated,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
     413: PayloadTooLarge,
 }
 
@@ -187,16 +219,24 @@ class RemoteAuthorizer:
     once, with no cache to outlive it.
     """
 
-    def __init__(self, broker_url: str, svid: Callable[[], str], *, timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        svid: Callable[[], str],
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         if not broker_url.startswith(("http://", "https://")):
             raise InvalidRequest("the broker URL must be http(s)://…", code="invalid_field", field="broker")
         self._svid = svid
-        self._client = httpx.AsyncClient(base_url=broker_url.rstrip("/"), timeout=timeout,
-                                         transport=transport, follow_redirects=False)
+        self._client = httpx.AsyncClient(
+            base_url=broker_url.rstrip("/"), timeout=timeout, transport=transport, follow_redirects=False
+        )
 
-    async def _post(self, path: str, body: Mapping[str, Any], token: str | None = None,
-                    trace: str | None = None) -> Any:
+    async def _post(
+        self, path: str, body: Mapping[str, Any], token: str | None = None, trace: str | None = None
+    ) -> Any:
         headers = {"x-tether-enforcer": self._svid()}
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
@@ -205,8 +245,9 @@ class RemoteAuthorizer:
         try:
             resp = await self._client.post(path, json=dict(body), headers=headers)
         except httpx.HTTPError as exc:
-            raise Unavailable("the broker is unreachable; nothing was allowed",
-                              code="broker_unavailable") from exc
+            raise Unavailable(
+                "the broker is unreachable; nothing was allowed", code="broker_unavailable"
+            ) from exc
         try:
             doc = resp.json()
         except ValueError:
@@ -219,36 +260,56 @@ class RemoteAuthorizer:
         raise cls(str(err.get("message") or f"the broker answered {resp.status_code}"), code=code)
 
     async def authorize(self, token: str, req: AuthorizeRequest, proof: DpopProof | None = None) -> Verdict:
-        body: dict[str, Any] = {"action": req.action, "resource": req.resource,
-                                "arguments": dict(req.arguments),
-                                "context": {"method": req.method, "path": req.path}}
+        body: dict[str, Any] = {
+            "action": req.action,
+            "resource": req.resource,
+            "arguments": dict(req.arguments),
+            "context": {"method": req.method, "path": req.path},
+        }
         if proof is not None and proof.present:
             body["dpop"] = _dpop(proof)
         trace = f"00-{req.trace_id}-{'0' * 15}1-01" if req.trace_id else None
         doc = await self._post("/v1/gateway/authorize", body, token, trace)
         decision, cred = doc.get("decision"), doc.get("credential") or {}
         if not isinstance(decision, dict) or not isinstance(cred, dict):
-            raise Unavailable("the broker's answer was malformed; nothing was allowed",
-                              code="broker_unavailable")
-        return Verdict(decision=decision, task=doc.get("task"), lease_id=cred.get("lease_id"),
-                       for_agent=cred.get("for_agent"), for_enforcer=cred.get("for_enforcer"))
+            raise Unavailable(
+                "the broker's answer was malformed; nothing was allowed", code="broker_unavailable"
+            )
+        return Verdict(
+            decision=decision,
+            task=doc.get("task"),
+            lease_id=cred.get("lease_id"),
+            for_agent=cred.get("for_agent"),
+            for_enforcer=cred.get("for_enforcer"),
+        )
 
-    async def visible(self, token: str, action: str, resources: Sequence[str],
-                      proof: DpopProof | None = None) -> frozenset[str]:
+    async def visible(
+        self, token: str, action: str, resources: Sequence[str], proof: DpopProof | None = None
+    ) -> frozenset[str]:
         body: dict[str, Any] = {"action": action, "resources": list(resources)}
         if proof is not None and proof.present:
             body["dpop"] = _dpop(proof)
         doc = await self._post("/v1/gateway/visible", body, token)
         return frozenset(str(r) for r in doc.get("resources") or ())
 
-    async def record(self, type_: str, verdict: Verdict, payload: Mapping[str, Any],
-                     trace_id: str | None = None) -> None:
-        await self._post("/v1/gateway/calls", {
-            "type": type_, "task": dict(verdict.task or {}), "decision_id": verdict.decision_id,
-            "lease_id": verdict.lease_id, "trace_id": trace_id, "payload": dict(payload)})
+    async def record(
+        self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
+    ) -> None:
+        await self._post(
+            "/v1/gateway/calls",
+            {
+                "type": type_,
+                "task": dict(verdict.task or {}),
+                "decision_id": verdict.decision_id,
+                "lease_id": verdict.lease_id,
+                "trace_id": trace_id,
+                "payload": dict(payload),
+            },
+        )
 
-    async def observe_tools(self, server: str,
-                            definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    async def observe_tools(
+        self, server: str, definitions: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, str]:
         doc = await self._post("/v1/gateway/tools", {"server": server, "tools": dict(definitions)})
         states = doc.get("states")
         if not isinstance(states, dict):

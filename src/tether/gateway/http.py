@@ -47,11 +47,30 @@ log = logging.getLogger("tether.gateway.http")
 
 
 #: RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-                        "trailer", "transfer-encoding", "upgrade", "proxy-connection"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 #: Never forwarded upstream: the agent's credentials and what the gateway sets itself.
-_DROP_REQUEST = HOP_BY_HOP | {"authorization", "dpop", "cookie", "host", "content-length",
-                              "x-tether-enforcer", "traceparent", "tracestate"}
+_DROP_REQUEST = HOP_BY_HOP | {
+    "authorization",
+    "dpop",
+    "cookie",
+    "host",
+    "content-length",
+    "x-tether-enforcer",
+    "traceparent",
+    "tracestate",
+}
 #: Never returned to the agent: upstream sessions are not the agent's to hold.
 _DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length"}
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -114,8 +133,9 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 class HttpGateway:
     """An ASGI application. ``transport`` replaces the network in tests and benchmarks."""
 
-    def __init__(self, table: RouteTable, authorizer: Authorizer, *,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, table: RouteTable, authorizer: Authorizer, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.table = table
         self.options = table.options
         self.authorizer = authorizer
@@ -128,9 +148,13 @@ class HttpGateway:
             o = self.options
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(o.timeout_seconds, connect=o.connect_timeout_seconds),
-                limits=httpx.Limits(max_connections=o.max_connections,
-                                    max_keepalive_connections=o.max_connections),
-                follow_redirects=False, trust_env=False, transport=self._transport)
+                limits=httpx.Limits(
+                    max_connections=o.max_connections, max_keepalive_connections=o.max_connections
+                ),
+                follow_redirects=False,
+                trust_env=False,
+                transport=self._transport,
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -163,7 +187,7 @@ class HttpGateway:
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         root = scope.get("root_path") or ""
         if root and raw_path.startswith(root):  # mounted under the broker (``http_mount``)
-            raw_path = raw_path[len(root):] or "/"
+            raw_path = raw_path[len(root) :] or "/"
         if not raw_path.startswith("/") or _BAD_RAW_PATH.search(raw_path):
             # Encoded slashes, dots and backslashes are how a path that was authorized as
             # one resource reaches another after the upstream normalizes it.
@@ -185,21 +209,30 @@ class HttpGateway:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         length = _header(headers, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.options.max_request_bytes):
-            raise PayloadTooLarge(f"the body exceeds {self.options.max_request_bytes} bytes",
-                                  limit=self.options.max_request_bytes)
+            raise PayloadTooLarge(
+                f"the body exceeds {self.options.max_request_bytes} bytes",
+                limit=self.options.max_request_bytes,
+            )
         token = _bearer(headers)
         trace, traceparent = continue_trace(_header(headers, b"traceparent"))
-        rest_raw = raw_path[len(route.prefix):] if route.prefix != "/" else raw_path
-        req = AuthorizeRequest(action=rule.action, resource=rule.resource, arguments=params,
-                               method=method, path=path, trace_id=trace)
+        rest_raw = raw_path[len(route.prefix) :] if route.prefix != "/" else raw_path
+        req = AuthorizeRequest(
+            action=rule.action,
+            resource=rule.resource,
+            arguments=params,
+            method=method,
+            path=path,
+            trace_id=trace,
+        )
         verdict = await self._decide(token, req, self._proof(scope, headers, method, raw_path))
         if not verdict.allowed:
             await self._refuse(send, verdict)
             return
         await self._forward(scope, receive, send, route, rule, verdict, rest_raw or "/", traceparent, trace)
 
-    def _proof(self, scope: Scope, headers: list[tuple[bytes, bytes]], method: str, raw_path: str
-               ) -> DpopProof | None:
+    def _proof(
+        self, scope: Scope, headers: list[tuple[bytes, bytes]], method: str, raw_path: str
+    ) -> DpopProof | None:
         """The agent's DPoP proof and the URL it must be for: this gateway's, as the agent saw it."""
         proofs = [v.decode("latin-1") for k, v in headers if k.lower() == b"dpop"]
         if not proofs:
@@ -234,14 +267,26 @@ class HttpGateway:
             body["message"] = "policy denied this call"
         await _send_json(send, 403, body, headers)
 
-    async def _forward(self, scope: Scope, receive: Any, send: Any, route: Route, rule: Rule,
-                       verdict: Verdict, rest_raw: str, traceparent: str, trace: str) -> None:
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Any,
+        send: Any,
+        route: Route,
+        rule: Rule,
+        verdict: Verdict,
+        rest_raw: str,
+        traceparent: str,
+        trace: str,
+    ) -> None:
         extra = {**route.headers, **upstream_credential_headers(verdict), "traceparent": traceparent}
         query = scope.get("query_string") or b""
         url = route.upstream + rest_raw + ("?" + query.decode("latin-1") if query else "")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        has_body = _header(headers, b"content-length") not in (None, "0") or \
-            _header(headers, b"transfer-encoding") is not None
+        has_body = (
+            _header(headers, b"content-length") not in (None, "0")
+            or _header(headers, b"transfer-encoding") is not None
+        )
         sent = {"request": 0, "response": 0}
         recorded: dict[str, bytearray] = {"request": bytearray(), "response": bytearray()}
         limit = self.options.max_request_bytes
@@ -265,8 +310,12 @@ class HttpGateway:
         started = time.perf_counter()
         status, outcome = 0, "ok"
         try:
-            request = self.client.build_request(scope["method"], url, headers=forward_headers(headers, extra),
-                                                content=body() if has_body else None)
+            request = self.client.build_request(
+                scope["method"],
+                url,
+                headers=forward_headers(headers, extra),
+                content=body() if has_body else None,
+            )
             try:
                 resp = await self.client.send(request, stream=True)
             except _BodyTooLarge:
@@ -290,10 +339,18 @@ class HttpGateway:
                 await resp.aclose()
         finally:
             payload: dict[str, Any] = {
-                "gateway": "http", "route": route.name, "service": route.service, "method": scope["method"],
-                "path": unquote(rest_raw)[:512], "rule": rule.path, "action": rule.action,
-                "resource": rule.resource, "upstream_status": status, "outcome": outcome,
-                "request_bytes": sent["request"], "response_bytes": sent["response"],
+                "gateway": "http",
+                "route": route.name,
+                "service": route.service,
+                "method": scope["method"],
+                "path": unquote(rest_raw)[:512],
+                "rule": rule.path,
+                "action": rule.action,
+                "resource": rule.resource,
+                "upstream_status": status,
+                "outcome": outcome,
+                "request_bytes": sent["request"],
+                "response_bytes": sent["response"],
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             }
             if route.record_bodies:
@@ -301,13 +358,20 @@ class HttpGateway:
                 payload["response_body"] = recorded["response"].decode("utf-8", "replace")
             await self._record(verdict, payload, trace)
 
-    async def _relay(self, send: Any, resp: httpx.Response, verdict: Verdict, sent: dict[str, int],
-                     record: bytearray | None) -> None:
+    async def _relay(
+        self,
+        send: Any,
+        resp: httpx.Response,
+        verdict: Verdict,
+        sent: dict[str, int],
+        record: bytearray | None,
+    ) -> None:
         limit = self.options.max_response_bytes
         length = resp.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise BadGateway(f"the upstream response exceeds {limit} bytes",
-                             code="upstream_response_too_large")
+            raise BadGateway(
+                f"the upstream response exceeds {limit} bytes", code="upstream_response_too_large"
+            )
         out = response_headers(resp.headers)
         if length is not None and length.isdigit():
             out.append((b"content-length", length.encode()))
@@ -341,11 +405,15 @@ class GatewayTimeout(Unavailable):
     status = 504
 
 
-async def _send_json(send: Any, status: int, body: Mapping[str, Any],
-                     headers: Mapping[str, str] | None = None) -> None:
+async def _send_json(
+    send: Any, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> None:
     data = json.dumps(body, separators=(",", ":")).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-           (b"cache-control", b"no-store")]
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -71,8 +71,11 @@ class Upstream:
 
 
 def _result(code: str, text: str, details: Mapping[str, Any] | None = None) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True,
-                                _meta={"tether": {**(details or {}), "code": code}})
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        is_error=True,
+        _meta={"tether": {**(details or {}), "code": code}},
+    )
 
 
 def refusal(verdict: Verdict) -> types.CallToolResult:
@@ -81,20 +84,35 @@ def refusal(verdict: Verdict) -> types.CallToolResult:
     reasons = "; ".join(str(r.get("message", "")) for r in public.get("reasons", []) if isinstance(r, dict))
     if verdict.outcome == "approval_required":
         approval = public.get("approval_id", "")
-        return _result("approval_required",
-                       f"approval required: this call waits for a human ({reasons or 'policy'}); approval "
-                       f"id {approval}. Call again with the same arguments once it is approved.", public)
+        return _result(
+            "approval_required",
+            f"approval required: this call waits for a human ({reasons or 'policy'}); approval "
+            f"id {approval}. Call again with the same arguments once it is approved.",
+            public,
+        )
     code = str(public.get("code") or "denied")
-    return _result(code, f"denied by policy ({code}): {reasons or 'no policy permits this call'}; "
-                         f"decision {public.get('decision_id', '')}", public)
+    return _result(
+        code,
+        f"denied by policy ({code}): {reasons or 'no policy permits this call'}; "
+        f"decision {public.get('decision_id', '')}",
+        public,
+    )
 
 
 class McpGateway:
     """One upstream MCP server behind Tether. Use :meth:`connect`, then :meth:`server`."""
 
-    def __init__(self, server: str, authorizer: Authorizer, *, task_token: str | None = None,
-                 record_arguments: bool = False, call_timeout: float = 60.0,
-                 refresh_seconds: float = 30.0, public_url: str = "") -> None:
+    def __init__(
+        self,
+        server: str,
+        authorizer: Authorizer,
+        *,
+        task_token: str | None = None,
+        record_arguments: bool = False,
+        call_timeout: float = 60.0,
+        refresh_seconds: float = 30.0,
+        public_url: str = "",
+    ) -> None:
         self.name = server
         self.authorizer = authorizer
         self.task_token = task_token
@@ -114,19 +132,27 @@ class McpGateway:
     async def connect(self, upstream: Upstream) -> AsyncIterator[McpGateway]:
         async with contextlib.AsyncExitStack() as stack:
             if upstream.command:
-                params = StdioServerParameters(command=upstream.command[0], args=list(upstream.command[1:]),
-                                               env=dict(upstream.env) or None)
+                params = StdioServerParameters(
+                    command=upstream.command[0],
+                    args=list(upstream.command[1:]),
+                    env=dict(upstream.env) or None,
+                )
                 read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
             else:
                 import httpx2
                 from mcp.client.streamable_http import streamable_http_client
 
-                client = await stack.enter_async_context(httpx2.AsyncClient(
-                    headers=dict(upstream.headers), timeout=self.call_timeout, follow_redirects=False))
+                client = await stack.enter_async_context(
+                    httpx2.AsyncClient(
+                        headers=dict(upstream.headers), timeout=self.call_timeout, follow_redirects=False
+                    )
+                )
                 read, write = await stack.enter_async_context(
-                    streamable_http_client(upstream.url, http_client=client))
-            session = await stack.enter_async_context(ClientSession(read, write,
-                                                                    message_handler=self._on_upstream))
+                    streamable_http_client(upstream.url, http_client=client)
+                )
+            session = await stack.enter_async_context(
+                ClientSession(read, write, message_handler=self._on_upstream)
+            )
             await session.initialize()
             self.session = session
             await self.refresh()
@@ -147,13 +173,15 @@ class McpGateway:
         cursor: str | None = None
         for _ in range(_MAX_PAGES):
             page = await self.session.list_tools(
-                params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+                params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            )
             tools.update({t.name: t for t in page.tools if _TOOL_NAME.match(t.name)})
             cursor = page.next_cursor
             if not cursor:
                 break
-        definitions = {n: t.model_dump(by_alias=True, mode="json", exclude_none=True)
-                       for n, t in tools.items()}
+        definitions = {
+            n: t.model_dump(by_alias=True, mode="json", exclude_none=True) for n, t in tools.items()
+        }
         self._states = await self.authorizer.observe_tools(self.name, definitions)
         self._tools = tools
         self._fetched = time.monotonic()
@@ -166,14 +194,19 @@ class McpGateway:
 
     # -- the agent's side -----------------------------------------------------------------
     def server(self) -> Server[Any]:
-        return Server(f"tether-gateway:{self.name}", version="1", on_list_tools=self.list_tools,
-                      on_call_tool=self.call_tool)
+        return Server(
+            f"tether-gateway:{self.name}",
+            version="1",
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+        )
 
     def http_app(self, path: str = "/mcp", host: str = "127.0.0.1") -> Any:
         """The Streamable HTTP app for agents. Stateless: each request carries its own task
         token and is authorized on its own, so no MCP session outlives a revoked task."""
-        app = self.server().streamable_http_app(streamable_http_path=path, stateless_http=True,
-                                                json_response=True, host=host)
+        app = self.server().streamable_http_app(
+            streamable_http_path=path, stateless_http=True, json_response=True, host=host
+        )
         return RequireBearer(app)
 
     def _credentials(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, DpopProof | None, str | None]:
@@ -186,31 +219,39 @@ class McpGateway:
         header = headers.get("authorization", "") if headers is not None else ""
         scheme, _, token = header.partition(" ")
         if headers is None or scheme.lower() not in ("bearer", "dpop") or not token.strip():
-            raise Unauthenticated("send your task token as `Authorization: Bearer <token>`",
-                                  code="missing_token")
+            raise Unauthenticated(
+                "send your task token as `Authorization: Bearer <token>`", code="missing_token"
+            )
         proofs = headers.getlist("dpop") if hasattr(headers, "getlist") else []
         proof = None
         if proofs:
             url = self.public_url or str(getattr(request, "url", ""))
-            proof = DpopProof(proof=proofs[0], method=str(getattr(request, "method", "POST")), url=url,
-                              count=len(proofs))
+            proof = DpopProof(
+                proof=proofs[0], method=str(getattr(request, "method", "POST")), url=url, count=len(proofs)
+            )
         return token.strip(), proof, trace
 
-    async def list_tools(self, ctx: ServerRequestContext[Any, Any],
-                         params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         try:
             token, proof, _ = self._credentials(ctx)
             await self._fresh()
-            approved = {f"{self.name}.{n}": t for n, t in self._tools.items()
-                        if self._states.get(n) == APPROVED}
+            approved = {
+                f"{self.name}.{n}": t for n, t in self._tools.items() if self._states.get(n) == APPROVED
+            }
             visible = await self.authorizer.visible(token, ACTION, list(approved), proof)
         except TetherError as exc:
-            raise MCPError(UNAUTHENTICATED if isinstance(exc, Unauthenticated) else types.INTERNAL_ERROR,
-                           exc.message, {"code": exc.code}) from None
+            raise MCPError(
+                UNAUTHENTICATED if isinstance(exc, Unauthenticated) else types.INTERNAL_ERROR,
+                exc.message,
+                {"code": exc.code},
+            ) from None
         return types.ListToolsResult(tools=[t for rid, t in approved.items() if rid in visible])
 
-    async def call_tool(self, ctx: ServerRequestContext[Any, Any],
-                        params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         name, arguments = params.name, dict(params.arguments or {})
         resource = f"{self.name}.{name}"
         try:
@@ -222,12 +263,20 @@ class McpGateway:
             return _result("unknown_tool", f"`{self.name}` has no tool `{name}`")
         if self._states.get(name) != APPROVED:
             # Rug pull (ASI04): the definition is not the one that was approved.
-            return _result("tool_definition_changed",
-                           f"`{name}` changed its definition since it was approved; calls are blocked until "
-                           f"an operator runs `tether mcp tools approve {self.name} {name}`")
+            return _result(
+                "tool_definition_changed",
+                f"`{name}` changed its definition since it was approved; calls are blocked until "
+                f"an operator runs `tether mcp tools approve {self.name} {name}`",
+            )
         trace, _ = continue_trace(traceparent)
-        req = AuthorizeRequest(action=ACTION, resource=resource, arguments=arguments, method="tools/call",
-                               path=name, trace_id=trace)
+        req = AuthorizeRequest(
+            action=ACTION,
+            resource=resource,
+            arguments=arguments,
+            method="tools/call",
+            path=name,
+            trace_id=trace,
+        )
         try:
             verdict = await self.authorizer.authorize(token, req, proof)
         except TetherError as exc:
@@ -236,8 +285,9 @@ class McpGateway:
             return refusal(verdict)
         return await self._forward(verdict, name, arguments, trace)
 
-    async def _forward(self, verdict: Verdict, name: str, arguments: dict[str, Any],
-                       trace: str) -> types.CallToolResult:
+    async def _forward(
+        self, verdict: Verdict, name: str, arguments: dict[str, Any], trace: str
+    ) -> types.CallToolResult:
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -253,8 +303,13 @@ class McpGateway:
             outcome = "upstream_error"
             result = _result("upstream_error", f"the upstream server failed on `{name}`")
         payload: dict[str, Any] = {
-            "gateway": "mcp", "server": self.name, "tool": name, "resource": f"{self.name}.{name}",
-            "args_digest": args_digest(arguments), "outcome": outcome, "is_error": bool(result.is_error),
+            "gateway": "mcp",
+            "server": self.name,
+            "tool": name,
+            "resource": f"{self.name}.{name}",
+            "args_digest": args_digest(arguments),
+            "outcome": outcome,
+            "is_error": bool(result.is_error),
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
         if self.record_arguments:
@@ -281,8 +336,10 @@ class RequireBearer:
             if scheme.lower() not in ("bearer", "dpop") or not token.strip():
                 from tether.gateway.http import _send_json
 
-                body = {"code": "missing_token",
-                        "message": "send your task token as `Authorization: Bearer <token>`"}
+                body = {
+                    "code": "missing_token",
+                    "message": "send your task token as `Authorization: Bearer <token>`",
+                }
                 await _send_json(send, 401, body, {"www-authenticate": 'Bearer error="invalid_token"'})
                 return
         await self.app(scope, receive, send)

@@ -49,13 +49,21 @@ def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
 
 def _view(row: Row[Any]) -> dict[str, Any]:
     m = row._mapping
-    view = {"server": m["server"], "tool": m["tool"], "state": m["state"], "digest": m["digest"],
-            "pending_digest": m["pending_digest"], "first_seen": m["first_seen"],
-            "changed_at": m["changed_at"], "approved_at": m["approved_at"],
-            "approved_by": m["approved_by"]}
+    view = {
+        "server": m["server"],
+        "tool": m["tool"],
+        "state": m["state"],
+        "digest": m["digest"],
+        "pending_digest": m["pending_digest"],
+        "first_seen": m["first_seen"],
+        "changed_at": m["changed_at"],
+        "approved_at": m["approved_at"],
+        "approved_by": m["approved_by"],
+    }
     if m["pending_definition"]:
-        view["changed_fields"] = _changed_fields(json.loads(m["definition"]),
-                                                 json.loads(m["pending_definition"]))
+        view["changed_fields"] = _changed_fields(
+            json.loads(m["definition"]), json.loads(m["pending_definition"])
+        )
         view["pending_definition"] = json.loads(m["pending_definition"])
     return view
 
@@ -85,30 +93,62 @@ class ToolPins:
                 states[name] = self._observe_one(u.conn, u.emit, server, name, definition, now)
         return states
 
-    def _observe_one(self, conn: Connection, emit: Callable[..., Any], server: str, name: str,
-                     definition: dict[str, Any], now: float) -> str:
+    def _observe_one(
+        self,
+        conn: Connection,
+        emit: Callable[..., Any],
+        server: str,
+        name: str,
+        definition: dict[str, Any],
+        now: float,
+    ) -> str:
         digest = definition_digest(definition)
         key = (tool_pins.c.server == server) & (tool_pins.c.tool == name)
         row = conn.execute(select(tool_pins).where(key)).first()
         if row is None:
-            conn.execute(insert(tool_pins).values(
-                server=server, tool=name, state=APPROVED, digest=digest,
-                definition=canonical_json(definition), first_seen=now))
+            conn.execute(
+                insert(tool_pins).values(
+                    server=server,
+                    tool=name,
+                    state=APPROVED,
+                    digest=digest,
+                    definition=canonical_json(definition),
+                    first_seen=now,
+                )
+            )
             return APPROVED
         m = row._mapping
         if m["digest"] == digest:
             if m["state"] != APPROVED:  # the upstream went back to what was approved
-                conn.execute(update(tool_pins).where(key).values(
-                    state=APPROVED, pending_digest=None, pending_definition=None))
+                conn.execute(
+                    update(tool_pins)
+                    .where(key)
+                    .values(state=APPROVED, pending_digest=None, pending_definition=None)
+                )
             return APPROVED
         if m["state"] == CHANGED and m["pending_digest"] == digest:
             return CHANGED  # already recorded and audited; still blocked
-        conn.execute(update(tool_pins).where(key).values(
-            state=CHANGED, pending_digest=digest, pending_definition=canonical_json(definition),
-            changed_at=now))
-        emit(ev.TOOL_DEFINITION_CHANGED, {
-            "server": server, "tool": name, "change": "detected", "approved_digest": m["digest"],
-            "new_digest": digest, "fields": _changed_fields(json.loads(m["definition"]), definition)})
+        conn.execute(
+            update(tool_pins)
+            .where(key)
+            .values(
+                state=CHANGED,
+                pending_digest=digest,
+                pending_definition=canonical_json(definition),
+                changed_at=now,
+            )
+        )
+        emit(
+            ev.TOOL_DEFINITION_CHANGED,
+            {
+                "server": server,
+                "tool": name,
+                "change": "detected",
+                "approved_digest": m["digest"],
+                "new_digest": digest,
+                "fields": _changed_fields(json.loads(m["definition"]), definition),
+            },
+        )
         return CHANGED
 
     def list(self, server: str | None = None) -> list[dict[str, Any]]:
@@ -120,25 +160,48 @@ class ToolPins:
 
     def approve(self, server: str, tool: str, *, by: str, digest: str | None = None) -> dict[str, Any]:
         """Accept a changed definition. ``digest`` pins the approval to what was reviewed."""
-        key = (tool_pins.c.server == _check_name(server, "server")) & (tool_pins.c.tool == _check_name(
-            tool, "tool"))
+        key = (tool_pins.c.server == _check_name(server, "server")) & (
+            tool_pins.c.tool == _check_name(tool, "tool")
+        )
         with self.audit.unit() as u:
             row = u.conn.execute(select(tool_pins).where(key)).first()
             if row is None:
                 raise NotFound(f"no pinned tool `{tool}` on server `{server}`", code="tool_not_found")
             m = row._mapping
             if m["state"] != CHANGED:
-                raise Conflict(f"`{server}.{tool}` has no changed definition to approve",
-                               code="tool_not_changed")
+                raise Conflict(
+                    f"`{server}.{tool}` has no changed definition to approve", code="tool_not_changed"
+                )
             if digest is not None and digest != m["pending_digest"]:
                 # The upstream changed again after the operator reviewed it: review again.
-                raise Conflict("the pending definition is not the one you reviewed; list it again",
-                               code="tool_digest_mismatch", pending_digest=m["pending_digest"])
-            u.conn.execute(update(tool_pins).where(key).values(
-                state=APPROVED, digest=m["pending_digest"], definition=m["pending_definition"],
-                pending_digest=None, pending_definition=None, approved_at=self.clock(), approved_by=by))
-            u.emit(ev.TOOL_DEFINITION_CHANGED, {
-                "server": server, "tool": tool, "change": "approved", "by": by,
-                "previous_digest": m["digest"], "approved_digest": m["pending_digest"]})
+                raise Conflict(
+                    "the pending definition is not the one you reviewed; list it again",
+                    code="tool_digest_mismatch",
+                    pending_digest=m["pending_digest"],
+                )
+            u.conn.execute(
+                update(tool_pins)
+                .where(key)
+                .values(
+                    state=APPROVED,
+                    digest=m["pending_digest"],
+                    definition=m["pending_definition"],
+                    pending_digest=None,
+                    pending_definition=None,
+                    approved_at=self.clock(),
+                    approved_by=by,
+                )
+            )
+            u.emit(
+                ev.TOOL_DEFINITION_CHANGED,
+                {
+                    "server": server,
+                    "tool": tool,
+                    "change": "approved",
+                    "by": by,
+                    "previous_digest": m["digest"],
+                    "approved_digest": m["pending_digest"],
+                },
+            )
             new = u.conn.execute(select(tool_pins).where(key)).one()
         return _view(new)

@@ -88,7 +88,7 @@ class Route:
         if path == self.prefix:
             return "/"
         if path.startswith(self.prefix + "/"):
-            return path[len(self.prefix):]
+            return path[len(self.prefix) :]
         return None
 
 
@@ -115,8 +115,11 @@ class RouteTable:
             for j, rule in enumerate(route.rules):
                 res = catalog.get(rule.resource)
                 if res is None or res.service != route.service:
-                    raise _err(self.source, f"routes[{i}].rules[{j}].resource",
-                               f"`{rule.resource}` is not in the catalog under service `{route.service}`")
+                    raise _err(
+                        self.source,
+                        f"routes[{i}].rules[{j}].resource",
+                        f"`{rule.resource}` is not in the catalog under service `{route.service}`",
+                    )
 
 
 def _err(source: str, where: str, why: str) -> ConfigError:
@@ -145,8 +148,16 @@ def compile_path(path: str, where: str, source: str) -> re.Pattern[str]:
     return re.compile("/" + "/".join(out) + ("/?" if out else ""))
 
 
-def _num(raw: Mapping[str, Any], key: str, default: float, lo: float, hi: float, where: str,
-         source: str, integer: bool = True) -> Any:
+def _num(
+    raw: Mapping[str, Any],
+    key: str,
+    default: float,
+    lo: float,
+    hi: float,
+    where: str,
+    source: str,
+    integer: bool = True,
+) -> Any:
     value = raw.get(key, default)
     wrong_kind = integer and not isinstance(value, int)
     if isinstance(value, bool) or not isinstance(value, int | float) or wrong_kind:
@@ -241,8 +252,15 @@ def _route(raw: Any, i: int, source: str) -> Route:
         raise _err(source, f"{where}.prefix", "may not capture parameters")
     upstream = raw["upstream"]
     parts = urlsplit(upstream) if isinstance(upstream, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-            or parts.fragment or parts.username or parts.password:
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    ):
         raise _err(source, f"{where}.upstream", "must be an http(s) URL without query, fragment or userinfo")
     service = raw["service"]
     if not isinstance(service, str) or not _ID_RE.match(service):
@@ -252,8 +270,12 @@ def _route(raw: Any, i: int, source: str) -> Route:
         raise _err(source, f"{where}.rules", "must list at least one rule")
     headers = raw.get("headers", {})
     if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9-]{1,64}", k) and isinstance(v, str)
-            and not any(c in v for c in "\r\n\0") for k, v in headers.items()):
+        isinstance(k, str)
+        and re.fullmatch(r"[A-Za-z0-9-]{1,64}", k)
+        and isinstance(v, str)
+        and not any(c in v for c in "\r\n\0")
+        for k, v in headers.items()
+    ):
         raise _err(source, f"{where}.headers", "must map header names to single-line values")
     if any(k.lower() in ("authorization", "host", "cookie") for k in headers):
         raise _err(source, f"{where}.headers", "may not set `Authorization`, `Host` or `Cookie`")
@@ -261,9 +283,15 @@ def _route(raw: Any, i: int, source: str) -> Route:
     if not isinstance(record, bool):
         raise _err(source, f"{where}.record_bodies", "must be true or false")
     name = raw.get("name", prefix)
-    return Route(name=str(name), prefix=prefix, upstream=upstream.rstrip("/"), service=service,
-                 rules=tuple(_rule(r, f"{where}.rules[{j}]", source) for j, r in enumerate(rules_raw)),
-                 record_bodies=record, headers={k.lower(): v for k, v in headers.items()})
+    return Route(
+        name=str(name),
+        prefix=prefix,
+        upstream=upstream.rstrip("/"),
+        service=service,
+        rules=tuple(_rule(r, f"{where}.rules[{j}]", source) for j, r in enumerate(rules_raw)),
+        record_bodies=record,
+        headers={k.lower(): v for k, v in headers.items()},
+    )
 
 
 def parse_routes(doc: Mapping[str, Any], source: str = "<memory>") -> RouteTable:

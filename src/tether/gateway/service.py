@@ -56,19 +56,25 @@ def visible(rt: Any, token: str, action: str, resources: Sequence[str], proof: A
         if not task.is_active(now):
             return []
         taint = max(0, repo.max_sensitivity_read(conn, task.id))
-    principal = PolicyPrincipal(task.agent, parse_spiffe_id(task.agent).trust_domain, task.attestation,
-                                dict(task.agent_attrs))
-    ctx = action_context(task=task_context_from_task(task, now), environment=rt.settings.environment,
-                         risk=risk_context(max_sensitivity_read=taint), request=request_context(),
-                         approval=approval_context(granted=False))
+    principal = PolicyPrincipal(
+        task.agent, parse_spiffe_id(task.agent).trust_domain, task.attestation, dict(task.agent_attrs)
+    )
+    ctx = action_context(
+        task=task_context_from_task(task, now),
+        environment=rt.settings.environment,
+        risk=risk_context(max_sensitivity_read=taint),
+        request=request_context(),
+        approval=approval_context(granted=False),
+    )
     permits = _permits_engine(rt)
     out: list[str] = []
     for rid in resources:
         resource = rt.catalog.get(rid) if isinstance(rid, str) else None
         if resource is None or not rt.catalog.grant_within(Grant(action, rid), task.scope):
             continue
-        result = permits.decide(PolicyRequest(principal=principal, action=action, resource=resource,
-                                                context=ctx, arguments={}))
+        result = permits.decide(
+            PolicyRequest(principal=principal, action=action, resource=resource, context=ctx, arguments={})
+        )
         if result.outcome is Outcome.ALLOW:
             out.append(rid)
     return out
@@ -87,17 +93,30 @@ def _permits_engine(rt: Any) -> PolicyEngine:
         tree = bundle.policy_set.to_pst()
         # Templates and their links are left out: a permit template hides its tools here.
         kept = {pid: p for pid, p in tree.static_policies.items() if p.effect == "permit"}
-        policy_set = cedarpy.PolicySet.from_pst(type(tree)(templates={}, static_policies=kept,
-                                                           template_links=()))
-        engine.set_bundle(PolicyBundle(policy_set=policy_set, version=bundle.version,
-                                       policies={pid: bundle.policies[pid] for pid in kept}))
+        policy_set = cedarpy.PolicySet.from_pst(
+            type(tree)(templates={}, static_policies=kept, template_links=())
+        )
+        engine.set_bundle(
+            PolicyBundle(
+                policy_set=policy_set,
+                version=bundle.version,
+                policies={pid: bundle.policies[pid] for pid in kept},
+            )
+        )
     rt.extras["gateway.permits"] = (bundle.version, catalog, engine)
     return engine
 
 
-def record_call(rt: Any, type_: str, task: Mapping[str, Any] | None, decision_id: str | None,
-                lease_id: str | None, trace_id: str | None, payload: dict[str, Any],
-                enforcer: str | None = None) -> None:
+def record_call(
+    rt: Any,
+    type_: str,
+    task: Mapping[str, Any] | None,
+    decision_id: str | None,
+    lease_id: str | None,
+    trace_id: str | None,
+    payload: dict[str, Any],
+    enforcer: str | None = None,
+) -> None:
     """Append the record of one forwarded call, linked to the decision that let it through."""
     if type_ not in CALL_EVENTS:
         raise InvalidRequest(f"`{type_}` is not a call event", code="invalid_field", field="type")

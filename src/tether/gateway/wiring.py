@@ -37,8 +37,11 @@ def _enforcers(rt: Any) -> frozenset[str]:
         try:
             out.add(str(parse_spiffe_id(value)))
         except TetherError:
-            raise ConfigError(f"`gateway.enforcers[{i}]` is not a SPIFFE ID: `{value}`",
-                              code="config_invalid", field=f"gateway.enforcers[{i}]") from None
+            raise ConfigError(
+                f"`gateway.enforcers[{i}]` is not a SPIFFE ID: `{value}`",
+                code="config_invalid",
+                field=f"gateway.enforcers[{i}]",
+            ) from None
     return frozenset(out)
 
 
@@ -52,8 +55,12 @@ def _proof(raw: Any) -> DpopProof | None:
     count = raw.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 16:
         raise InvalidRequest("`dpop.count` must be a small integer", code="invalid_field", field="dpop.count")
-    return DpopProof(proof=req_str(raw, "proof", max_len=8192), method=req_str(raw, "method", max_len=16),
-                     url=req_str(raw, "url", max_len=4096), count=count)
+    return DpopProof(
+        proof=req_str(raw, "proof", max_len=8192),
+        method=req_str(raw, "method", max_len=16),
+        url=req_str(raw, "url", max_len=4096),
+        count=count,
+    )
 
 
 class EnforcerApi:
@@ -64,12 +71,16 @@ class EnforcerApi:
     def enforcer(self, request: Request) -> str:
         svid = request.headers.get(ENFORCER_HEADER)
         if not svid:
-            raise Unauthenticated(f"send the gateway's JWT-SVID in `{ENFORCER_HEADER}`",
-                                  code="enforcer_unauthenticated")
+            raise Unauthenticated(
+                f"send the gateway's JWT-SVID in `{ENFORCER_HEADER}`", code="enforcer_unauthenticated"
+            )
         workload = self.rt.svids.verify(svid)
         if workload.spiffe_id not in self.enforcers:
-            raise Forbidden(f"`{workload.spiffe_id}` is not a configured enforcement point; add it to "
-                            "`gateway.enforcers`", code="enforcer_not_configured")
+            raise Forbidden(
+                f"`{workload.spiffe_id}` is not a configured enforcement point; add it to "
+                "`gateway.enforcers`",
+                code="enforcer_not_configured",
+            )
         return str(workload.spiffe_id)
 
     async def _doc(self, request: Request) -> tuple[str, dict[str, Any]]:
@@ -86,8 +97,11 @@ class EnforcerApi:
         body: dict[str, Any] = {"decision": result.decision.to_dict(), "task": task_fields(result.task)}
         if result.credential is not None:
             c = result.credential
-            body["credential"] = {"lease_id": c.lease_id, "for_agent": c.for_agent,
-                                  "for_enforcer": c.for_enforcer}
+            body["credential"] = {
+                "lease_id": c.lease_id,
+                "for_agent": c.for_agent,
+                "for_enforcer": c.for_enforcer,
+            }
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
     async def visible(self, request: Request) -> Response:
@@ -96,10 +110,17 @@ class EnforcerApi:
         check_fields(doc, ("action", "resources", "dpop"))
         resources = doc.get("resources")
         if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
-            raise InvalidRequest("`resources` must be a list of catalog ids", code="invalid_field",
-                                 field="resources")
-        found = await run_in_threadpool(service.visible, self.rt, token, req_str(doc, "action", max_len=64),
-                                        resources, _proof(doc.get("dpop")))
+            raise InvalidRequest(
+                "`resources` must be a list of catalog ids", code="invalid_field", field="resources"
+            )
+        found = await run_in_threadpool(
+            service.visible,
+            self.rt,
+            token,
+            req_str(doc, "action", max_len=64),
+            resources,
+            _proof(doc.get("dpop")),
+        )
         return JSONResponse({"resources": found})
 
     async def calls(self, request: Request) -> Response:
@@ -109,10 +130,16 @@ class EnforcerApi:
         if not isinstance(payload, dict) or not isinstance(task, dict):
             raise InvalidRequest("`payload` and `task` must be objects", code="invalid_field")
         await run_in_threadpool(
-            service.record_call, self.rt, req_str(doc, "type", max_len=48), task,
+            service.record_call,
+            self.rt,
+            req_str(doc, "type", max_len=48),
+            task,
             req_str(doc, "decision_id", max_len=64, required=False) or None,
             req_str(doc, "lease_id", max_len=64, required=False) or None,
-            req_str(doc, "trace_id", max_len=64, required=False) or None, payload, enforcer)
+            req_str(doc, "trace_id", max_len=64, required=False) or None,
+            payload,
+            enforcer,
+        )
         return JSONResponse({"recorded": True})
 
     async def tools(self, request: Request) -> Response:
@@ -120,8 +147,9 @@ class EnforcerApi:
         check_fields(doc, ("server", "tools"))
         tools = doc.get("tools")
         if not isinstance(tools, dict) or not all(isinstance(v, dict) for v in tools.values()):
-            raise InvalidRequest("`tools` must map tool names to definitions", code="invalid_field",
-                                 field="tools")
+            raise InvalidRequest(
+                "`tools` must map tool names to definitions", code="invalid_field", field="tools"
+            )
         pins: ToolPins = self.rt.extras["gateway.pins"]
         states = await run_in_threadpool(pins.observe, req_str(doc, "server", max_len=128), tools)
         return JSONResponse({"states": states})
@@ -132,12 +160,14 @@ def install(rt: Any) -> None:
     api = EnforcerApi(rt)
     if rt.settings.gateway.http_routes:
         _mount_http_gateway(rt)
-    rt.routes.extend([
-        Route("/v1/gateway/authorize", guarded(api.authorize), methods=["POST"]),
-        Route("/v1/gateway/visible", guarded(api.visible), methods=["POST"]),
-        Route("/v1/gateway/calls", guarded(api.calls), methods=["POST"]),
-        Route("/v1/gateway/tools", guarded(api.tools), methods=["POST"]),
-    ])
+    rt.routes.extend(
+        [
+            Route("/v1/gateway/authorize", guarded(api.authorize), methods=["POST"]),
+            Route("/v1/gateway/visible", guarded(api.visible), methods=["POST"]),
+            Route("/v1/gateway/calls", guarded(api.calls), methods=["POST"]),
+            Route("/v1/gateway/tools", guarded(api.tools), methods=["POST"]),
+        ]
+    )
 
 
 def _mount_http_gateway(rt: Any) -> None:
@@ -161,6 +191,7 @@ def _mount_http_gateway(rt: Any) -> None:
 
 # -- admin operations (`tether mcp tools …`) ----------------------------------------------
 
+
 @operation("mcp.tools.list")
 def tools_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     server = args.get("server")
@@ -172,5 +203,6 @@ def tools_approve(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     server, tool, digest = args.get("server"), args.get("tool"), args.get("digest")
     if not isinstance(server, str) or not isinstance(tool, str):
         raise InvalidRequest("name the `server` and the `tool`", code="missing_field")
-    return rt.extras["gateway.pins"].approve(server, tool, by=op.name,
-                                             digest=digest if isinstance(digest, str) else None)
+    return rt.extras["gateway.pins"].approve(
+        server, tool, by=op.name, digest=digest if isinstance(digest, str) else None
+    )

@@ -33,7 +33,8 @@ def list_(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     spiffe_id = args.get("spiffe_id")
     with rt.db.read() as conn:
         entries = registrations.list_entries(
-            conn, spiffe_id=spiffe_id if isinstance(spiffe_id, str) else None)
+            conn, spiffe_id=spiffe_id if isinstance(spiffe_id, str) else None
+        )
     return [e.to_dict() for e in entries]
 
 

@@ -50,13 +50,20 @@ class PeerFacts:
     method: str  # "pidfd" or "starttime": which PID-reuse defence was used
 
     def to_dict(self) -> dict[str, object]:
-        return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "path": self.path,
-                "sha256": self.sha256, "pid_check": self.method}
+        return {
+            "pid": self.pid,
+            "uid": self.uid,
+            "gid": self.gid,
+            "path": self.path,
+            "sha256": self.sha256,
+            "pid_check": self.method,
+        }
 
 
 def _gone(pid: int) -> Unauthenticated:
-    return Unauthenticated(f"the calling process {pid} exited before it could be attested; retry",
-                           code="peer_gone")
+    return Unauthenticated(
+        f"the calling process {pid} exited before it could be attested; retry", code="peer_gone"
+    )
 
 
 class _DigestCache:
@@ -120,7 +127,7 @@ def start_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 def uptime_ticks() -> int:
@@ -155,8 +162,7 @@ def attest(sock: socket.socket, *, use_pidfd: bool = True) -> PeerFacts:
     pid, uid, gid = peer_credentials(sock)
     if pid <= 0:
         # A peer in another pid namespace shows as 0: we cannot look at it, so refuse.
-        raise Unauthenticated("the caller's process is not visible to the broker",
-                              code="peer_unknown")
+        raise Unauthenticated("the caller's process is not visible to the broker", code="peer_unknown")
     pidfd = peer_pidfd(sock) if use_pidfd else None
     try:
         if pidfd is not None:

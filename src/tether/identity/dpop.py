@@ -80,8 +80,9 @@ def normalize_url(url: str) -> str:
     p = urlsplit(url)
     host = (p.hostname or "").lower()
     port = p.port
-    if port is not None and not ((p.scheme.lower() == "https" and port == 443)
-                                 or (p.scheme.lower() == "http" and port == 80)):
+    if port is not None and not (
+        (p.scheme.lower() == "https" and port == 443) or (p.scheme.lower() == "http" and port == 80)
+    ):
         host = f"{host}:{port}"
     return urlunsplit((p.scheme.lower(), host, p.path or "/", "", ""))
 
@@ -110,8 +111,15 @@ class ReplayCache:
 
 
 class DpopVerifier:
-    def __init__(self, replay: ReplayCache, *, window_seconds: int, leeway_seconds: int,
-                 required: bool, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        replay: ReplayCache,
+        *,
+        window_seconds: int,
+        leeway_seconds: int,
+        required: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.replay, self.window, self.leeway = replay, window_seconds, leeway_seconds
         self.required, self._clock = required, clock
 
@@ -127,8 +135,9 @@ class DpopVerifier:
         if proof.proof is None:
             raise _fail("dpop_proof_missing", "send a DPoP proof in the `DPoP` header")
         try:
-            jwk, claims = verify_embedded_jwk_jws(proof.proof, algorithms=ALGORITHMS, typ=(DPOP_TYP,),
-                                                  max_bytes=MAX_PROOF_BYTES)
+            jwk, claims = verify_embedded_jwk_jws(
+                proof.proof, algorithms=ALGORITHMS, typ=(DPOP_TYP,), max_bytes=MAX_PROOF_BYTES
+            )
         except Unauthenticated as exc:
             raise _fail("dpop_invalid", f"the DPoP proof is invalid ({exc.code}): {exc.message}") from exc
         jti, htm, htu, iat = (claims.get(k) for k in ("jti", "htm", "htu", "iat"))
@@ -163,8 +172,10 @@ class DpopVerifier:
         """The sender constraint of one task-token use (called right after the signature)."""
         if claims.jkt is None:
             if self.required:
-                raise _fail("dpop_required", "this broker requires DPoP-bound task tokens; "
-                                             "open the task with a DPoP proof")
+                raise _fail(
+                    "dpop_required",
+                    "this broker requires DPoP-bound task tokens; open the task with a DPoP proof",
+                )
             return
         if proof is None or not proof.present:
             raise _fail("dpop_proof_missing", "this task token is DPoP-bound: send a proof in `DPoP`")
@@ -182,11 +193,23 @@ class DpopVerifier:
         return self.verify(proof, access_token=None)
 
 
-def make_proof(private_key: Any, method: str, url: str, *, access_token: str | None = None,
-               iat: float | None = None, jti: str | None = None, alg: str = "ES256") -> str:
+def make_proof(
+    private_key: Any,
+    method: str,
+    url: str,
+    *,
+    access_token: str | None = None,
+    iat: float | None = None,
+    jti: str | None = None,
+    alg: str = "ES256",
+) -> str:
     """A DPoP proof (client side): what an agent sends in the ``DPoP`` header."""
-    claims: dict[str, Any] = {"jti": jti or secrets.token_urlsafe(16), "htm": method, "htu": url,
-                              "iat": int(time.time() if iat is None else iat)}
+    claims: dict[str, Any] = {
+        "jti": jti or secrets.token_urlsafe(16),
+        "htm": method,
+        "htu": url,
+        "iat": int(time.time() if iat is None else iat),
+    }
     if access_token is not None:
         claims["ath"] = token_hash(access_token)
     jwk = public_jwk(private_key.public_key(), "x")

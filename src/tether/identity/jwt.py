@@ -51,11 +51,15 @@ MAX_KID_CHARS: Final = 128
 MIN_RSA_BITS: Final = 2048  # RFC 7518 section 3.3
 
 _HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
-    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
 }
 # ES512 uses P-521 (not P-512); RFC 7518 section 3.4 pins one curve per algorithm.
 _EC_CURVES: Final[dict[str, str]] = {
-    "ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1",
+    "ES256": "secp256r1",
+    "ES384": "secp384r1",
+    "ES512": "secp521r1",
 }
 #: Every algorithm this module can verify. HS* and ``none`` are absent on purpose:
 #: verifiers hold public keys, and an HMAC "keyed" with a public key is a forgery.
@@ -137,15 +141,14 @@ def _norm_typ(value: str) -> str:
     # RFC 7515 section 4.1.9: media types compare case-insensitively, and
     # `application/` may be omitted when no other `/` appears.
     value = value.lower()
-    if value.startswith("application/") and "/" not in value[len("application/"):]:
-        value = value[len("application/"):]
+    if value.startswith("application/") and "/" not in value[len("application/") :]:
+        value = value[len("application/") :]
     return value
 
 
 def _valid_kid(kid: Any) -> bool:
     # Keys are looked up (files, SQL, logs) by kid: keep it short and printable ASCII.
-    return (isinstance(kid, str) and 0 < len(kid) <= MAX_KID_CHARS
-            and all(0x20 <= ord(c) < 0x7F for c in kid))
+    return isinstance(kid, str) and 0 < len(kid) <= MAX_KID_CHARS and all(0x20 <= ord(c) < 0x7F for c in kid)
 
 
 def _public_key(key: Any) -> Any:
@@ -192,16 +195,23 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | int | None:
     value = claims[name]
     # bool is an int subclass; strings and non-finite numbers (1e400 parses to inf)
     # would make every comparison below meaningless.
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-        isinstance(value, float) and not math.isfinite(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
     ):
         raise _fail("claim_invalid", f"`{name}` must be a finite number", claim=name)
     return value
 
 
 def _check_claims(
-    claims: Mapping[str, Any], *, audience: str | AnyValue, issuer: str | AnyValue,
-    leeway: int, now: float, required: Collection[str],
+    claims: Mapping[str, Any],
+    *,
+    audience: str | AnyValue,
+    issuer: str | AnyValue,
+    leeway: int,
+    now: float,
+    required: Collection[str],
 ) -> None:
     for name in required:
         if name not in claims:
@@ -220,8 +230,7 @@ def _check_claims(
         aud = claims["aud"]
         auds = [aud] if isinstance(aud, str) else aud
         if not isinstance(auds, list) or not auds or not all(isinstance(a, str) for a in auds):
-            raise _fail("claim_invalid", "`aud` must be a string or a list of strings",
-                        claim="aud")
+            raise _fail("claim_invalid", "`aud` must be a string or a list of strings", claim="aud")
         if audience is not ANY and audience not in auds:
             raise _fail("bad_audience", f"token is not for audience `{audience}`")
     elif audience is not ANY:
@@ -265,19 +274,38 @@ def verify_jwt(
         raise ValueError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}")
     if leeway < 0:
         raise ValueError("leeway must not be negative")
-    claims = _verify_jws(token, key_for=key_for, allowed=allowed, typ=typ,
-                         require_typ=require_typ, max_bytes=max_bytes, embedded_jwk=False)
+    claims = _verify_jws(
+        token,
+        key_for=key_for,
+        allowed=allowed,
+        typ=typ,
+        require_typ=require_typ,
+        max_bytes=max_bytes,
+        embedded_jwk=False,
+    )
 
     # 6. Claims.
-    _check_claims(claims, audience=audience, issuer=issuer, leeway=leeway,
-                  now=time.time() if now is None else now,
-                  required={"exp", *required})
+    _check_claims(
+        claims,
+        audience=audience,
+        issuer=issuer,
+        leeway=leeway,
+        now=time.time() if now is None else now,
+        required={"exp", *required},
+    )
     return claims
 
 
-def _verify_jws(token: str, *, key_for: KeyLookup, allowed: frozenset[str],
-                typ: Collection[str] | None, require_typ: bool, max_bytes: int,
-                embedded_jwk: bool) -> dict[str, Any]:
+def _verify_jws(
+    token: str,
+    *,
+    key_for: KeyLookup,
+    allowed: frozenset[str],
+    typ: Collection[str] | None,
+    require_typ: bool,
+    max_bytes: int,
+    embedded_jwk: bool,
+) -> dict[str, Any]:
     """Steps 1-5 of :func:`verify_jwt`: size, shape, strict JSON, header, signature."""
     # 1. Size before anything else: len(str) <= its UTF-8 length, so this never parses.
     if not isinstance(token, str):
@@ -333,8 +361,9 @@ def _verify_jws(token: str, *, key_for: KeyLookup, allowed: frozenset[str],
     return claims
 
 
-def verify_embedded_jwk_jws(token: str, *, algorithms: Collection[str], typ: Collection[str],
-                            max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any], dict[str, Any]]:
+def verify_embedded_jwk_jws(
+    token: str, *, algorithms: Collection[str], typ: Collection[str], max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify a JWS signed by the public key in its own ``jwk`` header (DPoP proofs).
 
     Returns ``(jwk, claims)``; the claims are NOT checked (proofs have no ``exp``): the
@@ -359,13 +388,27 @@ def verify_embedded_jwk_jws(token: str, *, algorithms: Collection[str], typ: Col
         seen["jwk"] = dict(jwk)
         return key
 
-    claims = _verify_jws(token, key_for=key_for, allowed=allowed, typ=typ, require_typ=True,
-                         max_bytes=max_bytes, embedded_jwk=True)
+    claims = _verify_jws(
+        token,
+        key_for=key_for,
+        allowed=allowed,
+        typ=typ,
+        require_typ=True,
+        max_bytes=max_bytes,
+        embedded_jwk=True,
+    )
     return seen["jwk"], claims
 
 
-def sign_jwt(claims: Mapping[str, Any], private_key: Any, *, kid: str | None, typ: str,
-             alg: str = "ES256", jwk: Mapping[str, Any] | None = None) -> str:
+def sign_jwt(
+    claims: Mapping[str, Any],
+    private_key: Any,
+    *,
+    kid: str | None,
+    typ: str,
+    alg: str = "ES256",
+    jwk: Mapping[str, Any] | None = None,
+) -> str:
     """Sign ``claims`` as a compact JWS with header ``{alg, kid, typ}``.
 
     ``jwk`` (with ``kid=None``) embeds the public key instead, as DPoP proofs do.
@@ -382,8 +425,10 @@ def sign_jwt(claims: Mapping[str, Any], private_key: Any, *, kid: str | None, ty
     else:
         header["kid"] = kid
     # allow_nan=False: never emit a token our own verifier would refuse.
-    enc = [b64url_encode(json.dumps(part, separators=(",", ":"), allow_nan=False).encode())
-           for part in (header, dict(claims))]
+    enc = [
+        b64url_encode(json.dumps(part, separators=(",", ":"), allow_nan=False).encode())
+        for part in (header, dict(claims))
+    ]
     signing_input = ".".join(enc).encode("ascii")
     try:
         _check_key_fits(alg, _public_key(private_key))
@@ -396,7 +441,8 @@ def sign_jwt(claims: Mapping[str, Any], private_key: Any, *, kid: str | None, ty
         sig = r.to_bytes(size, "big") + s.to_bytes(size, "big")
     elif isinstance(private_key, rsa.RSAPrivateKey):
         pad: padding.AsymmetricPadding = (
-            padding.PKCS1v15() if alg.startswith("RS")
+            padding.PKCS1v15()
+            if alg.startswith("RS")
             else padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
         )
         sig = private_key.sign(signing_input, pad, hash_alg)
@@ -416,8 +462,10 @@ _CURVE_NAMES: Final = {curve.name: crv for crv, (curve, _) in _JWK_CURVES.items(
 # A trust bundle holding a private key is a leak waiting to be copied around.
 _PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _THUMBPRINT_MEMBERS: Final = {
-    "EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"),
-    "OKP": ("crv", "kty", "x"), "oct": ("k", "kty"),
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"),
+    "oct": ("k", "kty"),
 }
 
 
@@ -452,13 +500,18 @@ def public_jwk(public_key: Any, kid: str) -> dict[str, Any]:
         size = (key.curve.key_size + 7) // 8
         nums = key.public_numbers()
         # Coordinates are full length (RFC 7518 section 6.2.1.2), never trimmed.
-        return {"kty": "EC", "crv": crv, "x": _int_bytes(nums.x, size),
-                "y": _int_bytes(nums.y, size), "kid": kid, "use": "sig",
-                "alg": _JWK_CURVES[crv][1]}
+        return {
+            "kty": "EC",
+            "crv": crv,
+            "x": _int_bytes(nums.x, size),
+            "y": _int_bytes(nums.y, size),
+            "kid": kid,
+            "use": "sig",
+            "alg": _JWK_CURVES[crv][1],
+        }
     if isinstance(key, rsa.RSAPublicKey):
         rnums = key.public_numbers()
-        return {"kty": "RSA", "n": _int_bytes(rnums.n), "e": _int_bytes(rnums.e),
-                "kid": kid, "use": "sig"}
+        return {"kty": "RSA", "n": _int_bytes(rnums.n), "e": _int_bytes(rnums.e), "kid": kid, "use": "sig"}
     raise ValueError("public_key must be an EC or RSA key")
 
 
@@ -495,7 +548,8 @@ def load_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey | rsa.RSAPubli
         try:
             # public_key() checks that the point is on the curve (invalid-curve attacks).
             return ec.EllipticCurvePublicNumbers(
-                int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve).public_key()
+                int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
+            ).public_key()
         except ValueError:
             raise _jwk_error("point is not on the curve") from None
     if kty == "RSA":

@@ -49,8 +49,11 @@ def load_master_key(state_dir: Path, environ: dict[str, str] | None = None) -> b
         except ValueError:
             key = b""
         if len(key) != 32:
-            raise ConfigError(f"`{MASTER_KEY_ENV}` must be 32 bytes, base64url-encoded",
-                              code="config_invalid", field=MASTER_KEY_ENV)
+            raise ConfigError(
+                f"`{MASTER_KEY_ENV}` must be 32 bytes, base64url-encoded",
+                code="config_invalid",
+                field=MASTER_KEY_ENV,
+            )
         return key
     path = state_dir / MASTER_KEY_FILE
     if not path.exists():
@@ -59,8 +62,11 @@ def load_master_key(state_dir: Path, environ: dict[str, str] | None = None) -> b
         with os.fdopen(fd, "w") as f:
             f.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=") + "\n")
     if path.stat().st_mode & 0o077:
-        raise ConfigError(f"`{path}` must not be readable by group or others (chmod 600)",
-                          code="config_invalid", field="master.key")
+        raise ConfigError(
+            f"`{path}` must not be readable by group or others (chmod 600)",
+            code="config_invalid",
+            field="master.key",
+        )
     key = _b64d(path.read_text().strip())
     if len(key) != 32:
         raise ConfigError(f"`{path}` does not hold a 32-byte key", code="config_invalid")
@@ -100,8 +106,10 @@ class KeyRing:
         try:
             der = self._aead.decrypt(blob[:12], blob[12:], kid.encode())
         except Exception as exc:
-            raise ConfigError("a signing key cannot be decrypted: wrong master key for this store",
-                              code="master_key_mismatch") from exc
+            raise ConfigError(
+                "a signing key cannot be decrypted: wrong master key for this store",
+                code="master_key_mismatch",
+            ) from exc
         key = load_der_private_key(der, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError("stored signing key is not an EC key", code="key_invalid")
@@ -116,8 +124,9 @@ class KeyRing:
             m = r._mapping
             existing = self._keys.get(m["kid"])
             priv = existing.private_key if existing else self._decrypt(m["kid"], m["private_enc"])
-            keys[m["kid"]] = SigningKey(m["kid"], priv, json.loads(m["public_jwk"]), m["created_at"],
-                                        m["retires_at"], m["expires_at"])
+            keys[m["kid"]] = SigningKey(
+                m["kid"], priv, json.loads(m["public_jwk"]), m["created_at"], m["retires_at"], m["expires_at"]
+            )
         with self._lock:
             self._keys = keys
             self._last_refresh = now
@@ -131,12 +140,22 @@ class KeyRing:
         jwk.update(kid=kid, alg=self.ALG, use="sig")
         der = priv.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         with self._db.begin() as conn:
-            conn.execute(update(t.signing_keys).where(t.signing_keys.c.retires_at > now)
-                         .values(retires_at=now, expires_at=now + self._overlap))
-            conn.execute(insert(t.signing_keys).values(
-                kid=kid, alg=self.ALG, public_jwk=json.dumps(jwk), private_enc=self._encrypt(kid, der),
-                created_at=now, retires_at=now + self._rotate_after,
-                expires_at=now + self._rotate_after + self._overlap))
+            conn.execute(
+                update(t.signing_keys)
+                .where(t.signing_keys.c.retires_at > now)
+                .values(retires_at=now, expires_at=now + self._overlap)
+            )
+            conn.execute(
+                insert(t.signing_keys).values(
+                    kid=kid,
+                    alg=self.ALG,
+                    public_jwk=json.dumps(jwk),
+                    private_enc=self._encrypt(kid, der),
+                    created_at=now,
+                    retires_at=now + self._rotate_after,
+                    expires_at=now + self._rotate_after + self._overlap,
+                )
+            )
         self.refresh()
         return self._keys[kid]
 
@@ -189,10 +208,16 @@ class KeyRing:
     def verifying_keys(self) -> tuple[SigningKey, ...]:
         """Every key that still verifies, oldest first (what the bundles publish)."""
         now = time.time()
-        return tuple(sorted((k for k in self._keys.values() if k.expires_at > now),
-                            key=lambda k: k.created_at))
+        return tuple(
+            sorted((k for k in self._keys.values() if k.expires_at > now), key=lambda k: k.created_at)
+        )
 
     def jwks(self) -> dict[str, Any]:
         now = time.time()
-        return {"keys": [k.public_jwk for k in sorted(self._keys.values(), key=lambda k: k.created_at)
-                         if k.expires_at > now]}
+        return {
+            "keys": [
+                k.public_jwk
+                for k in sorted(self._keys.values(), key=lambda k: k.created_at)
+                if k.expires_at > now
+            ]
+        }

@@ -46,17 +46,26 @@ def check_template(template: str, trust_domain: str) -> None:
     names = _PLACEHOLDER.findall(template)
     if sum(1 for _, path in names if path) > 1:
         # Two multi-segment values could trade segments (a/b + c == a + b/c).
-        raise ConfigError(f"`spiffe_id` `{template}` may hold at most one `{{claim:path}}`",
-                          code="config_invalid", field="identity.oidc_issuers[].spiffe_id")
+        raise ConfigError(
+            f"`spiffe_id` `{template}` may hold at most one `{{claim:path}}`",
+            code="config_invalid",
+            field="identity.oidc_issuers[].spiffe_id",
+        )
     sample = _PLACEHOLDER.sub("x", template.replace("{trust_domain}", trust_domain))
     try:
         sid = parse_spiffe_id(sample)
     except InvalidRequest as exc:
-        raise ConfigError(f"`spiffe_id` `{template}` is not a SPIFFE ID template: {exc.message}",
-                          code="config_invalid", field="identity.oidc_issuers[].spiffe_id") from None
+        raise ConfigError(
+            f"`spiffe_id` `{template}` is not a SPIFFE ID template: {exc.message}",
+            code="config_invalid",
+            field="identity.oidc_issuers[].spiffe_id",
+        ) from None
     if sid.is_trust_domain_id:
-        raise ConfigError(f"`spiffe_id` `{template}` needs a path", code="config_invalid",
-                          field="identity.oidc_issuers[].spiffe_id")
+        raise ConfigError(
+            f"`spiffe_id` `{template}` needs a path",
+            code="config_invalid",
+            field="identity.oidc_issuers[].spiffe_id",
+        )
 
 
 def render_spiffe_id(template: str, claims: Mapping[str, Any], trust_domain: str) -> str:
@@ -79,16 +88,24 @@ def render_spiffe_id(template: str, claims: Mapping[str, Any], trust_domain: str
     try:
         return str(parse_spiffe_id(rendered))
     except InvalidRequest as exc:
-        raise Unauthenticated(f"the mapped SPIFFE ID is invalid: {exc.message}",
-                              code="claim_unmappable") from None
+        raise Unauthenticated(
+            f"the mapped SPIFFE ID is invalid: {exc.message}", code="claim_unmappable"
+        ) from None
 
 
 class IssuerKeys:
     """Discovery (once, retried on failure) then a refreshing JWKS source."""
 
-    def __init__(self, issuer: str, jwks_url: str, client: httpx.Client, *,
-                 clock: Callable[[], float] = time.monotonic, retry_seconds: float = 30.0,
-                 cache_seconds: float = 300.0) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        jwks_url: str,
+        client: httpx.Client,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        retry_seconds: float = 30.0,
+        cache_seconds: float = 300.0,
+    ) -> None:
         self.issuer, self._client, self._clock = issuer, client, clock
         self._retry, self._cache = retry_seconds, cache_seconds
         self._lock = threading.Lock()
@@ -98,8 +115,15 @@ class IssuerKeys:
             self._source = self._make_source(jwks_url)
 
     def _make_source(self, url: str) -> JwksUrlSource:
-        return JwksUrlSource(url, self._client, timeout=5.0, cache_seconds=self._cache,
-                             retry_seconds=self._retry, max_stale_seconds=3600.0, clock=self._clock)
+        return JwksUrlSource(
+            url,
+            self._client,
+            timeout=5.0,
+            cache_seconds=self._cache,
+            retry_seconds=self._retry,
+            max_stale_seconds=3600.0,
+            clock=self._clock,
+        )
 
     def _discover(self) -> JwksUrlSource:
         url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -114,8 +138,9 @@ class IssuerKeys:
                         raise ValueError("discovery document too large")
             doc = json.loads(body)
         except (httpx.HTTPError, ValueError) as exc:
-            raise Unavailable(f"OIDC discovery for `{self.issuer}` failed",
-                              code="issuer_unavailable") from exc
+            raise Unavailable(
+                f"OIDC discovery for `{self.issuer}` failed", code="issuer_unavailable"
+            ) from exc
         # OpenID Connect Discovery section 4.3: the document must name exactly this issuer,
         # or a compromised or confused host could vouch for another one.
         if not isinstance(doc, dict) or doc.get("issuer") != self.issuer:
@@ -124,8 +149,9 @@ class IssuerKeys:
         parts = urlsplit(jwks_uri) if isinstance(jwks_uri, str) else None
         loopback = parts is not None and parts.hostname in ("127.0.0.1", "::1", "localhost")
         if parts is None or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-            raise Unavailable(f"discovery for `{self.issuer}` has no https `jwks_uri`",
-                              code="issuer_unavailable")
+            raise Unavailable(
+                f"discovery for `{self.issuer}` has no https `jwks_uri`", code="issuer_unavailable"
+            )
         assert isinstance(jwks_uri, str)
         return self._make_source(jwks_uri)
 
@@ -134,8 +160,9 @@ class IssuerKeys:
             if self._source is None:
                 now = self._clock()
                 if now < self._next_discovery:
-                    raise Unavailable(f"OIDC issuer `{self.issuer}` is unavailable",
-                                      code="issuer_unavailable")
+                    raise Unavailable(
+                        f"OIDC issuer `{self.issuer}` is unavailable", code="issuer_unavailable"
+                    )
                 try:
                     self._source = self._discover()
                 except Unavailable:
@@ -150,23 +177,40 @@ class IssuerKeys:
         try:
             return self.source().lookup(kid)
         except Unavailable as exc:
-            raise Unavailable(f"OIDC issuer `{self.issuer}` keys are unavailable",
-                              code="issuer_unavailable") from exc
+            raise Unavailable(
+                f"OIDC issuer `{self.issuer}` keys are unavailable", code="issuer_unavailable"
+            ) from exc
 
 
 class _Verifier:
     TYPES = ("JWT",)
 
-    def __init__(self, issuer: str, audience: str, algorithms: tuple[str, ...], keys: IssuerKeys,
-                 leeway: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        algorithms: tuple[str, ...],
+        keys: IssuerKeys,
+        leeway: int,
+        max_bytes: int,
+    ) -> None:
         self.issuer, self.audience, self.algorithms = issuer, audience, algorithms
         self.keys, self.leeway, self.max_bytes = keys, leeway, max_bytes
 
     def claims(self, token: str, now: float | None = None) -> dict[str, Any]:
-        return verify_jwt(token, key_for=self.keys.key_for, algorithms=self.algorithms,
-                          audience=self.audience, issuer=self.issuer, typ=self.TYPES, require_typ=False,
-                          leeway=self.leeway, now=now, max_bytes=self.max_bytes,
-                          required=("exp", "iat", "sub"))
+        return verify_jwt(
+            token,
+            key_for=self.keys.key_for,
+            algorithms=self.algorithms,
+            audience=self.audience,
+            issuer=self.issuer,
+            typ=self.TYPES,
+            require_typ=False,
+            leeway=self.leeway,
+            now=now,
+            max_bytes=self.max_bytes,
+            required=("exp", "iat", "sub"),
+        )
 
 
 def _subject_allowed(sub: str, patterns: tuple[str, ...]) -> bool:
@@ -174,8 +218,16 @@ def _subject_allowed(sub: str, patterns: tuple[str, ...]) -> bool:
 
 
 class OidcWorkloadVerifier(_Verifier):
-    def __init__(self, cfg: OidcIssuer, keys: IssuerKeys, *, broker_audience: str, trust_domain: str,
-                 leeway: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        cfg: OidcIssuer,
+        keys: IssuerKeys,
+        *,
+        broker_audience: str,
+        trust_domain: str,
+        leeway: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         check_template(cfg.spiffe_id, trust_domain)
         super().__init__(cfg.issuer, cfg.audience or broker_audience, cfg.algorithms, keys, leeway, max_bytes)
         self.cfg, self.trust_domain = cfg, trust_domain
@@ -184,8 +236,9 @@ class OidcWorkloadVerifier(_Verifier):
         claims = self.claims(token, now)
         sub = str(claims["sub"])
         if not _subject_allowed(sub, self.cfg.subjects):
-            raise Unauthenticated(f"`sub` `{sub[:128]}` is not allowed for issuer `{self.issuer}`",
-                                  code="subject_not_allowed")
+            raise Unauthenticated(
+                f"`sub` `{sub[:128]}` is not allowed for issuer `{self.issuer}`", code="subject_not_allowed"
+            )
         for name, expected in self.cfg.required_claims.items():
             if claims.get(name) != expected:
                 raise Unauthenticated(f"claim `{name}` must be `{expected}`", code="claim_mismatch")
@@ -195,13 +248,15 @@ class OidcWorkloadVerifier(_Verifier):
             v = claims.get(claim)
             if isinstance(v, str | int) and not isinstance(v, bool):
                 attrs[attr] = str(v)[:256]
-        return Workload(spiffe_id=str(sid), trust_domain=sid.trust_domain, attestation="oidc",
-                        attributes=attrs)
+        return Workload(
+            spiffe_id=str(sid), trust_domain=sid.trust_domain, attestation="oidc", attributes=attrs
+        )
 
 
 class DelegatorVerifier(_Verifier):
-    def __init__(self, cfg: DelegatorIssuer, keys: IssuerKeys, *, leeway: int,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, cfg: DelegatorIssuer, keys: IssuerKeys, *, leeway: int, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         super().__init__(cfg.issuer, cfg.audience, cfg.algorithms, keys, leeway, max_bytes)
         self.cfg = cfg
 
@@ -209,6 +264,7 @@ class DelegatorVerifier(_Verifier):
         claims = self.claims(token, now)
         sub = str(claims["sub"])
         if len(sub) > 256 or not _subject_allowed(sub, self.cfg.subjects):
-            raise Unauthenticated(f"`sub` is not allowed for issuer `{self.issuer}`",
-                                  code="subject_not_allowed")
+            raise Unauthenticated(
+                f"`sub` is not allowed for issuer `{self.issuer}`", code="subject_not_allowed"
+            )
         return Delegator(subject=sub, issuer=self.issuer)

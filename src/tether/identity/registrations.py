@@ -60,9 +60,14 @@ class Entry:
     created_by: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entry_id": self.id, "spiffe_id": self.spiffe_id,
-                "selectors": [str(s) for s in self.selectors], "attributes": dict(self.attributes),
-                "created_at": self.created_at, "created_by": self.created_by}
+        return {
+            "entry_id": self.id,
+            "spiffe_id": self.spiffe_id,
+            "selectors": [str(s) for s in self.selectors],
+            "attributes": dict(self.attributes),
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+        }
 
 
 def _bad(why: str, field_name: str = "selectors") -> InvalidRequest:
@@ -99,16 +104,25 @@ def parse_selector(text: str) -> Selector:
 
 def parse_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(attrs, Mapping) or len(attrs) > MAX_ATTRIBUTES:
-        raise InvalidRequest(f"`attributes` must be at most {MAX_ATTRIBUTES} key=value pairs",
-                             code="invalid_attribute", field="attributes")
+        raise InvalidRequest(
+            f"`attributes` must be at most {MAX_ATTRIBUTES} key=value pairs",
+            code="invalid_attribute",
+            field="attributes",
+        )
     out: dict[str, str] = {}
     for k, v in attrs.items():
         if not isinstance(k, str) or not _ATTR_KEY.fullmatch(k):
-            raise InvalidRequest(f"attribute name `{str(k)[:64]}` must be a short identifier",
-                                 code="invalid_attribute", field="attributes")
+            raise InvalidRequest(
+                f"attribute name `{str(k)[:64]}` must be a short identifier",
+                code="invalid_attribute",
+                field="attributes",
+            )
         if not isinstance(v, str) or len(v) > 256:
-            raise InvalidRequest(f"attribute `{k}` must be a string of at most 256 characters",
-                                 code="invalid_attribute", field="attributes")
+            raise InvalidRequest(
+                f"attribute `{k}` must be a string of at most 256 characters",
+                code="invalid_attribute",
+                field="attributes",
+            )
         out[k] = v
     return out
 
@@ -116,17 +130,25 @@ def parse_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
 def validate_entry(spiffe_id: str, selectors: Sequence[str], trust_domain: str) -> tuple[Selector, ...]:
     sid = parse_spiffe_id(spiffe_id)
     if sid.trust_domain != trust_domain:
-        raise InvalidRequest(f"the broker issues SVIDs for `{trust_domain}` only, not `{sid.trust_domain}`",
-                             code="foreign_trust_domain", field="spiffe_id")
+        raise InvalidRequest(
+            f"the broker issues SVIDs for `{trust_domain}` only, not `{sid.trust_domain}`",
+            code="foreign_trust_domain",
+            field="spiffe_id",
+        )
     if sid.is_trust_domain_id:
-        raise InvalidRequest("a workload SPIFFE ID needs a path, e.g. `spiffe://td/agents/triage`",
-                             code="invalid_spiffe_id", field="spiffe_id")
+        raise InvalidRequest(
+            "a workload SPIFFE ID needs a path, e.g. `spiffe://td/agents/triage`",
+            code="invalid_spiffe_id",
+            field="spiffe_id",
+        )
     if not isinstance(selectors, list | tuple) or not selectors or len(selectors) > MAX_SELECTORS:
         raise _bad(f"give 1-{MAX_SELECTORS} selectors, e.g. `--selector unix:uid:1000`")
     parsed = tuple(sorted({parse_selector(s) for s in selectors}, key=str))
     if not any(s.type in _PRINCIPAL_TYPES for s in parsed):
-        raise _bad("add a `unix:uid:`, `unix:user:`, `unix:gid:` or `unix:group:` selector: "
-                   "path and digest alone would match every local account")
+        raise _bad(
+            "add a `unix:uid:`, `unix:user:`, `unix:gid:` or `unix:group:` selector: "
+            "path and digest alone would match every local account"
+        )
     return parsed
 
 
@@ -136,17 +158,27 @@ def _entry(row: Any) -> Entry:
     return Entry(m["id"], m["spiffe_id"], sels, json.loads(m["attributes"]), m["created_at"], m["created_by"])
 
 
-def insert_entry(conn: Connection, spiffe_id: str, selectors: tuple[Selector, ...],
-                 attributes: Mapping[str, str], by: str) -> Entry:
+def insert_entry(
+    conn: Connection, spiffe_id: str, selectors: tuple[Selector, ...], attributes: Mapping[str, str], by: str
+) -> Entry:
     e = Entry(f"wle_{secrets.token_urlsafe(12)}", spiffe_id, selectors, dict(attributes), time.time(), by)
     for other in list_entries(conn, spiffe_id=spiffe_id):
         if other.selectors == selectors:
-            raise InvalidRequest(f"entry `{other.id}` already gives `{spiffe_id}` these selectors",
-                                 code="duplicate_entry", entry_id=other.id)
-    conn.execute(insert(workload_entries).values(
-        id=e.id, spiffe_id=e.spiffe_id, selectors=json.dumps([str(s) for s in selectors]),
-        attributes=json.dumps(dict(sorted(e.attributes.items()))), created_at=e.created_at,
-        created_by=by))
+            raise InvalidRequest(
+                f"entry `{other.id}` already gives `{spiffe_id}` these selectors",
+                code="duplicate_entry",
+                entry_id=other.id,
+            )
+    conn.execute(
+        insert(workload_entries).values(
+            id=e.id,
+            spiffe_id=e.spiffe_id,
+            selectors=json.dumps([str(s) for s in selectors]),
+            attributes=json.dumps(dict(sorted(e.attributes.items()))),
+            created_at=e.created_at,
+            created_by=by,
+        )
+    )
     return e
 
 
@@ -160,8 +192,9 @@ def list_entries(conn: Connection, *, spiffe_id: str | None = None) -> list[Entr
 def get_entry(conn: Connection, entry_id: str) -> Entry:
     row = conn.execute(select(workload_entries).where(workload_entries.c.id == entry_id)).first()
     if row is None:
-        raise NotFound(f"no registration entry `{entry_id[:80]}`; see `tether workload list`",
-                       code="entry_not_found")
+        raise NotFound(
+            f"no registration entry `{entry_id[:80]}`; see `tether workload list`", code="entry_not_found"
+        )
     return _entry(row)
 
 

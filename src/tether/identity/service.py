@@ -72,9 +72,18 @@ def peek_issuer(token: str, max_bytes: int) -> str | None:
 
 
 class IdentityService:
-    def __init__(self, *, db: Database, audit: AuditChain, svids: SvidVerifier, trust_domain: str,
-                 dpop: DpopVerifier, oidc: Mapping[str, OidcWorkloadVerifier],
-                 delegators: Mapping[str, DelegatorVerifier], max_token_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        audit: AuditChain,
+        svids: SvidVerifier,
+        trust_domain: str,
+        dpop: DpopVerifier,
+        oidc: Mapping[str, OidcWorkloadVerifier],
+        delegators: Mapping[str, DelegatorVerifier],
+        max_token_bytes: int,
+    ) -> None:
         self.db, self.audit, self.svids, self.trust_domain = db, audit, svids, trust_domain
         self.dpop, self.oidc, self.delegators = dpop, dict(oidc), dict(delegators)
         self.max_token_bytes = max_token_bytes
@@ -111,15 +120,21 @@ class IdentityService:
                 if attrs.get(k, v) != v:
                     conflicts.add(k)
                 attrs.setdefault(k, v)
-        return Workload(workload.spiffe_id, workload.trust_domain, "unix",
-                        {k: v for k, v in attrs.items() if k not in conflicts})
+        return Workload(
+            workload.spiffe_id,
+            workload.trust_domain,
+            "unix",
+            {k: v for k, v in attrs.items() if k not in conflicts},
+        )
 
     def delegator(self, id_token: str) -> Delegator:
         try:
             verifier = self.delegators.get(peek_issuer(id_token, self.max_token_bytes) or "")
             if verifier is None:
-                raise Unauthenticated("the delegator token is not from a configured delegator issuer",
-                                      code="delegator_untrusted")
+                raise Unauthenticated(
+                    "the delegator token is not from a configured delegator issuer",
+                    code="delegator_untrusted",
+                )
             return verifier.verify(id_token)
         except Unauthenticated as exc:
             self._deny("delegator", exc, id_token)

@@ -49,11 +49,7 @@ def _bad(why: str) -> InvalidRequest:
 
 def valid_trust_domain(td: str) -> bool:
     """Whether ``td`` is a valid trust domain name (no scheme, no path)."""
-    return (
-        isinstance(td, str)
-        and 0 < len(td) <= MAX_TRUST_DOMAIN_BYTES
-        and all(c in _TD_CHARS for c in td)
-    )
+    return isinstance(td, str) and 0 < len(td) <= MAX_TRUST_DOMAIN_BYTES and all(c in _TD_CHARS for c in td)
 
 
 def parse_spiffe_id(value: str) -> SpiffeId:
@@ -74,7 +70,7 @@ def parse_spiffe_id(value: str) -> SpiffeId:
     if "#" in value:
         raise _bad(f"fragment is not allowed in `{_show(value)}`")
 
-    rest = value[len(SCHEME_PREFIX):]
+    rest = value[len(SCHEME_PREFIX) :]
     td, slash, path = rest.partition("/")
     if td == "":
         raise _bad(f"missing trust domain in `{_show(value)}`")
@@ -86,8 +82,10 @@ def parse_spiffe_id(value: str) -> SpiffeId:
         raise _bad(f"trust domain longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
     for c in td:
         if c not in _TD_CHARS:
-            raise _bad(f"trust domain has invalid character `{_show(c)}`; "
-                       "use lowercase letters, digits, `.`, `-` or `_`")
+            raise _bad(
+                f"trust domain has invalid character `{_show(c)}`; "
+                "use lowercase letters, digits, `.`, `-` or `_`"
+            )
     if not slash:
         return SpiffeId(td, "")
     for segment in path.split("/"):
@@ -98,6 +96,5 @@ def parse_spiffe_id(value: str) -> SpiffeId:
             raise _bad(f"path segment `{segment}` is not allowed")
         for c in segment:
             if c not in _PATH_CHARS:
-                raise _bad(f"path has invalid character `{_show(c)}`; "
-                           "use letters, digits, `.`, `-` or `_`")
+                raise _bad(f"path has invalid character `{_show(c)}`; use letters, digits, `.`, `-` or `_`")
     return SpiffeId(td, "/" + path)

@@ -82,9 +82,17 @@ class _UrlSource:
     MIN_REFRESH = 1.0
     MAX_REFRESH = 24 * 3600.0
 
-    def __init__(self, url: str, client: httpx.Client, *, timeout: float, cache_seconds: float,
-                 retry_seconds: float, max_stale_seconds: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: httpx.Client,
+        *,
+        timeout: float,
+        cache_seconds: float,
+        retry_seconds: float,
+        max_stale_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
         self._url, self._client, self._timeout, self._clock = url, client, timeout, clock
         self._cache, self._retry, self._max_stale = cache_seconds, retry_seconds, max_stale_seconds
         self._refresh = cache_seconds
@@ -123,8 +131,7 @@ class _UrlSource:
 
     def _current(self, now: float) -> dict[str, Any]:
         if self._keys is None or now - self._fetched_at > self._max_stale:
-            raise Unavailable(f"trust bundle `{self._url}` is unavailable",
-                              code="bundle_unavailable")
+            raise Unavailable(f"trust bundle `{self._url}` is unavailable", code="bundle_unavailable")
         return self._keys
 
     def __call__(self) -> Mapping[str, Any]:
@@ -156,26 +163,36 @@ class _Domain:
 class TrustBundles:
     """Trust domain → the keys (by kid) that may sign JWT-SVIDs for it."""
 
-    def __init__(self, *, http_client: httpx.Client | None = None, http_timeout: float = 5.0,
-                 cache_seconds: float = 300.0, retry_seconds: float = 30.0,
-                 max_stale_seconds: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        http_client: httpx.Client | None = None,
+        http_timeout: float = 5.0,
+        cache_seconds: float = 300.0,
+        retry_seconds: float = 30.0,
+        max_stale_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._domains: dict[str, _Domain] = {}
         self._client = http_client
-        self._http = {"timeout": http_timeout, "cache_seconds": cache_seconds,
-                      "retry_seconds": retry_seconds, "max_stale_seconds": max_stale_seconds}
+        self._http = {
+            "timeout": http_timeout,
+            "cache_seconds": cache_seconds,
+            "retry_seconds": retry_seconds,
+            "max_stale_seconds": max_stale_seconds,
+        }
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, bundles: Iterable[TrustBundle], base_dir: Path,
-                      **options: Any) -> TrustBundles:
+    def from_settings(cls, bundles: Iterable[TrustBundle], base_dir: Path, **options: Any) -> TrustBundles:
         """Load every configured bundle; files are read now, so a bad one stops startup."""
         tb = cls(**options)
         for b in bundles:
             if b.jwks_file is not None:
                 path = Path(b.jwks_file)
-                tb.add_jwks_file(b.trust_domain, path if path.is_absolute() else base_dir / path,
-                                 issuer=b.issuer)
+                tb.add_jwks_file(
+                    b.trust_domain, path if path.is_absolute() else base_dir / path, issuer=b.issuer
+                )
             elif b.jwks_url is not None:
                 tb.add_jwks_url(b.trust_domain, b.jwks_url, issuer=b.issuer)
             else:
@@ -189,8 +206,7 @@ class TrustBundles:
             raise ConfigError(f"trust domain `{trust_domain}` already has a bundle")
         self._domains[trust_domain] = _Domain(keys, issuer)
 
-    def add_jwks(self, trust_domain: str, jwks: Mapping[str, Any], *,
-                 issuer: str | None = None) -> None:
+    def add_jwks(self, trust_domain: str, jwks: Mapping[str, Any], *, issuer: str | None = None) -> None:
         """Trust a fixed JWKS document for ``trust_domain``."""
         keys = parse_jwks(jwks)
         self._add(trust_domain, lambda: keys, issuer)
@@ -200,26 +216,30 @@ class TrustBundles:
             keys = parse_jwks(json.loads(path.read_bytes()))
         except (OSError, ValueError, InvalidRequest) as exc:
             why = exc.message if isinstance(exc, TetherError) else str(exc)
-            raise ConfigError(f"trust bundle `{trust_domain}`: cannot load `{path}`: {why}",
-                              code="config_invalid") from exc
+            raise ConfigError(
+                f"trust bundle `{trust_domain}`: cannot load `{path}`: {why}", code="config_invalid"
+            ) from exc
         self._add(trust_domain, lambda: keys, issuer)
 
     def add_jwks_url(self, trust_domain: str, url: str, *, issuer: str | None = None) -> None:
         """Trust the JWKS at ``url``, fetched lazily. Plain HTTP only to loopback (tests)."""
         parts = urlsplit(url)
-        if not (parts.scheme == "https" or
-                (parts.scheme == "http" and _is_loopback(parts.hostname or ""))):
+        if not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or ""))):
             raise ConfigError(f"trust bundle `{trust_domain}`: `{url}` must be an https URL")
         if self._client is None:
             self._client = httpx.Client(follow_redirects=False)
-        source = _UrlSource(url, self._client, timeout=self._http["timeout"],
-                            cache_seconds=self._http["cache_seconds"],
-                            retry_seconds=self._http["retry_seconds"],
-                            max_stale_seconds=self._http["max_stale_seconds"], clock=self._clock)
+        source = _UrlSource(
+            url,
+            self._client,
+            timeout=self._http["timeout"],
+            cache_seconds=self._http["cache_seconds"],
+            retry_seconds=self._http["retry_seconds"],
+            max_stale_seconds=self._http["max_stale_seconds"],
+            clock=self._clock,
+        )
         self._add(trust_domain, source, issuer)
 
-    def add_local(self, trust_domain: str, keys_provider: KeysProvider, *,
-                  issuer: str | None = None) -> None:
+    def add_local(self, trust_domain: str, keys_provider: KeysProvider, *, issuer: str | None = None) -> None:
         """Trust keys held in-process, e.g. the broker's own signing keys."""
         self._add(trust_domain, keys_provider, issuer)
 
@@ -256,8 +276,9 @@ class SvidVerifier:
     )
     TYPES: ClassVar[tuple[str, ...]] = ("JWT", "JOSE")
 
-    def __init__(self, bundles: TrustBundles, audience: str, leeway: int,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, bundles: TrustBundles, audience: str, leeway: int, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         if not audience:
             raise ValueError("audience is required")
         if not 0 <= leeway <= 300:
@@ -272,14 +293,15 @@ class SvidVerifier:
         try:
             sid = parse_spiffe_id(sub)
         except InvalidRequest as exc:
-            raise Unauthenticated(f"`sub` is not a valid SPIFFE ID: {exc.message}",
-                                  code="bad_subject") from exc
+            raise Unauthenticated(
+                f"`sub` is not a valid SPIFFE ID: {exc.message}", code="bad_subject"
+            ) from exc
         if sid.is_trust_domain_id:
-            raise Unauthenticated("`sub` names a trust domain, not a workload",
-                                  code="bad_subject")
+            raise Unauthenticated("`sub` names a trust domain, not a workload", code="bad_subject")
         if sid.trust_domain not in self._bundles:
-            raise Unauthenticated(f"trust domain `{sid.trust_domain}` is not trusted",
-                                  code="untrusted_domain")
+            raise Unauthenticated(
+                f"trust domain `{sid.trust_domain}` is not trusted", code="untrusted_domain"
+            )
         return sid
 
     def _key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> Any | None:
@@ -291,17 +313,23 @@ class SvidVerifier:
 
     def verify(self, token: str, now: float | None = None) -> Workload:
         claims = verify_jwt(
-            token, key_for=self._key_for, algorithms=self.ALGORITHMS, audience=self._audience,
+            token,
+            key_for=self._key_for,
+            algorithms=self.ALGORITHMS,
+            audience=self._audience,
             issuer=ANY,  # checked per trust domain below
-            typ=self.TYPES, require_typ=False, leeway=self._leeway, now=now,
-            max_bytes=self._max_bytes, required=("exp",),  # `sub`: in _key_for; `aud`: via audience
+            typ=self.TYPES,
+            require_typ=False,
+            leeway=self._leeway,
+            now=now,
+            max_bytes=self._max_bytes,
+            required=("exp",),  # `sub`: in _key_for; `aud`: via audience
         )
         sid = self._subject(claims)
         expected = self._bundles.issuer_for(sid.trust_domain)
         if expected is not None and claims.get("iss") != expected:
             raise Unauthenticated(f"token is not from issuer `{expected}`", code="bad_issuer")
-        return Workload(spiffe_id=str(sid), trust_domain=sid.trust_domain,
-                        attestation="jwt-svid")
+        return Workload(spiffe_id=str(sid), trust_domain=sid.trust_domain, attestation="jwt-svid")
 
 
 #: A cached, refreshing JWKS at a URL (used for OIDC issuers too).

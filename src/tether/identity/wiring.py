@@ -39,15 +39,23 @@ def install(rt: Any) -> None:
     s = rt.settings
     ident = s.identity
     if s.trust_domain in rt.bundles:
-        raise ConfigError(f"`trust_domain` `{s.trust_domain}` is also a configured trust bundle; give the "
-                          "broker a trust domain of its own", code="config_invalid", field="trust_domain")
+        raise ConfigError(
+            f"`trust_domain` `{s.trust_domain}` is also a configured trust bundle; give the "
+            "broker a trust domain of its own",
+            code="config_invalid",
+            field="trust_domain",
+        )
     local_keys = LocalKeys(rt.keys)
     rt.bundles.add_local(s.trust_domain, lambda: local_keys, issuer=s.broker_issuer)
 
     replay = ReplayCache(rt.db)
-    dpop = DpopVerifier(replay, window_seconds=ident.dpop_window_seconds,
-                        leeway_seconds=s.limits.jwt_leeway_seconds,
-                        required=ident.dpop_required(s.environment), clock=rt.broker.clock)
+    dpop = DpopVerifier(
+        replay,
+        window_seconds=ident.dpop_window_seconds,
+        leeway_seconds=s.limits.jwt_leeway_seconds,
+        required=ident.dpop_required(s.environment),
+        clock=rt.broker.clock,
+    )
     rt.broker.token_binding = dpop.check_bound
     rt.periodic.append(replay.purge)
 
@@ -60,19 +68,36 @@ def install(rt: Any) -> None:
         rt.on_close.append(client.close)
     for cfg in ident.oidc_issuers:
         if cfg.issuer == s.broker_issuer:
-            raise ConfigError("an OIDC issuer cannot be the broker itself", code="config_invalid",
-                              field="identity.oidc_issuers")
+            raise ConfigError(
+                "an OIDC issuer cannot be the broker itself",
+                code="config_invalid",
+                field="identity.oidc_issuers",
+            )
         assert client is not None
         oidc[cfg.issuer] = OidcWorkloadVerifier(
-            cfg, IssuerKeys(cfg.issuer, cfg.jwks_url, client), broker_audience=s.broker_audience,
-            trust_domain=s.trust_domain, leeway=leeway, max_bytes=max_bytes)
+            cfg,
+            IssuerKeys(cfg.issuer, cfg.jwks_url, client),
+            broker_audience=s.broker_audience,
+            trust_domain=s.trust_domain,
+            leeway=leeway,
+            max_bytes=max_bytes,
+        )
     for dcfg in ident.delegator_issuers:
         assert client is not None
-        delegators[dcfg.issuer] = DelegatorVerifier(dcfg, IssuerKeys(dcfg.issuer, dcfg.jwks_url, client),
-                                                    leeway=leeway, max_bytes=max_bytes)
+        delegators[dcfg.issuer] = DelegatorVerifier(
+            dcfg, IssuerKeys(dcfg.issuer, dcfg.jwks_url, client), leeway=leeway, max_bytes=max_bytes
+        )
 
-    service = IdentityService(db=rt.db, audit=rt.audit, svids=rt.svids, trust_domain=s.trust_domain,
-                              dpop=dpop, oidc=oidc, delegators=delegators, max_token_bytes=max_bytes)
+    service = IdentityService(
+        db=rt.db,
+        audit=rt.audit,
+        svids=rt.svids,
+        trust_domain=s.trust_domain,
+        dpop=dpop,
+        oidc=oidc,
+        delegators=delegators,
+        max_token_bytes=max_bytes,
+    )
     issuer = SvidIssuer(rt.keys, issuer=s.broker_issuer, ttl_seconds=ident.svid_ttl_seconds)
     api = WorkloadApi(rt.db, rt.audit, issuer, lambda: {s.trust_domain: jwt_bundle(rt.keys)})
     rt.extras["identity"] = service

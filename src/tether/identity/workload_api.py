@@ -48,8 +48,9 @@ READ_TIMEOUT = 5.0
 class SvidIssuer:
     """Signs JWT-SVIDs (JWT-SVID spec: ``sub``, ``aud``, ``exp``; ES256, never EdDSA/HS)."""
 
-    def __init__(self, keys: KeyRing, *, issuer: str, ttl_seconds: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, keys: KeyRing, *, issuer: str, ttl_seconds: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._keys, self.issuer, self.ttl, self._clock = keys, issuer, ttl_seconds, clock
 
     def issue(self, spiffe_id: str, audience: Sequence[str]) -> tuple[str, int]:
@@ -62,26 +63,40 @@ class SvidIssuer:
 
 def parse_audience(value: Any) -> list[str]:
     auds = [value] if isinstance(value, str) else value
-    if (not isinstance(auds, list) or not 1 <= len(auds) <= MAX_AUDIENCES
-            or not all(isinstance(a, str) and 0 < len(a) <= 512 and a.isprintable() for a in auds)):
-        raise InvalidRequest(f"`audience` must be 1-{MAX_AUDIENCES} non-empty strings",
-                             code="invalid_audience", field="audience")
+    if (
+        not isinstance(auds, list)
+        or not 1 <= len(auds) <= MAX_AUDIENCES
+        or not all(isinstance(a, str) and 0 < len(a) <= 512 and a.isprintable() for a in auds)
+    ):
+        raise InvalidRequest(
+            f"`audience` must be 1-{MAX_AUDIENCES} non-empty strings",
+            code="invalid_audience",
+            field="audience",
+        )
     return list(dict.fromkeys(auds))
 
 
 class WorkloadApi:
     """Request handling, independent of the socket (tests call :meth:`handle` directly)."""
 
-    def __init__(self, db: Database, audit: AuditChain, issuer: SvidIssuer,
-                 bundles: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self, db: Database, audit: AuditChain, issuer: SvidIssuer, bundles: Callable[[], Mapping[str, Any]]
+    ) -> None:
         self.db, self.audit, self.issuer, self._bundles = db, audit, issuer, bundles
 
     def _deny(self, exc: TetherError, facts: attestor.PeerFacts | None, request: Mapping[str, Any]) -> None:
         wanted = request.get("spiffe_id")
         with self.audit.unit() as u:
-            u.emit(ev.DECISION, {"action": "svid:fetch", "outcome": "deny", "code": exc.code,
-                                 "peer": facts.to_dict() if facts else None,
-                                 "requested_spiffe_id": wanted[:2048] if isinstance(wanted, str) else None})
+            u.emit(
+                ev.DECISION,
+                {
+                    "action": "svid:fetch",
+                    "outcome": "deny",
+                    "code": exc.code,
+                    "peer": facts.to_dict() if facts else None,
+                    "requested_spiffe_id": wanted[:2048] if isinstance(wanted, str) else None,
+                },
+            )
 
     def fetch_jwt_svid(self, facts: attestor.PeerFacts, request: Mapping[str, Any]) -> dict[str, Any]:
         audience = parse_audience(request.get("audience"))
@@ -90,17 +105,28 @@ class WorkloadApi:
             raise InvalidRequest("`spiffe_id` must be a string", code="invalid_field", field="spiffe_id")
         with self.db.read() as conn:
             entries = registrations.list_entries(conn)
-        matching = [e for e in entries if (wanted is None or e.spiffe_id == wanted) and all(
-            registrations.selector_matches(s, facts.uid, facts.gid, facts.path, facts.sha256)
-            for s in e.selectors)]
+        matching = [
+            e
+            for e in entries
+            if (wanted is None or e.spiffe_id == wanted)
+            and all(
+                registrations.selector_matches(s, facts.uid, facts.gid, facts.path, facts.sha256)
+                for s in e.selectors
+            )
+        ]
         if not matching:
             # One answer for "no entry" and "an entry you do not match": no probing.
-            raise Forbidden(f"no registration entry matches this process (uid {facts.uid}, gid {facts.gid}, "
-                            f"executable `{facts.path or 'unreadable'}`)"
-                            + (f" for `{wanted[:256]}`" if wanted else "")
-                            + "; an operator can add one with `tether workload register`",
-                            code="no_matching_entry", uid=facts.uid, gid=facts.gid, path=facts.path,
-                            sha256=facts.sha256)
+            raise Forbidden(
+                f"no registration entry matches this process (uid {facts.uid}, gid {facts.gid}, "
+                f"executable `{facts.path or 'unreadable'}`)"
+                + (f" for `{wanted[:256]}`" if wanted else "")
+                + "; an operator can add one with `tether workload register`",
+                code="no_matching_entry",
+                uid=facts.uid,
+                gid=facts.gid,
+                path=facts.path,
+                sha256=facts.sha256,
+            )
         out: list[dict[str, Any]] = []
         by_id: dict[str, registrations.Entry] = {}
         for e in matching:
@@ -108,9 +134,17 @@ class WorkloadApi:
         with self.audit.unit() as u:
             for spiffe_id, entry in by_id.items():
                 token, exp = self.issuer.issue(spiffe_id, audience)
-                u.emit(ev.WORKLOAD_ATTESTED, {"attestation": "unix", "entry_id": entry.id,
-                                              "audience": audience, "expires_at": exp,
-                                              "peer": facts.to_dict()}, agent=spiffe_id)
+                u.emit(
+                    ev.WORKLOAD_ATTESTED,
+                    {
+                        "attestation": "unix",
+                        "entry_id": entry.id,
+                        "audience": audience,
+                        "expires_at": exp,
+                        "peer": facts.to_dict(),
+                    },
+                    agent=spiffe_id,
+                )
                 out.append({"spiffe_id": spiffe_id, "svid": token, "expires_at": exp})
         return {"svids": out}
 
@@ -121,8 +155,10 @@ class WorkloadApi:
                 return {"ok": True, **self.fetch_jwt_svid(facts, request)}
             if op == "fetch_jwt_bundles":
                 return {"ok": True, "bundles": dict(self._bundles())}
-            raise InvalidRequest(f"unknown operation `{str(op)[:64]}`; use fetch_jwt_svid or "
-                                 "fetch_jwt_bundles", code="unknown_operation")
+            raise InvalidRequest(
+                f"unknown operation `{str(op)[:64]}`; use fetch_jwt_svid or fetch_jwt_bundles",
+                code="unknown_operation",
+            )
         except (Forbidden, Unauthenticated) as exc:
             self._deny(exc, facts, request)
             raise
@@ -167,8 +203,9 @@ class WorkloadApiServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_symlink() or self.path.exists():
             if not self.path.is_socket():
-                raise Unavailable(f"`{self.path}` exists and is not a socket; remove it",
-                                  code="workload_socket_unavailable")
+                raise Unavailable(
+                    f"`{self.path}` exists and is not a socket; remove it", code="workload_socket_unavailable"
+                )
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         _bind_path(sock, self.path)
@@ -203,8 +240,9 @@ class WorkloadApiServer:
                 facts = attestor.attest(conn)  # at accept time, before the caller can exec
                 request = _parse_request(_read_line(conn))
                 if not attestor.same_executable(facts):
-                    raise Unauthenticated("the calling process changed its executable after connecting",
-                                          code="peer_changed")
+                    raise Unauthenticated(
+                        "the calling process changed its executable after connecting", code="peer_changed"
+                    )
                 reply = self.api.handle(facts, request)
             except TetherError as exc:
                 if facts is None or exc.code == "peer_changed":
@@ -212,8 +250,10 @@ class WorkloadApiServer:
                 reply = {"ok": False, "error": exc.to_dict()}
             except Exception:
                 log.exception("workload API request failed")
-                reply = {"ok": False, "error": {"code": "internal_error",
-                                                "message": "internal error; no SVID was issued"}}
+                reply = {
+                    "ok": False,
+                    "error": {"code": "internal_error", "message": "internal error; no SVID was issued"},
+                }
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 
@@ -272,6 +312,7 @@ def _parse_request(raw: bytes) -> dict[str, Any]:
 
 # -- client ----------------------------------------------------------------------------
 
+
 def call(socket_path: Path | str, request: Mapping[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
     """One request to the Workload API; raises the broker's error as a ``TetherError``."""
     path = Path(socket_path)
@@ -281,11 +322,16 @@ def call(socket_path: Path | str, request: Mapping[str, Any], *, timeout: float 
         try:
             connect_path(s, path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unavailable(f"no Workload API is listening on `{path}`; is `tether up` running?",
-                              code="workload_api_unavailable") from exc
+            raise Unavailable(
+                f"no Workload API is listening on `{path}`; is `tether up` running?",
+                code="workload_api_unavailable",
+            ) from exc
         except PermissionError as exc:
-            raise Unavailable(f"cannot reach `{path}`: permission denied (set `identity.workload_socket` "
-                              "to a path other users can reach)", code="workload_api_unavailable") from exc
+            raise Unavailable(
+                f"cannot reach `{path}`: permission denied (set `identity.workload_socket` "
+                "to a path other users can reach)",
+                code="workload_api_unavailable",
+            ) from exc
         s.sendall(json.dumps(dict(request)).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -301,8 +347,11 @@ def call(socket_path: Path | str, request: Mapping[str, Any], *, timeout: float 
         raise Unavailable("the Workload API closed the connection", code="workload_api_unavailable") from None
     if not reply.get("ok"):
         err = reply.get("error") or {}
-        raise WorkloadApiError(str(err.get("message", "request refused")), code=str(err.get("code", "error")),
-                               **{k: v for k, v in err.items() if k not in ("code", "message")})
+        raise WorkloadApiError(
+            str(err.get("message", "request refused")),
+            code=str(err.get("code", "error")),
+            **{k: v for k, v in err.items() if k not in ("code", "message")},
+        )
     return dict(reply)
 
 
@@ -312,21 +361,37 @@ class WorkloadApiError(TetherError):
     status = 403
 
 
-def fetch_svids(socket_path: Path | str, *, audience: str | Sequence[str], spiffe_id: str | None = None,
-                timeout: float = 10.0) -> list[dict[str, Any]]:
+def fetch_svids(
+    socket_path: Path | str,
+    *,
+    audience: str | Sequence[str],
+    spiffe_id: str | None = None,
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:
     aud = [audience] if isinstance(audience, str) else list(audience)
-    return list(call(socket_path, {"op": "fetch_jwt_svid", "audience": aud, "spiffe_id": spiffe_id},
-                     timeout=timeout)["svids"])
+    return list(
+        call(socket_path, {"op": "fetch_jwt_svid", "audience": aud, "spiffe_id": spiffe_id}, timeout=timeout)[
+            "svids"
+        ]
+    )
 
 
-def fetch_svid(socket_path: Path | str, *, audience: str | Sequence[str], spiffe_id: str | None = None,
-               timeout: float = 10.0) -> str:
+def fetch_svid(
+    socket_path: Path | str,
+    *,
+    audience: str | Sequence[str],
+    spiffe_id: str | None = None,
+    timeout: float = 10.0,
+) -> str:
     """One JWT-SVID for this process (the SDK and ``tether svid fetch`` use this)."""
     svids = fetch_svids(socket_path, audience=audience, spiffe_id=spiffe_id, timeout=timeout)
     if len(svids) != 1:
         ids = ", ".join(f"`{s['spiffe_id']}`" for s in svids)
-        raise Conflict(f"several identities match this process ({ids}); choose one with `spiffe_id`",
-                       code="ambiguous_identity", spiffe_ids=[s["spiffe_id"] for s in svids])
+        raise Conflict(
+            f"several identities match this process ({ids}); choose one with `spiffe_id`",
+            code="ambiguous_identity",
+            spiffe_ids=[s["spiffe_id"] for s in svids],
+        )
     return str(svids[0]["svid"])
 
 

@@ -67,8 +67,15 @@ class _Base:
         self._svid: CachedSvid | None = CachedSvid(as_source(svid)) if svid is not None else None
         self._dpop = _dpop_key(dpop)
 
-    def _request(self, http: httpx.Client | httpx.AsyncClient, method: str, path: str, token: str,
-                 json: Any, task_token: bool) -> httpx.Request:
+    def _request(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        method: str,
+        path: str,
+        token: str,
+        json: Any,
+        task_token: bool,
+    ) -> httpx.Request:
         request = http.build_request(method, self.url + path, json=json)
         if self._dpop is None:
             request.headers["Authorization"] = f"Bearer {token}"
@@ -78,24 +85,34 @@ class _Base:
         # The proof names this exact method and URL; for a task token it also carries the
         # token's hash (``ath``), so it cannot be replayed with another token.
         htu = str(request.url.copy_with(query=None, fragment=None))
-        request.headers["DPoP"] = make_proof(self._dpop, method, htu,
-                                             access_token=token if task_token else None)
+        request.headers["DPoP"] = make_proof(
+            self._dpop, method, htu, access_token=token if task_token else None
+        )
         request.headers["Authorization"] = f"{'DPoP' if task_token else 'Bearer'} {token}"
         return request
 
     def _svid_token(self) -> str:
         if self._svid is None:
-            raise ConfigError("this client has no SVID source; pass `svid=` or use `Client.local()`",
-                              code="svid_unavailable")
+            raise ConfigError(
+                "this client has no SVID source; pass `svid=` or use `Client.local()`",
+                code="svid_unavailable",
+            )
         if not self.audience:
-            raise ConfigError("pass the broker's `audience` (its SPIFFE ID, e.g. "
-                              "`spiffe://tether.local/tether`)", code="audience_required")
+            raise ConfigError(
+                "pass the broker's `audience` (its SPIFFE ID, e.g. `spiffe://tether.local/tether`)",
+                code="audience_required",
+            )
         return self._svid.fetch(self.audience)
 
     @staticmethod
-    def _open_body(intent: str | None, scope: Iterable[GrantLike] | None, ttl: int | float | timedelta | None,
-                   description: str, on_behalf_of: str | None, delegation: Delegation | str | None
-                   ) -> dict[str, Any]:
+    def _open_body(
+        intent: str | None,
+        scope: Iterable[GrantLike] | None,
+        ttl: int | float | timedelta | None,
+        description: str,
+        on_behalf_of: str | None,
+        delegation: Delegation | str | None,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {}
         if delegation is not None:
             body["delegation"] = delegation.id if isinstance(delegation, Delegation) else delegation
@@ -120,34 +137,45 @@ class _Base:
         try:
             body = response.json()
         except ValueError as exc:
-            raise Unavailable("the broker's answer is not JSON; check the broker URL",
-                              code="bad_broker_response") from exc
+            raise Unavailable(
+                "the broker's answer is not JSON; check the broker URL", code="bad_broker_response"
+            ) from exc
         if not isinstance(body, dict):
             raise Unavailable("the broker's answer is not a JSON object", code="bad_broker_response")
         return body
 
 
 def _unreachable(url: str, exc: Exception) -> Unavailable:
-    return Unavailable(f"cannot reach the broker at `{url}` ({type(exc).__name__}); is `tether up` "
-                       "running?", code="broker_unreachable")
+    return Unavailable(
+        f"cannot reach the broker at `{url}` ({type(exc).__name__}); is `tether up` running?",
+        code="broker_unreachable",
+    )
 
 
 class Client(_Base):
     """Synchronous client. ``http`` lets tests pass any ``httpx.Client`` (e.g. Starlette's TestClient)."""
 
-    def __init__(self, url: str = "", *, svid: SvidLike | None = None, audience: str | None = None,
-                 timeout: float = 10.0, http: httpx.Client | None = None, dpop: bool | Any = True) -> None:
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        svid: SvidLike | None = None,
+        audience: str | None = None,
+        timeout: float = 10.0,
+        http: httpx.Client | None = None,
+        dpop: bool | Any = True,
+    ) -> None:
         super().__init__(url, svid, audience, dpop)
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=timeout)
 
     @classmethod
-    def local(cls, state_dir: str | Path | None = None, *, spiffe_id: str | None = None,
-              **kwargs: Any) -> Client:
+    def local(
+        cls, state_dir: str | Path | None = None, *, spiffe_id: str | None = None, **kwargs: Any
+    ) -> Client:
         """The broker of a local state directory, with SVIDs from its Workload API."""
         url, audience, socket = local_broker(state_dir)
-        return cls(url, svid=WorkloadApiSvid(socket, spiffe_id=spiffe_id),
-                   audience=audience, **kwargs)
+        return cls(url, svid=WorkloadApiSvid(socket, spiffe_id=spiffe_id), audience=audience, **kwargs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Client:
@@ -155,21 +183,30 @@ class Client(_Base):
         env = os.environ if environ is None else environ
         if not env.get("TETHER_URL"):
             return cls.local(env.get("TETHER_STATE_DIR"), spiffe_id=env.get("TETHER_SPIFFE_ID"), **kwargs)
-        svid: SvidLike | None = (Path(env["TETHER_SVID_FILE"]) if env.get("TETHER_SVID_FILE")
-                                 else env.get("TETHER_SVID"))
+        svid: SvidLike | None = (
+            Path(env["TETHER_SVID_FILE"]) if env.get("TETHER_SVID_FILE") else env.get("TETHER_SVID")
+        )
         return cls(env["TETHER_URL"], svid=svid, audience=env.get("TETHER_AUDIENCE"), **kwargs)
 
-    def _call(self, method: str, path: str, *, token: str, json: Any = None,
-              task_token: bool = True) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, *, token: str, json: Any = None, task_token: bool = True
+    ) -> dict[str, Any]:
         try:
             response = self.http.send(self._request(self.http, method, path, token, json, task_token))
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
         return self._decode(response)
 
-    def task(self, intent: str | None = None, scope: Iterable[GrantLike] | None = None, *,
-             ttl: int | float | timedelta | None = None, description: str = "",
-             on_behalf_of: str | None = None, delegation: Delegation | str | None = None) -> Task:
+    def task(
+        self,
+        intent: str | None = None,
+        scope: Iterable[GrantLike] | None = None,
+        *,
+        ttl: int | float | timedelta | None = None,
+        description: str = "",
+        on_behalf_of: str | None = None,
+        delegation: Delegation | str | None = None,
+    ) -> Task:
         """Open a task now; use it as ``with client.task(...) as task:`` so it closes on exit.
 
         ``on_behalf_of`` is the delegating human's OIDC ID token; ``delegation`` redeems an
@@ -177,15 +214,17 @@ class Client(_Base):
         """
         body = self._open_body(intent, scope, ttl, description, on_behalf_of, delegation)
         try:
-            return Task(self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body,
-                                         task_token=False))
+            return Task(
+                self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body, task_token=False)
+            )
         except Unauthenticated as exc:
             if self._svid is None or exc.code.startswith("dpop") or exc.code.startswith("delegator"):
                 raise
             # The cached SVID may have been rotated away under us: one fresh try, no more.
             self._svid.invalidate()
-            return Task(self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body,
-                                         task_token=False))
+            return Task(
+                self, self._call("POST", "/v1/tasks", token=self._svid_token(), json=body, task_token=False)
+            )
 
     def close(self) -> None:
         if self._owns_http:
@@ -201,22 +240,30 @@ class Client(_Base):
 class AsyncClient(_Base):
     """Asyncio client; ``http`` may be any ``httpx.AsyncClient`` (e.g. on ``httpx.ASGITransport``)."""
 
-    def __init__(self, url: str = "", *, svid: SvidLike | None = None, audience: str | None = None,
-                 timeout: float = 10.0, http: httpx.AsyncClient | None = None,
-                 dpop: bool | Any = True) -> None:
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        svid: SvidLike | None = None,
+        audience: str | None = None,
+        timeout: float = 10.0,
+        http: httpx.AsyncClient | None = None,
+        dpop: bool | Any = True,
+    ) -> None:
         super().__init__(url, svid, audience, dpop)
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout)
 
     @classmethod
-    def local(cls, state_dir: str | Path | None = None, *, spiffe_id: str | None = None,
-              **kwargs: Any) -> AsyncClient:
+    def local(
+        cls, state_dir: str | Path | None = None, *, spiffe_id: str | None = None, **kwargs: Any
+    ) -> AsyncClient:
         url, audience, socket = local_broker(state_dir)
-        return cls(url, svid=WorkloadApiSvid(socket, spiffe_id=spiffe_id),
-                   audience=audience, **kwargs)
+        return cls(url, svid=WorkloadApiSvid(socket, spiffe_id=spiffe_id), audience=audience, **kwargs)
 
-    async def _call(self, method: str, path: str, *, token: str, json: Any = None,
-                    task_token: bool = True) -> dict[str, Any]:
+    async def _call(
+        self, method: str, path: str, *, token: str, json: Any = None, task_token: bool = True
+    ) -> dict[str, Any]:
         try:
             request = self._request(self.http, method, path, token, json, task_token)
             response = await self.http.send(request)
@@ -230,24 +277,33 @@ class AsyncClient(_Base):
         # A source may block (a socket, a file, user code): keep it off the event loop.
         return await asyncio.to_thread(self._svid_token)
 
-    def task(self, intent: str | None = None, scope: Iterable[GrantLike] | None = None, *,
-             ttl: int | float | timedelta | None = None, description: str = "",
-             on_behalf_of: str | None = None, delegation: Delegation | str | None = None) -> AsyncTaskOpener:
+    def task(
+        self,
+        intent: str | None = None,
+        scope: Iterable[GrantLike] | None = None,
+        *,
+        ttl: int | float | timedelta | None = None,
+        description: str = "",
+        on_behalf_of: str | None = None,
+        delegation: Delegation | str | None = None,
+    ) -> AsyncTaskOpener:
         """``async with client.task(...) as task:`` (closes on exit) or ``task = await client.task(...)``."""
         body = self._open_body(intent, scope, ttl, description, on_behalf_of, delegation)
 
         async def open_() -> AsyncTask:
             try:
                 svid = await self._svid_token_async()
-                return AsyncTask(self, await self._call("POST", "/v1/tasks", token=svid, json=body,
-                                                        task_token=False))
+                return AsyncTask(
+                    self, await self._call("POST", "/v1/tasks", token=svid, json=body, task_token=False)
+                )
             except Unauthenticated as exc:
                 if self._svid is None or exc.code.startswith("dpop") or exc.code.startswith("delegator"):
                     raise
                 self._svid.invalidate()
                 svid = await self._svid_token_async()
-                return AsyncTask(self, await self._call("POST", "/v1/tasks", token=svid, json=body,
-                                                        task_token=False))
+                return AsyncTask(
+                    self, await self._call("POST", "/v1/tasks", token=svid, json=body, task_token=False)
+                )
 
         return AsyncTaskOpener(open_)
 

@@ -38,8 +38,16 @@ class Denied(Forbidden):
 
     default_code = "denied"
 
-    def __init__(self, message: str, *, decision_id: str, reasons: tuple[Reason, ...] = (),
-                 policy_version: str = "", code: str | None = None, **details: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        decision_id: str,
+        reasons: tuple[Reason, ...] = (),
+        policy_version: str = "",
+        code: str | None = None,
+        **details: Any,
+    ) -> None:
         super().__init__(message, code=code, decision_id=decision_id, **details)
         self.decision_id = decision_id
         self.reasons = reasons
@@ -55,11 +63,26 @@ class ApprovalRequired(Denied):
 
     default_code = "approval_required"
 
-    def __init__(self, message: str, *, decision_id: str, approval_id: str,
-                 reasons: tuple[Reason, ...] = (), policy_version: str = "", code: str | None = None,
-                 **details: Any) -> None:
-        super().__init__(message, decision_id=decision_id, reasons=reasons, policy_version=policy_version,
-                         code=code, approval_id=approval_id, **details)
+    def __init__(
+        self,
+        message: str,
+        *,
+        decision_id: str,
+        approval_id: str,
+        reasons: tuple[Reason, ...] = (),
+        policy_version: str = "",
+        code: str | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            decision_id=decision_id,
+            reasons=reasons,
+            policy_version=policy_version,
+            code=code,
+            approval_id=approval_id,
+            **details,
+        )
         self.approval_id = approval_id
 
 
@@ -72,7 +95,11 @@ class NoActiveTask(Forbidden):
 
 
 _BY_STATUS: dict[int, type[TetherError]] = {
-    400: InvalidRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
+    400: InvalidRequest,
+    401: Unauthenticated,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
     413: InvalidRequest,
 }
 
@@ -84,8 +111,11 @@ def error_from_response(response: httpx.Response) -> TetherError:
     except ValueError:
         body = None
     if not isinstance(body, Mapping) or not isinstance(body.get("code"), str):
-        return Unavailable(f"the broker answered HTTP {response.status_code} without an error body; "
-                           "check the broker URL", code="bad_broker_response", status=response.status_code)
+        return Unavailable(
+            f"the broker answered HTTP {response.status_code} without an error body; check the broker URL",
+            code="bad_broker_response",
+            status=response.status_code,
+        )
     code = str(body["code"])
     message = str(body.get("message") or code)
     details = {k: v for k, v in body.items() if k not in ("code", "message")}

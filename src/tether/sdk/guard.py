@@ -63,9 +63,11 @@ def jsonable(value: Any, where: str = "argument", depth: int = 0) -> Any:
         return jsonable(dump(mode="json"), where, depth + 1)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return jsonable(dataclasses.asdict(value), where, depth + 1)
-    raise InvalidRequest(f"`{where}` ({type(value).__name__}) cannot be sent to policy; pick the "
-                         "arguments with `guard(arguments=[...])` or `exclude=`",
-                         code="argument_not_serializable")
+    raise InvalidRequest(
+        f"`{where}` ({type(value).__name__}) cannot be sent to policy; pick the "
+        "arguments with `guard(arguments=[...])` or `exclude=`",
+        code="argument_not_serializable",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +80,15 @@ class GuardSpec:
     exclude: tuple[str, ...] = ()
     wait_for_approval: float | None = None
 
-    def request(self, signature: inspect.Signature, args: tuple[Any, ...],
-                kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    def request(
+        self, signature: inspect.Signature, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
         """(resource, arguments for policy) of one call."""
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        values = {k: v for k, v in bound.arguments.items()
-                  if k not in ("self", "cls") and k not in self.exclude}
+        values = {
+            k: v for k, v in bound.arguments.items() if k not in ("self", "cls") and k not in self.exclude
+        }
         flat: dict[str, Any] = {}
         for name, value in values.items():  # **kwargs parameters spread into the call
             if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
@@ -101,9 +105,14 @@ class GuardSpec:
         return str(resource), {k: jsonable(v, k) for k, v in chosen.items()}
 
 
-def guard(action: str, resource: str | Callable[..., str], *,
-          arguments: Sequence[str] | Callable[..., Mapping[str, Any]] | None = None,
-          exclude: Sequence[str] = (), wait_for_approval: float | None = None) -> Callable[[F], F]:
+def guard(
+    action: str,
+    resource: str | Callable[..., str],
+    *,
+    arguments: Sequence[str] | Callable[..., Mapping[str, Any]] | None = None,
+    exclude: Sequence[str] = (),
+    wait_for_approval: float | None = None,
+) -> Callable[[F], F]:
     """Authorize every call of the decorated function in the current task.
 
     ``resource`` may be a function of the call's arguments. ``arguments`` picks what
@@ -117,6 +126,7 @@ def guard(action: str, resource: str | Callable[..., str], *,
         signature = inspect.signature(fn)
 
         if inspect.iscoroutinefunction(fn):
+
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 task = current_task()
@@ -124,8 +134,9 @@ def guard(action: str, resource: str | Callable[..., str], *,
                 if isinstance(task, AsyncTask):
                     d = await task.authorize(action, res, call_args, wait_for_approval=wait_for_approval)
                 else:
-                    d = await asyncio.to_thread(task.authorize, action, res, call_args,
-                                                wait_for_approval=wait_for_approval)
+                    d = await asyncio.to_thread(
+                        task.authorize, action, res, call_args, wait_for_approval=wait_for_approval
+                    )
                 reset = _decision.set(d)
                 try:
                     return await fn(*args, **kwargs)
@@ -134,6 +145,7 @@ def guard(action: str, resource: str | Callable[..., str], *,
 
             wrapper: Callable[..., Any] = async_wrapper
         else:
+
             @functools.wraps(fn)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 task = current_task()

@@ -26,8 +26,11 @@ def grants(scope: Iterable[GrantLike]) -> list[dict[str, str]]:
         elif isinstance(g, Mapping) and set(g) == {"action", "resource"}:
             out.append({"action": str(g["action"]), "resource": str(g["resource"])})
         else:
-            raise InvalidRequest(f"`scope[{i}]` must be (action, resource), a Grant or "
-                                 "{action, resource}", code="invalid_scope", field=f"scope[{i}]")
+            raise InvalidRequest(
+                f"`scope[{i}]` must be (action, resource), a Grant or {{action, resource}}",
+                code="invalid_scope",
+                field=f"scope[{i}]",
+            )
     return out
 
 
@@ -65,8 +68,9 @@ class Credential:
     def parse(cls, body: Mapping[str, Any]) -> Credential:
         lease = body.get("lease_id") or body.get("id")
         if not isinstance(lease, str):
-            raise Unavailable("the broker returned a credential without a `lease_id`",
-                              code="bad_broker_response")
+            raise Unavailable(
+                "the broker returned a credential without a `lease_id`", code="bad_broker_response"
+            )
         return cls(lease, {k: v for k, v in body.items() if k not in ("lease_id",)})
 
 
@@ -93,15 +97,23 @@ class Decision:
         try:
             outcome = Outcome(body["decision"])
             decision_id = str(body["decision_id"])
-            reasons = tuple(Reason(str(r.get("policy_id", "")), str(r.get("message", "")))
-                            for r in body.get("reasons") or ())
+            reasons = tuple(
+                Reason(str(r.get("policy_id", "")), str(r.get("message", "")))
+                for r in body.get("reasons") or ()
+            )
         except (KeyError, ValueError, AttributeError, TypeError) as exc:
             # Fail closed: an answer we cannot read is never an allow.
             raise Unavailable("the broker's decision could not be read", code="bad_broker_response") from exc
         cred = body.get("credential")
-        return cls(outcome, decision_id, reasons, str(body.get("policy_version", "")),
-                   body.get("approval_id"), body.get("code"),
-                   Credential.parse(cred) if isinstance(cred, Mapping) else None)
+        return cls(
+            outcome,
+            decision_id,
+            reasons,
+            str(body.get("policy_version", "")),
+            body.get("approval_id"),
+            body.get("code"),
+            Credential.parse(cred) if isinstance(cred, Mapping) else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +128,10 @@ class Delegation:
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Delegation:
-        return cls(str(body["delegation"]), str(body["child"]), float(body["expires_at"]),
-                   tuple(Grant(g["action"], g["resource"]) for g in body.get("scope") or ()),
-                   int(body["ttl_seconds"]))
+        return cls(
+            str(body["delegation"]),
+            str(body["child"]),
+            float(body["expires_at"]),
+            tuple(Grant(g["action"], g["resource"]) for g in body.get("scope") or ()),
+            int(body["ttl_seconds"]),
+        )

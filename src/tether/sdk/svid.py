@@ -63,8 +63,9 @@ class FileSvid:
         try:
             token = self.path.read_text().strip()
         except OSError as exc:
-            raise Unauthenticated(f"cannot read the SVID file `{self.path}`: {exc.strerror}",
-                                  code="svid_unavailable") from exc
+            raise Unauthenticated(
+                f"cannot read the SVID file `{self.path}`: {exc.strerror}", code="svid_unavailable"
+            ) from exc
         if not token:
             raise Unauthenticated(f"the SVID file `{self.path}` is empty", code="svid_unavailable")
         return token
@@ -76,8 +77,9 @@ class WorkloadApiSvid:
     ``spiffe_id`` picks one identity when several registration entries match this process.
     """
 
-    def __init__(self, socket_path: str | Path, *, spiffe_id: str | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, socket_path: str | Path, *, spiffe_id: str | None = None, timeout: float = 10.0
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.spiffe_id = spiffe_id
         self.timeout = timeout
@@ -86,11 +88,14 @@ class WorkloadApiSvid:
         try:
             from tether.identity import workload_api  # type: ignore[attr-defined,unused-ignore]
         except ImportError as exc:
-            raise ConfigError("this tether build has no local Workload API; pass `svid=` to the client",
-                              code="workload_api_unavailable") from exc
+            raise ConfigError(
+                "this tether build has no local Workload API; pass `svid=` to the client",
+                code="workload_api_unavailable",
+            ) from exc
         fetch_svid: Callable[..., Any] = workload_api.fetch_svid
-        return str(fetch_svid(self.socket_path, audience=audience, spiffe_id=self.spiffe_id,
-                              timeout=self.timeout))
+        return str(
+            fetch_svid(self.socket_path, audience=audience, spiffe_id=self.spiffe_id, timeout=self.timeout)
+        )
 
 
 def unverified_expiry(token: str) -> float | None:
@@ -107,8 +112,9 @@ def unverified_expiry(token: str) -> float | None:
 class CachedSvid:
     """Keeps one SVID per audience until ``margin`` seconds before it expires."""
 
-    def __init__(self, source: SvidSource, *, margin: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, source: SvidSource, *, margin: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.source = source
         self.margin = margin
         self._clock = clock
@@ -125,8 +131,9 @@ class CachedSvid:
         except TetherError:
             raise
         except Exception as exc:  # a source is user code: any failure means "no identity"
-            raise Unauthenticated(f"the SVID source failed: {type(exc).__name__}: {exc}",
-                                  code="svid_unavailable") from exc
+            raise Unauthenticated(
+                f"the SVID source failed: {type(exc).__name__}: {exc}", code="svid_unavailable"
+            ) from exc
         exp = unverified_expiry(token)
         if exp is not None:
             with self._lock:

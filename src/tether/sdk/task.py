@@ -32,16 +32,19 @@ __all__ = ["AsyncTask", "Task", "current_task"]
 
 log = logging.getLogger("tether.sdk")
 
-_current: contextvars.ContextVar[Task | AsyncTask | None] = contextvars.ContextVar("tether_task",
-                                                                                   default=None)
+_current: contextvars.ContextVar[Task | AsyncTask | None] = contextvars.ContextVar(
+    "tether_task", default=None
+)
 
 
 def current_task() -> Task | AsyncTask:
     """The task of the enclosing ``with client.task(...)`` block; raises ``NoActiveTask``."""
     task = _current.get()
     if task is None:
-        raise NoActiveTask("no tether task is active here; run this inside `with client.task(...)` "
-                           "(or `with task.bind():` in a thread you started)")
+        raise NoActiveTask(
+            "no tether task is active here; run this inside `with client.task(...)` "
+            "(or `with task.bind():` in a thread you started)"
+        )
     return task
 
 
@@ -53,10 +56,18 @@ def raise_for_decision(d: Decision, action: str, resource: str) -> Decision:
         raise ApprovalRequired(
             f"`{action}` on `{resource}` needs a human's approval; ask an operator to run "
             f"`tether approve {d.approval_id}`, then call again with the same arguments",
-            decision_id=d.decision_id, approval_id=d.approval_id, reasons=d.reasons,
-            policy_version=d.policy_version)
-    raise Denied(f"`{action}` on `{resource}` was denied: {d.explain()}", decision_id=d.decision_id,
-                 reasons=d.reasons, policy_version=d.policy_version, code=d.code or "denied")
+            decision_id=d.decision_id,
+            approval_id=d.approval_id,
+            reasons=d.reasons,
+            policy_version=d.policy_version,
+        )
+    raise Denied(
+        f"`{action}` on `{resource}` was denied: {d.explain()}",
+        decision_id=d.decision_id,
+        reasons=d.reasons,
+        policy_version=d.policy_version,
+        code=d.code or "denied",
+    )
 
 
 def _poll_intervals(deadline: float) -> Iterator[float]:
@@ -67,8 +78,9 @@ def _poll_intervals(deadline: float) -> Iterator[float]:
         delay = min(delay * 1.6, 2.0)
 
 
-def _authorize_body(action: str, resource: str, arguments: Mapping[str, Any] | None,
-                    method: str | None, path: str | None) -> dict[str, Any]:
+def _authorize_body(
+    action: str, resource: str, arguments: Mapping[str, Any] | None, method: str | None, path: str | None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"action": action, "resource": resource}
     if arguments:
         body["arguments"] = dict(arguments)
@@ -78,10 +90,14 @@ def _authorize_body(action: str, resource: str, arguments: Mapping[str, Any] | N
 
 
 def _timeout_error(exc: ApprovalRequired, waited: float) -> ApprovalTimeout:
-    return ApprovalTimeout(f"no one approved `{exc.approval_id}` within {waited:g}s; it stays pending "
-                           "until it expires — approve it and call again", decision_id=exc.decision_id,
-                           approval_id=exc.approval_id, reasons=exc.reasons,
-                           policy_version=exc.policy_version)
+    return ApprovalTimeout(
+        f"no one approved `{exc.approval_id}` within {waited:g}s; it stays pending "
+        "until it expires — approve it and call again",
+        decision_id=exc.decision_id,
+        approval_id=exc.approval_id,
+        reasons=exc.reasons,
+        policy_version=exc.policy_version,
+    )
 
 
 class _TaskBase:
@@ -94,8 +110,9 @@ class _TaskBase:
             self.depth: int = int(body.get("depth") or 0)
             self.parent_id: str | None = body.get("parent_id")
         except (KeyError, TypeError, ValueError) as exc:
-            raise Unavailable("the broker's task answer could not be read",
-                              code="bad_broker_response") from exc
+            raise Unavailable(
+                "the broker's task answer could not be read", code="bad_broker_response"
+            ) from exc
         self.closed = False
         self._ctx_tokens: list[contextvars.Token[Task | AsyncTask | None]] = []
 
@@ -116,15 +133,29 @@ class Task(_TaskBase):
         super().__init__(body)
         self.client = client
 
-    def check(self, action: str, resource: str, arguments: Mapping[str, Any] | None = None, *,
-              method: str | None = None, path: str | None = None) -> Decision:
+    def check(
+        self,
+        action: str,
+        resource: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> Decision:
         """Ask the broker; return the decision whatever it is (never raises on deny)."""
         body = _authorize_body(action, resource, arguments, method, path)
         return Decision.parse(self.client._call("POST", "/v1/authorize", token=self.token, json=body))
 
-    def authorize(self, action: str, resource: str, arguments: Mapping[str, Any] | None = None, *,
-                  method: str | None = None, path: str | None = None,
-                  wait_for_approval: float | None = None) -> Decision:
+    def authorize(
+        self,
+        action: str,
+        resource: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        wait_for_approval: float | None = None,
+    ) -> Decision:
         """Return the allow decision (with its credential, if any); raise ``Denied`` otherwise.
 
         With ``wait_for_approval`` (seconds), an ``approval_required`` answer is asked
@@ -132,8 +163,9 @@ class Task(_TaskBase):
         (``ApprovalTimeout``).
         """
         try:
-            return raise_for_decision(self.check(action, resource, arguments, method=method, path=path),
-                                      action, resource)
+            return raise_for_decision(
+                self.check(action, resource, arguments, method=method, path=path), action, resource
+            )
         except ApprovalRequired as first:
             if not wait_for_approval:
                 raise
@@ -148,15 +180,19 @@ class Task(_TaskBase):
         """A credential for ``service`` (decided by policy as ``credential:issue``)."""
         d = self.authorize("credential:issue", service)
         if d.credential is None:
-            raise Unavailable(f"the broker issued no credential for `{service}`; its catalog entry "
-                              "needs a `connector`", code="no_credential", decision_id=d.decision_id)
+            raise Unavailable(
+                f"the broker issued no credential for `{service}`; its catalog entry needs a `connector`",
+                code="no_credential",
+                decision_id=d.decision_id,
+            )
         return d.credential
 
     def delegate(self, child: str, scope: Iterable[GrantLike], ttl: int | float | timedelta) -> Delegation:
         """Offer part of this task to ``child`` (a SPIFFE ID), redeemed with ``client.task(delegation=…)``."""
         body = {"child": child, "scope": grants(scope), "ttl_seconds": ttl_seconds(ttl)}
-        return Delegation.parse(self.client._call("POST", f"/v1/tasks/{self.id}/delegations",
-                                                  token=self.token, json=body))
+        return Delegation.parse(
+            self.client._call("POST", f"/v1/tasks/{self.id}/delegations", token=self.token, json=body)
+        )
 
     def info(self) -> dict[str, Any]:
         return self.client._call("GET", f"/v1/tasks/{self.id}", token=self.token)
@@ -180,8 +216,9 @@ class Task(_TaskBase):
         self._push()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._pop()
         if self.closed:
             return
@@ -204,14 +241,28 @@ class AsyncTask(_TaskBase):
         # Sync tools that a framework runs in a worker thread authorize through this loop.
         self.loop = asyncio.get_running_loop()
 
-    async def check(self, action: str, resource: str, arguments: Mapping[str, Any] | None = None, *,
-                    method: str | None = None, path: str | None = None) -> Decision:
+    async def check(
+        self,
+        action: str,
+        resource: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> Decision:
         body = _authorize_body(action, resource, arguments, method, path)
         return Decision.parse(await self.client._call("POST", "/v1/authorize", token=self.token, json=body))
 
-    async def authorize(self, action: str, resource: str, arguments: Mapping[str, Any] | None = None, *,
-                        method: str | None = None, path: str | None = None,
-                        wait_for_approval: float | None = None) -> Decision:
+    async def authorize(
+        self,
+        action: str,
+        resource: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        wait_for_approval: float | None = None,
+    ) -> Decision:
         try:
             d = await self.check(action, resource, arguments, method=method, path=path)
             return raise_for_decision(d, action, resource)
@@ -225,32 +276,47 @@ class AsyncTask(_TaskBase):
                     return raise_for_decision(d, action, resource)
             raise _timeout_error(first, wait_for_approval) from None
 
-    def authorize_blocking(self, action: str, resource: str, arguments: Mapping[str, Any] | None = None,
-                           *, wait_for_approval: float | None = None) -> Decision:
+    def authorize_blocking(
+        self,
+        action: str,
+        resource: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        wait_for_approval: float | None = None,
+    ) -> Decision:
         """From a worker thread: authorize through the task's event loop and wait."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self.loop:
-            raise Forbidden("a sync guarded tool cannot block the event loop of its async task; make "
-                            "the tool `async def` or run it in a thread", code="blocking_call_in_event_loop")
+            raise Forbidden(
+                "a sync guarded tool cannot block the event loop of its async task; make "
+                "the tool `async def` or run it in a thread",
+                code="blocking_call_in_event_loop",
+            )
         fut = asyncio.run_coroutine_threadsafe(
-            self.authorize(action, resource, arguments, wait_for_approval=wait_for_approval), self.loop)
+            self.authorize(action, resource, arguments, wait_for_approval=wait_for_approval), self.loop
+        )
         return fut.result()
 
     async def credential(self, service: str) -> Credential:
         d = await self.authorize("credential:issue", service)
         if d.credential is None:
-            raise Unavailable(f"the broker issued no credential for `{service}`; its catalog entry "
-                              "needs a `connector`", code="no_credential", decision_id=d.decision_id)
+            raise Unavailable(
+                f"the broker issued no credential for `{service}`; its catalog entry needs a `connector`",
+                code="no_credential",
+                decision_id=d.decision_id,
+            )
         return d.credential
 
-    async def delegate(self, child: str, scope: Iterable[GrantLike],
-                       ttl: int | float | timedelta) -> Delegation:
+    async def delegate(
+        self, child: str, scope: Iterable[GrantLike], ttl: int | float | timedelta
+    ) -> Delegation:
         body = {"child": child, "scope": grants(scope), "ttl_seconds": ttl_seconds(ttl)}
-        return Delegation.parse(await self.client._call("POST", f"/v1/tasks/{self.id}/delegations",
-                                                        token=self.token, json=body))
+        return Delegation.parse(
+            await self.client._call("POST", f"/v1/tasks/{self.id}/delegations", token=self.token, json=body)
+        )
 
     async def info(self) -> dict[str, Any]:
         return await self.client._call("GET", f"/v1/tasks/{self.id}", token=self.token)
@@ -272,8 +338,9 @@ class AsyncTask(_TaskBase):
         self._push()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._pop()
         if self.closed:
             return
@@ -300,7 +367,8 @@ class AsyncTaskOpener:
         self._task = await self._open()
         return await self._task.__aenter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._task is not None
         await self._task.__aexit__(exc_type, exc, tb)

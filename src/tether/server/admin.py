@@ -74,8 +74,9 @@ class AdminServer:
             self.path.unlink()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path),
-                                                           limit=MAX_REQUEST)
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(self.path), limit=MAX_REQUEST
+            )
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -94,8 +95,10 @@ class AdminServer:
             try:
                 line = await asyncio.wait_for(reader.readline(), timeout=30)
                 if not operator_allowed(uid):
-                    raise Forbidden(f"uid {uid} may not operate this broker; run as the broker's user "
-                                    "or root", code="operator_forbidden")
+                    raise Forbidden(
+                        f"uid {uid} may not operate this broker; run as the broker's user or root",
+                        code="operator_forbidden",
+                    )
                 reply = await self._dispatch(line, Operator(uid, pid))
             except TetherError as exc:
                 reply = {"ok": False, "error": exc.to_dict()}
@@ -113,7 +116,7 @@ class AdminServer:
         op = doc.get("op")
         args = doc.get("args") or {}
         if not isinstance(op, str) or not isinstance(args, dict):
-            raise InvalidRequest("send {\"op\": NAME, \"args\": {...}}", code="invalid_request")
+            raise InvalidRequest('send {"op": NAME, "args": {...}}', code="invalid_request")
         handler = OPERATIONS.get(op)
         if handler is None:
             raise NotFound(f"unknown admin operation `{op[:64]}`", code="unknown_operation")
@@ -135,8 +138,9 @@ def call(path: Path, op: str, args: dict[str, Any] | None = None, *, timeout: fl
         try:
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unavailable(f"no broker is listening on `{path}`; start one with `tether up`",
-                              code="broker_not_running") from exc
+            raise Unavailable(
+                f"no broker is listening on `{path}`; start one with `tether up`", code="broker_not_running"
+            ) from exc
         s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -151,8 +155,11 @@ def call(path: Path, op: str, args: dict[str, Any] | None = None, *, timeout: fl
     reply = json.loads(buf)
     if not reply.get("ok"):
         err = reply.get("error") or {}
-        raise RemoteError(err.get("message", "admin operation failed"), code=err.get("code", "error"),
-                          **{k: v for k, v in err.items() if k not in ("code", "message")})
+        raise RemoteError(
+            err.get("message", "admin operation failed"),
+            code=err.get("code", "error"),
+            **{k: v for k, v in err.items() if k not in ("code", "message")},
+        )
     return reply.get("result")
 
 

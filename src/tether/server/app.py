@@ -68,8 +68,11 @@ def dpop_proof(request: Request, public_url: str = "") -> DpopProof:
     the request arrived on (without query) is used.
     """
     values = request.headers.getlist("dpop")
-    url = (public_url.rstrip("/") + request.url.path) if public_url else str(
-        request.url.replace(query="", fragment=""))
+    url = (
+        (public_url.rstrip("/") + request.url.path)
+        if public_url
+        else str(request.url.replace(query="", fragment=""))
+    )
     return DpopProof(values[0] if values else None, request.method, url, count=len(values))
 
 
@@ -80,12 +83,21 @@ def trace_id(request: Request) -> str | None:
 
 def task_view(task: Task, children: list[Task] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "task_id": task.id, "agent": task.agent, "intent": task.intent, "description": task.description,
-        "state": task.state.value, "scope": [g.to_dict() for g in task.scope],
-        "created_at": task.created_at, "expires_at": task.expires_at, "parent_id": task.parent_id,
-        "root_id": task.root_id, "depth": task.depth, "act": list(task.act_chain),
-        "delegator": ({"sub": task.delegator.subject, "iss": task.delegator.issuer}
-                      if task.delegator else None),
+        "task_id": task.id,
+        "agent": task.agent,
+        "intent": task.intent,
+        "description": task.description,
+        "state": task.state.value,
+        "scope": [g.to_dict() for g in task.scope],
+        "created_at": task.created_at,
+        "expires_at": task.expires_at,
+        "parent_id": task.parent_id,
+        "root_id": task.root_id,
+        "depth": task.depth,
+        "act": list(task.act_chain),
+        "delegator": (
+            {"sub": task.delegator.subject, "iss": task.delegator.issuer} if task.delegator else None
+        ),
     }
     if children is not None:
         body["children"] = [{"task_id": c.id, "agent": c.agent, "state": c.state.value} for c in children]
@@ -121,16 +133,19 @@ class Api:
         doc = await self.body(request)
         check_fields(doc, ("intent", "description", "scope", "ttl_seconds", "delegation", "delegator_token"))
         delegation = req_str(doc, "delegation", required=False) or None
-        delegator_token = req_str(doc, "delegator_token", max_len=self.rt.settings.limits.max_token_bytes,
-                                  required=False) or None
+        delegator_token = (
+            req_str(doc, "delegator_token", max_len=self.rt.settings.limits.max_token_bytes, required=False)
+            or None
+        )
         proof = dpop_proof(request, self.rt.settings.identity.public_url)
         scope = parse_scope(doc["scope"]) if "scope" in doc else None
         req = OpenTaskRequest(
             intent=req_str(doc, "intent", max_len=64, required=delegation is None) or None,
             description=req_str(doc, "description", max_len=2000, required=False),
             scope=scope,
-            ttl_seconds=req_int(doc, "ttl_seconds", lo=1, hi=30 * 24 * 3600,
-                                default=self.rt.settings.tasks.max_ttl_seconds),
+            ttl_seconds=req_int(
+                doc, "ttl_seconds", lo=1, hi=30 * 24 * 3600, default=self.rt.settings.tasks.max_ttl_seconds
+            ),
             delegation=delegation,
         )
 
@@ -138,8 +153,9 @@ class Api:
             identity = self.rt.extras.get("identity")
             if identity is None:  # no identity layer installed: SVIDs only, no binding
                 if delegator_token is not None or proof.present:
-                    raise InvalidRequest("this broker accepts no delegator tokens or DPoP proofs",
-                                         code="identity_unavailable")
+                    raise InvalidRequest(
+                        "this broker accepts no delegator tokens or DPoP proofs", code="identity_unavailable"
+                    )
                 return self.rt.broker.open_task(self.rt.svids.verify(token), req)
             # Who (workload credential), for whom (delegator), bound to what (DPoP key):
             # each refusal is audited by the identity layer before it is raised.
@@ -149,11 +165,17 @@ class Api:
             return self.rt.broker.open_task(workload, replace(req, delegator=delegator, cnf_jkt=jkt))
 
         opened = await run_in_threadpool(run)
-        return JSONResponse({
-            "task_id": opened.task.id, "task_token": opened.token, "expires_at": opened.task.expires_at,
-            "scope": [g.to_dict() for g in opened.task.scope], "depth": opened.task.depth,
-            "parent_id": opened.task.parent_id,
-        }, status_code=201)
+        return JSONResponse(
+            {
+                "task_id": opened.task.id,
+                "task_token": opened.token,
+                "expires_at": opened.task.expires_at,
+                "scope": [g.to_dict() for g in opened.task.scope],
+                "depth": opened.task.depth,
+                "parent_id": opened.task.parent_id,
+            },
+            status_code=201,
+        )
 
     async def get_task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -185,9 +207,16 @@ class Api:
             return self.rt.broker.delegate(claims, task_id, child, scope, ttl)
 
         d = await run_in_threadpool(run)
-        return JSONResponse({"delegation": d.id, "child": d.child_agent, "expires_at": d.expires_at,
-                             "scope": [g.to_dict() for g in d.scope], "ttl_seconds": d.ttl_seconds},
-                            status_code=201)
+        return JSONResponse(
+            {
+                "delegation": d.id,
+                "child": d.child_agent,
+                "expires_at": d.expires_at,
+                "scope": [g.to_dict() for g in d.scope],
+                "ttl_seconds": d.ttl_seconds,
+            },
+            status_code=201,
+        )
 
     async def close(self, request: Request) -> Response:
         token = bearer(request)
@@ -204,8 +233,9 @@ class Api:
     async def authorize(self, request: Request) -> Response:
         token = bearer(request)
         req = parse_authorize(await self.body(request), trace_id=trace_id(request))
-        result = await run_in_threadpool(self.rt.broker.authorize, token, req,
-                                         dpop_proof(request, self.rt.settings.identity.public_url))
+        result = await run_in_threadpool(
+            self.rt.broker.authorize, token, req, dpop_proof(request, self.rt.settings.identity.public_url)
+        )
         body = result.decision.to_dict()
         if result.credential is not None and result.credential.for_agent is not None:
             body["credential"] = {"lease_id": result.credential.lease_id, **result.credential.for_agent}
@@ -234,8 +264,9 @@ def guarded(handler: Handler) -> Handler:
             return error_response(exc)
         except Exception:
             log.exception("unhandled error in %s", request.url.path)
-            return JSONResponse({"code": "internal_error", "message": "internal error; nothing was allowed"},
-                                status_code=500)
+            return JSONResponse(
+                {"code": "internal_error", "message": "internal error; nothing was allowed"}, status_code=500
+            )
 
     return wrapper
 
@@ -255,9 +286,13 @@ class HeaderLimit:
         if scope["type"] == "http":
             size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if size > self.max_bytes:
-                response = JSONResponse({"code": "headers_too_large",
-                                         "message": f"request headers exceed {self.max_bytes} bytes"},
-                                        status_code=431)
+                response = JSONResponse(
+                    {
+                        "code": "headers_too_large",
+                        "message": f"request headers exceed {self.max_bytes} bytes",
+                    },
+                    status_code=431,
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -285,12 +320,14 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
     app.state.api = api
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"code": "not_found", "message": f"no route `{request.url.path[:200]}`"},
-                            status_code=404)
+        return JSONResponse(
+            {"code": "not_found", "message": f"no route `{request.url.path[:200]}`"}, status_code=404
+        )
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"code": "method_not_allowed", "message": f"`{request.method}` not allowed"},
-                            status_code=405)
+        return JSONResponse(
+            {"code": "method_not_allowed", "message": f"`{request.method}` not allowed"}, status_code=405
+        )
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)

@@ -12,9 +12,18 @@ from tether.server.app import task_view
 
 
 def approval_view(a: Approval) -> dict[str, Any]:
-    return {"approval_id": a.id, "task_id": a.task_id, "action": a.action, "resource": a.resource,
-            "args_digest": a.args_digest, "state": a.state.value, "reason": a.reason,
-            "created_at": a.created_at, "expires_at": a.expires_at, "decided_by": a.decided_by}
+    return {
+        "approval_id": a.id,
+        "task_id": a.task_id,
+        "action": a.action,
+        "resource": a.resource,
+        "args_digest": a.args_digest,
+        "state": a.state.value,
+        "reason": a.reason,
+        "created_at": a.created_at,
+        "expires_at": a.expires_at,
+        "decided_by": a.decided_by,
+    }
 
 
 def _str_arg(args: dict[str, Any], key: str) -> str:
@@ -26,9 +35,14 @@ def _str_arg(args: dict[str, Any], key: str) -> str:
 
 @operation("status")
 def status(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    return {"node_id": rt.settings.node_id, "environment": rt.settings.environment,
-            "policy_version": rt.engine.bundle.version, "store": rt.db.dialect,
-            "listen": rt.settings.listen, "audience": rt.settings.broker_audience}
+    return {
+        "node_id": rt.settings.node_id,
+        "environment": rt.settings.environment,
+        "policy_version": rt.engine.bundle.version,
+        "store": rt.db.dialect,
+        "listen": rt.settings.listen,
+        "audience": rt.settings.broker_audience,
+    }
 
 
 @operation("task.list")
@@ -52,8 +66,13 @@ def revoke(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     delegator = None
     if args.get("delegator"):
         delegator = Delegator(str(args["delegator"]), str(args.get("issuer") or ""))
-    ended = rt.broker.revoke(task_id=args.get("task_id"), agent=args.get("agent"), delegator=delegator,
-                             everything=bool(args.get("all")), by=op.name)
+    ended = rt.broker.revoke(
+        task_id=args.get("task_id"),
+        agent=args.get("agent"),
+        delegator=delegator,
+        everything=bool(args.get("all")),
+        by=op.name,
+    )
     return {"revoked": ended}
 
 

@@ -44,12 +44,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 def check_fields(doc: Mapping[str, Any], allowed: Collection[str], where: str = "") -> None:
     for key in doc:
         if key not in allowed:
-            raise InvalidRequest(f"unknown field `{where}{key[:64]}`", code="unknown_field",
-                                 field=f"{where}{key[:64]}")
+            raise InvalidRequest(
+                f"unknown field `{where}{key[:64]}`", code="unknown_field", field=f"{where}{key[:64]}"
+            )
 
 
-def req_str(doc: Mapping[str, Any], key: str, *, max_len: int = 256, required: bool = True,
-            default: str = "") -> str:
+def req_str(
+    doc: Mapping[str, Any], key: str, *, max_len: int = 256, required: bool = True, default: str = ""
+) -> str:
     value = doc.get(key)
     if value is None:
         if required:
@@ -58,8 +60,7 @@ def req_str(doc: Mapping[str, Any], key: str, *, max_len: int = 256, required: b
     if not isinstance(value, str):
         raise InvalidRequest(f"`{key}` must be a string", code="invalid_field", field=key)
     if len(value) > max_len:
-        raise InvalidRequest(f"`{key}` is longer than {max_len} characters", code="invalid_field",
-                             field=key)
+        raise InvalidRequest(f"`{key}` is longer than {max_len} characters", code="invalid_field", field=key)
     return value
 
 
@@ -76,8 +77,11 @@ def req_int(doc: Mapping[str, Any], key: str, *, lo: int, hi: int, default: int 
 
 def parse_scope(value: Any, key: str = "scope") -> tuple[Grant, ...]:
     if not isinstance(value, list) or len(value) > 100:
-        raise InvalidRequest(f"`{key}` must be a list of at most 100 {{action, resource}} objects",
-                             code="invalid_scope", field=key)
+        raise InvalidRequest(
+            f"`{key}` must be a list of at most 100 {{action, resource}} objects",
+            code="invalid_scope",
+            field=key,
+        )
     grants = []
     for i, item in enumerate(value):
         where = f"{key}[{i}]"
@@ -94,16 +98,16 @@ def parse_arguments(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest("`arguments` must be an object", code="invalid_field", field="arguments")
     if len(value) > 64:
-        raise InvalidRequest("`arguments` may hold at most 64 keys", code="invalid_field",
-                             field="arguments")
+        raise InvalidRequest("`arguments` may hold at most 64 keys", code="invalid_field", field="arguments")
     return value
 
 
 AUTHORIZE_FIELDS = ("action", "resource", "arguments", "context")
 
 
-def parse_authorize(doc: Mapping[str, Any], *, trace_id: str | None,
-                    extra_fields: Collection[str] = ()) -> AuthorizeRequest:
+def parse_authorize(
+    doc: Mapping[str, Any], *, trace_id: str | None, extra_fields: Collection[str] = ()
+) -> AuthorizeRequest:
     """An authorize body — ``{action, resource, arguments?, context?: {method, path}}`` —
     as the agent API and the enforcer API both accept it (plus ``extra_fields``)."""
     check_fields(doc, (*AUTHORIZE_FIELDS, *extra_fields))
@@ -112,7 +116,8 @@ def parse_authorize(doc: Mapping[str, Any], *, trace_id: str | None,
         raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
     check_fields(ctx, ("method", "path"), "context.")
     return AuthorizeRequest(
-        action=req_str(doc, "action", max_len=64), resource=req_str(doc, "resource"),
+        action=req_str(doc, "action", max_len=64),
+        resource=req_str(doc, "resource"),
         arguments=parse_arguments(doc.get("arguments")),
         method=req_str(ctx, "method", max_len=16, required=False),
         path=req_str(ctx, "path", max_len=4096, required=False),

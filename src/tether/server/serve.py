@@ -51,9 +51,16 @@ async def _reaper(rt: Runtime, stop: asyncio.Event) -> None:
 async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
     host, port = rt.settings.listen_host_port
     app = create_app(rt)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            h11_max_incomplete_event_size=rt.settings.limits.max_header_bytes,
-                            server_header=False, date_header=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        h11_max_incomplete_event_size=rt.settings.limits.max_header_bytes,
+        server_header=False,
+        date_header=False,
+    )
     server = uvicorn.Server(config)
     admin = AdminServer(rt, rt.settings.admin_socket)
     await admin.start()
@@ -68,12 +75,16 @@ async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] |
             except TetherError as exc:
                 log.error("policy reload refused: %s", exc.message)
 
-        loop.create_task(run())
+        background.add(task := loop.create_task(run()))
+        task.add_done_callback(background.discard)
 
+    # The loop keeps only weak references to tasks: hold them until they finish.
+    background: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGHUP, reload_policy)
     reaper = asyncio.create_task(_reaper(rt, stop))
     try:
         if on_ready is not None:
+
             async def announce() -> None:
                 while not server.started:
                     await asyncio.sleep(0.05)
@@ -81,7 +92,8 @@ async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] |
                 if result is not None:
                     await result
 
-            loop.create_task(announce())
+            background.add(announcer := loop.create_task(announce()))
+            announcer.add_done_callback(background.discard)
         await server.serve()
     finally:
         stop.set()

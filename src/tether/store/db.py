@@ -54,20 +54,23 @@ class Database:
         try:
             if self.url.startswith("sqlite"):
                 self.engine: Engine = create_engine(
-                    self.url, connect_args={"check_same_thread": False, "timeout": 5},
+                    self.url,
+                    connect_args={"check_same_thread": False, "timeout": 5},
                 )
                 event.listen(self.engine, "connect", _sqlite_pragmas)
                 event.listen(self.engine, "begin", _sqlite_begin)
                 self.dialect = "sqlite"
             elif self.url.startswith("postgresql"):
-                self.engine = create_engine(self.url, pool_size=pool_size, max_overflow=20,
-                                            pool_pre_ping=True)
+                self.engine = create_engine(
+                    self.url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True
+                )
                 self.dialect = "postgresql"
             else:
                 raise ConfigError(f"unsupported store url `{url}`", code="config_invalid", field="store")
         except SQLAlchemyError as exc:
-            raise ConfigError(f"invalid store url: {exc.__class__.__name__}", code="config_invalid",
-                              field="store") from exc
+            raise ConfigError(
+                f"invalid store url: {exc.__class__.__name__}", code="config_invalid", field="store"
+            ) from exc
 
     def migrate(self) -> list[int]:
         with self.guard():
@@ -81,8 +84,9 @@ class Database:
         except TetherError:
             raise
         except SQLAlchemyError as exc:
-            raise Unavailable("the store is unavailable; retry later or check the database",
-                              code="store_unavailable") from exc
+            raise Unavailable(
+                "the store is unavailable; retry later or check the database", code="store_unavailable"
+            ) from exc
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:

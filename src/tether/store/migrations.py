@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Table, insert, inspect, select, text
 
-from tether.store import audit_tables
+from tether.store import audit_tables, gateway_tables
 from tether.store import credentials_tables as ct
 from tether.store import identity_tables as it
-from tether.store import gateway_tables
 from tether.store import tables as t
 
 
@@ -38,14 +37,27 @@ MIGRATIONS: list[Migration] = [
     Migration(
         1,
         "core: keys, tasks, delegations, approvals, audit",
-        create_tables(t.signing_keys, t.tasks, t.delegations, t.approvals, t.resource_uses,
-                      t.audit_events, t.audit_chains),
+        create_tables(
+            t.signing_keys,
+            t.tasks,
+            t.delegations,
+            t.approvals,
+            t.resource_uses,
+            t.audit_events,
+            t.audit_chains,
+        ),
     ),
-    Migration(20, "credentials: leases, revocation feed, injected secrets",
-              create_tables(ct.leases, ct.revocations, ct.secrets)),
+    Migration(
+        20,
+        "credentials: leases, revocation feed, injected secrets",
+        create_tables(ct.leases, ct.revocations, ct.secrets),
+    ),
     Migration(30, "gateway: pinned MCP tool definitions", create_tables(gateway_tables.tool_pins)),
-    Migration(10, "identity: workload registration entries, DPoP replay cache",
-              create_tables(it.workload_entries, it.dpop_jtis)),
+    Migration(
+        10,
+        "identity: workload registration entries, DPoP replay cache",
+        create_tables(it.workload_entries, it.dpop_jtis),
+    ),
     Migration(40, "audit: signed checkpoints", create_tables(audit_tables.audit_checkpoints)),
 ]
 
@@ -103,7 +115,8 @@ def _migrate(conn: Connection) -> list[int]:
             continue
         with conn.begin():
             m.apply(conn)
-            conn.execute(insert(t.schema_migrations).values(
-                version=m.version, name=m.name, applied_at=time.time()))
+            conn.execute(
+                insert(t.schema_migrations).values(version=m.version, name=m.name, applied_at=time.time())
+            )
         applied.append(m.version)
     return applied

@@ -34,31 +34,55 @@ def scope_from_json(text: str) -> tuple[Grant, ...]:
 
 # -- tasks ---------------------------------------------------------------------------
 
+
 def _task(row: Row[Any]) -> Task:
     m = row._mapping
     delegator = Delegator(m["delegator_sub"], m["delegator_iss"]) if m["delegator_sub"] else None
     return Task(
-        id=m["id"], agent=m["agent"], delegator=delegator, intent=m["intent"],
-        description=m["description"], scope=scope_from_json(m["scope"]),
-        created_at=m["created_at"], expires_at=m["expires_at"], parent_id=m["parent_id"],
-        root_id=m["root_id"], depth=m["depth"], state=TaskState(m["state"]),
-        act_chain=tuple(json.loads(m["act_chain"])), cnf_jkt=m["cnf_jkt"], closed_at=m["closed_at"],
-        attestation=m["attestation"], agent_attrs=json.loads(m["agent_attrs"]),
+        id=m["id"],
+        agent=m["agent"],
+        delegator=delegator,
+        intent=m["intent"],
+        description=m["description"],
+        scope=scope_from_json(m["scope"]),
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
+        parent_id=m["parent_id"],
+        root_id=m["root_id"],
+        depth=m["depth"],
+        state=TaskState(m["state"]),
+        act_chain=tuple(json.loads(m["act_chain"])),
+        cnf_jkt=m["cnf_jkt"],
+        closed_at=m["closed_at"],
+        attestation=m["attestation"],
+        agent_attrs=json.loads(m["agent_attrs"]),
     )
 
 
 def insert_task(conn: Connection, task: Task) -> None:
-    conn.execute(insert(t.tasks).values(
-        id=task.id, agent=task.agent, attestation=task.attestation,
-        agent_attrs=json.dumps(dict(task.agent_attrs), sort_keys=True),
-        delegator_sub=task.delegator.subject if task.delegator else None,
-        delegator_iss=task.delegator.issuer if task.delegator else None,
-        intent=task.intent, description=task.description, scope=scope_to_json(task.scope),
-        created_at=task.created_at, expires_at=task.expires_at, parent_id=task.parent_id,
-        root_id=task.root_id, depth=task.depth, state=task.state.value,
-        act_chain=json.dumps(list(task.act_chain)), cnf_jkt=task.cnf_jkt, closed_at=None,
-        max_sensitivity_read=-1,
-    ))
+    conn.execute(
+        insert(t.tasks).values(
+            id=task.id,
+            agent=task.agent,
+            attestation=task.attestation,
+            agent_attrs=json.dumps(dict(task.agent_attrs), sort_keys=True),
+            delegator_sub=task.delegator.subject if task.delegator else None,
+            delegator_iss=task.delegator.issuer if task.delegator else None,
+            intent=task.intent,
+            description=task.description,
+            scope=scope_to_json(task.scope),
+            created_at=task.created_at,
+            expires_at=task.expires_at,
+            parent_id=task.parent_id,
+            root_id=task.root_id,
+            depth=task.depth,
+            state=task.state.value,
+            act_chain=json.dumps(list(task.act_chain)),
+            cnf_jkt=task.cnf_jkt,
+            closed_at=None,
+            max_sensitivity_read=-1,
+        )
+    )
 
 
 # Hot-path statements are built once with bound parameters: constructing a statement
@@ -77,8 +101,9 @@ def get_task_and_taint(conn: Connection, task_id: str) -> tuple[Task, int] | Non
     return (_task(row), int(row._mapping["max_sensitivity_read"])) if row else None
 
 
-def list_tasks(conn: Connection, *, state: str | None = None, agent: str | None = None,
-               limit: int = 200) -> list[Task]:
+def list_tasks(
+    conn: Connection, *, state: str | None = None, agent: str | None = None, limit: int = 200
+) -> list[Task]:
     q = select(t.tasks).order_by(t.tasks.c.created_at.desc()).limit(limit)
     if state:
         q = q.where(t.tasks.c.state == state)
@@ -88,8 +113,7 @@ def list_tasks(conn: Connection, *, state: str | None = None, agent: str | None 
 
 
 def children(conn: Connection, task_id: str) -> list[Task]:
-    rows = conn.execute(select(t.tasks).where(t.tasks.c.parent_id == task_id)
-                        .order_by(t.tasks.c.created_at))
+    rows = conn.execute(select(t.tasks).where(t.tasks.c.parent_id == task_id).order_by(t.tasks.c.created_at))
     return [_task(r) for r in rows]
 
 
@@ -116,28 +140,35 @@ def end_tasks(conn: Connection, task_ids: Sequence[str], state: TaskState, now: 
     """Move active tasks to an end state; returns how many changed."""
     if not task_ids:
         return 0
-    res = conn.execute(update(t.tasks)
-                       .where(and_(t.tasks.c.id.in_(task_ids), t.tasks.c.state == TaskState.ACTIVE.value))
-                       .values(state=state.value, closed_at=now))
+    res = conn.execute(
+        update(t.tasks)
+        .where(and_(t.tasks.c.id.in_(task_ids), t.tasks.c.state == TaskState.ACTIVE.value))
+        .values(state=state.value, closed_at=now)
+    )
     return res.rowcount
 
 
 def expired_active_roots(conn: Connection, now: float, limit: int = 500) -> list[Task]:
-    rows = conn.execute(select(t.tasks)
-                        .where(and_(t.tasks.c.state == TaskState.ACTIVE.value, t.tasks.c.expires_at <= now))
-                        .order_by(t.tasks.c.depth).limit(limit))
+    rows = conn.execute(
+        select(t.tasks)
+        .where(and_(t.tasks.c.state == TaskState.ACTIVE.value, t.tasks.c.expires_at <= now))
+        .order_by(t.tasks.c.depth)
+        .limit(limit)
+    )
     return [_task(r) for r in rows]
 
 
 def active_tasks_of_agent(conn: Connection, agent: str) -> list[Task]:
-    rows = conn.execute(select(t.tasks).where(and_(t.tasks.c.agent == agent,
-                                                   t.tasks.c.state == TaskState.ACTIVE.value)))
+    rows = conn.execute(
+        select(t.tasks).where(and_(t.tasks.c.agent == agent, t.tasks.c.state == TaskState.ACTIVE.value))
+    )
     return [_task(r) for r in rows]
 
 
 def active_tasks_of_delegator(conn: Connection, subject: str, issuer: str | None) -> list[Task]:
-    q = select(t.tasks).where(and_(t.tasks.c.delegator_sub == subject,
-                                   t.tasks.c.state == TaskState.ACTIVE.value))
+    q = select(t.tasks).where(
+        and_(t.tasks.c.delegator_sub == subject, t.tasks.c.state == TaskState.ACTIVE.value)
+    )
     if issuer:
         q = q.where(t.tasks.c.delegator_iss == issuer)
     return [_task(r) for r in conn.execute(q)]
@@ -158,24 +189,43 @@ def raise_sensitivity_read(conn: Connection, task_ids: Sequence[str], level: int
     The taint is written on the task and its ancestors: a parent that delegated a read
     must not be able to send what its child read.
     """
-    conn.execute(update(t.tasks)
-                 .where(and_(t.tasks.c.id.in_(task_ids), t.tasks.c.max_sensitivity_read < level))
-                 .values(max_sensitivity_read=level))
+    conn.execute(
+        update(t.tasks)
+        .where(and_(t.tasks.c.id.in_(task_ids), t.tasks.c.max_sensitivity_read < level))
+        .values(max_sensitivity_read=level)
+    )
 
 
 # -- delegations ----------------------------------------------------------------------
 
+
 def _delegation(row: Row[Any]) -> Delegation:
     m = row._mapping
-    return Delegation(m["id"], m["parent_task_id"], m["child_agent"], scope_from_json(m["scope"]),
-                      m["ttl_seconds"], m["created_at"], m["expires_at"], m["redeemed_task_id"])
+    return Delegation(
+        m["id"],
+        m["parent_task_id"],
+        m["child_agent"],
+        scope_from_json(m["scope"]),
+        m["ttl_seconds"],
+        m["created_at"],
+        m["expires_at"],
+        m["redeemed_task_id"],
+    )
 
 
 def insert_delegation(conn: Connection, d: Delegation) -> None:
-    conn.execute(insert(t.delegations).values(
-        id=d.id, parent_task_id=d.parent_task_id, child_agent=d.child_agent,
-        scope=scope_to_json(d.scope), ttl_seconds=d.ttl_seconds, created_at=d.created_at,
-        expires_at=d.expires_at, redeemed_task_id=None))
+    conn.execute(
+        insert(t.delegations).values(
+            id=d.id,
+            parent_task_id=d.parent_task_id,
+            child_agent=d.child_agent,
+            scope=scope_to_json(d.scope),
+            ttl_seconds=d.ttl_seconds,
+            created_at=d.created_at,
+            expires_at=d.expires_at,
+            redeemed_task_id=None,
+        )
+    )
 
 
 def get_delegation(conn: Connection, delegation_id: str) -> Delegation | None:
@@ -185,27 +235,51 @@ def get_delegation(conn: Connection, delegation_id: str) -> Delegation | None:
 
 def redeem_delegation(conn: Connection, delegation_id: str, task_id: str) -> bool:
     """Mark a delegation used; False when someone redeemed it first (single use)."""
-    res = conn.execute(update(t.delegations)
-                       .where(and_(t.delegations.c.id == delegation_id,
-                                   t.delegations.c.redeemed_task_id.is_(None)))
-                       .values(redeemed_task_id=task_id))
+    res = conn.execute(
+        update(t.delegations)
+        .where(and_(t.delegations.c.id == delegation_id, t.delegations.c.redeemed_task_id.is_(None)))
+        .values(redeemed_task_id=task_id)
+    )
     return res.rowcount == 1
 
 
 # -- approvals ------------------------------------------------------------------------
 
+
 def _approval(row: Row[Any]) -> Approval:
     m = row._mapping
-    return Approval(m["id"], m["task_id"], m["action"], m["resource"], m["args_digest"],
-                    ApprovalState(m["state"]), m["reason"], m["created_at"], m["expires_at"],
-                    m["decided_by"], m["decided_at"])
+    return Approval(
+        m["id"],
+        m["task_id"],
+        m["action"],
+        m["resource"],
+        m["args_digest"],
+        ApprovalState(m["state"]),
+        m["reason"],
+        m["created_at"],
+        m["expires_at"],
+        m["decided_by"],
+        m["decided_at"],
+    )
 
 
 def insert_approval(conn: Connection, a: Approval, decision_id: str) -> None:
-    conn.execute(insert(t.approvals).values(
-        id=a.id, task_id=a.task_id, action=a.action, resource=a.resource, args_digest=a.args_digest,
-        state=a.state.value, reason=a.reason, created_at=a.created_at, expires_at=a.expires_at,
-        decided_by=None, decided_at=None, decision_id=decision_id))
+    conn.execute(
+        insert(t.approvals).values(
+            id=a.id,
+            task_id=a.task_id,
+            action=a.action,
+            resource=a.resource,
+            args_digest=a.args_digest,
+            state=a.state.value,
+            reason=a.reason,
+            created_at=a.created_at,
+            expires_at=a.expires_at,
+            decided_by=None,
+            decided_at=None,
+            decision_id=decision_id,
+        )
+    )
 
 
 def get_approval(conn: Connection, approval_id: str) -> Approval | None:
@@ -213,13 +287,22 @@ def get_approval(conn: Connection, approval_id: str) -> Approval | None:
     return _approval(row) if row else None
 
 
-def find_approval(conn: Connection, task_id: str, action: str, resource: str, digest: str,
-                  states: Sequence[ApprovalState]) -> Approval | None:
-    row = conn.execute(select(t.approvals).where(and_(
-        t.approvals.c.task_id == task_id, t.approvals.c.action == action,
-        t.approvals.c.resource == resource, t.approvals.c.args_digest == digest,
-        t.approvals.c.state.in_([s.value for s in states]),
-    )).order_by(t.approvals.c.created_at.desc())).first()
+def find_approval(
+    conn: Connection, task_id: str, action: str, resource: str, digest: str, states: Sequence[ApprovalState]
+) -> Approval | None:
+    row = conn.execute(
+        select(t.approvals)
+        .where(
+            and_(
+                t.approvals.c.task_id == task_id,
+                t.approvals.c.action == action,
+                t.approvals.c.resource == resource,
+                t.approvals.c.args_digest == digest,
+                t.approvals.c.state.in_([s.value for s in states]),
+            )
+        )
+        .order_by(t.approvals.c.created_at.desc())
+    ).first()
     return _approval(row) if row else None
 
 
@@ -230,29 +313,39 @@ def list_approvals(conn: Connection, state: str | None = None, limit: int = 200)
     return [_approval(r) for r in conn.execute(q)]
 
 
-def set_approval_state(conn: Connection, approval_id: str, *, expect: ApprovalState,
-                       new: ApprovalState, by: str | None, now: float) -> bool:
+def set_approval_state(
+    conn: Connection,
+    approval_id: str,
+    *,
+    expect: ApprovalState,
+    new: ApprovalState,
+    by: str | None,
+    now: float,
+) -> bool:
     """Compare-and-set, so a grant can be consumed exactly once across replicas."""
     values: dict[str, Any] = {"state": new.value}
     if new in (ApprovalState.GRANTED, ApprovalState.REJECTED):
         values.update(decided_by=by, decided_at=now)
-    res = conn.execute(update(t.approvals)
-                       .where(and_(t.approvals.c.id == approval_id, t.approvals.c.state == expect.value))
-                       .values(**values))
+    res = conn.execute(
+        update(t.approvals)
+        .where(and_(t.approvals.c.id == approval_id, t.approvals.c.state == expect.value))
+        .values(**values)
+    )
     return res.rowcount == 1
 
 
 # -- risk signals ---------------------------------------------------------------------
 
+
 def note_resource_use(conn: Connection, agent: str, resource: str, now: float) -> None:
     """Record the agent's first use of a resource; a concurrent first use is not an error."""
-    stmt = (pg_insert(t.resource_uses) if conn.dialect.name == "postgresql"
-            else sqlite_insert(t.resource_uses))
+    stmt = pg_insert(t.resource_uses) if conn.dialect.name == "postgresql" else sqlite_insert(t.resource_uses)
     conn.execute(stmt.values(agent=agent, resource=resource, first_at=now).on_conflict_do_nothing())
 
 
-_SEEN = select(t.resource_uses.c.first_at).where(and_(
-    t.resource_uses.c.agent == bindparam("agent"), t.resource_uses.c.resource == bindparam("resource")))
+_SEEN = select(t.resource_uses.c.first_at).where(
+    and_(t.resource_uses.c.agent == bindparam("agent"), t.resource_uses.c.resource == bindparam("resource"))
+)
 
 
 def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
@@ -264,9 +357,18 @@ def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
 CALLS_CAP = 1000
 
 
-_RECENT = (select(t.audit_events.c.seq).where(and_(
-    t.audit_events.c.task_id == bindparam("task_id"), t.audit_events.c.type == "decision",
-    t.audit_events.c.ts >= bindparam("since"))).limit(CALLS_CAP).subquery())
+_RECENT = (
+    select(t.audit_events.c.seq)
+    .where(
+        and_(
+            t.audit_events.c.task_id == bindparam("task_id"),
+            t.audit_events.c.type == "decision",
+            t.audit_events.c.ts >= bindparam("since"),
+        )
+    )
+    .limit(CALLS_CAP)
+    .subquery()
+)
 _CALLS_SINCE = select(func.count()).select_from(_RECENT)
 
 

@@ -97,8 +97,13 @@ approvals = Table(
     Column("decided_at", Float),
     Column("decision_id", String(64)),
 )
-Index("ix_approvals_binding", approvals.c.task_id, approvals.c.action, approvals.c.resource,
-      approvals.c.args_digest)
+Index(
+    "ix_approvals_binding",
+    approvals.c.task_id,
+    approvals.c.action,
+    approvals.c.resource,
+    approvals.c.args_digest,
+)
 
 resource_uses = Table(
     "resource_uses",

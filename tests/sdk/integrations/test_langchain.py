@@ -50,8 +50,14 @@ def test_guarded_tool_keeps_name_and_schema():
 def test_denied_tool_call_becomes_a_tool_message(sdk: Client):
     """Invoked with a tool call, a denial comes back as a ToolMessage the agent can read."""
     with sdk.task("billing.refund", REFUND, ttl=60):
-        msg = guarded_refund.invoke({"name": "refund", "args": {"ticket_id": "X-1", "amount_cents": 3},
-                                     "id": "call-1", "type": "tool_call"})
+        msg = guarded_refund.invoke(
+            {
+                "name": "refund",
+                "args": {"ticket_id": "X-1", "amount_cents": 3},
+                "id": "call-1",
+                "type": "tool_call",
+            }
+        )
     assert isinstance(msg, ToolMessage) and str(msg.content).startswith("TETHER_DENIED") and ran == []
 
 

@@ -75,6 +75,7 @@ def test_allowed_call_runs_the_tool(sdk: Client, approve: Any, runtime: Any):
 
 def test_guard_tool_wraps_an_existing_function_tool(sdk: Client):
     """guard_tool puts tether in front of a FunctionTool built elsewhere (resource = tool name)."""
+
     @function_tool
     def comment(text: str) -> str:
         """Comment on the ticket."""

@@ -39,6 +39,7 @@ def _reset() -> None:
 
 def _calling(tool: str, args: dict[str, Any]) -> FunctionModel:
     """A scripted model: call ``tool`` once, then answer with what the tool returned."""
+
     def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         returns = [p for m in messages for p in getattr(m, "parts", ()) if isinstance(p, ToolReturnPart)]
         if returns:
@@ -58,8 +59,10 @@ def test_test_model_run_completes_with_denial(sdk: Client):
 
 def test_approval_required_is_told_to_the_model(sdk: Client):
     """A refund naming a ticket needs approval; the model reads the approval id."""
-    agent = Agent(_calling("refund", {"ticket_id": "T-5", "amount_cents": 10}),
-                  tools=[tether_tool(refund, action="tool:call", resource="billing.refund")])
+    agent = Agent(
+        _calling("refund", {"ticket_id": "T-5", "amount_cents": 10}),
+        tools=[tether_tool(refund, action="tool:call", resource="billing.refund")],
+    )
     with sdk.task("billing.refund", REFUND, ttl=60):
         result = agent.run_sync("refund T-5")
     assert "approval_id=apr_" in result.output and ran == []
@@ -67,8 +70,10 @@ def test_approval_required_is_told_to_the_model(sdk: Client):
 
 def test_allowed_tool_with_run_context_runs(sdk: Client):
     """A tool taking RunContext runs when allowed; the context is not sent to policy."""
-    agent = Agent(_calling("lookup_invoice", {"invoice": "INV-1"}),
-                  tools=[tether_tool(lookup_invoice, action="read", resource="billing.invoices")])
+    agent = Agent(
+        _calling("lookup_invoice", {"invoice": "INV-1"}),
+        tools=[tether_tool(lookup_invoice, action="read", resource="billing.invoices")],
+    )
     with sdk.task("billing.refund", REFUND, ttl=60):
         result = agent.run_sync("find INV-1")
     assert result.output == "invoice INV-1" and ran == ["INV-1"]
@@ -76,7 +81,9 @@ def test_allowed_tool_with_run_context_runs(sdk: Client):
 
 def test_no_task_is_a_readable_refusal():
     """Outside a task the tool refuses (no_active_task) and never runs."""
-    agent = Agent(_calling("refund", {"ticket_id": "T-1", "amount_cents": 1}),
-                  tools=[tether_tool(refund, action="tool:call", resource="billing.refund")])
+    agent = Agent(
+        _calling("refund", {"ticket_id": "T-1", "amount_cents": 1}),
+        tools=[tether_tool(refund, action="tool:call", resource="billing.refund")],
+    )
     result = agent.run_sync("refund")
     assert "no_active_task" in result.output and ran == []

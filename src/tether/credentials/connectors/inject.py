@@ -34,9 +34,11 @@ class InjectConnector:
     def mint(self, req: MintRequest) -> Minted:
         header, value = self._secrets.get(secret_name(req.resource))
         header = str(req.resource.options.get("header", header))
-        return Minted(for_agent={"kind": "inject", "expires_at": req.lease.expires_at},
-                      for_enforcer={"kind": "inject", "header": header, "value": value},
-                      material={"secret": secret_name(req.resource), "header": header})
+        return Minted(
+            for_agent={"kind": "inject", "expires_at": req.lease.expires_at},
+            for_enforcer={"kind": "inject", "header": header, "value": value},
+            material={"secret": secret_name(req.resource), "header": header},
+        )
 
     def revoke(self, lease: Lease) -> None:
         return None

@@ -40,9 +40,15 @@ class JwtConnector:
         lease, task = req.lease, req.task
         key = self._keys.signing_key()
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": lease.audience, "sub": task.agent, "client_id": task.agent,
-            "txn": task.id, "jti": lease.id, "scope": lease.scope,
-            "iat": int(lease.issued_at), "nbf": int(lease.issued_at),
+            "iss": self.issuer,
+            "aud": lease.audience,
+            "sub": task.agent,
+            "client_id": task.agent,
+            "txn": task.id,
+            "jti": lease.id,
+            "scope": lease.scope,
+            "iat": int(lease.issued_at),
+            "nbf": int(lease.issued_at),
             # Never round up past the lease (and so the task): floor the expiry.
             "exp": int(lease.expires_at),
         }
@@ -50,9 +56,15 @@ class JwtConnector:
         if act:
             claims["act"] = act
         token = sign_jwt(claims, key.private_key, kid=key.kid, typ=ACCESS_TOKEN_TYP)
-        return Minted(for_agent={"kind": "jwt", "token": token, "expires_at": float(claims["exp"]),
-                                 "audience": lease.audience},
-                      material={"kid": key.kid})
+        return Minted(
+            for_agent={
+                "kind": "jwt",
+                "token": token,
+                "expires_at": float(claims["exp"]),
+                "audience": lease.audience,
+            },
+            material={"kid": key.kid},
+        )
 
     def revoke(self, lease: Lease) -> None:
         return None  # the feed entry written with the lease change is the revocation

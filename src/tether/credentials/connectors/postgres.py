@@ -48,8 +48,11 @@ from tether.errors import Forbidden, Unavailable
 ROLE_PREFIX = "tether_l_"
 _ROLE_RE = re.compile(r"^tether_l_[a-z0-9]{8,48}$")
 _PRIVILEGES: Mapping[str, tuple[str, ...]] = {
-    "read": ("SELECT",), "list": ("SELECT",), "http:read": ("SELECT",),
-    "write": ("SELECT", "INSERT", "UPDATE"), "http:write": ("SELECT", "INSERT", "UPDATE"),
+    "read": ("SELECT",),
+    "list": ("SELECT",),
+    "http:read": ("SELECT",),
+    "write": ("SELECT", "INSERT", "UPDATE"),
+    "http:write": ("SELECT", "INSERT", "UPDATE"),
     "delete": ("SELECT", "DELETE"),
 }
 _SESSION_WAIT_S = 5.0
@@ -86,16 +89,19 @@ def _qualified(name: str) -> sql.Composable:
 def _fail(service: str, what: str, exc: Exception) -> Unavailable:
     # Only the SQLSTATE and class: psycopg messages may quote statements.
     state = getattr(exc, "sqlstate", None) or "-"
-    return Unavailable(f"postgres connector for `{service}` could not {what} "
-                       f"({type(exc).__name__}, sqlstate {state})", code="connector_failed")
+    return Unavailable(
+        f"postgres connector for `{service}` could not {what} ({type(exc).__name__}, sqlstate {state})",
+        code="connector_failed",
+    )
 
 
 class PostgresConnector:
     name = "postgres"
     offline_revoke = False
 
-    def __init__(self, admin_dsns: Mapping[str, str], *, tag: str, connect_timeout: int = 5,
-                 max_connections: int = 5) -> None:
+    def __init__(
+        self, admin_dsns: Mapping[str, str], *, tag: str, connect_timeout: int = 5, max_connections: int = 5
+    ) -> None:
         self._dsns = {k: _libpq(v) for k, v in admin_dsns.items()}
         self._tag = tag  # tells this broker's roles from another deployment's on a shared server
         self._timeout = connect_timeout
@@ -105,13 +111,16 @@ class PostgresConnector:
     def _connect(self, service: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         dsn = self._dsns.get(service)
         if dsn is None:
-            raise Unavailable(f"no admin connection configured for `{service}`; set "
-                              f"`credentials.postgres.{service}`", code="connector_not_configured")
+            raise Unavailable(
+                f"no admin connection configured for `{service}`; set `credentials.postgres.{service}`",
+                code="connector_not_configured",
+            )
         try:
             return psycopg.connect(dsn, connect_timeout=self._timeout, autocommit=autocommit)
         except psycopg.Error as exc:
-            raise Unavailable(f"postgres for `{service}` is unreachable; the action is denied",
-                              code="connector_unavailable") from exc
+            raise Unavailable(
+                f"postgres for `{service}` is unreachable; the action is denied", code="connector_unavailable"
+            ) from exc
 
     def _agent_dsn(self, resource: Resource, user: str, password: str) -> str:
         info = conninfo_to_dict(self._dsns[resource.service])
@@ -132,12 +141,12 @@ class PostgresConnector:
         tables = [str(t) for t in res.options.get("tables") or []]
         schemas = [str(s) for s in res.options.get("schemas") or []]
         if not tables and not schemas:
-            raise Unavailable(f"the catalog names no `tables` or `schemas` for `{res.id}`",
-                              code="connector_misconfigured")
+            raise Unavailable(
+                f"the catalog names no `tables` or `schemas` for `{res.id}`", code="connector_misconfigured"
+            )
         privs = sorted({p for a in req.actions for p in _PRIVILEGES.get(a, ())})
         if not privs:
-            raise Forbidden(f"no database privilege maps to `{', '.join(req.actions)}`",
-                            code="no_privileges")
+            raise Forbidden(f"no database privilege maps to `{', '.join(req.actions)}`", code="no_privileges")
         role = role_name(lease.id)
         password = secrets.token_urlsafe(24)
         until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat()
@@ -147,30 +156,49 @@ class PostgresConnector:
         conn = self._connect(res.service)
         try:
             with conn.transaction():
-                conn.execute(sql.SQL(
-                    "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
-                    "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}").format(
-                        r, sql.Literal(self._max_conn), sql.Literal(scram_verifier(password)),
-                        sql.Literal(until)))
-                conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                    r, sql.Literal(f"tether:{self._tag} lease {lease.id} task {lease.task_id}")))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
+                        "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}"
+                    ).format(
+                        r,
+                        sql.Literal(self._max_conn),
+                        sql.Literal(scram_verifier(password)),
+                        sql.Literal(until),
+                    )
+                )
+                conn.execute(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        r, sql.Literal(f"tether:{self._tag} lease {lease.id} task {lease.task_id}")
+                    )
+                )
                 failpoints.hit("pg.after_create_role")
                 for schema in usage:
                     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), r))
                 for table in tables:
                     conn.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(priv_sql, _qualified(table), r))
                 for schema in schemas:
-                    conn.execute(sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
-                        priv_sql, sql.Identifier(schema), r))
+                    conn.execute(
+                        sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+                            priv_sql, sql.Identifier(schema), r
+                        )
+                    )
                 failpoints.hit("pg.after_grants")
             failpoints.hit("pg.after_commit")
         except psycopg.Error as exc:
             raise _fail(res.service, "create the role", exc) from None
         finally:
             conn.close()
-        return Minted(for_agent={"kind": "postgres", "dsn": self._agent_dsn(res, role, password),
-                                 "username": role, "password": password, "expires_at": lease.expires_at},
-                      material={"role": role, "service": res.service})
+        return Minted(
+            for_agent={
+                "kind": "postgres",
+                "dsn": self._agent_dsn(res, role, password),
+                "username": role,
+                "password": password,
+                "expires_at": lease.expires_at,
+            },
+            material={"role": role, "service": res.service},
+        )
 
     def revoke(self, lease: Lease) -> None:
         role = str(lease.material.get("role", ""))
@@ -188,8 +216,9 @@ class PostgresConnector:
             r = sql.Identifier(role)
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(r))
             deadline = time.monotonic() + _SESSION_WAIT_S
-            while conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                               "WHERE usename = %s", (role,)).fetchone() != (0,):
+            while conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s", (role,)
+            ).fetchone() != (0,):
                 if time.monotonic() > deadline:
                     raise Unavailable(f"sessions of `{role}` did not end", code="connector_failed")
                 time.sleep(0.02)  # backends exit asynchronously after the signal
@@ -208,7 +237,9 @@ class PostgresConnector:
         try:
             rows = conn.execute(
                 "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tether\\_l\\_%%' "
-                "AND shobj_description(oid, 'pg_authid') LIKE %s", (f"tether:{self._tag} %",)).fetchall()
+                "AND shobj_description(oid, 'pg_authid') LIKE %s",
+                (f"tether:{self._tag} %",),
+            ).fetchall()
         except psycopg.Error as exc:
             raise _fail(service, "list roles", exc) from None
         finally:

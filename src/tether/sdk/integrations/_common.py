@@ -16,13 +16,17 @@ def model_message(exc: TetherError) -> str:
     Only the broker's safe fields go in (code, reasons, ids) — never tokens or secrets.
     """
     if isinstance(exc, ApprovalRequired):
-        return (f"TETHER_APPROVAL_REQUIRED: this call needs a human's approval "
-                f"(approval_id={exc.approval_id}, decision_id={exc.decision_id}). Do not retry with "
-                "different arguments; tell the user an approval is pending.")
+        return (
+            f"TETHER_APPROVAL_REQUIRED: this call needs a human's approval "
+            f"(approval_id={exc.approval_id}, decision_id={exc.decision_id}). Do not retry with "
+            "different arguments; tell the user an approval is pending."
+        )
     if isinstance(exc, Denied):
         why = "; ".join(r.message for r in exc.reasons) or exc.code
-        return (f"TETHER_DENIED ({exc.code}): {why} (decision_id={exc.decision_id}). "
-                "This action is not allowed for the current task; do not retry it.")
+        return (
+            f"TETHER_DENIED ({exc.code}): {why} (decision_id={exc.decision_id}). "
+            "This action is not allowed for the current task; do not retry it."
+        )
     return f"TETHER_ERROR ({exc.code}): {exc.message}. The tool did not run."
 
 

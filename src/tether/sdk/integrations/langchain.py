@@ -30,8 +30,13 @@ if TYPE_CHECKING:
 __all__ = ["guard_tool", "tether_tool"]
 
 
-def guard_tool(tool: BaseTool, *, action: str = "tool:call", resource: str | None = None,
-               wait_for_approval: float | None = None) -> BaseTool:
+def guard_tool(
+    tool: BaseTool,
+    *,
+    action: str = "tool:call",
+    resource: str | None = None,
+    wait_for_approval: float | None = None,
+) -> BaseTool:
     """A tool with ``tool``'s name, description and schema that asks tether before each call.
 
     ``resource`` defaults to the tool's name (so catalog tool ids can match tool names).
@@ -59,24 +64,36 @@ def guard_tool(tool: BaseTool, *, action: str = "tool:call", resource: str | Non
             if isinstance(task, AsyncTask):
                 await task.authorize(action, res, args, wait_for_approval=wait_for_approval)
             else:
-                await asyncio.to_thread(task.authorize, action, res, args,
-                                        wait_for_approval=wait_for_approval)
+                await asyncio.to_thread(
+                    task.authorize, action, res, args, wait_for_approval=wait_for_approval
+                )
         except TetherError as exc:
             return model_message(exc)
         return await tool.ainvoke(kwargs)
 
     return StructuredTool.from_function(
-        func=sync_call, coroutine=async_call, name=tool.name, description=tool.description,
-        args_schema=tool.args_schema, return_direct=tool.return_direct, infer_schema=False)
+        func=sync_call,
+        coroutine=async_call,
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema,
+        return_direct=tool.return_direct,
+        infer_schema=False,
+    )
 
 
-def tether_tool(*, action: str, resource: str | None = None,
-                wait_for_approval: float | None = None) -> Callable[[Callable[..., Any]], BaseTool]:
+def tether_tool(
+    *, action: str, resource: str | None = None, wait_for_approval: float | None = None
+) -> Callable[[Callable[..., Any]], BaseTool]:
     """``@tool`` + tether in one: ``@tether_tool(action="read", resource="crm.customers")``."""
     from langchain_core.tools import StructuredTool
 
     def decorate(fn: Callable[..., Any]) -> BaseTool:
-        return guard_tool(StructuredTool.from_function(fn), action=action, resource=resource,
-                          wait_for_approval=wait_for_approval)
+        return guard_tool(
+            StructuredTool.from_function(fn),
+            action=action,
+            resource=resource,
+            wait_for_approval=wait_for_approval,
+        )
 
     return decorate

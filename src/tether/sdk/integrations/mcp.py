@@ -51,10 +51,16 @@ def _bound(token: str) -> bool:
     return isinstance(claims, dict) and "cnf" in claims
 
 
-def gateway_server_params(task: Task | AsyncTask, *, server: str, upstream: Sequence[str] | str,
-                          broker_url: str, gateway_svid_file: str | Path | None = None,
-                          env: Mapping[str, str] | None = None,
-                          record_arguments: bool = False) -> StdioServerParameters:
+def gateway_server_params(
+    task: Task | AsyncTask,
+    *,
+    server: str,
+    upstream: Sequence[str] | str,
+    broker_url: str,
+    gateway_svid_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    record_arguments: bool = False,
+) -> StdioServerParameters:
     """``StdioServerParameters`` that launch the gateway for ``task`` in front of ``upstream``.
 
     Use them anywhere an MCP client takes a stdio server (the ``mcp`` SDK, or an agent
@@ -64,8 +70,11 @@ def gateway_server_params(task: Task | AsyncTask, *, server: str, upstream: Sequ
     from mcp import StdioServerParameters
 
     if _bound(task.token):
-        raise ConfigError("this task's token is DPoP-bound and cannot travel over stdio; open the task "
-                          "with `Client(..., dpop=False)` for a stdio MCP gateway", code="token_bound")
+        raise ConfigError(
+            "this task's token is DPoP-bound and cannot travel over stdio; open the task "
+            "with `Client(..., dpop=False)` for a stdio MCP gateway",
+            code="token_bound",
+        )
     if unverified_expiry(task.token) is None:
         raise ConfigError("the task token is not a JWT", code="invalid_token")
     command = upstream if isinstance(upstream, str) else shlex.join(upstream)
@@ -82,15 +91,28 @@ def gateway_server_params(task: Task | AsyncTask, *, server: str, upstream: Sequ
 
 
 @contextlib.asynccontextmanager
-async def gateway_session(task: Task | AsyncTask, *, server: str, upstream: Sequence[str] | str,
-                          broker_url: str, gateway_svid_file: str | Path | None = None,
-                          env: Mapping[str, str] | None = None,
-                          **kwargs: Any) -> AsyncIterator[ClientSession]:
+async def gateway_session(
+    task: Task | AsyncTask,
+    *,
+    server: str,
+    upstream: Sequence[str] | str,
+    broker_url: str,
+    gateway_svid_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[ClientSession]:
     """An initialized ``mcp.ClientSession`` to ``upstream`` through the gateway, for ``task``."""
     from mcp import ClientSession, stdio_client
 
-    params = gateway_server_params(task, server=server, upstream=upstream, broker_url=broker_url,
-                                   gateway_svid_file=gateway_svid_file, env=env, **kwargs)
+    params = gateway_server_params(
+        task,
+        server=server,
+        upstream=upstream,
+        broker_url=broker_url,
+        gateway_svid_file=gateway_svid_file,
+        env=env,
+        **kwargs,
+    )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         yield session

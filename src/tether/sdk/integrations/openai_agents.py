@@ -41,16 +41,25 @@ def tool_error(ctx: RunContextWrapper[Any], error: Exception) -> str:
     return default_tool_error_function(ctx, error)
 
 
-def tether_tool(*, action: str, resource: str | Callable[..., str],
-                arguments: Sequence[str] | Callable[..., Mapping[str, Any]] | None = None,
-                wait_for_approval: float | None = None,
-                **function_tool_kwargs: Any) -> Callable[[Callable[..., Any]], FunctionTool]:
+def tether_tool(
+    *,
+    action: str,
+    resource: str | Callable[..., str],
+    arguments: Sequence[str] | Callable[..., Mapping[str, Any]] | None = None,
+    wait_for_approval: float | None = None,
+    **function_tool_kwargs: Any,
+) -> Callable[[Callable[..., Any]], FunctionTool]:
     """``@function_tool`` + ``@guard`` in one: the tool asks tether before it runs."""
     from agents import function_tool
 
     def decorate(fn: Callable[..., Any]) -> FunctionTool:
-        guarded = guard(action, resource, arguments=arguments, wait_for_approval=wait_for_approval,
-                        exclude=context_params(fn, _CONTEXT_TYPES))(fn)
+        guarded = guard(
+            action,
+            resource,
+            arguments=arguments,
+            wait_for_approval=wait_for_approval,
+            exclude=context_params(fn, _CONTEXT_TYPES),
+        )(fn)
         function_tool_kwargs.setdefault("failure_error_function", tool_error)
         tool: FunctionTool = function_tool(guarded, **function_tool_kwargs)
         return tool
@@ -58,8 +67,13 @@ def tether_tool(*, action: str, resource: str | Callable[..., str],
     return decorate
 
 
-def guard_tool(tool: FunctionTool, *, action: str = "tool:call", resource: str | None = None,
-               wait_for_approval: float | None = None) -> FunctionTool:
+def guard_tool(
+    tool: FunctionTool,
+    *,
+    action: str = "tool:call",
+    resource: str | None = None,
+    wait_for_approval: float | None = None,
+) -> FunctionTool:
     """Put tether in front of an existing ``FunctionTool`` (the tool's JSON arguments go to policy).
 
     ``resource`` defaults to the tool's name, so catalog tool ids can match tool names.
@@ -80,8 +94,9 @@ def guard_tool(tool: FunctionTool, *, action: str = "tool:call", resource: str |
             else:
                 import asyncio
 
-                await asyncio.to_thread(task.authorize, spec.action, res, args,
-                                        wait_for_approval=wait_for_approval)
+                await asyncio.to_thread(
+                    task.authorize, spec.action, res, args, wait_for_approval=wait_for_approval
+                )
         except TetherError as exc:
             return model_message(exc)
         except ValueError:

@@ -31,9 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["tether_tool"]
 
 
-def tether_tool(fn: Callable[..., Any], *, action: str, resource: str | Callable[..., str],
-                arguments: Sequence[str] | Callable[..., Mapping[str, Any]] | None = None,
-                wait_for_approval: float | None = None, **tool_kwargs: Any) -> Tool[Any]:
+def tether_tool(
+    fn: Callable[..., Any],
+    *,
+    action: str,
+    resource: str | Callable[..., str],
+    arguments: Sequence[str] | Callable[..., Mapping[str, Any]] | None = None,
+    wait_for_approval: float | None = None,
+    **tool_kwargs: Any,
+) -> Tool[Any]:
     """A ``pydantic_ai.Tool`` for ``fn`` that asks tether before each call.
 
     The JSON schema the model sees is built from ``fn`` itself; only the call goes through
@@ -41,8 +47,13 @@ def tether_tool(fn: Callable[..., Any], *, action: str, resource: str | Callable
     """
     from pydantic_ai import Tool
 
-    guarded = guard(action, resource, arguments=arguments, wait_for_approval=wait_for_approval,
-                    exclude=context_params(fn, ("RunContext",)))(fn)
+    guarded = guard(
+        action,
+        resource,
+        arguments=arguments,
+        wait_for_approval=wait_for_approval,
+        exclude=context_params(fn, ("RunContext",)),
+    )(fn)
     is_async = inspect.iscoroutinefunction(fn)
 
     @functools.wraps(fn)
