@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
 
 from tether.store import credentials_tables as ct
 
@@ -117,25 +117,36 @@ def _lease(row: Row[Any]) -> Lease:
     )
 
 
+# Minting is on the authorize hot path: statements are built once, parameters bound per
+# call (building `.values(...)` each time costs more than the write).
+_INSERT_LEASE = insert(ct.leases)
+_ACTIVATE = (
+    update(ct.leases)
+    .where(and_(ct.leases.c.id == bindparam("lid"), ct.leases.c.state == LeaseState.PENDING.value))
+    .values(state=LeaseState.ACTIVE.value, material=bindparam("mat"))
+)
+
+
 def insert_lease(conn: Connection, lease: Lease) -> None:
     conn.execute(
-        insert(ct.leases).values(
-            id=lease.id,
-            task_id=lease.task_id,
-            root_task_id=lease.root_task_id,
-            agent=lease.agent,
-            connector=lease.connector,
-            audience=lease.audience,
-            resource=lease.resource,
-            scope=lease.scope,
-            issued_at=lease.issued_at,
-            expires_at=lease.expires_at,
-            state=lease.state.value,
-            revocation=lease.revocation.value,
-            node_id=lease.node_id,
-            material=json.dumps(lease.material, sort_keys=True),
-            attempts=0,
-        )
+        _INSERT_LEASE,
+        {
+            "id": lease.id,
+            "task_id": lease.task_id,
+            "root_task_id": lease.root_task_id,
+            "agent": lease.agent,
+            "connector": lease.connector,
+            "audience": lease.audience,
+            "resource": lease.resource,
+            "scope": lease.scope,
+            "issued_at": lease.issued_at,
+            "expires_at": lease.expires_at,
+            "state": lease.state.value,
+            "revocation": lease.revocation.value,
+            "node_id": lease.node_id,
+            "material": json.dumps(lease.material, sort_keys=True),
+            "attempts": 0,
+        },
     )
 
 
@@ -145,11 +156,7 @@ def get_lease(conn: Connection, lease_id: str) -> Lease | None:
 
 
 def activate(conn: Connection, lease_id: str, material: dict[str, Any]) -> bool:
-    res = conn.execute(
-        update(ct.leases)
-        .where(and_(ct.leases.c.id == lease_id, ct.leases.c.state == LeaseState.PENDING.value))
-        .values(state=LeaseState.ACTIVE.value, material=json.dumps(material, sort_keys=True))
-    )
+    res = conn.execute(_ACTIVATE, {"lid": lease_id, "mat": json.dumps(material, sort_keys=True)})
     return res.rowcount == 1
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from tether import actions as act
 from tether.audit import event as ev
@@ -56,6 +56,13 @@ def lease_fields(lease: Lease) -> dict[str, Any]:
         "agent": lease.agent,
         "lease_id": lease.id,
     }
+
+
+# Locks the task row (PostgreSQL) so an issue and a revoke of one task cannot interleave;
+# built once because it runs on every minting allow.
+_LOCK_TASK = (
+    select(t.tasks.c.state, t.tasks.c.expires_at).where(t.tasks.c.id == bindparam("tid")).with_for_update()
+)
 
 
 class Credentials:
@@ -104,9 +111,7 @@ class Credentials:
         return sorted(set(found)) or [(act.CREDENTIAL_ISSUE, resource.id)]
 
     def _lock_task(self, u: Unit, task: Task, now: float) -> None:
-        row = u.conn.execute(
-            select(t.tasks.c.state, t.tasks.c.expires_at).where(t.tasks.c.id == task.id).with_for_update()
-        ).first()
+        row = u.conn.execute(_LOCK_TASK, {"tid": task.id}).first()
         if row is None or row[0] != TaskState.ACTIVE.value or row[1] <= now:
             raise Conflict(f"task `{task.id}` is no longer active", code="task_not_active")
 
