@@ -118,10 +118,20 @@ def main() -> None:
         rows.append(("sqlite INSERT + COMMIT, WAL (floor)", measure(insert_commit, args.n)))
     rows.append(
         (
-            f"Broker.authorize allow + audit commit ({rt.db.dialect})",
+            f"Broker.authorize allow + jwt credential + audit ({rt.db.dialect})",
             measure(lambda: broker.authorize(token, req), args.n),
         )
     )
+    # The same decision without minting: what the core costs on its own.
+    hooks = list(broker.allow_hooks)
+    broker.allow_hooks.clear()
+    rows.append(
+        (
+            f"Broker.authorize allow + audit, no credential ({rt.db.dialect})",
+            measure(lambda: broker.authorize(token, req), args.n),
+        )
+    )
+    broker.allow_hooks.extend(hooks)
     table(f"authorize hot path, n={args.n}", rows)
     rt.close()
 
