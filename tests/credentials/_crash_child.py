@@ -25,5 +25,7 @@ opened = rt.broker.open_task(
     agent, OpenTaskRequest("support.triage", "crash test", (Grant("read", "analytics.orders"),), 600)
 )
 result = rt.broker.authorize(opened.token, AuthorizeRequest("read", "analytics.orders"))
-print("minted" if result.credential else f"denied {result.decision.code}", flush=True)
+# On a deny, say why (the connector's message carries the SQLSTATE) so a failure is diagnosable.
+reasons = "; ".join(r.message for r in result.decision.reasons)
+print("minted" if result.credential else f"denied {result.decision.code}: {reasons}", flush=True)
 rt.close()
