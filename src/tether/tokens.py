@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import Unauthenticated
-from tether.identity.jwt import sign_jwt, verify_jwt
+from tether.identity.jwt import key_by_kid, sign_jwt, verify_jwt
 from tether.identity.keys import KeyRing
 from tether.model import Task
 
@@ -84,13 +84,9 @@ class TaskTokens:
     def verify(self, token: str, *, now: float) -> TaskTokenClaims:
         """Signature, ``typ``, issuer, audience and expiry; raises ``Unauthenticated``."""
 
-        def key_for(header: Mapping[str, Any], _claims: Mapping[str, Any]) -> Any:
-            kid = header.get("kid")
-            return self._keys.verification_key(kid) if isinstance(kid, str) else None
-
         claims = verify_jwt(
             token,
-            key_for=key_for,
+            key_for=key_by_kid(self._keys.verification_key),
             algorithms=("ES256",),
             audience=self.audience,
             issuer=self.issuer,

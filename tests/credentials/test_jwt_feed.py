@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from tether.credentials import leases as ls
 from tether.identity.jwt import load_jwk, verify_jwt
 from tether.testing import capture_events
@@ -289,13 +291,11 @@ def test_race_issue_and_revoke_leaves_nothing_usable(agent, runtime):
     assert all(introspector.introspect(tok) == {"active": False} for tok in issued)
 
 
-def _pg_only(store_url):
-    import pytest
-
-    if not store_url.startswith("postgresql"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL only")
+# LISTEN/NOTIFY exists on PostgreSQL only: these tests run on that store alone.
+_ON_POSTGRESQL = pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 
 
+@_ON_POSTGRESQL
 def test_closing_a_task_notifies_other_replicas(agent, runtime, store_url):
     """On PostgreSQL the feed append sends NOTIFY, delivered at commit to every replica."""
     import psycopg
@@ -303,7 +303,6 @@ def test_closing_a_task_notifies_other_replicas(agent, runtime, store_url):
     from tether.credentials.connectors.postgres import _libpq
     from tether.credentials.revocation import NOTIFY_CHANNEL
 
-    _pg_only(store_url)
     t = _task(agent)
     dsn = _libpq(runtime.db.engine.url.render_as_string(hide_password=False))
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -313,6 +312,7 @@ def test_closing_a_task_notifies_other_replicas(agent, runtime, store_url):
     assert [n.channel for n in got] == [NOTIFY_CHANNEL]
 
 
+@_ON_POSTGRESQL
 def test_feed_listener_wakes_local_followers_on_notify(runtime, store_url):
     """A replica's LISTEN thread wakes its followers when another replica notifies."""
     import psycopg
@@ -321,7 +321,6 @@ def test_feed_listener_wakes_local_followers_on_notify(runtime, store_url):
     from tether.credentials.connectors.postgres import _libpq
     from tether.credentials.revocation import NOTIFY_CHANNEL, Feed
 
-    _pg_only(store_url)
     feed = Feed(runtime.db)
     stop = threading.Event()
     thread = feed.listen(stop)

@@ -32,7 +32,7 @@ import httpx
 from tether.credentials.connectors.jwt import ACCESS_TOKEN_TYP
 from tether.credentials.revocation import Feed, RevocationEvent
 from tether.errors import TetherError, Unauthenticated, Unavailable
-from tether.identity.jwt import load_jwk, verify_jwt
+from tether.identity.jwt import key_by_kid, load_jwk, verify_jwt
 
 log = logging.getLogger("tether.middleware")
 
@@ -221,13 +221,9 @@ class TetherAuthMiddleware:
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a live credential for this service, or raise ``TetherError``."""
 
-        def key_for(header: Mapping[str, Any], _claims: Mapping[str, Any]) -> Any:
-            kid = header.get("kid")
-            return self.keys.key(kid) if isinstance(kid, str) else None
-
         claims = verify_jwt(
             token,
-            key_for=key_for,
+            key_for=key_by_kid(self.keys.key),
             algorithms=("ES256",),
             audience=self.audience,
             issuer=self.issuer,

@@ -400,6 +400,16 @@ def verify_embedded_jwk_jws(
     return seen["jwk"], claims
 
 
+def key_by_kid(lookup: Callable[[str], Any]) -> KeyLookup:
+    """A ``key_for`` that chooses the key by the header's ``kid`` alone (no ``kid``: none)."""
+
+    def key_for(header: Mapping[str, Any], _claims: Mapping[str, Any]) -> Any:
+        kid = header.get("kid")
+        return lookup(kid) if isinstance(kid, str) else None
+
+    return key_for
+
+
 def sign_jwt(
     claims: Mapping[str, Any],
     private_key: Any,

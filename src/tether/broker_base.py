@@ -1,0 +1,181 @@
+"""What every broker use case shares: its parts, the request and result records, and
+the checks of input against the catalog.
+
+``Broker`` (task lifecycle, in ``tether.broker``) and ``ActionDecisions`` (authorize and
+approvals, in ``tether.decisions``) build on ``BrokerBase``; they are one object at run
+time, split so that each file holds one kind of use case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether import actions
+from tether.audit.chain import AuditChain, Unit
+from tether.audit.event import canonical_json
+from tether.catalog import Catalog, Resource
+from tether.config import Settings
+from tether.errors import (
+    InvalidRequest,
+)
+from tether.identity.spiffe_id import parse_spiffe_id
+from tether.model import (
+    Decision,
+    Delegator,
+    Grant,
+    Task,
+    TaskState,
+)
+from tether.policy.context import (
+    task_context_from_task,
+)
+from tether.policy.engine import PolicyEngine, PolicyPrincipal
+from tether.store.db import Database
+from tether.tokens import TaskTokenClaims, TaskTokens
+
+Clock = Callable[[], float]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(16)}"
+
+
+def args_digest(arguments: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(dict(arguments)).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTaskRequest:
+    intent: str | None
+    description: str
+    scope: tuple[Grant, ...] | None
+    ttl_seconds: int
+    delegation: str | None = None
+    delegator: Delegator | None = None
+    cnf_jkt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedTask:
+    task: Task
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeRequest:
+    action: str
+    resource: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    method: str = ""
+    path: str = ""
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """What a connector minted for one allowed action.
+
+    ``for_agent`` may be returned to the agent (a short-lived access token, a database
+    login); ``for_enforcer`` only ever reaches an enforcement point (an upstream secret
+    to inject) and is never serialized towards the agent or the audit log.
+    """
+
+    lease_id: str
+    # Secret material never goes through repr: a logged result must not leak it.
+    for_agent: Mapping[str, Any] | None = field(default=None, repr=False)
+    for_enforcer: Mapping[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeResult:
+    decision: Decision
+    task: Task | None
+    #: Filled by an allow hook (the credentials layer) on allow.
+    credential: IssuedCredential | None = None
+
+
+#: Called inside the transaction that ends tasks, so leases die with their tasks.
+TasksEndedHook = Callable[[Unit, Sequence[Task], TaskState], None]
+#: Called inside the allow transaction (before its decision event is written); may mint
+#: a credential. Raising denies the action and rolls the whole transaction back.
+AllowHook = Callable[[Unit, Task, Resource, AuthorizeRequest, Decision], IssuedCredential | None]
+#: ``(token, claims, proof)`` → None or raise ``Unauthenticated`` (see ``Broker.token_binding``).
+TokenBinding = Callable[[str, TaskTokenClaims, Any], None]
+
+
+def audit_fields(task: Task) -> dict[str, Any]:
+    return {
+        "task_id": task.id,
+        "root_task_id": task.root_id,
+        "parent_task_id": task.parent_id,
+        "agent": task.agent,
+        "delegator": f"{task.delegator.issuer}#{task.delegator.subject}" if task.delegator else None,
+    }
+
+
+class BrokerBase:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        audit: AuditChain,
+        engine: PolicyEngine,
+        catalog: Catalog,
+        tokens: TaskTokens,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = audit
+        self.engine = engine
+        self.catalog = catalog
+        self.tokens = tokens
+        self.clock = clock
+        self.tasks_ended_hooks: list[TasksEndedHook] = []
+        self.allow_hooks: list[AllowHook] = []
+        #: Checks a task token's sender constraint (DPoP, RFC 9449) right after its signature,
+        #: as ``binding(token, claims, proof)``; raises ``Unauthenticated``. Set by the identity
+        #: layer; without it a bound token is refused (nothing could check its proof).
+        self.token_binding: TokenBinding | None = None
+
+    # -- validation ----------------------------------------------------------------------
+    def _resource(self, resource_id: str, field_name: str = "resource") -> Resource:
+        res = self.catalog.get(resource_id)
+        if res is None:
+            raise InvalidRequest(
+                f"unknown resource `{resource_id}`; it is not in the catalog",
+                code="unknown_resource",
+                field=field_name,
+            )
+        return res
+
+    def _check_scope(self, scope: Sequence[Grant]) -> None:
+        if not scope:
+            raise InvalidRequest("`scope` must name at least one grant", code="invalid_scope")
+        if len(scope) > 100:
+            raise InvalidRequest("`scope` may hold at most 100 grants", code="invalid_scope")
+        for i, g in enumerate(scope):
+            if g.action not in actions.SCOPED:
+                raise InvalidRequest(
+                    f"unknown action `{g.action}`", code="unknown_action", field=f"scope[{i}].action"
+                )
+            self._resource(g.resource, f"scope[{i}].resource")
+
+    def _principal(
+        self, agent: str, attestation: str, tags: Mapping[str, str] | None = None
+    ) -> PolicyPrincipal:
+        return PolicyPrincipal(
+            spiffe_id=agent,
+            trust_domain=parse_spiffe_id(agent).trust_domain,
+            attestation=attestation,
+            tags=dict(tags or {}),
+        )
+
+    def _task_facts(self, task: Task, now: float) -> dict[str, Any]:
+        return task_context_from_task(task, now)
