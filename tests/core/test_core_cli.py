@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tether.testing import TestTrustDomain
+from tether.testing import TestTrustDomain, broker_process
 
 TETHER = str(Path(sys.executable).parent / "tether")
 
@@ -25,20 +25,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"broker exited early: {proc.stdout.read().decode() if proc.stdout else ''}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # bounded poll for a separate process to bind its port
-    raise AssertionError("broker did not become ready")
 
 
 def run(
@@ -59,34 +45,11 @@ def broker():
     # admin socket's directory so that peer credentials, not file modes, are what refuse it.
     base = Path(tempfile.mkdtemp(prefix="tether-cli-"))
     base.chmod(0o711)
-    state = base / "state"
     domain = TestTrustDomain("support.example")
-    run(state, "init")
-    domain.write_jwks(state / "bundle.jwks.json")
-    cfg = (
-        (state / "tether.toml")
-        .read_text()
-        .replace('trust_domain = "support.example"', 'trust_domain = "tether.local"')
-    )  # the test domain is external
-    cfg += '\n[[trust_bundles]]\ntrust_domain = "support.example"\njwks_file = "bundle.jwks.json"\n'
-    cfg += '\n[identity]\ndpop = "optional"   # these tests drive the API with plain bearer tokens\n'
-    (state / "tether.toml").write_text(cfg)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base + "/readyz", proc)
-        yield state, base, domain, proc
+        with broker_process(base / "state", domain) as b:
+            yield b.state_dir, b.url, domain, b.proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tether.testing import TestTrustDomain
+from tether.testing import TestTrustDomain, broker_process
 
 TETHER = str(Path(sys.executable).parent / "tether")
 SECRET = "Bearer sk-cli-test-0123456789"
@@ -30,46 +26,9 @@ def _run(state: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
 
 @pytest.fixture
 def broker(tmp_path):
-    state = tmp_path / "state"
     domain = TestTrustDomain("support.example")
-    _run(state, "init")
-    domain.write_jwks(state / "bundle.jwks.json")
-    cfg = (
-        (state / "tether.toml")
-        .read_text()
-        .replace('trust_domain = "support.example"', 'trust_domain = "tether.local"')
-    )  # the test domain is external
-    cfg += '\n[[trust_bundles]]\ntrust_domain = "support.example"\njwks_file = "bundle.jwks.json"\n'
-    (state / "tether.toml").write_text(cfg)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "TETHER_IDENTITY__DPOP": "optional"}
-    proc = subprocess.Popen(
-        [TETHER, "up", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            assert proc.poll() is None, "broker exited early"
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "broker did not become ready"
-            time.sleep(0.05)  # bounded poll for another process to bind its port
-        yield state, base, domain
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with broker_process(tmp_path / "state", domain) as b:
+        yield b.state_dir, b.url, domain
 
 
 def test_secret_set_from_stdin_then_inject_lease_listed_and_revoked(broker):
