@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tether import linesocket
 from tether.errors import InvalidRequest, TetherError
 from tether.identity import admin_ops, attestor, workload_api
 from tether.runtime import Runtime
@@ -167,7 +168,7 @@ def test_garbage_request_is_a_clean_error(runtime: Runtime) -> None:
     ):
         assert code_of(lambda r=request: workload_api.call(sock(runtime), r)) == code  # type: ignore[misc]
     with socket.socket(socket.AF_UNIX) as s:
-        workload_api.connect_path(s, sock(runtime))
+        linesocket.connect_path(s, sock(runtime))
         s.sendall(b"{not json\n")
         assert b"malformed_json" in s.recv(4096)
 

@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 
 from tether.errors import Unauthenticated
+from tether.linesocket import peer_credentials
 
 #: linux/include/uapi/asm-generic/socket.h; Python does not name it yet.
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
@@ -96,12 +97,6 @@ class _DigestCache:
 
 
 _digests = _DigestCache()
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
 
 
 def peer_pidfd(sock: socket.socket) -> int | None:

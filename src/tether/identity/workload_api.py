@@ -37,6 +37,7 @@ from tether.errors import Conflict, Forbidden, InvalidRequest, TetherError, Unau
 from tether.identity import attestor, registrations
 from tether.identity.jwt import sign_jwt
 from tether.identity.keys import KeyRing
+from tether.linesocket import exchange
 from tether.store.db import Database
 
 log = logging.getLogger("tether.workload_api")
@@ -177,17 +178,6 @@ def _bind_path(sock: socket.socket, path: Path) -> None:
         os.close(dirfd)
 
 
-def connect_path(sock: socket.socket, path: Path) -> None:
-    if len(os.fsencode(path)) < 100:
-        sock.connect(str(path))
-        return
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        sock.connect(f"/proc/self/fd/{dirfd}/{path.name}")
-    finally:
-        os.close(dirfd)
-
-
 class WorkloadApiServer:
     """A threaded Unix-socket server; a bounded pool so a flood of callers cannot pile up threads."""
 
@@ -316,31 +306,19 @@ def _parse_request(raw: bytes) -> dict[str, Any]:
 def call(socket_path: Path | str, request: Mapping[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
     """One request to the Workload API; raises the broker's error as a ``TetherError``."""
     path = Path(socket_path)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        try:
-            connect_path(s, path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unavailable(
-                f"no Workload API is listening on `{path}`; is `tether up` running?",
-                code="workload_api_unavailable",
-            ) from exc
-        except PermissionError as exc:
-            raise Unavailable(
-                f"cannot reach `{path}`: permission denied (set `identity.workload_socket` "
-                "to a path other users can reach)",
-                code="workload_api_unavailable",
-            ) from exc
-        s.sendall(json.dumps(dict(request)).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
+        buf = exchange(path, request, timeout=timeout)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise Unavailable(
+            f"no Workload API is listening on `{path}`; is `tether up` running?",
+            code="workload_api_unavailable",
+        ) from exc
+    except PermissionError as exc:
+        raise Unavailable(
+            f"cannot reach `{path}`: permission denied (set `identity.workload_socket` "
+            "to a path other users can reach)",
+            code="workload_api_unavailable",
+        ) from exc
     try:
         reply = json.loads(buf)
     except ValueError:

@@ -15,14 +15,13 @@ import asyncio
 import json
 import logging
 import os
-import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tether.errors import Forbidden, InvalidRequest, NotFound, TetherError, Unavailable
+from tether.linesocket import exchange, peer_credentials
 from tether.server.parsing import parse_json_object
 
 log = logging.getLogger("tether.admin")
@@ -49,13 +48,6 @@ def operation(name: str) -> Callable[[OpHandler], OpHandler]:
         return fn
 
     return register
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end, from the kernel."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
 
 
 def operator_allowed(uid: int, broker_uid: int | None = None) -> bool:
@@ -132,24 +124,12 @@ class AdminServer:
 
 def call(path: Path, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60) -> Any:
     """Client side: run one admin operation on the broker listening at ``path``."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unavailable(
-                f"no broker is listening on `{path}`; start one with `tether up`", code="broker_not_running"
-            ) from exc
-        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
+        buf = exchange(path, {"op": op, "args": args or {}}, timeout=timeout)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise Unavailable(
+            f"no broker is listening on `{path}`; start one with `tether up`", code="broker_not_running"
+        ) from exc
     if not buf:
         raise Unavailable("the broker closed the admin connection", code="broker_not_running")
     reply = json.loads(buf)
