@@ -94,25 +94,36 @@ class ActionDecisions(BrokerBase):
                 **fields,
             )
 
+    def refuse_body(self, token: str, bad: TetherError) -> None:
+        """A malformed authorize body: the token's signature and claims are checked anyway,
+        so a forged token is refused (and recorded) as forged whatever the body held;
+        otherwise ``bad`` stands. (The sender constraint needs the body; it is not checked.)"""
+        try:
+            self.tokens.verify(token, now=self.clock())
+        except Unauthenticated as exc:
+            self._audit_rejected(exc, AuthorizeRequest(action="", resource=""))
+            raise
+        raise bad
+
+    def _catalog_refusal(self, req: AuthorizeRequest) -> tuple[InvalidRequest | None, Resource | None]:
+        if req.action not in actions.SCOPED:
+            return InvalidRequest(
+                f"unknown action `{req.action}`", code="unknown_action", field="action"
+            ), None
+        resource = self.catalog.get(req.resource)
+        if resource is None:
+            return InvalidRequest(
+                f"unknown resource `{req.resource}`; it is not in the catalog",
+                code="unknown_resource",
+                field="resource",
+            ), None
+        return None, resource
+
     def authorize_claims(
         self, claims: TaskTokenClaims, req: AuthorizeRequest, *, now: float | None = None
     ) -> AuthorizeResult:
         now = self.clock() if now is None else now
-        if req.action not in actions.SCOPED:
-            exc: TetherError = InvalidRequest(
-                f"unknown action `{req.action}`", code="unknown_action", field="action"
-            )
-            self._audit_rejected(exc, req)
-            raise exc
-        resource = self.catalog.get(req.resource)
-        if resource is None:
-            exc = InvalidRequest(
-                f"unknown resource `{req.resource}`; it is not in the catalog",
-                code="unknown_resource",
-                field="resource",
-            )
-            self._audit_rejected(exc, req)
-            raise exc
+        refused, resource = self._catalog_refusal(req)
         digest = args_digest(req.arguments)
         decision_id = new_id("dec")
         with self.audit.unit() as u:
@@ -120,46 +131,71 @@ class ActionDecisions(BrokerBase):
             task, taint = found if found else (None, -1)
             if task is None or task.agent != claims.agent:
                 raise Unauthenticated("the task token names no task of this agent", code="token_unknown_task")
-            # Invariants before policy: a dead task or a grant outside the scope is denied
-            # whatever the policies say.
-            broken: tuple[str, str] | None = None
-            if not task.is_active(now):
-                broken = ("task_not_active", f"task is {task.state.value}")
-            elif not self.catalog.grant_within(Grant(req.action, req.resource), task.scope):
-                broken = ("out_of_scope", f"`{req.action}` on `{req.resource}` is outside the task scope")
-            if broken is not None:
-                code, why = broken
-                decision = Decision(
-                    decision_id,
-                    Outcome.DENY,
-                    (Reason("invariant", why),),
-                    self.engine.bundle.version,
-                    code=code,
-                )
-                self._emit_decision(u, task, req, decision, digest, {})
-                return AuthorizeResult(decision, task)
-            risk = {
-                "calls_last_minute": repo.calls_since(u.conn, task.id, now - 60),
-                "first_use": repo.is_first_use(u.conn, task.agent, resource.id),
-                # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
-                "max_sensitivity_read": max(0, taint),
-            }
-            decision, approval_used = self._decide(u, task, resource, req, risk, digest, decision_id, now)
-            credential = None
-            if decision.allowed:
-                decision, credential = self._on_allow(
-                    u, task, resource, req, decision, risk, approval_used, now
-                )
-            self._emit_decision(
-                u,
-                task,
-                req,
-                decision,
-                digest,
-                risk,
-                approval_used.id if approval_used and decision.allowed else None,
-                credential.lease_id if credential else None,
+            if resource is not None:
+                return self._authorize_task(u, task, taint, resource, req, digest, decision_id, now)
+            # The token verified: an unknown action or resource is a decision of this task
+            # like any other (traced, searchable by agent, counted as a call), then a 400.
+            assert refused is not None
+            decision = Decision(
+                decision_id,
+                Outcome.DENY,
+                (Reason("invariant", refused.message),),
+                self.engine.bundle.version,
+                code=refused.code,
             )
+            self._emit_decision(u, task, req, decision, digest, {})
+        refused.details["decision_id"] = decision_id
+        raise refused
+
+    def _authorize_task(
+        self,
+        u: Unit,
+        task: Task,
+        taint: int,
+        resource: Resource,
+        req: AuthorizeRequest,
+        digest: str,
+        decision_id: str,
+        now: float,
+    ) -> AuthorizeResult:
+        # Invariants before policy: a dead task or a grant outside the scope is denied
+        # whatever the policies say.
+        broken: tuple[str, str] | None = None
+        if not task.is_active(now):
+            broken = ("task_not_active", f"task is {task.state.value}")
+        elif not self.catalog.grant_within(Grant(req.action, req.resource), task.scope):
+            broken = ("out_of_scope", f"`{req.action}` on `{req.resource}` is outside the task scope")
+        if broken is not None:
+            code, why = broken
+            decision = Decision(
+                decision_id,
+                Outcome.DENY,
+                (Reason("invariant", why),),
+                self.engine.bundle.version,
+                code=code,
+            )
+            self._emit_decision(u, task, req, decision, digest, {})
+            return AuthorizeResult(decision, task)
+        risk = {
+            "calls_last_minute": repo.calls_since(u.conn, task.id, now - 60),
+            "first_use": repo.is_first_use(u.conn, task.agent, resource.id),
+            # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
+            "max_sensitivity_read": max(0, taint),
+        }
+        decision, approval_used = self._decide(u, task, resource, req, risk, digest, decision_id, now)
+        credential = None
+        if decision.allowed:
+            decision, credential = self._on_allow(u, task, resource, req, decision, risk, approval_used, now)
+        self._emit_decision(
+            u,
+            task,
+            req,
+            decision,
+            digest,
+            risk,
+            approval_used.id if approval_used and decision.allowed else None,
+            credential.lease_id if credential else None,
+        )
         return AuthorizeResult(decision, task, credential)
 
     def _on_allow(

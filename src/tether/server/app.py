@@ -30,6 +30,7 @@ from tether.runtime import Runtime
 from tether.server.openapi import OPENAPI
 from tether.server.parsing import (
     check_fields,
+    header_int,
     parse_authorize,
     parse_json_object,
     parse_scope,
@@ -110,12 +111,9 @@ class Api:
         self.max_body = runtime.settings.limits.max_body_bytes
 
     async def body(self, request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise InvalidRequest("invalid `Content-Length`", code="invalid_header")
-            if int(length) > self.max_body:
-                raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes", limit=self.max_body)
+        length = header_int(request.headers, "content-length", lo=0, hi=10**18)
+        if length is not None and length > self.max_body:
+            raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes", limit=self.max_body)
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if ctype != "application/json":
             raise InvalidRequest("send `Content-Type: application/json`", code="unsupported_media_type")
@@ -128,9 +126,18 @@ class Api:
         return parse_json_object(b"".join(chunks))
 
     # -- endpoints -------------------------------------------------------------------------
+    def _authenticate(self, token: str) -> Any:
+        identity = self.rt.extras.get("identity")
+        return self.rt.svids.verify(token) if identity is None else identity.authenticate(token)
+
     async def open_task(self, request: Request) -> Response:
         token = bearer(request)
-        doc = await self.body(request)
+        try:
+            doc = await self.body(request)
+        except InvalidRequest:
+            # A forged credential is refused (and recorded) as such whatever the body holds.
+            await run_in_threadpool(self._authenticate, token)
+            raise
         check_fields(doc, ("intent", "description", "scope", "ttl_seconds", "delegation", "delegator_token"))
         delegation = req_str(doc, "delegation", required=False) or None
         delegator_token = (
@@ -232,10 +239,14 @@ class Api:
 
     async def authorize(self, request: Request) -> Response:
         token = bearer(request)
-        req = parse_authorize(await self.body(request), trace_id=trace_id(request))
-        result = await run_in_threadpool(
-            self.rt.broker.authorize, token, req, dpop_proof(request, self.rt.settings.identity.public_url)
-        )
+        proof = dpop_proof(request, self.rt.settings.identity.public_url)
+        try:
+            req = parse_authorize(await self.body(request), trace_id=trace_id(request))
+        except InvalidRequest as bad:
+            # A forged token is refused and recorded as forged, whatever the body holds.
+            await run_in_threadpool(self.rt.broker.refuse_body, token, bad)
+            raise
+        result = await run_in_threadpool(self.rt.broker.authorize, token, req, proof)
         body = result.decision.to_dict()
         if result.credential is not None and result.credential.for_agent is not None:
             body["credential"] = {"lease_id": result.credential.lease_id, **result.credential.for_agent}
