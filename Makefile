@@ -21,7 +21,7 @@ export TETHER_TEST_PG
 PYTEST_ARGS ?=
 UP_ARGS     ?=
 
-.PHONY: help venv up test postgres lint typecheck check bench clean distclean
+.PHONY: help venv up test postgres lint typecheck check bench revision clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -60,6 +60,10 @@ bench: venv ## run every bench/bench_*.py with the venv python
 	@shopt -s nullglob; scripts=(bench/bench_*.py); \
 	if (( $${#scripts[@]} == 0 )); then echo "no bench/bench_*.py scripts"; fi; \
 	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done
+
+revision: venv ## new schema revision from the table changes: make revision m="add x to y"
+	@if [[ -z "$${m:-}" ]]; then echo 'usage: make revision m="what changes"' >&2; exit 2; fi
+	@f=$$($(BIN)/python -m tether.store.revise "$$m" | tail -n1) && $(BIN)/ruff format -q "$$f" && echo "wrote $$f (read it, edit it, commit it)"
 
 clean: ## remove caches and build output (keeps .venv and ./.tether state)
 	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from tether.cli import (
     mcp,
     policy,
     serve,
+    store,
     svid,
     tasks,
     workload,
@@ -35,3 +36,4 @@ def main() -> None:
 
 for module in (serve, tasks, approvals, policy, audit, keys, workload, svid, gateway, mcp, demo, leases):
     module.register(main)
+store.register(main)

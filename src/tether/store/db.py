@@ -72,7 +72,8 @@ class Database:
                 f"invalid store url: {exc.__class__.__name__}", code="config_invalid", field="store"
             ) from exc
 
-    def migrate(self) -> list[int]:
+    def migrate(self) -> list[str]:
+        """Apply pending schema revisions (under the migration lock); return their ids."""
         with self.guard():
             return migrate(self.engine)
 

@@ -2,8 +2,9 @@
 
 Times are POSIX seconds (double precision). JSON documents are stored as text so
 that SQLite and PostgreSQL hold byte-identical values (the audit chain hashes them).
-Modules that own more state (leases, workloads, …) add their tables to ``metadata``
-and a step to ``store.migrations``.
+Modules that own more state (leases, workloads, …) add their tables to ``metadata``;
+every change to a table or index also needs a revision in ``store/schema/versions``
+(``make revision m="…"``; the drift test fails until it exists).
 """
 
 from __future__ import annotations
@@ -21,14 +22,6 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-
-schema_migrations = Table(
-    "schema_migrations",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("name", String(100), nullable=False),
-    Column("applied_at", Float, nullable=False),
-)
 
 signing_keys = Table(
     "signing_keys",

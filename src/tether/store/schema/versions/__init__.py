@@ -1,0 +1,1 @@
+"""One module per schema revision, ``rNNNN_<slug>.py``, ``revision = "NNNN"``; never edit one that shipped."""
