@@ -1,6 +1,6 @@
 # Tether developer entry points. On a fresh clone with only python3, make and git:
 #   make up     create .venv, install, run `tether up` (initializes ./.tether, serves)
-#   make test   create .venv, ensure PostgreSQL binaries, run the full test suite
+#   make test   create .venv, ensure PostgreSQL binaries and Chromium, run the full test suite
 # Run `make help` for the rest.
 
 SHELL := /bin/bash
@@ -21,7 +21,7 @@ export TETHER_TEST_PG
 PYTEST_ARGS ?=
 UP_ARGS     ?=
 
-.PHONY: help venv up test postgres lint typecheck check bench revision clean distclean
+.PHONY: help venv up test postgres chromium lint typecheck check bench revision clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -44,7 +44,10 @@ up: venv ## run the broker (first run initializes ./.tether)
 postgres: ## install PostgreSQL server binaries if initdb is missing (apt-get)
 	@scripts/ensure-postgres
 
-test: venv postgres ## full test suite, sqlite + a throwaway PostgreSQL server
+chromium: ## install headless Chromium if missing (apt-get; HTML report tests)
+	@scripts/ensure-chromium
+
+test: venv postgres chromium ## full test suite, sqlite + a throwaway PostgreSQL server
 	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 lint: venv ## ruff check + ruff format --check

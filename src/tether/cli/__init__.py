@@ -13,6 +13,7 @@ from tether.cli import (
     leases,
     mcp,
     policy,
+    report,
     serve,
     store,
     svid,
@@ -34,6 +35,7 @@ def main() -> None:
     """
 
 
-for module in (serve, tasks, approvals, policy, audit, keys, workload, svid, gateway, mcp, demo, leases):
+_GROUPS = (serve, tasks, approvals, policy, audit, keys, workload, svid, gateway, mcp, demo, leases, report)
+for module in _GROUPS:
     module.register(main)
 store.register(main)

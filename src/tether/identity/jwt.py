@@ -440,6 +440,10 @@ def sign_jwt(
         for part in (header, dict(claims))
     ]
     signing_input = ".".join(enc).encode("ascii")
+    return f"{enc[0]}.{enc[1]}.{b64url_encode(_sign(alg, private_key, signing_input))}"
+
+
+def _sign(alg: str, private_key: Any, signing_input: bytes) -> bytes:
     try:
         _check_key_fits(alg, _public_key(private_key))
     except Unauthenticated as exc:  # a signing-side mismatch is a caller bug, not a 401
@@ -458,7 +462,53 @@ def sign_jwt(
         sig = private_key.sign(signing_input, pad, hash_alg)
     else:
         raise ValueError("private_key must be an EC or RSA private key")
-    return f"{enc[0]}.{enc[1]}.{b64url_encode(sig)}"
+    return sig
+
+
+def sign_detached(payload: bytes, private_key: Any, *, kid: str, typ: str, alg: str = "ES256") -> str:
+    """A JWS over ``payload`` with the payload left out (RFC 7515 appendix F): ``header..sig``.
+
+    The signer keeps the exact payload bytes (a file) next to the signature; the verifier
+    puts them back with :func:`verify_detached`.
+    """
+    if alg not in SUPPORTED_ALGORITHMS:
+        raise ValueError(f"unsupported alg `{alg}`")
+    if not _valid_kid(kid):
+        raise ValueError("kid must be 1-128 printable characters")
+    header = b64url_encode(json.dumps({"alg": alg, "kid": kid, "typ": typ}, separators=(",", ":")).encode())
+    signing_input = f"{header}.{b64url_encode(payload)}".encode("ascii")
+    return f"{header}..{b64url_encode(_sign(alg, private_key, signing_input))}"
+
+
+def verify_detached(
+    jws: str,
+    payload: bytes,
+    *,
+    key_for: KeyLookup,
+    algorithms: Collection[str],
+    typ: Collection[str],
+    max_bytes: int = 64 * 1024 * 1024,
+) -> dict[str, Any]:
+    """Verify a detached JWS over ``payload`` with every header rule of :func:`verify_jwt`;
+    return the payload parsed as a strict JSON object. Raises ``Unauthenticated``."""
+    if isinstance(algorithms, str) or isinstance(typ, str):
+        raise TypeError("algorithms and typ must be collections of strings, not a string")
+    allowed = frozenset(algorithms)
+    if not allowed or not allowed <= SUPPORTED_ALGORITHMS:
+        raise ValueError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}")
+    parts = jws.strip().split(".") if isinstance(jws, str) else []
+    if len(parts) != 3 or parts[1]:
+        raise _fail("token_malformed", "a detached JWS is `header..signature`")
+    token = f"{parts[0]}.{b64url_encode(payload)}.{parts[2]}"
+    return _verify_jws(
+        token,
+        key_for=key_for,
+        allowed=allowed,
+        typ=typ,
+        require_typ=True,
+        max_bytes=max_bytes,
+        embedded_jwk=False,
+    )
 
 
 # --- JWK helpers (RFC 7517 / 7518 / 7638) --------------------------------------------

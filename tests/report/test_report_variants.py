@@ -1,0 +1,122 @@
+"""Deployments that lack a mechanism show the matching controls as not met.
+
+Each test runs a real broker (in process, on SQLite and on PostgreSQL) through the HTTP
+API, then computes the report from its store and files as `tether report` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tether.errors import InvalidRequest
+from tether.report.build import build_report, collect
+from tether.runtime import Runtime, init_state_dir
+from tether.server.app import create_app
+from tether.store.db import Database
+from tether.testing import TestTrustDomain, make_settings
+
+
+@pytest.fixture
+def deploy(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Iterator[Any]:
+    """Start a prod broker with DPoP optional, minus the named policy files; yield (settings, client)."""
+    runtimes: list[Runtime] = []
+
+    def start(*, drop: tuple[str, ...] = ()) -> tuple[Any, TestClient]:
+        settings = make_settings(
+            tmp_path / "state",
+            store_url=store_url,
+            domain=domain,
+            overrides={"environment": "prod", "identity": {"dpop": "optional"}},
+        )
+        for name in drop:
+            (settings.policy_path / name).unlink()
+        rt = Runtime.start(settings)
+        runtimes.append(rt)
+        rt.extras["credentials"].secrets.set("email", "Bearer sk-test-email-upstream")
+        return settings, TestClient(create_app(rt), raise_server_exceptions=False)
+
+    yield start
+    for rt in runtimes:
+        rt.close()
+
+
+def _flow(client: TestClient, domain: TestTrustDomain, settings: Any) -> list[str]:
+    """Open a triage task (no DPoP proof), read the CRM, try to email out, close; the outcomes."""
+    svid = domain.svid(domain.spiffe_id("orchestrator"), settings.broker_audience)
+    scope = [{"action": "read", "resource": "crm"}, {"action": "tool:call", "resource": "email.send"}]
+    body = {"intent": "support.triage", "description": "t", "ttl_seconds": 300, "scope": scope}
+    opened = client.post("/v1/tasks", json=body, headers={"Authorization": f"Bearer {svid}"})
+    assert opened.status_code == 201, opened.text
+    task = opened.json()
+    auth = {"Authorization": f"Bearer {task['task_token']}"}
+    outcomes = []
+    for action, resource in (("read", "crm.customers"), ("tool:call", "email.send")):
+        r = client.post("/v1/authorize", json={"action": action, "resource": resource}, headers=auth)
+        outcomes.append(r.json()["decision"])
+    assert client.post(f"/v1/tasks/{task['task_id']}/close", headers=auth).status_code == 200
+    return outcomes
+
+
+def _statuses(settings: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    report = build_report(settings, collect(settings, since=time.time() - 600))
+    return {c["id"]: c["status"] for c in report["controls"]}, report["evidence"]
+
+
+def test_dpop_off_shows_sender_constraint_controls_not_met(deploy: Any, domain: TestTrustDomain):
+    """DPoP not required and no task bound: NHI4 not met, ASI03 and tenet 6 short of met."""
+    settings, client = deploy()
+    _flow(client, domain, settings)
+    statuses, ev = _statuses(settings)
+    assert ev["dpop.required"]["value"] is False and ev["dpop.tasks_bound"]["value"] == 0
+    assert statuses["NHI4:2025"] == "not met"
+    assert statuses["ASI03"] != "met" and statuses["SP 800-207 tenet 6"] != "met"
+
+
+def test_taint_rule_removed_shows_exfiltration_controls_not_met(deploy: Any, domain: TestTrustDomain):
+    """Without the taint policy the email-out is allowed and ASI02 and MAESTRO L2 are not met."""
+    settings, client = deploy(drop=("20-taint.cedar",))
+    assert _flow(client, domain, settings) == ["allow", "allow"]
+    statuses, ev = _statuses(settings)
+    assert ev["policy.taint_rule"]["value"] == 0 and ev["decisions.denied_by_taint"]["value"] == 0
+    assert statuses["ASI02"] == "not met" and statuses["MAESTRO L2"] == "not met"
+    assert statuses["SP 800-207 tenet 4"] != "met"
+
+
+def test_taint_rule_present_denies_and_meets_asi02(deploy: Any, domain: TestTrustDomain):
+    """The same flow with the shipped policies: the email-out is denied and ASI02 is met."""
+    settings, client = deploy()
+    assert _flow(client, domain, settings) == ["allow", "deny"]
+    statuses, ev = _statuses(settings)
+    assert ev["decisions.denied_by_taint"]["value"] == 1 and statuses["ASI02"] == "met"
+
+
+def test_renamed_taint_file_is_still_found_by_annotation(deploy: Any, domain: TestTrustDomain):
+    """Rules are found by `@mechanism`, not by file name: a renamed file still counts."""
+    settings, _ = deploy()
+    src = settings.policy_path / "20-taint.cedar"
+    src.rename(settings.policy_path / "99-anything.cedar")
+    from tether.report.facts import policy_facts
+
+    facts = policy_facts(settings.policy_path)
+    assert facts.by_mechanism["taint"] == ("taint-no-external-egress",)
+
+
+def test_store_without_events_is_refused(tmp_path: Path):
+    """A store that holds no audit event yet gives a clear error, not an empty report."""
+    state = tmp_path / "empty"
+    init_state_dir(state)
+    from tether.config import load_settings
+
+    settings = load_settings(state, environ={})
+    db = Database(settings.store_url)
+    db.migrate()
+    db.dispose()
+    with pytest.raises(InvalidRequest) as exc:
+        collect(settings, since=0)
+    assert exc.value.code == "report_no_events"
