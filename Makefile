@@ -59,10 +59,12 @@ typecheck: venv ## mypy --strict on src/tether (settings in pyproject.toml)
 
 check: lint typecheck test ## everything CI can run
 
-bench: venv ## run every bench/bench_*.py with the venv python
+bench: venv ## run every bench/bench_*.py (small n), then print the performance table
 	@shopt -s nullglob; scripts=(bench/bench_*.py); \
 	if (( $${#scripts[@]} == 0 )); then echo "no bench/bench_*.py scripts"; fi; \
-	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done
+	out=$$(mktemp); trap 'rm -f "$$out"' EXIT; \
+	for f in "$${scripts[@]}"; do echo "== $$f"; TETHER_BENCH_OUT=$$out $(BIN)/python "$$f"; done; \
+	$(BIN)/python bench/summary.py "$$out"
 
 revision: venv ## new schema revision from the table changes: make revision m="add x to y"
 	@if [[ -z "$${m:-}" ]]; then echo 'usage: make revision m="what changes"' >&2; exit 2; fi

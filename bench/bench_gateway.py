@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stats import summary
+from _stats import emit, summary
 
 UPSTREAM = """
 import sys, uvicorn
@@ -167,9 +167,9 @@ async def throughput(url: str, headers: dict[str, str], clients: int, seconds: f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("-n", type=int, default=2000, help="sequential requests for latency")
+    ap.add_argument("-n", type=int, default=500, help="sequential requests for latency")
     ap.add_argument("-c", type=int, default=16, help="concurrent clients for throughput")
-    ap.add_argument("-t", type=float, default=10.0, help="seconds of throughput load")
+    ap.add_argument("-t", type=float, default=3.0, help="seconds of throughput load")
     ap.add_argument("--serve-gateway", nargs=3, metavar=("STATE", "PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_gateway:
@@ -204,8 +204,34 @@ def main() -> None:
         for (name, _), (p50, p99) in zip(paths, stats, strict=True):
             print(f"{name:40} {p50:9.0f} {p99:9.0f} {p50 - stats[0][0]:9.0f} {p99 - stats[0][1]:9.0f}")
         print(f"\nthroughput, {args.c} concurrent clients, {args.t:.0f} s, one worker each (req/s)")
+        rates = []
         for name, url in paths:
-            print(f"{name:40} {asyncio.run(throughput(url, auth, args.c, args.t)):9.0f}")
+            rates.append(asyncio.run(throughput(url, auth, args.c, args.t)))
+            print(f"{name:40} {rates[-1]:9.0f}")
+        (d50, d99), (s50, s99), (g50, g99) = stats
+        emit(
+            "gateway_latency",
+            "HTTP gateway with in-process broker, added over direct",
+            unit="µs",
+            p50=g50 - d50,
+            p99=g99 - d99,
+            floor_p50=s50 - d50,
+            floor_p99=s99 - d99,
+            floor=f"proxy-only stub: +{(s50 - d50) / 1000:.2f} / +{(s99 - d99) / 1000:.2f} ms",
+            target="≤ +1 ms p50, ≤ +3 ms p99",
+            met=g50 - d50 <= 1000 and g99 - d99 <= 3000,
+        )
+        emit(
+            "gateway_throughput",
+            f"HTTP gateway throughput, {args.c} clients, one worker",
+            unit="req/s",
+            p50=rates[2],
+            floor_p50=rates[1],
+            floor=f"proxy-only stub {rates[1]:,.0f} req/s; direct {rates[0]:,.0f} req/s",
+            ratio=f"{rates[2] / rates[1]:.2f}× stub",
+            target="≥ 1,000 req/s, ≥ 0.8× stub",
+            met=rates[2] >= 1000 and rates[2] >= 0.8 * rates[1],
+        )
     finally:
         for p in procs:
             p.terminate()

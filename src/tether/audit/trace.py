@@ -9,11 +9,14 @@ whether rows are *missing* is ``verify``'s job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from rich.text import Text
 from rich.tree import Tree
 from sqlalchemy import Connection, select
@@ -139,32 +142,87 @@ def summarize(e: Event) -> str:
     return e.type
 
 
+_COLUMNS = (
+    "chain, seq, ts, type, prev_hash, payload, task_id, root_task_id, parent_task_id, agent, "
+    "delegator, decision_id, lease_id, trace_id, v, hash"
+)
+
+
 def _row_intact(m: Any) -> bool:
     return bool(
         row_hash(
-            chain=m["chain"],
-            seq=m["seq"],
-            ts=m["ts"],
-            type=m["type"],
-            prev_hash=m["prev_hash"],
-            payload_text=m["payload"],
-            task_id=m["task_id"],
-            root_task_id=m["root_task_id"],
-            parent_task_id=m["parent_task_id"],
-            agent=m["agent"],
-            delegator=m["delegator"],
-            decision_id=m["decision_id"],
-            lease_id=m["lease_id"],
-            trace_id=m["trace_id"],
-            v=m["v"],
+            chain=m[0],
+            seq=m[1],
+            ts=m[2],
+            type=m[3],
+            prev_hash=m[4],
+            payload_text=m[5],
+            task_id=m[6],
+            root_task_id=m[7],
+            parent_task_id=m[8],
+            agent=m[9],
+            delegator=m[10],
+            decision_id=m[11],
+            lease_id=m[12],
+            trace_id=m[13],
+            v=m[14],
         )
-        == m["hash"]
+        == m[15]
     )
 
 
-def build_trace(conn: Connection, task_id: str) -> Trace:
-    from tether.audit.verify import row_to_event  # local: verify imports the checkpoint stack
+def _payload(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # what orjson refuses (e.g. > 64-bit ints), json may read
+        return json.loads(text)
 
+
+def _tree_rows(conn: Connection, root_id: str) -> Iterator[tuple[Event, bool]]:
+    """Every event of the tree in time order, each with "its hash matches its content".
+
+    On SQLite the rows come straight from the driver with the canonical body assembled by
+    the database (as in ``verify``'s fast pass); a row it cannot vouch for is re-checked
+    with ``row_hash``, which has the last word.
+    """
+    from tether.audit.verify import SQL_BODY_AFTER_TS, SQL_BODY_BEFORE_TS, fast_intact
+
+    raw = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+    rows: Iterable[Any]
+    if isinstance(raw, sqlite3.Connection):
+        conn.exec_driver_sql("SELECT 1")  # inside this connection's read transaction
+        # Constant SQL (columns and the verify pieces); the root id is bound.
+        sql = f"SELECT {_COLUMNS}, {SQL_BODY_BEFORE_TS}, {SQL_BODY_AFTER_TS} FROM audit_events"  # noqa: S608
+        rows = raw.execute(sql + " WHERE root_task_id = ?", (root_id,)).fetchall()
+    else:
+        rows = conn.exec_driver_sql(
+            f"SELECT {_COLUMNS}, NULL, NULL FROM audit_events WHERE root_task_id = %(r)s",  # noqa: S608
+            {"r": root_id},
+        ).all()
+    # Sorted here rather than by the database: its sorter would carry every wide row.
+    for r in sorted(rows, key=lambda r: (r[2], r[0], r[1])):
+        event = Event(
+            chain=r[0],
+            seq=r[1],
+            ts=r[2],
+            type=r[3],
+            prev_hash=r[4],
+            payload=_payload(r[5]),
+            task_id=r[6],
+            root_task_id=r[7],
+            parent_task_id=r[8],
+            agent=r[9],
+            delegator=r[10],
+            decision_id=r[11],
+            lease_id=r[12],
+            trace_id=r[13],
+            v=r[14],
+            hash=r[15],
+        )
+        yield event, fast_intact(r[16], r[2], r[17], r[15]) or _row_intact(r)
+
+
+def build_trace(conn: Connection, task_id: str) -> Trace:
     root_id = conn.execute(
         select(_E.root_task_id).where(_E.task_id == task_id, _E.root_task_id.is_not(None)).limit(1)
     ).scalar()
@@ -172,10 +230,7 @@ def build_trace(conn: Connection, task_id: str) -> Trace:
         raise NotFound(f"no audit events for task `{task_id}`", code="task_not_found")
     # Only the indexed column: the broker sets root_task_id on every event of a tree (a root
     # task's own events carry its id), and an OR with task_id would defeat the index.
-    rows = conn.execute(
-        select(t.audit_events).where(_E.root_task_id == root_id).order_by(_E.ts, _E.chain, _E.seq)
-    ).all()
-    return assemble(root_id, ((row_to_event(r._mapping), _row_intact(r._mapping)) for r in rows))
+    return assemble(root_id, _tree_rows(conn, root_id))
 
 
 def assemble(root_id: str, events: Iterable[tuple[Event, bool]]) -> Trace:
