@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from tether.audit.checkpoint import store_jwks
 from tether.audit.event import Event
 from tether.audit.verify import row_to_event
 from tether.cli import main
@@ -187,6 +188,20 @@ def test_cli_writes_signed_report_that_verifies_and_detects_tampering(
         main, ["report", "verify", str(out / "report.json"), "--state-dir", str(state), "--json"]
     )
     assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
+    # An auditor with only the broker's public keys (a JWKS file), and one with someone else's.
+    db = Database(load_settings(state, environ={}).store_url)
+    try:
+        with db.read() as conn:
+            keys = list(store_jwks(conn).values())
+    finally:
+        db.dispose()
+    trusted, stranger = tmp_path / "broker-jwks.json", tmp_path / "other-jwks.json"
+    trusted.write_text(json.dumps({"keys": keys}))
+    stranger.write_text(json.dumps({"keys": [{**keys[0], "kid": "someone-else"}]}))
+    args = ["report", "verify", str(out / "report.json"), "--json", "--jwks"]
+    assert runner.invoke(main, [*args, str(trusted)]).exit_code == 0
+    other = runner.invoke(main, [*args, str(stranger)])
+    assert other.exit_code == 1 and json.loads(other.output)["code"] == "unknown_kid"
     doc = (out / "report.json").read_text()
     (out / "report.json").write_text(doc.replace('"met"', '"MET"', 1))
     bad = runner.invoke(

@@ -160,8 +160,9 @@ class Evidence:
     def put(self, key: str, value: Value, events: Iterable[Event] = (), **kw: Any) -> None:
         if key not in EVIDENCE:
             raise KeyError(key)  # a programming error: every key is declared above
-        ids = [eid(e) for e in events]
-        self.metrics[key] = Metric(key, value, tuple(ids[:MAX_IDS]), len(ids), **kw)
+        behind = events if isinstance(events, list | tuple) else list(events)
+        ids = tuple(eid(e) for e in behind[:MAX_IDS])
+        self.metrics[key] = Metric(key, value, ids, len(behind), **kw)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
