@@ -66,6 +66,17 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     max_token_bytes: int = 16 * 1024
     jwt_leeway_seconds: int = 30
+    #: Long-polls and event streams one caller (SPIFFE ID) may hold open at once.
+    max_waits_per_caller: int = 8
+    #: Budget of one request's store work: connect, lock and statement timeouts (ms).
+    store_timeout_ms: int = 2000
+    #: Slow clients: a request's headers, then its body, must arrive within these.
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 30
+    #: An idle keep-alive connection is closed after this long.
+    keepalive_seconds: int = 5
+    #: Open connections one server accepts; beyond, new ones get a 503.
+    max_connections: int = 512
 
 
 def _str_tuple(value: Any, name: str) -> tuple[str, ...]:
@@ -464,6 +475,12 @@ def validate(s: Settings) -> Settings:
         ("approvals.ttl_seconds", s.approvals.ttl_seconds, 1),
         ("limits.max_body_bytes", s.limits.max_body_bytes, 1024),
         ("limits.jwt_leeway_seconds", s.limits.jwt_leeway_seconds, 0),
+        ("limits.max_waits_per_caller", s.limits.max_waits_per_caller, 1),
+        ("limits.store_timeout_ms", s.limits.store_timeout_ms, 100),
+        ("limits.header_timeout_seconds", s.limits.header_timeout_seconds, 1),
+        ("limits.body_timeout_seconds", s.limits.body_timeout_seconds, 1),
+        ("limits.keepalive_seconds", s.limits.keepalive_seconds, 1),
+        ("limits.max_connections", s.limits.max_connections, 8),
     ):
         if value < lo:
             raise bad(name, f"must be at least {lo}")

@@ -10,6 +10,7 @@ lowercase, name the field or value at fault in backticks, and say what to do.
     ├── Forbidden               403  authenticated but not allowed (scope, attenuation)
     ├── NotFound                404  unknown task, approval, delegation
     ├── Conflict                409  state does not allow it (task closed, delegation used)
+    ├── TooManyRequests         429  a per-caller cap reached (concurrent long-polls)
     ├── ConfigError             —    invalid configuration; the process refuses to start
     ├── PolicyError             —    policy set invalid; refused, previous set stays
     └── Unavailable             503  store, audit or connector down: fail closed
@@ -69,6 +70,11 @@ class NotFound(TetherError):
 class Conflict(TetherError):
     status = 409
     default_code = "conflict"
+
+
+class TooManyRequests(TetherError):
+    status = 429
+    default_code = "too_many_requests"
 
 
 class ConfigError(TetherError):

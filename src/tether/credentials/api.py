@@ -14,12 +14,16 @@ themselves with a JWT-SVID for the broker's audience, the same as agents opening
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -29,13 +33,20 @@ from tether import actions
 from tether.broker import AuthorizeRequest
 from tether.credentials.introspection import Introspector
 from tether.credentials.service import Credentials
-from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError
+from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, TooManyRequests
 from tether.runtime import Runtime
 from tether.server.app import Api, bearer, guarded, trace_id
 from tether.server.parsing import check_fields, header_int, query_int, req_str
 
 SSE_POLL = 0.25  # seconds between in-memory checks; the store is read on change or each second
 SSE_HEARTBEAT = 15.0
+#: Threads for feed reads, apart from the pool decisions run in: waiting callers never
+#: hold a thread (they sleep on the event loop), and their short reads cannot crowd out
+#: an authorize call however many of them there are.
+FEED_READERS = anyio.CapacityLimiter(4)
+
+async def _feed_read(fn: Any, *args: Any) -> Any:
+    return await anyio.to_thread.run_sync(fn, *args, limiter=FEED_READERS)
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -48,6 +59,52 @@ class CredentialsApi:
         self.creds = creds
         self.introspector = introspector
         self.api = Api(rt)
+        self.max_waits = rt.settings.limits.max_waits_per_caller
+        self._waits: Counter[str] = Counter()
+        self._head, self._head_at, self._head_busy = 0, 0.0, False
+
+    async def _store_head(self) -> int:
+        """The feed's newest cursor in the store, read at most once a second for all waiters
+        together: how entries committed by other replicas are noticed."""
+        if time.monotonic() - self._head_at >= 1.0 and not self._head_busy:
+            self._head_busy = True
+            try:
+                self._head = await _feed_read(self.creds.feed.head)
+                self._head_at = time.monotonic()
+            finally:
+                self._head_busy = False
+        return self._head
+
+    def _reserve(self, caller: str) -> Callable[[], None]:
+        """Count one open long-poll or stream of ``caller`` (429 past the cap); returns the
+        release, which is safe to call more than once."""
+        if self._waits[caller] >= self.max_waits:
+            raise TooManyRequests(
+                f"`{caller}` already holds {self.max_waits} open waits on the revocation feed; "
+                "close one, or follow the feed with one stream",
+                code="too_many_waits",
+                limit=self.max_waits,
+            )
+        self._waits[caller] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._waits[caller] -= 1
+                if self._waits[caller] <= 0:
+                    del self._waits[caller]
+
+        return release
+
+    @contextlib.contextmanager
+    def _waiting(self, caller: str) -> Iterator[None]:
+        release = self._reserve(caller)
+        try:
+            yield
+        finally:
+            release()
 
     async def _form(self, request: Request) -> dict[str, str]:
         """RFC 7662/7009 bodies are form-encoded; JSON is accepted too. Keys appear once."""
@@ -135,29 +192,59 @@ class CredentialsApi:
         return Response(status_code=200, headers={"Cache-Control": "no-store"})
 
     async def revocations(self, request: Request) -> Response:
-        await run_in_threadpool(self._workload, request)
+        caller = await run_in_threadpool(self._workload, request)
         since = _int_param(request, "since", 0, 0, 2**62)
         limit = _int_param(request, "limit", 500, 1, 1000)
         wait = _int_param(request, "wait", 0, 0, 30)
-        events, cursor = await run_in_threadpool(self.creds.feed.wait, since, float(wait), limit)
+        if wait == 0:
+            events, cursor = await _feed_read(self.creds.feed.since, since, limit)
+        else:
+            with self._waiting(caller):
+                events, cursor = await self._long_poll(since, float(wait), limit)
         return JSONResponse({"events": [e.to_dict() for e in events], "cursor": cursor})
 
+    async def _long_poll(self, since: int, wait: float, limit: int) -> tuple[list[Any], int]:
+        """The feed after ``since``, waiting up to ``wait`` s on the event loop, not a thread:
+        woken by a local commit (the feed's generation) or a newer head in the store."""
+        feed = self.creds.feed
+        deadline = time.monotonic() + wait
+        while True:
+            generation = feed.generation
+            events, cursor = await _feed_read(feed.since, since, limit)
+            if events or time.monotonic() >= deadline:
+                return events, cursor
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(SSE_POLL, max(0.0, deadline - time.monotonic())))
+                if feed.generation != generation or await self._store_head() > cursor:
+                    break
+
     async def stream(self, request: Request) -> Response:
-        await run_in_threadpool(self._workload, request)
+        caller = await run_in_threadpool(self._workload, request)
         last = header_int(request.headers, "last-event-id", lo=0, hi=2**62)
         since = _int_param(request, "since", last or 0, 0, 2**62)
         duration = _int_param(request, "timeout", 300, 1, 3600)
         feed = self.creds.feed
 
+        # The slot is taken here, so a caller past the cap gets a 429 and not an empty
+        # stream; it is given back when the stream ends, or when an unstarted one is dropped.
+        release = self._reserve(caller)
+
         async def events() -> AsyncIterator[str]:
+            try:
+                async for chunk in follow():
+                    yield chunk
+            finally:
+                release()
+
+        async def follow() -> AsyncIterator[str]:
             cursor, deadline = since, time.monotonic() + duration
-            seen_gen, last_read, last_beat = -1, 0.0, time.monotonic()
+            seen_gen, last_beat = -1, time.monotonic()
             yield "retry: 1000\n\n"
             while time.monotonic() < deadline:
                 now = time.monotonic()
-                if feed.generation != seen_gen or now - last_read >= 1.0:
-                    seen_gen, last_read = feed.generation, now
-                    batch, cursor = await run_in_threadpool(feed.since, cursor, 500)
+                if feed.generation != seen_gen or await self._store_head() > cursor:
+                    seen_gen = feed.generation
+                    batch, cursor = await _feed_read(feed.since, cursor, 500)
                     for e in batch:
                         yield f"id: {e.seq}\nevent: revocation\ndata: {json.dumps(e.to_dict())}\n\n"
                     if batch:
@@ -169,8 +256,10 @@ class CredentialsApi:
                     return
                 await asyncio.sleep(SSE_POLL)
 
+        body = events()
+        weakref.finalize(body, release)
         return StreamingResponse(
-            events(),
+            body,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
