@@ -139,7 +139,7 @@ class Runtime:
         engine = PolicyEngine()
         engine.set_catalog(catalog)
         bundle = engine.reload(settings.policy_path)  # raises: a bad set refuses to start
-        db = Database(settings.store_url)
+        db = Database(settings.store_url, timeout_ms=settings.limits.store_timeout_ms)
         db.migrate()
         keys = KeyRing(
             db,

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tether.audit.event import EVENT_FIELDS, EVENT_TYPES, GENESIS_HASH, Event, canonical_json
 from tether.errors import TetherError, Unavailable
@@ -170,7 +171,14 @@ class AuditChain:
     @contextlib.contextmanager
     def unit(self) -> Iterator[Unit]:
         """A transaction whose events commit with it, or not at all."""
-        with self._lock:
+        # Bounded like the store itself: a writer stuck on a frozen store must not make
+        # every other request wait on this lock forever.
+        if not self._lock.acquire(timeout=-1 if self.db.timeout is None else self.db.timeout):
+            raise Unavailable(
+                "the audit log is busy (the store is not answering); the action is denied",
+                code="store_unavailable",
+            )
+        try:
             try:
                 with self.db.engine.begin() as conn:
                     if not self._loaded:
@@ -186,11 +194,17 @@ class AuditChain:
             except SQLAlchemyError as exc:
                 # Reload the head next time: a conflicting writer may have moved it.
                 self._loaded = False
+                # A store that stopped answering (connection cut or pool exhausted) is the
+                # store's failure, not the log's: the same code as every other store use.
+                lost = isinstance(exc, SATimeoutError | OperationalError)
                 raise Unavailable(
-                    "the audit log could not be written; the action is denied", code="audit_unavailable"
+                    "the audit log could not be written; the action is denied",
+                    code="store_unavailable" if lost else "audit_unavailable",
                 ) from exc
             if u.events:
                 self._seq, self._head = u._seq, u._head
+        finally:
+            self._lock.release()
         for ev in u.events:
             with _listeners_lock:
                 listeners = list(_listeners)

@@ -45,6 +45,7 @@ SSE_HEARTBEAT = 15.0
 #: an authorize call however many of them there are.
 FEED_READERS = anyio.CapacityLimiter(4)
 
+
 async def _feed_read(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args, limiter=FEED_READERS)
 

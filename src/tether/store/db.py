@@ -7,13 +7,16 @@ the layers above fail closed without knowing SQLAlchemy's exception tree.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from tether.errors import ConfigError, TetherError, Unavailable
+from tether.store.deadline import Watchdog, unbounded
 from tether.store.migrations import migrate
 
 
@@ -49,21 +52,50 @@ def _sqlite_begin(conn: Connection) -> None:
 class Database:
     """One engine plus helpers; the only place that catches SQLAlchemy errors."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, timeout_ms: int | None = None) -> None:
+        """``timeout_ms`` bounds each use of the store: connecting, waiting for a pooled
+        connection, waiting on a lock, running a statement, and (PostgreSQL) the whole
+        checkout of a connection (``tether.store.deadline``). ``None``: no bound, for
+        tools that run long reads (exports) on purpose."""
         self.url = _normalize_url(url)
+        self.timeout = None if timeout_ms is None else timeout_ms / 1000
+        self.watchdog: Watchdog | None = None
         try:
             if self.url.startswith("sqlite"):
+                # SQLite cannot freeze the way a server can; its only wait is for another
+                # process's write lock, kept at 5 s so busy CI machines do not fail writes.
                 self.engine: Engine = create_engine(
                     self.url,
                     connect_args={"check_same_thread": False, "timeout": 5},
+                    **({} if self.timeout is None else {"pool_timeout": self.timeout}),
                 )
                 event.listen(self.engine, "connect", _sqlite_pragmas)
                 event.listen(self.engine, "begin", _sqlite_begin)
                 self.dialect = "sqlite"
             elif self.url.startswith("postgresql"):
+                bounded: dict[str, Any] = {}
+                if timeout_ms is not None:
+                    bounded = {
+                        "pool_timeout": self.timeout,
+                        "connect_args": {
+                            # libpq's floor is 2 s; the watchdog bounds the rest of a checkout.
+                            "connect_timeout": max(2, math.ceil(timeout_ms / 1000)),
+                            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+                        },
+                    }
                 self.engine = create_engine(
-                    self.url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True
+                    self.url,
+                    pool_size=pool_size,
+                    max_overflow=20,
+                    # A ping before the checkout event could itself hang on a frozen server;
+                    # with a bound, a dead connection fails its first use instead and the pool
+                    # is invalidated (one 503, then fresh connections).
+                    pool_pre_ping=timeout_ms is None,
+                    **bounded,
                 )
+                if self.timeout is not None:
+                    self.watchdog = Watchdog(self.timeout)
+                    self.watchdog.install(self.engine)
                 self.dialect = "postgresql"
             else:
                 raise ConfigError(f"unsupported store url `{url}`", code="config_invalid", field="store")
@@ -74,8 +106,17 @@ class Database:
 
     def migrate(self) -> list[str]:
         """Apply pending schema revisions (under the migration lock); return their ids."""
-        with self.guard():
-            return migrate(self.engine)
+        # Schema changes may wait for another replica's migration and take their time: not
+        # under the request budget (a separate engine without the bounded options).
+        if self.timeout is None or self.dialect != "postgresql":
+            with self.guard(), unbounded():
+                return migrate(self.engine)
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            with self.guard():
+                return migrate(engine)
+        finally:
+            engine.dispose()
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -110,4 +151,6 @@ class Database:
             return False
 
     def dispose(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
         self.engine.dispose()
