@@ -120,3 +120,15 @@ def test_store_without_events_is_refused(tmp_path: Path):
     with pytest.raises(InvalidRequest) as exc:
         collect(settings, since=0)
     assert exc.value.code == "report_no_events"
+
+
+def test_window_too_large_is_refused_not_loaded(deploy: Any, domain: TestTrustDomain, monkeypatch: Any):
+    """Past the in-memory bound a report asks for a narrower window instead of exhausting memory."""
+    from tether.report import facts
+
+    settings, client = deploy()
+    _flow(client, domain, settings)
+    monkeypatch.setattr(facts, "MAX_WINDOW_EVENTS", 3)
+    with pytest.raises(InvalidRequest) as exc:
+        collect(settings, since=time.time() - 600)
+    assert exc.value.code == "report_window_too_large"

@@ -23,7 +23,7 @@ from tether.audit.event import Event
 from tether.audit.verify import VerifyReport, row_to_event, verify_chains
 from tether.catalog import Catalog
 from tether.config import Settings
-from tether.errors import PolicyError
+from tether.errors import InvalidRequest, PolicyError
 from tether.model import Grant
 from tether.policy.loader import load_bundle, load_schema
 from tether.store import tables as t
@@ -34,6 +34,9 @@ _E = t.audit_events.c
 #: an active task this long past its expiry means the reaper is not ending tasks
 OVERDUE_GRACE_SECONDS = 120.0
 _CHUNK = 500
+#: The window's events are held in memory while the evidence is computed (parsed, with
+#: their payloads); past this many, a report refuses and asks for a narrower window.
+MAX_WINDOW_EVENTS = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,18 @@ def gather(
 ) -> Facts:
     """Read the facts of the window ``[since, until)`` through ``conn`` (a snapshot)."""
     total = int(conn.execute(select(func.count()).select_from(t.audit_events)).scalar() or 0)
+    in_window = int(
+        conn.execute(
+            select(func.count()).select_from(t.audit_events).where(_E.ts >= since, _E.ts < until)
+        ).scalar()
+        or 0
+    )
+    if in_window > MAX_WINDOW_EVENTS:
+        raise InvalidRequest(
+            f"the window holds {in_window} audit events, more than a report reads at once "
+            f"({MAX_WINDOW_EVENTS}); narrow it with `--since`/`--until` and report in parts",
+            code="report_window_too_large",
+        )
     rows = conn.execute(
         select(t.audit_events).where(_E.ts >= since, _E.ts < until).order_by(_E.ts, _E.chain, _E.seq)
     )

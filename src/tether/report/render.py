@@ -65,7 +65,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         lines += ["| control | title | status | evidence | why |", "|---|---|---|---|---|"]
         for c in controls:
             shown = "; ".join(f"{ev[k]['label']}: {fmt_value(ev[k])}" for k in c.get("evidence", []))
-            why = c.get("reason") or " ".join(c["why"])
+            why = c.get("reason") or " · ".join(c["why"])
             lines.append(
                 f"| {_md(c['id'])} | {_md(c['title'])} | **{c['status']}** | {_md(shown)} | {_md(why)} |"
             )
