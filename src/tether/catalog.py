@@ -13,10 +13,15 @@ A catalog file (YAML) looks like::
         connector: jwt            # optional: how credentials for it are minted
     tools:
       - {id: crm.lookup, service: crm}
+      - id: files.read_file
+        service: files
+        arguments:                # typed, canonicalized before policy (tether.arguments)
+          path: {type: path, roots: [/data/public, /data/shared]}
     datasets:
       - {id: crm.customers, service: crm, sensitivity: 3}
 
-Tools and datasets inherit any attribute they do not set from their service.
+Tools and datasets inherit any attribute they do not set from their service;
+``arguments`` merge by name (a tool's declaration of an argument replaces its service's).
 Every error names the file and the entry at fault.
 """
 
@@ -31,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from tether.errors import ConfigError
+from tether.arguments import ArgSpec, parse_arg_specs
+from tether.errors import ConfigError, InvalidRequest
 from tether.model import Grant
 
 SENSITIVITY_NAMES = ("public", "internal", "confidential", "restricted")
@@ -52,6 +58,7 @@ class Resource:
     owner: str
     connector: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # connector-specific settings
+    arguments: Mapping[str, ArgSpec] = field(default_factory=dict)  # typed arguments, by name
 
     @property
     def cedar_uid(self) -> dict[str, str]:
@@ -121,6 +128,7 @@ def _parse_entry(raw: Any, kind: str, where: str, services: Mapping[str, Resourc
         "connector",
         "options",
         "description",
+        "arguments",
     }
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -161,7 +169,14 @@ def _parse_entry(raw: Any, kind: str, where: str, services: Mapping[str, Resourc
     options = raw.get("options", parent.options if parent else {})
     if not isinstance(options, dict):
         raise ConfigError(f"{where} ({rid}): `options` must be a mapping", code="catalog_invalid")
-    return Resource(rid, kind, service_id, sensitivity, environment, egress, owner, connector, options)
+    try:
+        declared = parse_arg_specs(raw.get("arguments"), f"{where} ({rid})")
+    except InvalidRequest as exc:
+        raise ConfigError(exc.message, code="catalog_invalid") from None
+    arguments = {**(parent.arguments if parent else {}), **declared}
+    return Resource(
+        rid, kind, service_id, sensitivity, environment, egress, owner, connector, options, arguments
+    )
 
 
 def parse_catalog(doc: Any, source: str = "<memory>") -> Catalog:

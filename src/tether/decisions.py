@@ -182,7 +182,7 @@ class ActionDecisions(BrokerBase):
             # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
             "max_sensitivity_read": max(0, taint),
         }
-        decision, approval_used = self._decide(u, task, resource, req, risk, digest, decision_id, now)
+        decision, approval_used, typed = self._decide(u, task, resource, req, risk, digest, decision_id, now)
         credential = None
         if decision.allowed:
             decision, credential = self._on_allow(u, task, resource, req, decision, risk, approval_used, now)
@@ -195,6 +195,7 @@ class ActionDecisions(BrokerBase):
             risk,
             approval_used.id if approval_used and decision.allowed else None,
             credential.lease_id if credential else None,
+            typed,
         )
         return AuthorizeResult(decision, task, credential)
 
@@ -262,7 +263,8 @@ class ActionDecisions(BrokerBase):
         digest: str,
         decision_id: str,
         now: float,
-    ) -> tuple[Decision, Approval | None]:
+    ) -> tuple[Decision, Approval | None, dict[str, Any]]:
+        """The decision, the approval it used, and the typed arguments as policy saw them."""
         principal = self._principal(task.agent, task.attestation, task.agent_attrs)
         facts = self._task_facts(task, now)
 
@@ -285,19 +287,36 @@ class ActionDecisions(BrokerBase):
             )
 
         result = run(False)
+        typed = result.arguments.audit()
         if result.outcome is not Outcome.APPROVAL_REQUIRED:
-            return Decision(
-                decision_id, result.outcome, tuple(result.reasons), result.policy_version, code=result.code
-            ), None
+            return (
+                Decision(
+                    decision_id,
+                    result.outcome,
+                    tuple(result.reasons),
+                    result.policy_version,
+                    code=result.code,
+                ),
+                None,
+                typed,
+            )
         granted = repo.find_approval(
             u.conn, task.id, req.action, req.resource, digest, [ApprovalState.GRANTED]
         )
         if granted is not None and granted.expires_at > now:
             # Re-decide with the approval in context: other forbids still apply.
             result = run(True)
-            return Decision(
-                decision_id, result.outcome, tuple(result.reasons), result.policy_version, code=result.code
-            ), (granted if result.outcome is Outcome.ALLOW else None)
+            return (
+                Decision(
+                    decision_id,
+                    result.outcome,
+                    tuple(result.reasons),
+                    result.policy_version,
+                    code=result.code,
+                ),
+                (granted if result.outcome is Outcome.ALLOW else None),
+                typed,
+            )
         pending = repo.find_approval(
             u.conn, task.id, req.action, req.resource, digest, [ApprovalState.PENDING]
         )
@@ -329,14 +348,18 @@ class ActionDecisions(BrokerBase):
                 trace_id=req.trace_id,
                 **audit_fields(task),
             )
-        return Decision(
-            decision_id,
-            Outcome.APPROVAL_REQUIRED,
-            tuple(result.reasons),
-            result.policy_version,
-            approval_id=pending.id,
-            code="approval_required",
-        ), None
+        return (
+            Decision(
+                decision_id,
+                Outcome.APPROVAL_REQUIRED,
+                tuple(result.reasons),
+                result.policy_version,
+                approval_id=pending.id,
+                code="approval_required",
+            ),
+            None,
+            typed,
+        )
 
     def _emit_decision(
         self,
@@ -348,6 +371,7 @@ class ActionDecisions(BrokerBase):
         risk: Mapping[str, Any],
         approval_used: str | None = None,
         lease_id: str | None = None,
+        typed: Mapping[str, Any] | None = None,
     ) -> None:
         payload: dict[str, Any] = {
             "action": req.action,
@@ -367,6 +391,9 @@ class ActionDecisions(BrokerBase):
             payload["approval_used"] = approval_used
         if req.method:
             payload["request"] = {"method": req.method, "path": req.path[:512]}
+        if typed:
+            # Replayable: the canonical values policy read (the raw ones are in args_digest).
+            payload["typed_arguments"] = dict(typed)
         u.emit(
             ev.DECISION,
             payload,

@@ -183,7 +183,11 @@ def test_evaluation_error_denies_where_cedar_would_allow(engine_for: Make, catal
             "principal": {"type": "Tether::Agent", "id": PRINCIPAL.spiffe_id},
             "action": {"type": "Tether::Action", "id": "read"},
             "resource": request.resource.cedar_uid,
-            "context": dict(request.context, call={"__entity": {"type": "Tether::Call", "id": "call"}}),
+            "context": dict(
+                request.context,
+                call={"__entity": {"type": "Tether::Call", "id": "call"}},
+                args={"__entity": {"type": "Tether::Args", "id": "args"}},
+            ),
         },
         bundle.policy_set,
         cedarpy.Entities.from_json_str(
@@ -196,6 +200,11 @@ def test_evaluation_error_denies_where_cedar_would_allow(engine_for: Make, catal
                         "parents": [],
                     },
                     {"uid": {"type": "Tether::Call", "id": "call"}, "attrs": {}, "parents": []},
+                    {
+                        "uid": {"type": "Tether::Args", "id": "args"},
+                        "attrs": {"paths": [], "under": [], "hosts": []},
+                        "parents": [],
+                    },
                 ]
             )
         ),

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 import httpx
 
+from tether.arguments import ArgSpec, parse_arg_specs
 from tether.broker import AuthorizeRequest, AuthorizeResult
 from tether.errors import (
     Conflict,
@@ -66,6 +67,41 @@ class Verdict:
         """What the agent may see: the decision and the policies' own reasons, no credential."""
         keys = ("decision", "decision_id", "code", "reasons", "approval_id", "policy_version")
         return {k: self.decision[k] for k in keys if k in self.decision}
+
+
+_INVARIANT_TEXT = {
+    "task_not_active": "the task is no longer active (closed, expired or revoked); open a new task",
+    "out_of_scope": "this call is outside the task's scope",
+    "path_outside_roots": "a path argument is outside the folders this tool may touch",
+    "argument_invalid": "an argument is not in a form that can be checked",
+    "argument_missing": "a required argument is missing",
+    "arguments_invalid": "the arguments cannot be checked",
+}
+
+
+def refusal_message(verdict: Verdict) -> str:
+    """One line saying which check refused: the task, the scope, an argument invariant,
+    or a policy (by id, with its reason). Never the credential or another tool's name."""
+    public = verdict.public()
+    code = str(public.get("code") or "denied")
+    reasons = [r for r in public.get("reasons", []) if isinstance(r, dict)]
+    decision = public.get("decision_id", "")
+    if verdict.outcome == "approval_required":
+        why = "; ".join(str(r.get("message", "")) for r in reasons) or "policy"
+        return (
+            f"approval required: this call waits for a human ({why}); approval id "
+            f"{public.get('approval_id', '')}. Call again with the same arguments once it is approved."
+        )
+    if code in _INVARIANT_TEXT:
+        detail = "; ".join(str(r.get("message", "")) for r in reasons if r.get("message"))
+        text = _INVARIANT_TEXT[code] + (f" ({detail})" if detail else "")
+        return f"refused ({code}): {text}; decision {decision}"
+    if code == "policy_forbid":
+        named = "; ".join(f"`{r.get('policy_id', '')}`: {r.get('message', '')}" for r in reasons)
+        return f"denied by policy {named}; decision {decision}"
+    if code == "no_permit":
+        return f"denied (no_permit): no policy permits this call; decision {decision}"
+    return f"denied ({code}): the call could not be decided safely; decision {decision}"
 
 
 def task_fields(task: Task | None) -> dict[str, Any] | None:
@@ -148,6 +184,10 @@ class Authorizer(Protocol):
         """Check MCP tool definitions against their pins: ``{tool: "approved" | "changed"}``."""
         ...
 
+    async def tool_arguments(self, resources: Sequence[str]) -> dict[str, dict[str, ArgSpec]]:
+        """The catalog's typed arguments of each resource that declares some."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -192,6 +232,9 @@ class LocalAuthorizer:
         self, server: str, definitions: Mapping[str, Mapping[str, Any]]
     ) -> dict[str, str]:
         return await anyio.to_thread.run_sync(self.pins.observe, server, definitions)
+
+    async def tool_arguments(self, resources: Sequence[str]) -> dict[str, dict[str, ArgSpec]]:
+        return self._service.tool_arguments(self.rt, resources)
 
     async def aclose(self) -> None:
         return None
@@ -315,6 +358,18 @@ class RemoteAuthorizer:
         if not isinstance(states, dict):
             raise Unavailable("the broker's answer was malformed", code="broker_unavailable")
         return {str(k): str(v) for k, v in states.items()}
+
+    async def tool_arguments(self, resources: Sequence[str]) -> dict[str, dict[str, ArgSpec]]:
+        doc = await self._post("/v1/gateway/arguments", {"resources": list(resources)})
+        found = doc.get("arguments")
+        if not isinstance(found, dict):
+            raise Unavailable("the broker's answer was malformed", code="broker_unavailable")
+        try:
+            return {str(rid): parse_arg_specs(specs, f"broker: {rid}") for rid, specs in found.items()}
+        except InvalidRequest as exc:
+            raise Unavailable(
+                f"the broker's answer was malformed: {exc.message}", code="broker_unavailable"
+            ) from None
 
     async def aclose(self) -> None:
         await self._client.aclose()

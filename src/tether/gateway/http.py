@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import anyio
 import httpx
@@ -39,7 +39,7 @@ from tether.errors import (
     Unauthenticated,
     Unavailable,
 )
-from tether.gateway.authorizer import Authorizer, Verdict, upstream_credential_headers
+from tether.gateway.authorizer import Authorizer, Verdict, refusal_message, upstream_credential_headers
 from tether.gateway.routes import Route, RouteTable, Rule
 from tether.identity.dpop import DpopProof
 
@@ -128,6 +128,35 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
         if k.lower() == name:
             return v.decode("latin-1")
     return None
+
+
+def query_arguments(params: dict[str, str], query: bytes) -> dict[str, Any]:
+    """Path parameters plus the query string, as the arguments policy reads.
+
+    A repeated query parameter is a list (a set in ``context.args`` when the catalog types
+    it). A query parameter that repeats a path parameter's name is refused: the upstream
+    may read either, so policy must not see only one.
+    """
+    out: dict[str, Any] = dict(params)
+    if not query:
+        return out
+    try:
+        pairs = parse_qsl(
+            query.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=64
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("the query string is malformed", code="invalid_query") from None
+    for key, value in pairs:
+        if key in params:
+            raise InvalidRequest(
+                f"query parameter `{key[:64]}` repeats a path parameter", code="invalid_query"
+            )
+        if key in out:
+            prev = out[key]
+            out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[key] = value
+    return out
 
 
 class HttpGateway:
@@ -219,7 +248,7 @@ class HttpGateway:
         req = AuthorizeRequest(
             action=rule.action,
             resource=rule.resource,
-            arguments=params,
+            arguments=query_arguments(params, scope.get("query_string") or b""),
             method=method,
             path=path,
             trace_id=trace,
@@ -264,7 +293,7 @@ class HttpGateway:
             headers["retry-after"] = str(self.options.retry_after_seconds)
         else:
             body.setdefault("code", "denied")
-            body["message"] = "policy denied this call"
+            body["message"] = refusal_message(verdict)
         await _send_json(send, 403, body, headers)
 
     async def _forward(

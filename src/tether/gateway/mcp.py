@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -36,10 +37,11 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
+from tether.arguments import ArgSpec, ArgumentRefused, canonicalize, resolve_symlinks
 from tether.audit import event as ev
 from tether.broker import AuthorizeRequest, args_digest
 from tether.errors import InvalidRequest, TetherError, Unauthenticated
-from tether.gateway.authorizer import Authorizer, Verdict
+from tether.gateway.authorizer import Authorizer, Verdict, refusal_message
 from tether.gateway.http import continue_trace
 from tether.gateway.pins import APPROVED
 from tether.identity.dpop import DpopProof
@@ -78,25 +80,17 @@ def _result(code: str, text: str, details: Mapping[str, Any] | None = None) -> t
     )
 
 
+def _unknown_tool(name: str) -> types.CallToolResult:
+    return _result("unknown_tool", f"no tool `{name[:64]}` is available to this task")
+
+
 def refusal(verdict: Verdict) -> types.CallToolResult:
-    """The agent-facing answer for a deny or an approval request: what happened and why."""
+    """The agent-facing answer for a deny or an approval request: which check and why."""
     public = verdict.public()
-    reasons = "; ".join(str(r.get("message", "")) for r in public.get("reasons", []) if isinstance(r, dict))
-    if verdict.outcome == "approval_required":
-        approval = public.get("approval_id", "")
-        return _result(
-            "approval_required",
-            f"approval required: this call waits for a human ({reasons or 'policy'}); approval "
-            f"id {approval}. Call again with the same arguments once it is approved.",
-            public,
-        )
-    code = str(public.get("code") or "denied")
-    return _result(
-        code,
-        f"denied by policy ({code}): {reasons or 'no policy permits this call'}; "
-        f"decision {public.get('decision_id', '')}",
-        public,
+    code = (
+        "approval_required" if verdict.outcome == "approval_required" else str(public.get("code") or "denied")
     )
+    return _result(code, refusal_message(verdict), public)
 
 
 class McpGateway:
@@ -123,6 +117,9 @@ class McpGateway:
         self.session: ClientSession | None = None
         self._tools: dict[str, types.Tool] = {}
         self._states: dict[str, str] = {}
+        self._specs: dict[str, dict[str, ArgSpec]] = {}
+        #: A stdio upstream shares this machine's filesystem: symlinks are resolved here.
+        self.local_upstream = False
         self._fetched = float("-inf")
         self._stale = True
         self._lock = anyio.Lock()
@@ -130,6 +127,7 @@ class McpGateway:
     # -- upstream ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def connect(self, upstream: Upstream) -> AsyncIterator[McpGateway]:
+        self.local_upstream = bool(upstream.command)
         async with contextlib.AsyncExitStack() as stack:
             if upstream.command:
                 params = StdioServerParameters(
@@ -183,6 +181,7 @@ class McpGateway:
             n: t.model_dump(by_alias=True, mode="json", exclude_none=True) for n, t in tools.items()
         }
         self._states = await self.authorizer.observe_tools(self.name, definitions)
+        self._specs = await self.authorizer.tool_arguments([f"{self.name}.{n}" for n in tools])
         self._tools = tools
         self._fetched = time.monotonic()
         self._stale = False
@@ -260,7 +259,7 @@ class McpGateway:
         except TetherError as exc:
             return _result(exc.code, exc.message)
         if name not in self._tools:
-            return _result("unknown_tool", f"`{self.name}` has no tool `{name}`")
+            return _unknown_tool(name)
         if self._states.get(name) != APPROVED:
             # Rug pull (ASI04): the definition is not the one that was approved.
             return _result(
@@ -269,10 +268,15 @@ class McpGateway:
                 f"an operator runs `tether mcp tools approve {self.name} {name}`",
             )
         trace, _ = continue_trace(traceparent)
+        specs = self._specs.get(resource, {})
+        checked = arguments
+        if specs and self.local_upstream:
+            # The upstream opens paths on this machine: decide on what a symlink points at.
+            checked = await anyio.to_thread.run_sync(resolve_symlinks, specs, arguments, os.path.realpath)
         req = AuthorizeRequest(
             action=ACTION,
             resource=resource,
-            arguments=arguments,
+            arguments=checked,
             method="tools/call",
             path=name,
             trace_id=trace,
@@ -280,13 +284,29 @@ class McpGateway:
         try:
             verdict = await self.authorizer.authorize(token, req, proof)
         except TetherError as exc:
+            if exc.code == "unknown_resource":
+                # Not in the catalog: the same answer as a tool the upstream lacks, so a
+                # refusal never tells the agent which unlisted tools the upstream has.
+                return _unknown_tool(name)
             return _result(exc.code, exc.message)
         if not verdict.allowed:
             return refusal(verdict)
-        return await self._forward(verdict, name, arguments, trace)
+        try:
+            # Forward exactly what was decided: the canonical values, not the raw spelling.
+            forward = canonicalize(specs, checked).forward
+        except ArgumentRefused as exc:  # the broker allowed what this side cannot name: refuse
+            return _result(exc.code, exc.message)
+        return await self._forward(verdict, name, forward, trace, raw=arguments, decided=checked)
 
     async def _forward(
-        self, verdict: Verdict, name: str, arguments: dict[str, Any], trace: str
+        self,
+        verdict: Verdict,
+        name: str,
+        arguments: dict[str, Any],
+        trace: str,
+        *,
+        raw: dict[str, Any],
+        decided: dict[str, Any],
     ) -> types.CallToolResult:
         started = time.perf_counter()
         outcome = "ok"
@@ -307,13 +327,15 @@ class McpGateway:
             "server": self.name,
             "tool": name,
             "resource": f"{self.name}.{name}",
-            "args_digest": args_digest(arguments),
+            "args_digest": args_digest(decided),  # the decision's digest: the two link up
             "outcome": outcome,
             "is_error": bool(result.is_error),
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
         if self.record_arguments:
-            payload["arguments"] = arguments  # masked by the audit filters like any payload
+            payload["arguments"] = raw  # as the agent sent them; masked like any payload
+            if raw != arguments:
+                payload["forwarded_arguments"] = arguments
         try:
             with anyio.CancelScope(shield=True):
                 await self.authorizer.record(ev.CALL_FORWARDED, verdict, payload, trace)

@@ -12,6 +12,7 @@ from typing import Any, cast
 import cedarpy
 
 from tether import actions
+from tether.arguments import ArgSpec
 from tether.audit import event as ev
 from tether.errors import InvalidRequest, Unauthenticated
 from tether.identity.spiffe_id import parse_spiffe_id
@@ -105,6 +106,19 @@ def _permits_engine(rt: Any) -> PolicyEngine:
         )
     rt.extras["gateway.permits"] = (bundle.version, catalog, engine)
     return engine
+
+
+def tool_arguments(rt: Any, resources: Sequence[str]) -> dict[str, dict[str, ArgSpec]]:
+    """The typed arguments the catalog declares for each of ``resources`` (those with any),
+    so a gateway can resolve symlinks and forward the canonical values it had checked."""
+    if len(resources) > _MAX_RESOURCES:
+        raise InvalidRequest(f"at most {_MAX_RESOURCES} resources", code="invalid_field", field="resources")
+    out: dict[str, dict[str, ArgSpec]] = {}
+    for rid in resources:
+        resource = rt.catalog.get(rid) if isinstance(rid, str) else None
+        if resource is not None and resource.arguments:
+            out[rid] = dict(resource.arguments)
+    return out
 
 
 def record_call(

@@ -147,6 +147,18 @@ class EnforcerApi:
         )
         return JSONResponse({"recorded": True})
 
+    async def arguments(self, request: Request) -> Response:
+        _, doc = await self._doc(request)
+        check_fields(doc, ("resources",))
+        resources = doc.get("resources")
+        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+            raise InvalidRequest(
+                "`resources` must be a list of catalog ids", code="invalid_field", field="resources"
+            )
+        found = service.tool_arguments(self.rt, resources)
+        body = {rid: {n: spec.to_dict() for n, spec in specs.items()} for rid, specs in found.items()}
+        return JSONResponse({"arguments": body})
+
     async def tools(self, request: Request) -> Response:
         _, doc = await self._doc(request)
         check_fields(doc, ("server", "tools"))
@@ -171,6 +183,7 @@ def install(rt: Any) -> None:
             Route("/v1/gateway/visible", guarded(api.visible), methods=["POST"]),
             Route("/v1/gateway/calls", guarded(api.calls), methods=["POST"]),
             Route("/v1/gateway/tools", guarded(api.tools), methods=["POST"]),
+            Route("/v1/gateway/arguments", guarded(api.arguments), methods=["POST"]),
         ]
     )
 

@@ -2,9 +2,11 @@
 
 The engine holds three immutable cedarpy handles — the schema, the policy set of the
 current :class:`PolicyBundle` and the catalog's entities — and never re-parses them
-per request (see DESIGN.md, "Policy"). A decision adds only a per-request delta of two
-entities: the calling ``Agent`` (its registration attributes as tags) and the ``Call``
-whose tags are the call's arguments, named by ``context.call``.
+per request (see docs/architecture.md, "Policy"). A decision adds only a per-request delta
+of three entities: the calling ``Agent`` (its registration attributes as tags), the
+``Call`` whose tags are the call's arguments (``context.call``) and the ``Args`` whose
+tags are the arguments the catalog types, canonicalized (``context.args``, see
+:mod:`tether.arguments`).
 
 Outcomes and codes (``PolicyResult.code``)::
 
@@ -15,6 +17,9 @@ Outcomes and codes (``PolicyResult.code``)::
                         no permit matched                           no_permit
                         no policy loaded                            no_policy
                         arguments not representable as tags         arguments_invalid
+                        a typed argument refused before policy      path_outside_roots,
+                        (an invariant: no policy is evaluated)      argument_invalid,
+                                                                    argument_missing
                         any Cedar error or exception                policy_error
 
 Cedar skips a policy whose evaluation errors and decides on the rest, so a forbid that
@@ -28,12 +33,13 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cedarpy
 
+from tether.arguments import EMPTY, ArgumentRefused, Canonical, canonicalize
 from tether.catalog import Catalog, Resource
 from tether.errors import InvalidRequest, PolicyError
 from tether.model import Decision, Outcome, Reason, Workload
@@ -56,6 +62,7 @@ _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _MAX_ARGS = 64
 _MAX_ARGS_BYTES = 64 * 1024  # bounds the per-decision parse cost of the Call entity
 _CALL_UID = {"type": "Tether::Call", "id": "call"}
+_ARGS_UID = {"type": "Tether::Args", "id": "args"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,8 @@ class PolicyResult:
     code: str | None = None
     approval_reason: str | None = None  # set when outcome is APPROVAL_REQUIRED
     errors: tuple[str, ...] = ()  # Cedar diagnostics or the exception, for the audit log
+    #: The declared arguments as policy saw them (canonical), for the decision record.
+    arguments: Canonical = EMPTY
 
     @property
     def allowed(self) -> bool:
@@ -127,7 +136,7 @@ def _tag_value(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _call_tags(arguments: Mapping[str, Any]) -> dict[str, str]:
+def _call_tags(arguments: Mapping[str, Any], canonical: Canonical) -> dict[str, str]:
     if len(arguments) > _MAX_ARGS:
         raise InvalidRequest(f"more than {_MAX_ARGS} arguments", code=ARGUMENTS_INVALID)
     tags: dict[str, str] = {}
@@ -135,6 +144,12 @@ def _call_tags(arguments: Mapping[str, Any]) -> dict[str, str]:
     for key, value in arguments.items():
         if not isinstance(key, str) or not _ARG_KEY_RE.match(key):
             raise InvalidRequest(f"invalid argument name `{key!s:.64}`", code=ARGUMENTS_INVALID)
+        if key in canonical.typed:
+            # Typed: never the raw spelling. A list is only a set in `context.args`, so a
+            # `like` over packed JSON text cannot span two of its elements.
+            if key in canonical.scalars:
+                tags[key] = canonical.scalars[key]
+            continue
         try:
             tags[key] = _tag_value(value)
         except (TypeError, ValueError) as exc:
@@ -229,6 +244,10 @@ class PolicyEngine:
         version = state.bundle.version
         try:
             return self._decide(state, request)
+        except ArgumentRefused as exc:
+            return PolicyResult(
+                Outcome.DENY, (Reason("invariant", exc.message),), version, exc.code, errors=(exc.message,)
+            )
         except InvalidRequest as exc:
             return PolicyResult(Outcome.DENY, (), version, exc.code, errors=(exc.message,))
         except Exception as exc:  # fail closed on anything, including bugs here
@@ -241,11 +260,15 @@ class PolicyEngine:
         bundle = state.bundle
         if bundle.policy_set is None:
             return PolicyResult(Outcome.DENY, (), bundle.version, NO_POLICY)
+        resource = request.resource
+        # Invariant before policy: a typed argument that cannot be made canonical, or a
+        # path outside its declared roots, denies whatever the policies say.
+        canonical = canonicalize(resource.arguments, request.arguments)
         delta = [
             _agent_entity(request.principal),
-            {"uid": _CALL_UID, "attrs": {}, "tags": _call_tags(request.arguments), "parents": []},
+            {"uid": _CALL_UID, "attrs": {}, "tags": _call_tags(request.arguments, canonical), "parents": []},
+            canonical.cedar_entity(_ARGS_UID),
         ]
-        resource = request.resource
         if state.catalog is None or state.catalog.get(resource.id) != resource:
             # Not the catalog's entry: send it along. A same-id entry that differs makes
             # Cedar refuse the merge, which denies below.
@@ -253,6 +276,7 @@ class PolicyEngine:
         entities = state.entities.with_added_json_str(json.dumps(delta))
         context = dict(request.context)
         context["call"] = {"__entity": _CALL_UID}  # always ours, never the caller's
+        context["args"] = {"__entity": _ARGS_UID}
         cedar_request = {
             "principal": {"type": "Tether::Agent", "id": request.principal.spiffe_id},
             "action": {"type": "Tether::Action", "id": request.action},
@@ -275,8 +299,9 @@ class PolicyEngine:
                     bundle.version,
                     POLICY_ERROR if errors else NO_PERMIT,
                     errors=tuple(errors),
+                    arguments=canonical,
                 )
-        return result
+        return replace(result, arguments=canonical)
 
 
 def _interpret(
