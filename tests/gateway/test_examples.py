@@ -43,5 +43,5 @@ def test_mcp_example_policy_cases_pass(tmp_path):
     traversal = by_name["dot-dot traversal out of /srv/repos (the old example allowed it)"]
     assert traversal.code == "path_outside_roots"
     assert by_name["NUL byte in a path"].code == "argument_invalid"
-    assert by_name["missing repo_path is not \"no rule applies\""].code == "argument_missing"
+    assert by_name['missing repo_path is not "no rule applies"'].code == "argument_missing"
     assert by_name["list packing, one public and one secret file"].code == "policy_forbid"
