@@ -21,7 +21,9 @@ export TETHER_TEST_PG
 PYTEST_ARGS ?=
 UP_ARGS     ?=
 
-.PHONY: help venv up test postgres chromium lint typecheck check bench revision clean distclean
+MCP_SERVERS := scripts/ensure-mcp-servers
+
+.PHONY: help venv up test postgres chromium mcp-servers lint typecheck check bench revision clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -47,7 +49,10 @@ postgres: ## install PostgreSQL server binaries if initdb is missing (apt-get)
 chromium: ## install headless Chromium if missing (apt-get; HTML report tests)
 	@scripts/ensure-chromium
 
-test: venv postgres chromium ## full test suite, sqlite + a throwaway PostgreSQL server
+mcp-servers: ## install the npm MCP servers the gateway tests drive into ./.node
+	@$(MCP_SERVERS)
+
+test: venv postgres chromium mcp-servers ## full test suite, sqlite + a throwaway PostgreSQL server
 	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 lint: venv ## ruff check + ruff format --check

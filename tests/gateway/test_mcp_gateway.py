@@ -30,7 +30,12 @@ GIT = Upstream(command=[sys.executable, "-m", "mcp_server_git"])
 
 CATALOG_EXTRA = """
   - {id: time, sensitivity: public, environment: prod, egress: internal, owner: team-platform}
-  - {id: git, sensitivity: internal, environment: prod, egress: internal, owner: team-platform}
+  - id: git
+    sensitivity: internal
+    environment: prod
+    egress: internal
+    owner: team-platform
+    arguments: {repo_path: {type: path, roots: [ROOT], required: true}}
 """
 TOOLS_EXTRA = """
   - {id: time.get_current_time, service: time}
@@ -62,7 +67,7 @@ when { resource == Tether::Tool::"git.git_status" || resource == Tether::Tool::"
 @id("mcp-git-one-folder")
 @reason("only repositories under the allowed folder")
 forbid (principal, action == Tether::Action::"tool:call", resource in Tether::Service::"git")
-unless { context.call.hasTag("repo_path") && context.call.getTag("repo_path") like "ALLOWED/*" };
+unless { context.args.under.contains("ALLOWED") };
 """
 CALL_TIME = {"action": "tool:call", "resource": "time.get_current_time"}
 
@@ -95,7 +100,8 @@ def settings(tmp_path, store_url, domain, repos):
         config_extra='\n[identity]\ndpop = "optional"\n',
     )
     catalog = s.catalog_path.read_text()
-    catalog = catalog.replace("\ntools:\n", CATALOG_EXTRA + "\ntools:\n" + TOOLS_EXTRA.lstrip("\n"), 1)
+    extra = CATALOG_EXTRA.replace("ROOT", str(tmp_path))
+    catalog = catalog.replace("\ntools:\n", extra + "\ntools:\n" + TOOLS_EXTRA.lstrip("\n"), 1)
     s.catalog_path.write_text(catalog)
     (s.policy_path / "50-mcp.cedar").write_text(POLICY.replace("ALLOWED", str(repos["allowed"].parent)))
     return s
@@ -295,6 +301,7 @@ def test_revoked_task_token_refused(runtime, agent):
     ok, refused = run(go)
     assert not ok.is_error
     assert refused.is_error and meta(refused)["code"] == "task_not_active"
+    assert "no longer active" in refused.content[0].text and "policy" not in refused.content[0].text
 
 
 def test_missing_task_token_refused(runtime):
@@ -327,6 +334,30 @@ def test_git_repo_path_rule(runtime, agent, repos):
     inside, outside = run(go)
     assert not inside.is_error and "README" in inside.content[0].text
     assert outside.is_error and meta(outside)["code"] == "policy_forbid"
+
+
+def test_git_repo_path_dotdot_traversal_is_denied(runtime, agent, repos):
+    """`allowed/../other/app` is the other repository (policy), `../../..` leaves the roots (invariant)."""
+    token = open_token(agent, [{"action": "tool:call", "resource": "git"}])
+    allowed = str(repos["allowed"].parent)
+
+    async def go() -> list[types.CallToolResult]:
+        async with through_gateway(runtime, token, GIT, "git") as s:
+            return [
+                await s.call_tool("git_status", {"repo_path": f"{allowed}/../other/app"}),
+                await s.call_tool("git_status", {"repo_path": f"{allowed}/%2e%2e/other/app"}),
+                await s.call_tool("git_status", {"repo_path": f"{allowed}/../../../../../etc"}),
+                await s.call_tool("git_status", {}),
+            ]
+
+    sibling, encoded, escape, missing = run(go)
+    assert meta(sibling)["code"] == meta(encoded)["code"] == "policy_forbid"
+    assert "mcp-git-one-folder" in sibling.content[0].text
+    assert (
+        meta(escape)["code"] == "path_outside_roots"
+        and "refused (path_outside_roots)" in escape.content[0].text
+    )
+    assert meta(missing)["code"] == "argument_missing"
 
 
 def test_record_arguments_opt_in(runtime, agent):

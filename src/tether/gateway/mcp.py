@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,8 @@ class McpGateway:
         self.call_timeout = call_timeout
         self.refresh_seconds = refresh_seconds
         self.public_url = public_url
+        #: Set for a task this gateway opened itself (``tether.gateway.session``).
+        self.session_proof: Callable[[], DpopProof] | None = None
         self.session: ClientSession | None = None
         self._tools: dict[str, types.Tool] = {}
         self._states: dict[str, str] = {}
@@ -214,7 +216,8 @@ class McpGateway:
         headers = getattr(request, "headers", None)
         trace = headers.get("traceparent") if headers is not None else None
         if self.task_token is not None:
-            return self.task_token, None, trace
+            # A session task this gateway opened is bound to its key: a fresh proof per call.
+            return self.task_token, self.session_proof() if self.session_proof else None, trace
         header = headers.get("authorization", "") if headers is not None else ""
         scheme, _, token = header.partition(" ")
         if headers is None or scheme.lower() not in ("bearer", "dpop") or not token.strip():
