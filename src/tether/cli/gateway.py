@@ -1,8 +1,9 @@
 """`tether gateway http` and `tether gateway mcp`: run an enforcement point.
 
 Both ask a running broker over HTTP (``--broker``), authenticating as an enforcement
-point with a JWT-SVID (``--svid-file``, re-read on every call so a rotating file works)
-whose SPIFFE ID is listed in the broker's ``[gateway] enforcers``. To run the HTTP
+point with a JWT-SVID whose SPIFFE ID is listed in the broker's ``[gateway] enforcers``:
+from the local Workload API by default (renewed before it expires), or from
+``--svid-file`` (re-read on every call so a rotating file works). To run the HTTP
 gateway inside the broker's own process instead, set ``[gateway] http_routes`` in
 ``tether.toml`` (see docs/gateways.md).
 """
@@ -17,8 +18,28 @@ from pathlib import Path
 
 import click
 
-from tether.cli._common import console, err_console, run
+from tether.cli._common import console, err_console, run, state_dir_option
 from tether.errors import InvalidRequest, Unauthenticated
+
+
+def identity_source(
+    svid_file: Path | None, state_dir: Path, socket: Path | None, audience: str | None, spiffe_id: str | None
+) -> tuple[Callable[[], str], str, Path]:
+    """The gateway's own SVID source, the broker audience and the Workload API socket.
+
+    ``--svid-file``/``TETHER_GATEWAY_SVID`` when given; else the local Workload API of
+    ``--state-dir`` (or ``--workload-socket``), renewed before expiry."""
+    from tether.gateway.identity import GatewayIdentity
+    from tether.sdk.client import local_broker
+    from tether.sdk.svid import WorkloadApiSvid
+
+    if socket is None or audience is None:
+        _, local_audience, local_socket = local_broker(state_dir)
+        audience = audience or local_audience
+        socket = socket or local_socket
+    if svid_file is not None or os.environ.get("TETHER_GATEWAY_SVID"):
+        return svid_source(svid_file), audience, socket
+    return GatewayIdentity(WorkloadApiSvid(socket, spiffe_id=spiffe_id), audience), audience, socket
 
 
 def svid_source(svid_file: Path | None) -> Callable[[], str]:
@@ -59,8 +80,34 @@ svid_option = click.option(
     "--svid-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="TETHER_GATEWAY_SVID_FILE",
-    help="File holding this gateway's JWT-SVID (else TETHER_GATEWAY_SVID).",
+    help="File holding this gateway's JWT-SVID (else TETHER_GATEWAY_SVID, else the Workload API).",
 )
+
+
+def identity_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            state_dir_option,
+            click.option(
+                "--workload-socket",
+                type=click.Path(dir_okay=False, path_type=Path),
+                envvar="TETHER_WORKLOAD_SOCKET",
+                help="The Workload API socket (default: the one of --state-dir).",
+            ),
+            click.option(
+                "--audience",
+                envvar="TETHER_AUDIENCE",
+                help="The broker's SPIFFE ID, the audience of SVIDs (default: from --state-dir).",
+            ),
+            click.option(
+                "--enforcer-id",
+                envvar="TETHER_ENFORCER_ID",
+                help="This gateway's SPIFFE ID, when several registrations match it.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
 
 
 @click.group()
@@ -79,7 +126,17 @@ def gateway() -> None:
 @click.option("--listen", help="HOST:PORT; overrides `gateway.listen` in the routes file.")
 @broker_option
 @svid_option
-def http(config: Path, listen: str | None, broker: str, svid_file: Path | None) -> None:
+@identity_options
+def http(
+    config: Path,
+    listen: str | None,
+    broker: str,
+    svid_file: Path | None,
+    state_dir: Path,
+    workload_socket: Path | None,
+    audience: str | None,
+    enforcer_id: str | None,
+) -> None:
     """Run the HTTP gateway: a reverse proxy over the routes in `--config`.
 
     Agents send their task token as `Authorization: Bearer …`; allowed requests go to the
@@ -95,7 +152,10 @@ def http(config: Path, listen: str | None, broker: str, svid_file: Path | None) 
     host, _, port = (listen or table.options.listen).rpartition(":")
     if not port.isdigit():
         run(lambda: _raise(InvalidRequest("`--listen` must be HOST:PORT", code="invalid_listen")))
-    authorizer = run(lambda: RemoteAuthorizer(broker, svid_source(svid_file)))
+    identity, _, _ = run(
+        lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
+    )
+    authorizer = run(lambda: RemoteAuthorizer(broker, identity))
     app = HttpGateway(table, authorizer)
     console.print(
         f"[green]✓[/] http gateway on [bold]http://{host}:{port}[/] → broker {broker} "
@@ -136,10 +196,20 @@ def http(config: Path, listen: str | None, broker: str, svid_file: Path | None) 
     envvar="TETHER_TASK_TOKEN",
     help="The agent's task token (stdio only; over HTTP each request carries its own).",
 )
+@click.option("--intent", help="stdio: open a task for this session with this intent (no token needed).")
+@click.option(
+    "--scope",
+    "scope",
+    multiple=True,
+    help="stdio session task: a grant ACTION=RESOURCE (e.g. tool:call=fs); repeat for several.",
+)
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Session task lifetime, seconds.")
+@click.option("--agent-id", envvar="TETHER_SPIFFE_ID", help="The SPIFFE ID to open the session task as.")
 @click.option("--record-arguments", is_flag=True, help="Put call arguments (masked) in the audit log.")
 @click.option("--call-timeout", type=float, default=60.0, show_default=True, help="Seconds per tool call.")
 @broker_option
 @svid_option
+@identity_options
 def mcp(
     server: str,
     upstream_cmd: str | None,
@@ -147,33 +217,54 @@ def mcp(
     transport: str,
     listen: str,
     task_token: str | None,
+    intent: str | None,
+    scope: tuple[str, ...],
+    ttl: int,
+    agent_id: str | None,
     record_arguments: bool,
     call_timeout: float,
     broker: str,
     svid_file: Path | None,
+    state_dir: Path,
+    workload_socket: Path | None,
+    audience: str | None,
+    enforcer_id: str | None,
 ) -> None:
     """Run the MCP gateway in front of one MCP server.
 
-    Example (stdio both ways, as an MCP client config would launch it):
+    As a stock MCP client launches it over stdio, opening one DPoP-bound task per session
+    with its identity from the local Workload API (closed when the client disconnects):
 
-      TETHER_TASK_TOKEN=… tether gateway mcp --server time --upstream-cmd "uvx mcp-server-time"
+    \b
+      tether gateway mcp --server fs --intent support.triage --scope tool:call=fs \\
+        --upstream-cmd "npx @modelcontextprotocol/server-filesystem /data"
+
+    Or with a task token the client already holds: TETHER_TASK_TOKEN=… tether gateway mcp …
     """
     import anyio
 
     from tether.gateway.authorizer import RemoteAuthorizer
     from tether.gateway.mcp import McpGateway, Upstream
+    from tether.gateway.session import parse_scope, session_task
+    from tether.sdk.svid import WorkloadApiSvid
 
-    if transport == "stdio" and not task_token:
+    session = transport == "stdio" and not task_token
+    if session and not intent:
         run(
             lambda: _raise(
                 Unauthenticated(
-                    "over stdio the gateway needs the task token: `--task-token` or TETHER_TASK_TOKEN",
+                    "over stdio give `--intent` and `--scope` (the gateway opens a task for the "
+                    "session), or the task token: `--task-token` or TETHER_TASK_TOKEN",
                     code="missing_token",
                 )
             )
         )
+    grants = run(lambda: parse_scope(scope)) if session else []
     upstream = run(lambda: Upstream(command=shlex.split(upstream_cmd or ""), url=upstream_url or ""))
-    authorizer = run(lambda: RemoteAuthorizer(broker, svid_source(svid_file)))
+    identity, broker_audience, socket = run(
+        lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
+    )
+    authorizer = run(lambda: RemoteAuthorizer(broker, identity))
     gw = McpGateway(
         server,
         authorizer,
@@ -182,14 +273,24 @@ def mcp(
         call_timeout=call_timeout,
     )
 
+    async def serve_stdio() -> None:
+        from mcp.server.stdio import stdio_server
+
+        app = gw.server()
+        async with stdio_server() as (read, write):
+            await app.run(read, write, app.create_initialization_options())
+
     async def main() -> None:
         async with gw.connect(upstream):
-            if transport == "stdio":
-                from mcp.server.stdio import stdio_server
-
-                app = gw.server()
-                async with stdio_server() as (read, write):
-                    await app.run(read, write, app.create_initialization_options())
+            if session:
+                agent = WorkloadApiSvid(socket, spiffe_id=agent_id)
+                async with session_task(
+                    broker, broker_audience, agent, intent=str(intent), scope=grants, ttl=ttl
+                ) as task:
+                    gw.task_token, gw.session_proof = task.token, task.proof
+                    await serve_stdio()
+            elif transport == "stdio":
+                await serve_stdio()
             else:
                 import uvicorn
 

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tether.audit import event as ev
+from tether.broker_base import new_id
 from tether.errors import ConfigError, Forbidden, InvalidRequest, TetherError, Unauthenticated
 from tether.gateway import service
 from tether.gateway.authorizer import task_fields
@@ -74,7 +76,19 @@ class EnforcerApi:
             raise Unauthenticated(
                 f"send the gateway's JWT-SVID in `{ENFORCER_HEADER}`", code="enforcer_unauthenticated"
             )
-        workload = self.rt.svids.verify(svid)
+        try:
+            workload = self.rt.svids.verify(svid)
+        except Unauthenticated as exc:
+            self._refused(request, exc)
+            if exc.code == "token_expired":
+                raise Unauthenticated(
+                    "the gateway's own identity (its JWT-SVID) has expired; the gateway must renew "
+                    "it from its Workload API or SVID file",
+                    code="gateway_identity_expired",
+                ) from None
+            raise Unauthenticated(
+                f"the gateway's own identity was refused: {exc.message}", code="enforcer_unauthenticated"
+            ) from None
         if workload.spiffe_id not in self.enforcers:
             raise Forbidden(
                 f"`{workload.spiffe_id}` is not a configured enforcement point; add it to "
@@ -82,6 +96,23 @@ class EnforcerApi:
                 code="enforcer_not_configured",
             )
         return str(workload.spiffe_id)
+
+    def _refused(self, request: Request, exc: TetherError) -> None:
+        """A refused enforcer identity is an audit event: a gateway that lost its identity
+        (or something posing as one) must show up where operators look."""
+        with self.rt.audit.unit() as u:
+            u.emit(
+                ev.DECISION,
+                {
+                    "action": "gateway:enforce",
+                    "resource": request.url.path[:128],
+                    "outcome": "deny",
+                    "code": "gateway_identity_expired" if exc.code == "token_expired" else exc.code,
+                    "reason": exc.message[:256],
+                    "policy_version": self.rt.engine.bundle.version,
+                },
+                decision_id=new_id("dec"),
+            )
 
     async def _doc(self, request: Request) -> tuple[str, dict[str, Any]]:
         enforcer = await run_in_threadpool(self.enforcer, request)
