@@ -74,7 +74,14 @@ def visible(rt: Any, token: str, action: str, resources: Sequence[str], proof: A
         if resource is None or not rt.catalog.grant_within(Grant(action, rid), task.scope):
             continue
         result = permits.decide(
-            PolicyRequest(principal=principal, action=action, resource=resource, context=ctx, arguments={})
+            PolicyRequest(
+                principal=principal,
+                action=action,
+                resource=resource,
+                context=ctx,
+                arguments={},
+                check_arguments=False,
+            )
         )
         if result.outcome is Outcome.ALLOW:
             out.append(rid)

@@ -43,6 +43,7 @@ from tether.arguments import EMPTY, ArgumentRefused, Canonical, canonicalize
 from tether.catalog import Catalog, Resource
 from tether.errors import InvalidRequest, PolicyError
 from tether.model import Decision, Outcome, Reason, Workload
+from tether.policy.context import LIFECYCLE_ACTIONS
 from tether.policy.loader import PolicyBundle, empty_bundle, load_bundle, load_schema
 
 __all__ = ["PolicyEngine", "PolicyPrincipal", "PolicyRequest", "PolicyResult"]
@@ -92,6 +93,10 @@ class PolicyRequest:
     resource: Resource
     context: Mapping[str, Any]
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    #: False where no call is being made (a tool list being filtered): typed arguments are
+    #: then not checked, so a required one cannot hide its tool. Lifecycle actions
+    #: (task:open, task:delegate) never check them: they grant, they do not call.
+    check_arguments: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +268,11 @@ class PolicyEngine:
         resource = request.resource
         # Invariant before policy: a typed argument that cannot be made canonical, or a
         # path outside its declared roots, denies whatever the policies say.
-        canonical = canonicalize(resource.arguments, request.arguments)
+        canonical = (
+            canonicalize(resource.arguments, request.arguments)
+            if request.check_arguments and request.action not in LIFECYCLE_ACTIONS
+            else EMPTY
+        )
         delta = [
             _agent_entity(request.principal),
             {"uid": _CALL_UID, "attrs": {}, "tags": _call_tags(request.arguments, canonical), "parents": []},
