@@ -25,6 +25,7 @@ from tether.errors import PolicyError
 from tether.identity.keys import KeyRing, load_master_key
 from tether.identity.svid import SvidVerifier, TrustBundles
 from tether.policy.engine import PolicyEngine
+from tether.replicas import Replica
 from tether.store.db import Database
 from tether.tokens import TaskTokens
 
@@ -141,6 +142,7 @@ class Runtime:
         bundle = engine.reload(settings.policy_path)  # raises: a bad set refuses to start
         db = Database(settings.store_url, timeout_ms=settings.limits.store_timeout_ms)
         db.migrate()
+        replica = Replica.claim(db, settings.node_id)  # refuses a node_id another live process holds
         keys = KeyRing(
             db,
             load_master_key(settings.state_dir),
@@ -171,6 +173,7 @@ class Runtime:
                 {"version": bundle.version, "files": list(bundle.files), "node": settings.node_id},
             )
         rt = cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
+        rt.on_close.append(replica.start())  # released last, after every extension stopped
         for install in _load_extensions():
             install(rt)
         return rt

@@ -300,7 +300,7 @@ def test_closing_a_task_notifies_other_replicas(agent, runtime, store_url):
     """On PostgreSQL the feed append sends NOTIFY, delivered at commit to every replica."""
     import psycopg
 
-    from tether.credentials.connectors.postgres import _libpq
+    from tether.credentials.connectors.postgres import libpq_dsn as _libpq
     from tether.credentials.revocation import NOTIFY_CHANNEL
 
     t = _task(agent)
@@ -318,7 +318,7 @@ def test_feed_listener_wakes_local_followers_on_notify(runtime, store_url):
     import psycopg
     from _credhelp import wait_until
 
-    from tether.credentials.connectors.postgres import _libpq
+    from tether.credentials.connectors.postgres import libpq_dsn as _libpq
     from tether.credentials.revocation import NOTIFY_CHANNEL, Feed
 
     feed = Feed(runtime.db)

@@ -150,19 +150,72 @@ def test_revocation_terminates_open_sessions(analyst, pg_runtime):
         conn.close()
 
 
-def test_revocation_handles_owned_objects_and_extra_grants(analyst, pg_server, target_db, pg_runtime):
-    """A role that was given more (CREATE on a schema) and owns a table is still dropped."""
+def test_revocation_handles_owned_objects_and_extra_grants(
+    analyst, pg_server, target_db, pg_runtime, admin_url
+):
+    """A role that was given more (CREATE on a schema) and owns a table is still dropped by
+    the NOSUPERUSER admin; what it owned now belongs to the admin."""
     t = _open(analyst)
     cred = _cred(analyst, t["task_token"])
-    with pg_server.connect(target_db) as admin:
-        admin.execute(f'GRANT CREATE ON SCHEMA public TO "{cred["username"]}"')
+    with pg_server.connect(target_db) as su:
+        su.execute("CREATE SCHEMA scratchpad AUTHORIZATION tether_admin")
+    with psycopg.connect(admin_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+        admin.execute(f'GRANT CREATE, USAGE ON SCHEMA scratchpad TO "{cred["username"]}"')
     with connect_as(cred) as conn:
-        conn.execute("CREATE TABLE scratch (x int)")
+        conn.execute("CREATE TABLE scratchpad.scratch (x int)")
     pg_runtime.broker.close_task(t["task_id"], by="test")
     wait_until(lambda: not role_exists(pg_server, cred["username"]), what="DROP ROLE")
-    with pg_server.connect(target_db) as admin:
-        owner = admin.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'scratch'").fetchone()
-    assert owner == ("postgres",)
+    with pg_server.connect(target_db) as su:
+        owner = su.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'scratch'").fetchone()
+    assert owner == ("tether_admin",)
+
+
+def test_grant_by_another_grantor_is_cut_and_reported_irrevocable(
+    tmp_path, store_url, domain, pg_server, target_db, admin_url
+):
+    """A privilege a superuser gave the role keeps a NOSUPERUSER admin from dropping it: the
+    role is still cut (no login), and the lease says irrevocable with the SQLSTATE."""
+    from _credhelp import DATASETS, add_analytics
+    from starlette.testclient import TestClient
+    from tests.conftest import Agent  # type: ignore[import-not-found]
+
+    from tether.runtime import Runtime, init_state_dir
+    from tether.server.app import create_app
+    from tether.testing import make_settings
+
+    state = tmp_path / "state"
+    init_state_dir(state)
+    add_analytics(state, DATASETS)
+    s = make_settings(
+        state,
+        store_url=store_url,
+        domain=domain,
+        overrides={"environment": "prod", "credentials": {"revoke_max_attempts": 1}},
+        config_extra=f'\n[credentials.postgres]\nanalytics = "{admin_url}"\n',
+    )
+    rt = Runtime.start(s)
+    try:
+        with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+            a = Agent(c, domain, rt, "analyst")
+            t = _open(a)
+            cred = _cred(a, t["task_token"])
+            with pg_server.connect(target_db) as su:
+                su.execute(f'GRANT CREATE ON SCHEMA public TO "{cred["username"]}"')
+            rt.broker.close_task(t["task_id"], by="test")
+
+            def irrevocable():
+                with rt.db.read() as conn:
+                    return ls.list_leases(conn, irrevocable=True)
+
+            rows = wait_until(irrevocable, timeout=20, what="irrevocable lease")
+            assert rows[0].id == cred["lease_id"] and "2BP01" in (rows[0].last_error or "")
+            with pytest.raises(psycopg.OperationalError):
+                connect_as(cred)
+    finally:
+        rt.close()
+        with pg_server.connect(target_db) as conn:
+            conn.execute(f'DROP OWNED BY "{cred["username"]}"')
+            conn.execute(f'DROP ROLE "{cred["username"]}"')
 
 
 def test_sweep_drops_tagged_role_without_lease_and_keeps_foreign_ones(pg_runtime, pg_server):
@@ -199,7 +252,7 @@ def test_minted_and_revoked_events_carry_ids_never_the_password(analyst, pg_runt
 
 
 def test_unrevocable_lease_is_retried_then_marked_irrevocable(
-    tmp_path, store_url, domain, pg_server, target_db
+    tmp_path, store_url, domain, pg_server, target_db, admin_url
 ):
     """A revocation that keeps failing is retried, then irrevocable: event, counter, listed."""
     from _credhelp import DATASETS, add_analytics
@@ -218,7 +271,7 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(
         store_url=store_url,
         domain=domain,
         overrides={"environment": "prod", "credentials": {"revoke_max_attempts": 2}},
-        config_extra=f'\n[credentials.postgres]\nanalytics = "{pg_server.url(target_db)}"\n',
+        config_extra=f'\n[credentials.postgres]\nanalytics = "{admin_url}"\n',
     )
     rt = Runtime.start(s)
     try:
@@ -228,8 +281,8 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(
             cred = _cred(a, t["task_token"])
             creds = rt.extras["credentials"]
             # The target becomes unreachable for the broker (a real failure, not a mock).
-            creds.service.connectors["postgres"]._dsns["analytics"] = (
-                f"postgresql://x@/x?host={tmp_path}/gone"
+            creds.service.connectors["postgres"].set_dsn(
+                "analytics", f"postgresql://x@/x?host={tmp_path}/gone"
             )
             rt.broker.close_task(t["task_id"], by="test")
 
@@ -246,3 +299,38 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(
         with pg_server.connect(target_db) as conn:
             conn.execute(f'DROP OWNED BY "{cred["username"]}"')
             conn.execute(f'DROP ROLE "{cred["username"]}"')
+
+
+def test_close_cuts_access_before_any_cleanup(analyst, pg_server, pg_runtime):
+    """With the cleanup worker stopped, closing still makes the role refuse logins and ends its
+    session at once (cut first); the role itself is dropped only by the later cleanup."""
+    creds = pg_runtime.extras["credentials"]
+    t = _open(analyst)
+    cred = _cred(analyst, t["task_token"])
+    session = connect_as(cred)
+    creds.reaper.stop()  # stops cleanup; the cut has its own worker
+    try:
+        pg_runtime.broker.close_task(t["task_id"], by="test")
+
+        def cut() -> bool:
+            with pg_server.connect() as conn:
+                can_login = conn.execute(
+                    "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (cred["username"],)
+                ).fetchone()
+                sessions = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (cred["username"],)
+                ).fetchone()
+            return can_login == (False,) and sessions == (0,)
+
+        wait_until(cut, what="NOLOGIN and no session")
+        assert role_exists(pg_server, cred["username"])  # not cleaned up: only cut
+        with pytest.raises(psycopg.OperationalError):
+            connect_as(cred)
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")
+        with pg_runtime.db.read() as conn:
+            assert ls.get_lease(conn, cred["lease_id"]).state is ls.LeaseState.REVOKING
+    finally:
+        session.close()
+    creds.reaper.reap()
+    assert not role_exists(pg_server, cred["username"])

@@ -7,6 +7,7 @@ import click
 from tether.cli import (
     approvals,
     audit,
+    connectors,
     demo,
     gateway,
     keys,
@@ -35,7 +36,22 @@ def main() -> None:
     """
 
 
-_GROUPS = (serve, tasks, approvals, policy, audit, keys, workload, svid, gateway, mcp, demo, leases, report)
+_GROUPS = (
+    serve,
+    tasks,
+    approvals,
+    policy,
+    audit,
+    keys,
+    workload,
+    svid,
+    gateway,
+    mcp,
+    demo,
+    leases,
+    report,
+    connectors,
+)
 for module in _GROUPS:
     module.register(main)
 store.register(main)

@@ -8,7 +8,9 @@ State machine (``state`` / ``revocation``)::
                                                    revoked/done  or  revoking/retrying ──▶ irrevocable
 
 A lease is written ``pending`` before the connector touches the real system, so a crash
-at any point leaves a row the reaper finds. Functions take the caller's connection so
+at any point leaves a row the reaper finds. Every transition is a compare-and-set on the
+state (and, for a failed attempt, on the revoker's claim ``claimed_by``), so replicas
+racing on one lease make exactly one transition between them. Functions take the caller's connection so
 the lease change and its audit event commit in one transaction.
 """
 
@@ -160,10 +162,12 @@ def activate(conn: Connection, lease_id: str, material: dict[str, Any]) -> bool:
     return res.rowcount == 1
 
 
-def begin_revocation(conn: Connection, lease_ids: Sequence[str], reason: str, now: float) -> int:
-    """Move live leases to ``revoking``; the revoker finishes them. Returns how many moved."""
+def begin_revocation(conn: Connection, lease_ids: Sequence[str], reason: str, now: float) -> set[str]:
+    """Move live leases to ``revoking`` (compare-and-set on the state); the revoker
+    finishes them. Returns the ids this call moved: a lease another replica moved first
+    is not in it, so only one of them feeds, audits and cuts it."""
     if not lease_ids:
-        return 0
+        return set()
     res = conn.execute(
         update(ct.leases)
         .where(and_(ct.leases.c.id.in_(lease_ids), ct.leases.c.state.in_([s.value for s in LIVE])))
@@ -172,9 +176,49 @@ def begin_revocation(conn: Connection, lease_ids: Sequence[str], reason: str, no
             revocation=Revocation.PENDING.value,
             revoke_reason=reason,
             next_attempt_at=now,
+            claimed_by=None,
         )
+        .returning(ct.leases.c.id)
     )
-    return res.rowcount
+    return {str(r[0]) for r in res}
+
+
+def claim_due(
+    conn: Connection, now: float, token: str, *, visibility: float, limit: int = 100
+) -> list[Lease]:
+    """Claim up to ``limit`` due revocations for one worker (``token``) until ``now +
+    visibility``; run it in a write transaction.
+
+    On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``, so replicas claiming at
+    the same moment take disjoint batches without waiting on each other; SQLite has a
+    single writer (``BEGIN IMMEDIATE``). The update is a compare-and-set on both: only
+    the rows it changed carry ``token``, and only those are returned. A worker that dies
+    gives its claims back when the visibility timeout passes."""
+    due = and_(
+        ct.leases.c.state == LeaseState.REVOKING.value,
+        or_(ct.leases.c.next_attempt_at.is_(None), ct.leases.c.next_attempt_at <= now),
+    )
+    ids = [
+        str(r[0])
+        for r in conn.execute(
+            select(ct.leases.c.id)
+            .where(due)
+            .order_by(ct.leases.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ]
+    if not ids:
+        return []
+    conn.execute(
+        update(ct.leases)
+        .where(and_(ct.leases.c.id.in_(ids), due))
+        .values(claimed_by=token, next_attempt_at=now + visibility)
+    )
+    rows = conn.execute(
+        select(ct.leases).where(and_(ct.leases.c.id.in_(ids), ct.leases.c.claimed_by == token))
+    )
+    return [_lease(r) for r in rows]
 
 
 def mark_revoked(conn: Connection, lease_id: str, now: float) -> bool:
@@ -200,7 +244,10 @@ def mark_failed(
     error: str,
     next_attempt_at: float | None,
     irrevocable: bool,
-) -> None:
+    claim: str | None = None,
+) -> bool:
+    """Record a failed attempt; with ``claim``, only while that claim still holds the lease
+    (a lease another worker revoked or re-claimed meanwhile is left alone: returns False)."""
     values: dict[str, Any] = {
         "attempts": attempts,
         "last_error": error[:512],
@@ -210,7 +257,11 @@ def mark_failed(
         values.update(state=LeaseState.IRREVOCABLE.value, revocation=Revocation.IRREVOCABLE.value)
     else:
         values.update(revocation=Revocation.RETRYING.value)
-    conn.execute(update(ct.leases).where(ct.leases.c.id == lease_id).values(**values))
+    cond = and_(ct.leases.c.id == lease_id, ct.leases.c.state == LeaseState.REVOKING.value)
+    if claim is not None:
+        cond = and_(cond, ct.leases.c.claimed_by == claim)
+    res = conn.execute(update(ct.leases).where(cond).values(**values))
+    return res.rowcount == 1
 
 
 def live_leases_of_tasks(conn: Connection, task_ids: Iterable[str]) -> list[Lease]:
@@ -274,6 +325,17 @@ def live_of_ended_tasks(conn: Connection, limit: int = 500) -> list[Lease]:
         .limit(limit)
     )
     return [_lease(r) for r in rows]
+
+
+def unrevoked_role_names(conn: Connection, connector: str) -> set[str]:
+    """``material.role`` of every lease whose role is still accounted for: live, being
+    revoked (a claimed revoker owns it), or irrevocable (an operator owns it)."""
+    rows = conn.execute(
+        select(ct.leases.c.material).where(
+            and_(ct.leases.c.connector == connector, ct.leases.c.state != LeaseState.REVOKED.value)
+        )
+    )
+    return {r for (m,) in rows if isinstance(r := json.loads(m).get("role"), str)}
 
 
 def live_role_names(conn: Connection, connector: str) -> set[str]:

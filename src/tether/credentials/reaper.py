@@ -5,12 +5,18 @@ One pass (:meth:`Reaper.reap`):
 1. pending leases that no mint can still be working on (this node's at start; any
    replica's after ``credentials.pending_timeout_seconds``) → revoking;
 2. active leases past their expiry, and active leases of tasks that ended → revoking;
-3. every due revocation → ``connector.revoke``; success marks it revoked with an audit
-   event; failure retries with exponential backoff (capped at 5 minutes) and, after
-   ``credentials.revoke_max_attempts``, marks it irrevocable: an audit event, an error
-   log, a counter, and ``tether leases list --irrevocable`` — never silently dropped;
-4. the PostgreSQL sweep: every role this broker tagged that has no live lease is dropped
-   (covers a crash between ``CREATE ROLE`` and the lease commit on SQLite);
+3. due revocations, in batches, each batch **claimed** by this worker
+   (:func:`leases.claim_due`: ``FOR UPDATE SKIP LOCKED`` plus a compare-and-set, with a
+   visibility timeout), so replicas sweeping one backlog never work the same lease at
+   once. The connector cuts and drops the batch (``revoke_many``); success marks each
+   lease revoked with an audit event; failure retries with exponential backoff (capped
+   at 5 minutes) and, after ``credentials.revoke_max_attempts``, marks it irrevocable:
+   an audit event, an error log, a counter, and ``tether leases list --irrevocable`` —
+   never silently dropped. Every transition is a compare-and-set: a worker that lost a
+   race (its claim expired and another finished the lease) changes nothing, logs nothing;
+4. the PostgreSQL sweep (every ``SWEEP_INTERVAL``): every role this broker tagged that
+   no lease accounts for is dropped (covers a crash between ``CREATE ROLE`` and the
+   lease commit on SQLite);
 5. the revocation feed drops entries whose subject has expired anyway.
 
 A worker thread runs a pass at start (so a broken connector never blocks start-up),
@@ -20,19 +26,26 @@ then sleeps until woken (a task ended, a mint failed) or a second passes.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tether.audit import event as ev
 from tether.credentials import leases as ls
 from tether.credentials.connectors.postgres import PostgresConnector, role_name
 from tether.credentials.service import Credentials, lease_fields
+from tether.errors import TetherError
 
 log = logging.getLogger("tether.credentials")
 
 MAX_BACKOFF = 300.0
 IDLE_WAKE = 1.0
+BATCH = 100  # leases claimed (and dropped per target in one transaction) at a time
+CLAIM_VISIBILITY = 60.0  # a claim not finished by then is another worker's to take
+MAX_BATCHES = 50  # per pass, so one pass ends and the other steps get their turn
+SWEEP_INTERVAL = 30.0
 
 
 class Reaper:
@@ -43,11 +56,12 @@ class Reaper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False  # the first pass also reaps this node's pending leases
+        self._last_sweep = float("-inf")
         self.passes = 0
         creds.wake = self._wake.set
 
     # -- one pass ------------------------------------------------------------------------
-    def reap(self) -> dict[str, int]:
+    def reap(self, *, sweep: bool = True) -> dict[str, int]:
         with self._lock:
             c = self.creds
             now = c.clock()
@@ -70,77 +84,122 @@ class Reaper:
                 if leases:
                     with c.audit.unit() as u:
                         # Expired credentials are dead by their own `exp`: no feed entry needed.
-                        c.start_revocations(u, leases, reason, by="reaper", feed=reason != "expired")
-                    out[key] = len(leases)
+                        cut = c.start_revocations(u, leases, reason, by="reaper", feed=reason != "expired")
+                    c.cutter.submit(cut)
+                    out[key] = len(cut)
             self._started = True
             done, failed = self.process_revocations()
             out["revoked"], out["failed"] = done, failed
-            out["swept"] = self.sweep()
+            if sweep or time.monotonic() - self._last_sweep >= SWEEP_INTERVAL:
+                out["swept"] = self.sweep()
+                self._last_sweep = time.monotonic()
             c.feed.prune(now, keep_seconds=c.settings.limits.jwt_leeway_seconds + 300)
             self.passes += 1
             return out
 
+    def periodic(self) -> dict[str, int]:
+        """The pass the runtime's periodic loop runs (sweeps only when one is due)."""
+        return self.reap(sweep=False)
+
     def process_revocations(self) -> tuple[int, int]:
+        """Claim and finish due revocations, batch by batch; returns (revoked, failed)."""
         c = self.creds
         done = failed = 0
-        with c.db.read() as conn:
-            due = ls.due_revocations(conn, c.clock())
-        for lease in due:
-            connector = c.connectors.get(lease.connector)
-            try:
-                if connector is None:
-                    raise RuntimeError(f"connector `{lease.connector}` is not configured here")
-                connector.revoke(lease)
-            except Exception as exc:
-                failed += 1
-                self._failed(lease, exc)
-                continue
-            with c.audit.unit() as u:
-                if ls.mark_revoked(u.conn, lease.id, c.clock()):
-                    c.counters["revoked"] += 1
-                    done += 1
+        for _ in range(MAX_BATCHES):
+            token = f"{c.node_id}:{secrets.token_hex(6)}"
+            with c.db.begin() as conn:
+                batch = ls.claim_due(conn, c.clock(), token, visibility=CLAIM_VISIBILITY, limit=BATCH)
+            if not batch:
+                break
+            d, f = self._record(batch, self._revoke(batch), token)
+            done, failed = done + d, failed + f
+            if len(batch) < BATCH:
+                break
+        return done, failed
+
+    def _revoke(self, batch: Sequence[ls.Lease]) -> dict[str, Exception | None]:
+        c = self.creds
+        out: dict[str, Exception | None] = {}
+        by_connector: dict[str, list[ls.Lease]] = {}
+        for lease in batch:
+            by_connector.setdefault(lease.connector, []).append(lease)
+        for name, leases in by_connector.items():
+            connector = c.connectors.get(name)
+            if connector is None:
+                out.update({x.id: RuntimeError(f"connector `{name}` is not configured here") for x in leases})
+            elif isinstance(connector, PostgresConnector):
+                try:
+                    out.update(connector.revoke_many(leases))
+                except Exception as exc:  # unexpected: count it against every lease of the batch
+                    out.update({x.id: exc for x in leases})
+            else:
+                for lease in leases:
+                    try:
+                        connector.revoke(lease)
+                        out[lease.id] = None
+                    except Exception as exc:
+                        out[lease.id] = exc
+        return out
+
+    def _record(
+        self, batch: Sequence[ls.Lease], outcomes: dict[str, Exception | None], token: str
+    ) -> tuple[int, int]:
+        """One transaction for the batch: every transition a compare-and-set."""
+        c = self.creds
+        now = c.clock()
+        revoked: list[ls.Lease] = []
+        retry: list[tuple[ls.Lease, int, str]] = []
+        irrevocable: list[tuple[ls.Lease, int, str]] = []
+        with c.audit.unit() as u:
+            for lease in batch:
+                exc = outcomes.get(lease.id, RuntimeError("not attempted"))
+                if exc is None:
+                    if ls.mark_revoked(u.conn, lease.id, now):
+                        revoked.append(lease)
+                        u.emit(
+                            ev.CREDENTIAL_REVOKED,
+                            {
+                                "connector": lease.connector,
+                                "reason": lease.revoke_reason or "revoked",
+                                "by": "reaper",
+                                "audience": lease.audience,
+                                "attempts": lease.attempts + 1,
+                            },
+                            **lease_fields(lease),
+                        )
+                    continue
+                attempts = lease.attempts + 1
+                final = attempts >= c.settings.credentials.revoke_max_attempts
+                code = getattr(exc, "code", type(exc).__name__)
+                error = f"{code}: {exc.message if isinstance(exc, TetherError) else exc}"[:512]
+                if not ls.mark_failed(
+                    u.conn,
+                    lease.id,
+                    attempts=attempts,
+                    error=error,
+                    next_attempt_at=None if final else now + min(MAX_BACKOFF, 2.0**attempts),
+                    irrevocable=final,
+                    claim=token,
+                ):
+                    continue  # lost the lease to another worker meanwhile: not ours to record
+                if final:
+                    irrevocable.append((lease, attempts, error))
                     u.emit(
-                        ev.CREDENTIAL_REVOKED,
+                        ev.CREDENTIAL_IRREVOCABLE,
                         {
                             "connector": lease.connector,
-                            "reason": lease.revoke_reason or "revoked",
-                            "by": "reaper",
+                            "attempts": attempts,
+                            "error": error,
                             "audience": lease.audience,
-                            "attempts": lease.attempts + 1,
                         },
                         **lease_fields(lease),
                     )
-        return done, failed
-
-    def _failed(self, lease: ls.Lease, exc: Exception) -> None:
-        c = self.creds
-        attempts = lease.attempts + 1
-        irrevocable = attempts >= c.settings.credentials.revoke_max_attempts
-        code = getattr(exc, "code", type(exc).__name__)
-        error = f"{code}: {getattr(exc, 'message', '')}"[:512]
-        c.counters["revoke_failed"] += 1
-        with c.audit.unit() as u:
-            ls.mark_failed(
-                u.conn,
-                lease.id,
-                attempts=attempts,
-                error=error,
-                next_attempt_at=None if irrevocable else c.clock() + min(MAX_BACKOFF, 2.0**attempts),
-                irrevocable=irrevocable,
-            )
-            if irrevocable:
-                u.emit(
-                    ev.CREDENTIAL_IRREVOCABLE,
-                    {
-                        "connector": lease.connector,
-                        "attempts": attempts,
-                        "error": error,
-                        "audience": lease.audience,
-                    },
-                    **lease_fields(lease),
-                )
-        if irrevocable:
-            c.counters["irrevocable"] += 1
+                else:
+                    retry.append((lease, attempts, error))
+        c.counters["revoked"] += len(revoked)
+        c.counters["revoke_failed"] += len(retry) + len(irrevocable)
+        c.counters["irrevocable"] += len(irrevocable)
+        for lease, attempts, error in irrevocable:
             log.error(
                 "lease %s (%s) is IRREVOCABLE after %d attempts: %s; see `tether leases list --irrevocable`",
                 lease.id,
@@ -148,8 +207,9 @@ class Reaper:
                 attempts,
                 error,
             )
-        else:
+        for lease, attempts, error in retry:
             log.warning("revoking lease %s failed (attempt %d): %s", lease.id, attempts, error)
+        return len(revoked), len(retry) + len(irrevocable)
 
     def sweep(self) -> int:
         c = self.creds
@@ -157,9 +217,12 @@ class Reaper:
         for connector in c.connectors.values():
             if not isinstance(connector, PostgresConnector):
                 continue
-            with c.db.read() as conn:
-                keep = ls.live_role_names(conn, connector.name)
-            keep |= {role_name(x) for x in c.inflight_leases()}
+
+            def keep(name: str = connector.name) -> set[str]:
+                with c.db.read() as conn:
+                    kept = ls.unrevoked_role_names(conn, name)
+                return kept | {role_name(x) for x in c.inflight_leases()}
+
             try:
                 swept += len(connector.sweep(keep))
             except Exception as exc:  # the server may be down; the next pass tries again
@@ -174,7 +237,7 @@ class Reaper:
             self._wake.clear()
             try:
                 if time.monotonic() - last_full >= IDLE_WAKE * 2:
-                    self.reap()
+                    self.reap(sweep=not self._started)
                     last_full = time.monotonic()
                 else:
                     with self._lock:

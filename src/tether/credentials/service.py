@@ -14,7 +14,10 @@
    in the same transaction as the decision.
 
 ``on_tasks_ended`` runs inside the transaction that ends tasks: it publishes the dead
-tasks and their leases on the revocation feed and starts revoking every lease.
+tasks and their leases on the revocation feed and starts revoking every lease. Once that
+transaction has committed (the task events reach :meth:`Credentials.task_event`), the
+external credentials go to the :class:`~tether.credentials.cut.Cutter`: cut first, then
+the reaper's claimed cleanup.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tether.credentials import failpoints
 from tether.credentials import leases as ls
 from tether.credentials import revocation as rv
 from tether.credentials.connectors.base import Connector, MintRequest
+from tether.credentials.cut import Cutter
 from tether.credentials.leases import Lease, LeaseState, Revocation
 from tether.errors import Conflict, NotFound, TetherError, Unavailable
 from tether.model import Decision, Task, TaskState
@@ -47,6 +51,7 @@ from tether.store.db import Database
 log = logging.getLogger("tether.credentials")
 
 INFLIGHT_TTL = 120.0  # a mint whose transaction never committed is forgotten after this
+PENDING_CUT_TTL = 60.0  # cuts of a transaction that never committed are forgotten after this
 
 
 def lease_fields(lease: Lease) -> dict[str, Any]:
@@ -95,6 +100,9 @@ class Credentials:
             "irrevocable": 0,
         }
         self.wake: Callable[[], None] = lambda: None  # set by the reaper
+        self.cutter = Cutter(self.connectors)
+        # task id → (external leases to cut once the ending transaction commits, when queued)
+        self._pending_cut: dict[str, tuple[list[Lease], float]] = {}
         self.catalog: Catalog | None = None  # set by the wiring; resolves grants of a service
 
     # -- minting -------------------------------------------------------------------------
@@ -206,17 +214,21 @@ class Credentials:
     # -- revocation ----------------------------------------------------------------------
     def start_revocations(
         self, u: Unit, leases: Sequence[Lease], reason: str, *, by: str, feed: bool = True
-    ) -> None:
-        """Mark leases revoking; finish offline ones now (same transaction, with events)."""
+    ) -> list[Lease]:
+        """Mark leases revoking; finish offline ones now (same transaction, with events).
+
+        Only the leases this call moved count (another replica may have moved some first);
+        returns the external ones among them, for the caller to cut after commit."""
         now = self.clock()
-        ls.begin_revocation(u.conn, [x.id for x in leases], reason, now)
-        if feed:
+        moved = ls.begin_revocation(u.conn, [x.id for x in leases], reason, now)
+        leases = [x for x in leases if x.id in moved]
+        if feed and leases:
             rv.append(
                 u.conn,
                 [rv.FeedEntry("lease", x.task_id, reason, x.expires_at, x.id, x.audience) for x in leases],
                 now,
             )
-        external = False
+        external: list[Lease] = []
         for lease in leases:
             connector = self.connectors.get(lease.connector)
             if connector is not None and connector.offline_revoke:
@@ -234,9 +246,10 @@ class Credentials:
                         **lease_fields(lease),
                     )
             else:
-                external = True
+                external.append(lease)
         if external:
             self.wake()
+        return external
 
     def on_tasks_ended(self, u: Unit, tasks: Sequence[Task], state: TaskState) -> None:
         if not tasks:
@@ -244,10 +257,28 @@ class Credentials:
         now = self.clock()
         rv.append(u.conn, [rv.FeedEntry("task", x.id, state.value, x.expires_at) for x in tasks], now)
         live = ls.live_leases_of_tasks(u.conn, [x.id for x in tasks])
-        self.start_revocations(u, live, f"task_{state.value}", by="broker")
+        external = self.start_revocations(u, live, f"task_{state.value}", by="broker")
+        if external:
+            by_task: dict[str, list[Lease]] = {}
+            for x in external:
+                by_task.setdefault(x.task_id, []).append(x)
+            queued = time.monotonic()
+            with self._inflight_lock:
+                for k in [k for k, (_, at) in self._pending_cut.items() if queued - at > PENDING_CUT_TTL]:
+                    del self._pending_cut[k]
+                for task_id, xs in by_task.items():
+                    self._pending_cut[task_id] = (xs, queued)
+
+    def task_event(self, task_id: str) -> None:
+        """A task's end committed: cut its external credentials now (called after commit)."""
+        with self._inflight_lock:
+            pending = self._pending_cut.pop(task_id, None)
+        if pending is not None:
+            self.cutter.submit(pending[0])
 
     def revoke_lease(self, lease_id: str, *, by: str, reason: str = "revoked") -> Lease:
         """Revoke one lease now (operator, RFC 7009). An irrevocable one is tried again."""
+        cut: list[Lease] = []
         with self.audit.unit() as u:
             lease = ls.get_lease(u.conn, lease_id)
             if lease is None:
@@ -264,12 +295,16 @@ class Credentials:
                 )
                 self.wake()
             elif lease.state in ls.LIVE:
-                self.start_revocations(u, [lease], reason, by=by)
+                cut = self.start_revocations(u, [lease], reason, by=by)
             found = ls.get_lease(u.conn, lease_id)
+        self.cutter.submit(cut)
         assert found is not None
         return found
 
     def metrics(self) -> dict[str, Any]:
         with self.db.read() as conn:
             states = ls.count_by_state(conn)
-        return {"counters": dict(self.counters), "leases": states}
+        return {
+            "counters": {**self.counters, "cut": self.cutter.cuts, "cut_failed": self.cutter.failures},
+            "leases": states,
+        }

@@ -32,7 +32,8 @@ from tether.runtime import Runtime
 
 log = logging.getLogger("tether.credentials")
 
-_ENDED = frozenset({ev.TASK_CLOSED, ev.TASK_EXPIRED, ev.TASK_REVOKED, ev.CREDENTIAL_REVOKED})
+_TASK_ENDED = frozenset({ev.TASK_CLOSED, ev.TASK_EXPIRED, ev.TASK_REVOKED})
+_ENDED = _TASK_ENDED | {ev.CREDENTIAL_REVOKED}
 
 
 @dataclass
@@ -48,10 +49,11 @@ def install(rt: Runtime) -> None:
     s = rt.settings
     secrets = SecretStore(rt.db, load_master_key(s.state_dir))
     tag = hashlib.sha256(s.broker_issuer.encode()).hexdigest()[:12]
+    postgres = PostgresConnector(s.credentials.postgres, tag=tag)
     connectors: dict[str, Connector] = {
         "jwt": JwtConnector(rt.keys, s.broker_issuer),
         "inject": InjectConnector(secrets),
-        "postgres": PostgresConnector(s.credentials.postgres, tag=tag),
+        "postgres": postgres,
     }
     feed = Feed(rt.db)
     service = Credentials(s, rt.db, rt.audit, connectors, feed, clock=rt.broker.clock)
@@ -65,6 +67,8 @@ def install(rt: Runtime) -> None:
     def on_event(e: Event) -> None:
         # After commit: followers and the revoker see the new rows when they look.
         if e.type in _ENDED:
+            if e.type in _TASK_ENDED and e.task_id:
+                service.task_event(e.task_id)  # cut first: before the revoker is even woken
             feed.notify()
             reaper_wake()
         elif e.type == ev.CREDENTIAL_MINTED and e.lease_id:
@@ -73,7 +77,7 @@ def install(rt: Runtime) -> None:
     reaper_wake = service.wake
     remove_listener = add_listener(on_event)
     rt.routes.extend(routes(rt, service, introspector))
-    rt.periodic.append(reaper.reap)
+    rt.periodic.append(reaper.periodic)
     rt.extras["credentials"] = CredentialsRuntime(service, feed, secrets, reaper, introspector)
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
     stop_listen = threading.Event()
@@ -86,4 +90,6 @@ def install(rt: Runtime) -> None:
 
         rt.on_close.append(stop_listening)
     rt.on_close.append(remove_listener)
+    rt.on_close.append(postgres.close)
+    rt.on_close.append(service.cutter.stop)
     rt.on_close.append(reaper.stop)

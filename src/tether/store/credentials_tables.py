@@ -36,9 +36,25 @@ leases = Table(
     Column("revoked_at", Float),
     Column("node_id", String(64), nullable=False),  # the replica that minted it
     Column("material", Text, nullable=False),  # JSON, non-secret handles (e.g. the role name)
+    # The revoker working this lease (a claim token; ``next_attempt_at`` is its visibility
+    # timeout). Added after the first release: see migration 21.
+    Column("claimed_by", String(128)),
 )
 Index("ix_leases_state_expires", leases.c.state, leases.c.expires_at)
 Index("ix_leases_revocation_next", leases.c.revocation, leases.c.next_attempt_at)
+
+#: One row per running replica (``node_id``): a second process with a live node's id
+#: refuses to start. ``instance`` tells two processes with the same id apart.
+replicas = Table(
+    "replica_heartbeats",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("instance", String(64), nullable=False),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
 
 revocations = Table(
     "revocation_feed",

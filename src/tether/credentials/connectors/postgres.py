@@ -8,18 +8,20 @@ Catalog options (on the service or the dataset)::
       agent_host: db.internal      # what the agent connects to, when not the admin host
       agent_port: 5432
 
-Minting runs in ONE transaction on the target database: ``CREATE ROLE … LOGIN PASSWORD
-… VALID UNTIL <lease expiry>``, a ``COMMENT`` tagging it as this broker's, and the
-grants; PostgreSQL DDL is transactional, so the role exists with all its grants or not at
-all. The password goes to the server as a SCRAM verifier, so the plaintext never reaches
-the server's statement log. Every identifier goes through ``psycopg.sql.Identifier`` and
-every value through ``sql.Literal``: a catalog or request value with quotes or
-semicolons is just an odd (and missing) name, never SQL.
+Grants live on a **group role** (``tether_g_…``, ``NOLOGIN``), one per (service,
+privileges, objects), set up once under an advisory lock and refreshed every minute;
+a lease's role only *joins* its group. Minting therefore changes no ACL: parallel mints
+cannot collide on ``tuple concurrently updated``. A mint is ONE transaction on the
+target — ``CREATE ROLE … LOGIN … VALID UNTIL <lease expiry> IN ROLE <group>``, a
+``COMMENT`` tagging it as this broker's, and ``GRANT <role> TO CURRENT_USER`` so that a
+``NOSUPERUSER`` admin may later end its sessions and ``REASSIGN``/``DROP OWNED`` (15+
+requires the role's privileges for both). The password goes to the server as a
+SCRAM verifier, so the plaintext never reaches the server's statement log.
 
-Revocation: ``NOLOGIN`` (no new sessions), terminate its sessions (``VALID UNTIL`` does
-not end a session already open), then ``REASSIGN OWNED`` to the admin, ``DROP OWNED``
-(grants it holds) and ``DROP ROLE``. The admin role needs ``CREATEROLE`` and the right
-to grant on the named tables (``GRANT … WITH GRANT OPTION`` or ownership).
+Revocation has two steps (see ``docs/credentials.md``): **cut** — ``NOLOGIN`` for every
+role of a batch, committed, then their sessions terminated, in one round trip per target
+— and **cleanup** — ``REASSIGN OWNED`` to the admin, ``DROP OWNED``, ``DROP ROLE``,
+batched too, one role at a time only when a batch fails.
 """
 
 from __future__ import annotations
@@ -28,22 +30,27 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tether.catalog import Resource
 from tether.credentials import failpoints
+from tether.credentials.connectors import pgsql
 from tether.credentials.connectors.base import Minted, MintRequest
+from tether.credentials.connectors.pgpool import AdminPool
 from tether.credentials.leases import Lease
-from tether.errors import Forbidden, Unavailable
+from tether.errors import Forbidden, TetherError, Unavailable
+
+log = logging.getLogger("tether.credentials")
 
 ROLE_PREFIX = "tether_l_"
 _ROLE_RE = re.compile(r"^tether_l_[a-z0-9]{8,48}$")
@@ -55,7 +62,9 @@ _PRIVILEGES: Mapping[str, tuple[str, ...]] = {
     "http:write": ("SELECT", "INSERT", "UPDATE"),
     "delete": ("SELECT", "DELETE"),
 }
-_SESSION_WAIT_S = 5.0
+GROUP_REFRESH_S = 60.0  # a group's grants are re-applied this often (new tables in a schema)
+
+T = TypeVar("T")
 
 
 def role_name(lease_id: str) -> str:
@@ -76,17 +85,12 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def _libpq(dsn: str) -> str:
+def libpq_dsn(dsn: str) -> str:
     # Accept SQLAlchemy spellings too (postgresql+psycopg://…).
     return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", dsn)
 
 
-def _qualified(name: str) -> sql.Composable:
-    schema, dot, table = str(name).partition(".")
-    return sql.Identifier(schema, table) if dot else sql.Identifier(schema)
-
-
-def _fail(service: str, what: str, exc: Exception) -> Unavailable:
+def fail(service: str, what: str, exc: Exception) -> Unavailable:
     # Only the SQLSTATE and class: psycopg messages may quote statements.
     state = getattr(exc, "sqlstate", None) or "-"
     return Unavailable(
@@ -95,32 +99,50 @@ def _fail(service: str, what: str, exc: Exception) -> Unavailable:
     )
 
 
+def _tether_roles(roles: Iterable[str]) -> list[str]:
+    # Never touch anything this connector could not have created.
+    return sorted({r for r in roles if _ROLE_RE.match(r)})
+
+
 class PostgresConnector:
     name = "postgres"
     offline_revoke = False
 
-    def __init__(
-        self, admin_dsns: Mapping[str, str], *, tag: str, connect_timeout: int = 5, max_connections: int = 5
-    ) -> None:
-        self._dsns = {k: _libpq(v) for k, v in admin_dsns.items()}
+    def __init__(self, admin_dsns: Mapping[str, str], *, tag: str, max_connections: int = 5) -> None:
+        self._dsns = {k: libpq_dsn(v) for k, v in admin_dsns.items()}
+        self.pool = AdminPool(self._dsns)
         self._tag = tag  # tells this broker's roles from another deployment's on a shared server
-        self._timeout = connect_timeout
         self._max_conn = max_connections
+        self._groups: dict[str, float] = {}  # group role → when its grants were last applied
+        self._groups_lock = threading.Lock()
+
+    @property
+    def tag(self) -> str:
+        return self._tag
+
+    def services(self) -> list[str]:
+        return self.pool.services()
+
+    def set_dsn(self, service: str, dsn: str) -> None:
+        self._dsns[service] = libpq_dsn(dsn)
+        self.pool.set_dsn(service, self._dsns[service])
+
+    def close(self) -> None:
+        self.pool.close()
 
     # -- plumbing ------------------------------------------------------------------------
-    def _connect(self, service: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        dsn = self._dsns.get(service)
-        if dsn is None:
-            raise Unavailable(
-                f"no admin connection configured for `{service}`; set `credentials.postgres.{service}`",
-                code="connector_not_configured",
-            )
-        try:
-            return psycopg.connect(dsn, connect_timeout=self._timeout, autocommit=autocommit)
-        except psycopg.Error as exc:
-            raise Unavailable(
-                f"postgres for `{service}` is unreachable; the action is denied", code="connector_unavailable"
-            ) from exc
+    def _run(self, service: str, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``fn`` on a pooled connection; a connection that died while idle is replaced once."""
+        for attempt in (1, 2):
+            try:
+                with self.pool.connection(service) as conn:
+                    return fn(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or getattr(exc, "sqlstate", None):
+                    raise fail(service, what, exc) from None
+            except psycopg.Error as exc:
+                raise fail(service, what, exc) from None
+        raise AssertionError("unreachable")
 
     def _agent_dsn(self, resource: Resource, user: str, password: str) -> str:
         info = conninfo_to_dict(self._dsns[resource.service])
@@ -132,14 +154,42 @@ class PostgresConnector:
             return f"postgresql://{auth}@/{db}?host={quote(host, safe='/')}&port={quote(port, safe='')}"
         return f"postgresql://{auth}@{quote(host, safe='.-:[]')}:{quote(port, safe='')}/{db}"
 
+    def _group(self, service: str, privs: list[str], tables: list[str], schemas: list[str]) -> str:
+        group = pgsql.group_name(self._tag, service, privs, tables, schemas)
+        with self._groups_lock:
+            fresh = time.monotonic() - self._groups.get(group, float("-inf")) < GROUP_REFRESH_S
+        if fresh:
+            return group
+        comment = f"tether:{self._tag} group {service} {','.join(privs)} {','.join(tables + schemas)}"[:1000]
+
+        def setup(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                attrs = conn.execute(
+                    "SELECT rolsuper, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = current_user"
+                ).fetchone()
+                if attrs is None or not (attrs[0] or (attrs[1] and attrs[2])):
+                    raise Unavailable(
+                        f"the admin role of `{service}` needs CREATEROLE and INHERIT; "
+                        "run `tether connectors check` for the full list",
+                        code="connector_misconfigured",
+                    )
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", pgsql.ACL_LOCK)
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,)).fetchone()
+                conn.execute(pgsql.group_setup(group, comment, privs, tables, schemas, create=exists is None))
+
+        self._run(service, "grant to its group role", setup)
+        with self._groups_lock:
+            self._groups[group] = time.monotonic()
+        return group
+
     # -- the connector -------------------------------------------------------------------
     def plan(self, resource: Resource, lease_id: str) -> dict[str, Any]:
         return {"role": role_name(lease_id), "service": resource.service}
 
     def mint(self, req: MintRequest) -> Minted:
         res, lease = req.resource, req.lease
-        tables = [str(t) for t in res.options.get("tables") or []]
-        schemas = [str(s) for s in res.options.get("schemas") or []]
+        tables = sorted({str(t) for t in res.options.get("tables") or []})
+        schemas = sorted({str(s) for s in res.options.get("schemas") or []})
         if not tables and not schemas:
             raise Unavailable(
                 f"the catalog names no `tables` or `schemas` for `{res.id}`", code="connector_misconfigured"
@@ -147,48 +197,21 @@ class PostgresConnector:
         privs = sorted({p for a in req.actions for p in _PRIVILEGES.get(a, ())})
         if not privs:
             raise Forbidden(f"no database privilege maps to `{', '.join(req.actions)}`", code="no_privileges")
+        group = self._group(res.service, privs, tables, schemas)
         role = role_name(lease.id)
         password = secrets.token_urlsafe(24)
         until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat()
-        priv_sql = sql.SQL(", ").join(sql.SQL(p) for p in privs)  # from the fixed table above
-        r = sql.Identifier(role)
-        usage = sorted({t.partition(".")[0] for t in tables if "." in t} | set(schemas))
-        conn = self._connect(res.service)
-        try:
+        comment = f"tether:{self._tag} lease {lease.id} task {lease.task_id}"
+        stmt = pgsql.create_login(role, group, scram_verifier(password), until, comment, self._max_conn)
+
+        def create(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL(
-                        "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
-                        "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}"
-                    ).format(
-                        r,
-                        sql.Literal(self._max_conn),
-                        sql.Literal(scram_verifier(password)),
-                        sql.Literal(until),
-                    )
-                )
-                conn.execute(
-                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                        r, sql.Literal(f"tether:{self._tag} lease {lease.id} task {lease.task_id}")
-                    )
-                )
+                conn.execute(stmt)
                 failpoints.hit("pg.after_create_role")
-                for schema in usage:
-                    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), r))
-                for table in tables:
-                    conn.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(priv_sql, _qualified(table), r))
-                for schema in schemas:
-                    conn.execute(
-                        sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
-                            priv_sql, sql.Identifier(schema), r
-                        )
-                    )
                 failpoints.hit("pg.after_grants")
             failpoints.hit("pg.after_commit")
-        except psycopg.Error as exc:
-            raise _fail(res.service, "create the role", exc) from None
-        finally:
-            conn.close()
+
+        self._run(res.service, "create the role", create)
         return Minted(
             for_agent={
                 "kind": "postgres",
@@ -200,62 +223,111 @@ class PostgresConnector:
             material={"role": role, "service": res.service},
         )
 
+    @staticmethod
+    def _targets(leases: Sequence[Lease]) -> dict[str, dict[str, str]]:
+        """service → role → lease id."""
+        out: dict[str, dict[str, str]] = {}
+        for x in leases:
+            role = str(x.material.get("role", ""))
+            out.setdefault(str(x.material.get("service", x.audience)), {})[role] = x.id
+        return out
+
+    def cut(self, service: str, roles: Sequence[str]) -> None:
+        """Step one of revocation: no role of ``roles`` can log in or keeps a session."""
+        names = _tether_roles(roles)
+        if names:
+            self._run(service, "cut access", lambda conn: conn.execute(pgsql.cut(names)))
+
     def revoke(self, lease: Lease) -> None:
-        role = str(lease.material.get("role", ""))
-        service = str(lease.material.get("service", lease.audience))
-        self.drop_role(service, role)
+        errors = self.revoke_many([lease])
+        if errors.get(lease.id) is not None:
+            raise errors[lease.id]  # type: ignore[misc]
+
+    def revoke_many(self, leases: Sequence[Lease]) -> dict[str, TetherError | None]:
+        """Cut and drop every lease's role; per lease, None (gone) or why not. Idempotent."""
+        out: dict[str, TetherError | None] = {}
+        for service, by_role in self._targets(leases).items():
+            bad = [r for r in by_role if not _ROLE_RE.match(r)]
+            for r in bad:
+                out[by_role[r]] = Unavailable(
+                    f"refusing to drop `{r[:64]}`: not a tether role", code="connector_failed"
+                )
+            roles = [r for r in by_role if r not in bad]
+            if not roles:
+                continue
+            try:
+                self.drop_roles(service, roles)
+                out.update({by_role[r]: None for r in roles})
+            except TetherError:
+                for r in roles:  # find which one: alone, each either goes or says why
+                    try:
+                        self.drop_roles(service, [r])
+                        out[by_role[r]] = None
+                    except TetherError as exc:
+                        out[by_role[r]] = exc
+        return out
+
+    def drop_roles(self, service: str, roles: Sequence[str]) -> None:
+        names = _tether_roles(roles)
+        if not names:
+            return
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            rows = conn.execute(
+                "SELECT rolname, pg_has_role(current_user, oid, 'USAGE') FROM pg_roles "
+                "WHERE rolname = ANY(%s)",
+                (names,),
+            ).fetchall()
+            present = sorted(str(r[0]) for r in rows)
+            if not present:
+                return  # never created, or already dropped: revoking is idempotent
+            try:
+                conn.execute(pgsql.cut(present))
+                conn.execute(pgsql.drop(present, [str(r[0]) for r in rows if not r[1]]))
+            except psycopg.Error:
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                    conn.execute("ROLLBACK")
+                raise
+
+        what = f"drop role `{names[0]}`" if len(names) == 1 else f"drop {len(names)} roles"
+        self._run(service, what, work)
 
     def drop_role(self, service: str, role: str) -> None:
         if not _ROLE_RE.match(role):
-            # Never drop anything this connector could not have created.
             raise Unavailable(f"refusing to drop `{role[:64]}`: not a tether role", code="connector_failed")
-        conn = self._connect(service, autocommit=True)
-        try:
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
-                return  # never created, or already dropped: revoking is idempotent
-            r = sql.Identifier(role)
-            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(r))
-            deadline = time.monotonic() + _SESSION_WAIT_S
-            while conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s", (role,)
-            ).fetchone() != (0,):
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"sessions of `{role}` did not end", code="connector_failed")
-                time.sleep(0.02)  # backends exit asynchronously after the signal
-            with conn.transaction():
-                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(r))
-                conn.execute(sql.SQL("DROP OWNED BY {}").format(r))
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(r))
-        except psycopg.Error as exc:
-            raise _fail(service, f"drop role `{role}`", exc) from None
-        finally:
-            conn.close()
+        self.drop_roles(service, [role])
 
     def roles(self, service: str) -> list[str]:
         """Login roles this broker created on ``service``'s server (by name and tag)."""
-        conn = self._connect(service, autocommit=True)
-        try:
+
+        def work(conn: psycopg.Connection[Any]) -> list[str]:
             rows = conn.execute(
                 "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tether\\_l\\_%%' "
                 "AND shobj_description(oid, 'pg_authid') LIKE %s",
                 (f"tether:{self._tag} %",),
             ).fetchall()
-        except psycopg.Error as exc:
-            raise _fail(service, "list roles", exc) from None
-        finally:
-            conn.close()
-        return [str(r[0]) for r in rows]
+            return [str(r[0]) for r in rows]
 
-    def sweep(self, keep: Iterable[str]) -> list[str]:
-        """Drop every tether role with no live lease on every configured server."""
-        keep_set, dropped = set(keep), []
+        return self._run(service, "list roles", work)
+
+    def sweep(self, keep: Callable[[], set[str]]) -> list[str]:
+        """Drop every tether role no lease accounts for, on every configured server.
+
+        ``keep`` is read *after* the roles are listed: a role is committed only after its
+        lease row (on a PostgreSQL store), so a role that a replica is minting right now
+        is always in ``keep``."""
+        dropped = []
         for service in self._dsns:
-            for role in self.roles(service):
-                if role not in keep_set:
-                    self.drop_role(service, role)
-                    dropped.append(role)
+            found = self.roles(service)
+            if not found:
+                continue
+            kept = keep()
+            orphans = [r for r in found if r not in kept]
+            if orphans:
+                self.drop_roles(service, orphans)
+                dropped.extend(orphans)
         return dropped
 
     def health(self) -> None:
         for service in self._dsns:
-            self._connect(service).close()
+            self._run(service, "connect", lambda conn: conn.execute("SELECT 1"))

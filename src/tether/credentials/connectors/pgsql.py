@@ -1,0 +1,116 @@
+"""The SQL of the ``postgres`` connector, built once per call from fixed fragments.
+
+Every identifier goes through ``psycopg.sql.Identifier`` and every value through
+``sql.Literal``; role names are also checked against the connector's own pattern before
+they reach a statement. Statements that run together are joined into one string: with
+no bound parameters psycopg sends it as one simple query — one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from psycopg import sql
+
+#: Advisory lock (two-key form, in the target database) taken around every change Tether
+#: makes to an object's ACL. PostgreSQL updates the ACL of a schema or table in place, and
+#: two concurrent GRANTs on one object fail with `tuple concurrently updated`.
+ACL_LOCK = (0x7E7E, 0x0020)
+#: Seconds a wait for a terminated backend may take (PostgreSQL 14+ `pg_terminate_backend(pid, ms)`).
+TERMINATE_WAIT_MS = 1000
+
+
+def qualified(name: str) -> sql.Composable:
+    schema, dot, table = str(name).partition(".")
+    return sql.Identifier(schema, table) if dot else sql.Identifier(schema)
+
+
+def group_name(
+    tag: str, service: str, privs: Sequence[str], tables: Sequence[str], schemas: Sequence[str]
+) -> str:
+    """The NOLOGIN role holding one set of grants; per-lease roles join it."""
+    key = "\x00".join([tag, service, ",".join(privs), ",".join(tables), "|", ",".join(schemas)])
+    return "tether_g_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def group_setup(
+    group: str,
+    comment: str,
+    privs: Sequence[str],
+    tables: Sequence[str],
+    schemas: Sequence[str],
+    *,
+    create: bool,
+) -> sql.Composed:
+    g = sql.Identifier(group)
+    parts: list[sql.Composable] = []
+    if create:
+        parts.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(g))
+        parts.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(g, sql.Literal(comment)))
+    priv_sql = sql.SQL(", ").join(sql.SQL(p) for p in privs)  # from the connector's fixed table
+    usage = sorted({t.partition(".")[0] for t in tables if "." in t} | set(schemas))
+    for schema in usage:
+        parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), g))
+    for table in tables:
+        parts.append(sql.SQL("GRANT {} ON TABLE {} TO {}").format(priv_sql, qualified(table), g))
+    for schema in schemas:
+        parts.append(
+            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(priv_sql, sql.Identifier(schema), g)
+        )
+    return sql.SQL("; ").join(parts)
+
+
+def create_login(
+    role: str, group: str, verifier: str, until: str, comment: str, max_conn: int
+) -> sql.Composed:
+    """One lease's role: a member of its group, and a role the admin is a member of (so a
+    NOSUPERUSER admin may terminate its sessions and REASSIGN/DROP OWNED on 15+)."""
+    r = sql.Identifier(role)
+    return sql.SQL("; ").join(
+        [
+            sql.SQL(
+                "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT "
+                "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {} IN ROLE {}"
+            ).format(
+                r, sql.Literal(max_conn), sql.Literal(verifier), sql.Literal(until), sql.Identifier(group)
+            ),
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(r, sql.Literal(comment)),
+            sql.SQL("GRANT {} TO CURRENT_USER").format(r),
+        ]
+    )
+
+
+def _array(roles: Sequence[str]) -> sql.Composed:
+    return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(r) for r in roles))
+
+
+def cut(roles: Sequence[str]) -> sql.Composed:
+    """No new login, then no session: ``NOLOGIN`` commits *before* the sessions are
+    terminated, so a login racing the cut is either refused or terminated. A role that
+    is already gone is skipped, so one batch serves any mix of states."""
+    body = sql.SQL(
+        "DECLARE r text; BEGIN FOREACH r IN ARRAY {} LOOP "
+        "BEGIN EXECUTE format('ALTER ROLE %I NOLOGIN', r); "
+        "EXCEPTION WHEN undefined_object THEN NULL; END; END LOOP; END"
+    ).format(_array(roles))
+    return sql.SQL(
+        "BEGIN; DO $tether$ {} $tether$; COMMIT; "
+        "SELECT count(pg_terminate_backend(pid, {})) FROM pg_stat_activity WHERE usename = ANY({})"
+    ).format(body, sql.Literal(TERMINATE_WAIT_MS), _array(roles))
+
+
+def drop(roles: Sequence[str], grant_to_admin: Sequence[str]) -> sql.Composed:
+    """Objects the roles own go to the admin, their grants go, then the roles."""
+    rs = sql.SQL(", ").join(sql.Identifier(r) for r in roles)
+    parts: list[sql.Composable] = [sql.SQL("BEGIN")]
+    # Roles minted before the admin joined each one (or by another tool) need the
+    # membership first: REASSIGN/DROP OWNED require the privileges of the role on 15+.
+    parts += [sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(r)) for r in grant_to_admin]
+    parts += [
+        sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(rs),
+        sql.SQL("DROP OWNED BY {}").format(rs),
+        sql.SQL("DROP ROLE {}").format(rs),
+        sql.SQL("COMMIT"),
+    ]
+    return sql.SQL("; ").join(parts)

@@ -1,0 +1,155 @@
+"""Replica identity: one live process per ``node_id``, checked at start.
+
+``node_id`` names a replica's audit chain (and its lease claims). Two processes with one
+id collide on the chain head and fail closed on every write — which looks like generic
+``audit_unavailable`` denies. So a replica records itself in ``replica_heartbeats`` at
+start and refreshes the row every :data:`HEARTBEAT_S`; a second process whose ``node_id``
+has a live heartbeat refuses to start, saying which process holds it and what to change.
+
+A heartbeat counts as dead when it is older than :data:`STALE_AFTER_S`, or when it names
+this host and a pid that no longer runs (a ``kill -9``'d broker restarts at once), or this
+very process and an instance that was never started or was released.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from tether.errors import ConfigError, TetherError
+from tether.store import credentials_tables as ct
+from tether.store.db import Database
+
+log = logging.getLogger("tether")
+
+HEARTBEAT_S = 2.0
+STALE_AFTER_S = 10.0
+
+_active: set[str] = set()  # instances of this process whose heartbeat runs
+_active_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
+
+
+def _dead(row: Any, now: float, host: str) -> bool:
+    if now - float(row.seen_at) > STALE_AFTER_S:
+        return True
+    if row.host != host:
+        return False
+    if int(row.pid) == os.getpid():
+        with _active_lock:
+            return str(row.instance) not in _active
+    return not _pid_alive(int(row.pid))
+
+
+class Replica:
+    def __init__(self, db: Database, node_id: str, instance: str, clock: Callable[[], float]) -> None:
+        self.db = db
+        self.node_id = node_id
+        self.instance = instance
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lost = False
+
+    @classmethod
+    def claim(cls, db: Database, node_id: str, *, clock: Callable[[], float] = time.time) -> Replica:
+        """Record this process as ``node_id``; refuse when another live process is it."""
+        host = socket.gethostname()[:256]
+        rep = cls(db, node_id, uuid.uuid4().hex, clock)
+        for attempt in (1, 2):
+            try:
+                with db.begin() as conn:
+                    row = conn.execute(
+                        select(ct.replicas).where(ct.replicas.c.node_id == node_id).with_for_update()
+                    ).first()
+                    now = clock()
+                    if row is not None and not _dead(row, now, host):
+                        raise ConfigError(
+                            f"node_id `{node_id}` is already live: a replica on `{row.host}` (pid {row.pid}) "
+                            f"sent a heartbeat {max(0.0, now - float(row.seen_at)):.1f} s ago; give each "
+                            "replica its own `node_id` (in tether.toml or TETHER_NODE_ID), or stop that "
+                            f"one — a dead replica's id is free after {STALE_AFTER_S:.0f} s",
+                            code="node_id_in_use",
+                            field="node_id",
+                        )
+                    values = {"instance": rep.instance, "host": host, "pid": os.getpid(), "seen_at": now}
+                    if row is None:
+                        conn.execute(insert(ct.replicas).values(node_id=node_id, started_at=now, **values))
+                    else:
+                        conn.execute(
+                            update(ct.replicas)
+                            .where(ct.replicas.c.node_id == node_id)
+                            .values(started_at=now, **values)
+                        )
+                return rep
+            except ConfigError:
+                raise
+            except TetherError:
+                if attempt == 2:  # two replicas inserted at once: the loser reads the winner's row
+                    raise
+        raise AssertionError("unreachable")
+
+    def start(self) -> Callable[[], None]:
+        """Start the heartbeat; returns :meth:`release` (for ``Runtime.on_close``)."""
+        with _active_lock:
+            _active.add(self.instance)
+        self._thread = threading.Thread(target=self._run, name="tether-heartbeat", daemon=True)
+        self._thread.start()
+        return self.release
+
+    def beat(self) -> bool:
+        with self.db.begin() as conn:
+            res = conn.execute(
+                update(ct.replicas)
+                .where(ct.replicas.c.node_id == self.node_id, ct.replicas.c.instance == self.instance)
+                .values(seen_at=self.clock())
+            )
+        return res.rowcount == 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                ok = self.beat()
+            except Exception as exc:  # the store may be briefly down; the next beat retries
+                log.warning("replica heartbeat failed: %s", getattr(exc, "message", exc))
+                continue
+            if not ok and not self._lost:
+                self._lost = True
+                log.error(
+                    "node_id `%s` was taken over by another process (this one missed its heartbeats); "
+                    "its audit writes will fail: give each replica its own node_id",
+                    self.node_id,
+                )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with _active_lock:
+            _active.discard(self.instance)
+        try:
+            with self.db.begin() as conn:
+                conn.execute(
+                    delete(ct.replicas).where(
+                        ct.replicas.c.node_id == self.node_id, ct.replicas.c.instance == self.instance
+                    )
+                )
+        except TetherError as exc:  # the row goes stale on its own
+            log.warning("could not release node_id `%s`: %s", self.node_id, exc.message)

@@ -1,0 +1,162 @@
+"""Several replicas on one PostgreSQL store and one target: parallel mints, one owner per
+revocation, one live process per node_id."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from _credhelp import tether_roles
+
+from tether.broker import AuthorizeRequest, OpenTaskRequest
+from tether.config import load_settings
+from tether.credentials import leases as ls
+from tether.credentials import reaper as reaper_mod
+from tether.credentials.leases import Lease, LeaseState, Revocation
+from tether.errors import ConfigError
+from tether.model import Grant, Workload
+from tether.runtime import Runtime
+from tether.testing import capture_events
+
+pytestmark = pytest.mark.postgresql
+
+# Replicas share state through a PostgreSQL store (SQLite is one process's store).
+_ON_POSTGRESQL = pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+AGENT = Workload("spiffe://support.example/analyst", "support.example", "test")
+
+
+def _replica(settings, node_id: str) -> Runtime:
+    s = load_settings(
+        settings.state_dir,
+        environ={},
+        overrides={
+            "store": settings.store_url,
+            "environment": "prod",
+            "identity": {"dpop": "optional"},
+            "node_id": node_id,
+        },
+    )
+    return Runtime.start(s)
+
+
+@pytest.fixture
+def replicas(pg_settings):
+    rts = [_replica(pg_settings, f"node-{x}") for x in "abc"]
+    yield rts
+    for rt in rts:
+        rt.close()
+
+
+def _open(rt: Runtime) -> str:
+    grants = (Grant("read", "analytics.orders"),)
+    return rt.broker.open_task(AGENT, OpenTaskRequest("support.triage", "test", grants, 600)).token
+
+
+@_ON_POSTGRESQL
+def test_forty_parallel_mints_on_one_target_never_collide(pg_runtime, store_url):
+    """40 mints at once on one target (the connector, no broker lock between them): all succeed."""
+    pgc = pg_runtime.extras["credentials"].service.connectors["postgres"]
+    tokens = [_open(pg_runtime) for _ in range(40)]
+    results = [pg_runtime.broker.authorize(tokens[0], AuthorizeRequest("read", "analytics.orders"))]
+    lease0 = results[0].credential
+    assert lease0 is not None
+    with pg_runtime.db.read() as conn:
+        template = ls.get_lease(conn, lease0.lease_id)
+    assert template is not None
+    from tether.credentials.connectors.base import MintRequest
+
+    resource = pg_runtime.catalog.get("analytics.orders")
+    task = pg_runtime.broker.get_task(template.task_id)[0]
+    pgc._groups.clear()  # every thread also races the group set-up
+    gate = threading.Barrier(40)
+
+    def mint(i: int) -> str | None:
+        fields = {f: getattr(template, f) for f in Lease.__dataclass_fields__}
+        lease = Lease(**{**fields, "id": f"lse_par{i:04d}abcdefgh"})
+        gate.wait(10)
+        try:
+            pgc.mint(MintRequest(lease, task, resource, ("read",)))
+            return None
+        except Exception as exc:
+            return getattr(exc, "code", repr(exc))
+
+    with ThreadPoolExecutor(40) as pool:
+        errors = [e for e in pool.map(mint, range(40)) if e]
+    assert errors == []
+    made = {r for r in tether_roles_of(pg_runtime) if r.startswith("tether_l_par")}
+    assert len(made) == 40
+    pgc.drop_roles("analytics", sorted(made))
+
+
+def tether_roles_of(rt: Runtime) -> set[str]:
+    return set(rt.extras["credentials"].service.connectors["postgres"].roles("analytics"))
+
+
+@_ON_POSTGRESQL
+def test_forty_concurrent_authorizations_across_replicas_have_no_connector_failed(replicas, store_url):
+    """40 allowed calls at once, spread over three replicas minting on one target: 0 `connector_failed`."""
+    tokens = [(rt, _open(rt)) for rt in replicas for _ in range(14)][:40]
+    gate = threading.Barrier(len(tokens))
+
+    def call(pair) -> str:
+        rt, tok = pair
+        gate.wait(10)
+        d = rt.broker.authorize(tok, AuthorizeRequest("read", "analytics.orders"))
+        return "minted" if d.credential is not None else str(d.decision.code)
+
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        outcomes = list(pool.map(call, tokens))
+    assert outcomes.count("minted") == 40, outcomes
+
+
+@_ON_POSTGRESQL
+def test_three_replicas_sweeping_one_backlog_revoke_each_lease_exactly_once(
+    replicas, store_url, pg_server, monkeypatch, caplog
+):
+    """Three replicas (two workers each) drain one backlog: every lease revoked/done, none
+    retrying, no failed attempt, one `credential.revoked` per lease, no warning, no role left."""
+    a = replicas[0]
+    for rt in replicas:  # nobody works the backlog until all start together
+        rt.extras["credentials"].reaper.stop()
+    tokens = [_open(a) for _ in range(45)]
+    for tok in tokens:
+        assert a.broker.authorize(tok, AuthorizeRequest("read", "analytics.orders")).credential is not None
+    a.broker.revoke(everything=True, by="test")
+    monkeypatch.setattr(reaper_mod, "BATCH", 4)  # small claims, so the workers interleave
+    gate = threading.Barrier(6)
+
+    def work(rt: Runtime) -> tuple[int, int]:
+        gate.wait(10)
+        return rt.extras["credentials"].reaper.process_revocations()
+
+    caplog.set_level(logging.WARNING, logger="tether.credentials")
+    with capture_events() as events, ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(work, replicas * 2))
+    with a.db.read() as conn:
+        leases = ls.list_leases(conn, limit=1000)
+    assert len(leases) == 45
+    assert {(x.state, x.revocation) for x in leases} == {(LeaseState.REVOKED, Revocation.DONE)}
+    assert all(x.attempts == 0 and x.last_error is None for x in leases)
+    assert sum(done for done, _ in results) == 45 and sum(failed for _, failed in results) == 0
+    revoked = [e.lease_id for e in events if e.type == "credential.revoked"]
+    assert sorted(revoked) == sorted(x.id for x in leases)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not tether_roles(pg_server)
+
+
+@_ON_POSTGRESQL
+def test_second_process_with_a_live_node_id_refuses_to_start(pg_settings, store_url):
+    """A replica whose node_id has a live heartbeat refuses to start and says what to change;
+    once the first is closed, the id is free again."""
+    first = _replica(pg_settings, "node-same")
+    try:
+        with pytest.raises(ConfigError) as err:
+            _replica(pg_settings, "node-same")
+        assert err.value.code == "node_id_in_use" and err.value.details["field"] == "node_id"
+        assert "node_id `node-same` is already live" in err.value.message
+        assert "give each replica its own `node_id`" in err.value.message
+    finally:
+        first.close()
+    _replica(pg_settings, "node-same").close()
