@@ -37,7 +37,7 @@ leases = Table(
     Column("node_id", String(64), nullable=False),  # the replica that minted it
     Column("material", Text, nullable=False),  # JSON, non-secret handles (e.g. the role name)
     # The revoker working this lease (a claim token; ``next_attempt_at`` is its visibility
-    # timeout). Added after the first release: see migration 21.
+    # timeout). Added by schema revision 0002.
     Column("claimed_by", String(128)),
 )
 Index("ix_leases_state_expires", leases.c.state, leases.c.expires_at)
