@@ -334,3 +334,64 @@ def test_close_cuts_access_before_any_cleanup(analyst, pg_server, pg_runtime):
         session.close()
     creds.reaper.reap()
     assert not role_exists(pg_server, cred["username"])
+
+
+def test_hanging_target_does_not_stall_another_targets_cut(tmp_path, pg_server, admin_url):
+    """A target that accepts connections and never answers delays only its own cuts: the other
+    target's role is cut long before the hanging one's connect timeout."""
+    import socket
+    import time
+
+    from tether.credentials.connectors.postgres import PostgresConnector
+    from tether.credentials.cut import Cutter
+    from tether.credentials.leases import Lease, LeaseState, Revocation
+
+    hang_dir = tmp_path / "hang"
+    hang_dir.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(hang_dir / ".s.PGSQL.5432"))
+    listener.listen(8)  # accepts (the kernel does), never answers the startup packet
+    pgc = PostgresConnector(
+        {"analytics": admin_url, "stuck": f"postgresql://x@/x?host={hang_dir}&port=5432"}, tag="hangtest"
+    )
+    with pg_server.connect() as conn:
+        conn.execute("CREATE ROLE tether_l_hangtest0001 LOGIN")
+
+    def lease(service: str, role: str) -> Lease:
+        return Lease(
+            "lse_" + role,
+            "tsk_x",
+            "tsk_x",
+            "a",
+            "postgres",
+            service,
+            service,
+            "read@x",
+            0.0,
+            1e12,
+            LeaseState.REVOKING,
+            Revocation.PENDING,
+            "node-1",
+            {"role": role, "service": service},
+        )
+
+    cutter = Cutter({"postgres": pgc})
+    try:
+        started = time.monotonic()
+        cutter.submit([lease("stuck", "tether_l_stuck00000001"), lease("analytics", "tether_l_hangtest0001")])
+
+        def cut() -> bool:
+            with pg_server.connect() as conn:
+                row = conn.execute(
+                    "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tether_l_hangtest0001'"
+                ).fetchone()
+            return row == (False,)
+
+        wait_until(cut, timeout=4, what="the healthy target's cut")
+        assert time.monotonic() - started < 4.5  # the stuck target's connect timeout is 5 s
+    finally:
+        cutter.stop(timeout=0.1)
+        pgc.close()
+        listener.close()
+        with pg_server.connect() as conn:
+            conn.execute("DROP ROLE IF EXISTS tether_l_hangtest0001")

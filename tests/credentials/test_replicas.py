@@ -160,3 +160,30 @@ def test_second_process_with_a_live_node_id_refuses_to_start(pg_settings, store_
     finally:
         first.close()
     _replica(pg_settings, "node-same").close()
+
+
+@_ON_POSTGRESQL
+def test_tether_up_with_the_node_id_of_a_running_broker_exits_saying_what_to_change(
+    tmp_path, store_url, monkeypatch
+):
+    """A second `tether up` on the store of a running broker, with its node_id, exits 1 and
+    tells the operator to give each replica its own node_id (not a stream of 503s)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tether.testing import TestTrustDomain, broker_process
+
+    monkeypatch.setenv("TETHER_STORE", store_url)
+    tether = str(Path(sys.executable).parent / "tether")
+    with broker_process(tmp_path / "first", TestTrustDomain("support.example")):
+        second = subprocess.run(
+            [tether, "up", "--state-dir", str(tmp_path / "second"), "--listen", "127.0.0.1:0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert second.returncode == 1, second.stdout + second.stderr
+    out = " ".join((second.stdout + second.stderr).split())
+    assert "node_id_in_use" in out and "node_id `node-1` is already live" in out
+    assert "give each replica its own `node_id`" in out

@@ -276,21 +276,6 @@ def live_leases_of_tasks(conn: Connection, task_ids: Iterable[str]) -> list[Leas
     return [_lease(r) for r in rows]
 
 
-def due_revocations(conn: Connection, now: float, limit: int = 100) -> list[Lease]:
-    rows = conn.execute(
-        select(ct.leases)
-        .where(
-            and_(
-                ct.leases.c.state == LeaseState.REVOKING.value,
-                or_(ct.leases.c.next_attempt_at.is_(None), ct.leases.c.next_attempt_at <= now),
-            )
-        )
-        .order_by(ct.leases.c.next_attempt_at)
-        .limit(limit)
-    )
-    return [_lease(r) for r in rows]
-
-
 def expired_live(conn: Connection, now: float, limit: int = 500) -> list[Lease]:
     rows = conn.execute(
         select(ct.leases)

@@ -89,10 +89,14 @@ def cut(roles: Sequence[str]) -> sql.Composed:
     """No new login, then no session: ``NOLOGIN`` commits *before* the sessions are
     terminated, so a login racing the cut is either refused or terminated. A role that
     is already gone is skipped, so one batch serves any mix of states."""
+    # Another session cutting or dropping the same role at the same moment makes ALTER ROLE
+    # wait for it and then fail with `tuple concurrently updated` (XX000); by then that
+    # change has committed, so trying again sees it (NOLOGIN already, or the role gone).
     body = sql.SQL(
-        "DECLARE r text; BEGIN FOREACH r IN ARRAY {} LOOP "
-        "BEGIN EXECUTE format('ALTER ROLE %I NOLOGIN', r); "
-        "EXCEPTION WHEN undefined_object THEN NULL; END; END LOOP; END"
+        "DECLARE r text; BEGIN FOREACH r IN ARRAY {} LOOP FOR i IN 1..5 LOOP "
+        "BEGIN EXECUTE format('ALTER ROLE %I NOLOGIN', r); EXIT; "
+        "EXCEPTION WHEN undefined_object THEN EXIT; "
+        "WHEN internal_error THEN IF i = 5 THEN RAISE; END IF; END; END LOOP; END LOOP; END"
     ).format(_array(roles))
     return sql.SQL(
         "BEGIN; DO $tether$ {} $tether$; COMMIT; "

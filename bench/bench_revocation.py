@@ -1,0 +1,252 @@
+"""Revocation under load: close acknowledged → every role of the tree is unusable.
+
+Against a throwaway PostgreSQL server (tests/_pg.py), with the connector's admin a
+NOSUPERUSER role (CREATEROLE, INHERIT) as docs/credentials.md prescribes:
+
+1. **bound** — with ``--live`` live leases and a background load of ``--rate`` mints/s
+   (each background task is opened, minted and closed, so cleanup runs too) on ONE
+   replica: for ``--n`` task trees (a root and a delegated child, one role each, one
+   session open), the time from ``close_task`` returning to *every role of the tree has
+   rolcanlogin = false and no row in pg_stat_activity*, polled on a superuser connection;
+2. **drain** — every live lease revoked at once with the cleanup stopped, then the time
+   for ``--replicas`` replicas' revokers to take the backlog to zero;
+3. **concurrency** — ``--concurrency`` allowed calls at once (spread over three replicas,
+   ``--rounds`` times) and the same number of raw connector mints at once: how many
+   came back ``connector_failed``.
+
+    python bench/bench_revocation.py [--live 1000] [--n 200] [--rate 35] [--store postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "credentials"))
+import psycopg
+from _credhelp import DATASETS, add_analytics
+
+import _pg
+from tether.broker import AuthorizeRequest, OpenTaskRequest
+from tether.config import load_settings
+from tether.credentials import leases as ls
+from tether.model import Grant, Workload
+from tether.runtime import Runtime, init_state_dir
+from tether.testing import TestTrustDomain, make_settings
+
+ROOT = Workload("spiffe://support.example/analyst", "support.example", "bench")
+CHILD = Workload("spiffe://support.example/helper", "support.example", "bench")
+READ = AuthorizeRequest("read", "analytics.orders")
+GRANTS = (Grant("read", "analytics.orders"),)
+
+
+def _stats(name: str, xs: list[float]) -> None:
+    s = sorted(xs)
+    p99 = s[min(len(s) - 1, int(len(s) * 0.99))]
+    print(
+        f"  {name:52} n={len(s):5}  p50 {statistics.median(s) * 1000:8.1f} ms  "
+        f"p99 {p99 * 1000:8.1f} ms  max {s[-1] * 1000:8.1f} ms"
+    )
+
+
+def _open(rt: Runtime, ttl: int = 3600) -> tuple[str, str]:
+    o = rt.broker.open_task(ROOT, OpenTaskRequest("support.triage", "bench", GRANTS, ttl))
+    return o.task.id, o.token
+
+
+def _mint(rt: Runtime, token: str) -> dict:
+    cred = rt.broker.authorize(token, READ).credential
+    if cred is None:
+        raise RuntimeError("mint denied")
+    return dict(cred.for_agent or {})
+
+
+def _tree(rt: Runtime) -> tuple[str, list[dict]]:
+    """A root task and a delegated child, one role each."""
+    root_id, root_tok = _open(rt)
+    creds = [_mint(rt, root_tok)]
+    claims = rt.broker.verify_token(root_tok)
+    d = rt.broker.delegate(claims, root_id, CHILD.spiffe_id, GRANTS, 120)
+    child = rt.broker.open_task(CHILD, OpenTaskRequest(None, "", None, 120, delegation=d.id))
+    creds.append(_mint(rt, child.token))
+    return root_id, creds
+
+
+def bench_bound(server, rt: Runtime, live: int, n: int, rate: float) -> None:
+    print("\n1. close acknowledged → every role of the tree refuses login and has no session")
+    t0 = time.monotonic()
+    for _ in range(live):
+        _mint(rt, _open(rt)[1])
+    with rt.db.read() as conn:
+        states = ls.count_by_state(conn)
+    print(f"  {states.get('active', 0)} live leases (filled in {time.monotonic() - t0:.1f} s)")
+    stop = threading.Event()
+    bg = {"mints": 0}
+
+    def background() -> None:
+        nxt = time.monotonic()
+        while not stop.is_set():
+            task_id, tok = _open(rt)
+            _mint(rt, tok)
+            rt.broker.close_task(task_id, by="bench")
+            bg["mints"] += 1
+            nxt += 1.0 / rate
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+
+    workers = [threading.Thread(target=background, daemon=True) for _ in range(2)]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    samples: list[float] = []
+    probe = server.connect()
+    try:
+        for _ in range(n):
+            task_id, creds = _tree(rt)
+            roles = [c["username"] for c in creds]
+            session = psycopg.connect(creds[0]["dsn"], autocommit=True)
+            rt.broker.close_task(task_id, by="bench")
+            acked = time.perf_counter()
+            while True:
+                row = probe.execute(
+                    "SELECT coalesce(bool_or(rolcanlogin), false), "
+                    "(SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s)) "
+                    "FROM pg_roles WHERE rolname = ANY(%s)",
+                    (roles, roles),
+                ).fetchone()
+                if row == (False, 0):
+                    break
+                if time.perf_counter() - acked > 30:
+                    raise RuntimeError(f"roles {roles} still usable after 30 s: {row}")
+            samples.append(time.perf_counter() - acked)
+            session.close()
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+        probe.close()
+    elapsed = time.monotonic() - started
+    total_mints = bg["mints"] + 2 * n
+    print(
+        f"  background: {bg['mints']} mint+close ({bg['mints'] / elapsed:.1f}/s); all mints "
+        f"{total_mints / elapsed:.1f}/s over {elapsed:.1f} s"
+    )
+    _stats("close → all roles of the tree cut", samples)
+
+
+def bench_drain(rts: list[Runtime], replicas: int) -> None:
+    a = rts[0]
+    for rt in rts:
+        rt.extras["credentials"].reaper.stop()
+    a.broker.revoke(everything=True, by="bench")
+    with a.db.read() as conn:
+        backlog = ls.count_by_state(conn).get("revoking", 0)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(replicas) as pool:
+        while True:
+            list(pool.map(lambda rt: rt.extras["credentials"].reaper.process_revocations(), rts[:replicas]))
+            with a.db.read() as conn:
+                left = ls.count_by_state(conn).get("revoking", 0)
+            if not left:
+                break
+    took = time.monotonic() - t0
+    print(
+        f"\n2. drain: {backlog} revoking leases → 0 with {replicas} replica(s): {took:.2f} s "
+        f"({backlog / took:.0f} leases/s)"
+    )
+    for rt in rts:
+        rt.extras["credentials"].reaper.start()
+
+
+def bench_concurrency(rts: list[Runtime], width: int, rounds: int) -> None:
+    failed = other = ok = 0
+    for _ in range(rounds):
+        tokens = [(rts[i % len(rts)], _open(rts[i % len(rts)])[1]) for i in range(width)]
+        gate = threading.Barrier(width)
+
+        def call(pair: tuple[Runtime, str], gate: threading.Barrier = gate) -> str:
+            rt, tok = pair
+            gate.wait(30)
+            d = rt.broker.authorize(tok, READ)
+            return "ok" if d.credential else str(d.decision.code)
+
+        with ThreadPoolExecutor(width) as pool:
+            outs = list(pool.map(call, tokens))
+        ok += outs.count("ok")
+        failed += outs.count("connector_failed")
+        other += len(outs) - outs.count("ok") - outs.count("connector_failed")
+    print(
+        f"\n3. {width}-way allowed calls over {len(rts)} replicas × {rounds} rounds: "
+        f"{ok} minted, {failed} connector_failed, {other} other denies"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--live", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=35.0)
+    ap.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    domain = TestTrustDomain("support.example")
+    with tempfile.TemporaryDirectory() as d, _pg.running_server(port=5544) as server:
+        db = server.create_database("bench_target")
+        with server.connect() as c:
+            c.execute("CREATE ROLE bench_admin LOGIN CREATEROLE INHERIT NOSUPERUSER PASSWORD 'bench'")
+        with server.connect(db) as c:
+            c.execute("CREATE TABLE orders (id int primary key)")
+            c.execute("ALTER TABLE orders OWNER TO bench_admin")
+        store = server.url(server.create_database("bench_store")) if args.store == "postgresql" else None
+        state = Path(d) / "state"
+        init_state_dir(state)
+        add_analytics(state, DATASETS)
+        admin = server.url(db, user="bench_admin", password="bench")
+        settings = make_settings(
+            state,
+            store_url=store,
+            domain=domain,
+            overrides={"environment": "prod", "tasks": {"max_ttl_seconds": 7200}},
+            config_extra=f'\n[credentials.postgres]\nanalytics = "{admin}"\n',
+        )
+        rts = [Runtime.start(settings)]
+        try:
+            bench_bound(server, rts[0], args.live, args.n, args.rate)
+            if args.store == "postgresql":
+                for i in range(1, max(args.replicas, 3)):
+                    s = load_settings(
+                        state,
+                        environ={},
+                        overrides={
+                            "store": store,
+                            "environment": "prod",
+                            "identity": {"dpop": "optional"},
+                            "node_id": f"node-{i + 1}",
+                        },
+                    )
+                    rts.append(Runtime.start(s))
+            bench_drain(rts, 1)
+            for _ in range(1000 if args.live >= 1000 else args.live):
+                _mint(rts[0], _open(rts[0])[1])
+            if len(rts) > 1:
+                bench_drain(rts, len(rts))
+            bench_concurrency(rts, args.concurrency, args.rounds)
+            pool = rts[0].extras["credentials"].service.connectors["postgres"].pool
+            print(f"\n   admin connections opened by replica 1: {pool.opened}")
+        finally:
+            for rt in rts:
+                rt.close()
+
+
+if __name__ == "__main__":
+    main()
