@@ -254,6 +254,7 @@ def _headless(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
 
 
+@pytest.mark.timeout(300)  # two Chromium starts on a shared, busy machine
 def test_html_report_renders_in_headless_chromium(report: dict[str, Any], tmp_path: Path):
     """The HTML report is self-contained and Chromium renders every control row and chart."""
     html = tmp_path / "report.html"

@@ -24,22 +24,22 @@ from tether.testing import TestTrustDomain, make_settings
 
 @pytest.fixture
 def deploy(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Iterator[Any]:
-    """Start a prod broker with DPoP optional, minus the named policy files; yield (settings, client)."""
+    """Start a prod broker with DPoP optional, minus the named policy files; (settings, client, runtime)."""
     runtimes: list[Runtime] = []
 
-    def start(*, drop: tuple[str, ...] = ()) -> tuple[Any, TestClient]:
+    def start(*, drop: tuple[str, ...] = (), **extra: Any) -> tuple[Any, TestClient, Runtime]:
         settings = make_settings(
             tmp_path / "state",
             store_url=store_url,
             domain=domain,
-            overrides={"environment": "prod", "identity": {"dpop": "optional"}},
+            overrides={"environment": "prod", "identity": {"dpop": "optional"}, **extra},
         )
         for name in drop:
             (settings.policy_path / name).unlink()
         rt = Runtime.start(settings)
         runtimes.append(rt)
         rt.extras["credentials"].secrets.set("email", "Bearer sk-test-email-upstream")
-        return settings, TestClient(create_app(rt), raise_server_exceptions=False)
+        return settings, TestClient(create_app(rt), raise_server_exceptions=False), rt
 
     yield start
     for rt in runtimes:
@@ -70,7 +70,7 @@ def _statuses(settings: Any) -> tuple[dict[str, str], dict[str, Any]]:
 
 def test_dpop_off_shows_sender_constraint_controls_not_met(deploy: Any, domain: TestTrustDomain):
     """DPoP not required and no task bound: NHI4 not met, ASI03 and tenet 6 short of met."""
-    settings, client = deploy()
+    settings, client, _ = deploy()
     _flow(client, domain, settings)
     statuses, ev = _statuses(settings)
     assert ev["dpop.required"]["value"] is False and ev["dpop.tasks_bound"]["value"] == 0
@@ -80,7 +80,7 @@ def test_dpop_off_shows_sender_constraint_controls_not_met(deploy: Any, domain: 
 
 def test_taint_rule_removed_shows_exfiltration_controls_not_met(deploy: Any, domain: TestTrustDomain):
     """Without the taint policy the email-out is allowed and ASI02 and MAESTRO L2 are not met."""
-    settings, client = deploy(drop=("20-taint.cedar",))
+    settings, client, _ = deploy(drop=("20-taint.cedar",))
     assert _flow(client, domain, settings) == ["allow", "allow"]
     statuses, ev = _statuses(settings)
     assert ev["policy.taint_rule"]["value"] == 0 and ev["decisions.denied_by_taint"]["value"] == 0
@@ -90,7 +90,7 @@ def test_taint_rule_removed_shows_exfiltration_controls_not_met(deploy: Any, dom
 
 def test_taint_rule_present_denies_and_meets_asi02(deploy: Any, domain: TestTrustDomain):
     """The same flow with the shipped policies: the email-out is denied and ASI02 is met."""
-    settings, client = deploy()
+    settings, client, _ = deploy()
     assert _flow(client, domain, settings) == ["allow", "deny"]
     statuses, ev = _statuses(settings)
     assert ev["decisions.denied_by_taint"]["value"] == 1 and statuses["ASI02"] == "met"
@@ -98,7 +98,7 @@ def test_taint_rule_present_denies_and_meets_asi02(deploy: Any, domain: TestTrus
 
 def test_renamed_taint_file_is_still_found_by_annotation(deploy: Any, domain: TestTrustDomain):
     """Rules are found by `@mechanism`, not by file name: a renamed file still counts."""
-    settings, _ = deploy()
+    settings, _, _ = deploy()
     src = settings.policy_path / "20-taint.cedar"
     src.rename(settings.policy_path / "99-anything.cedar")
     from tether.report.facts import policy_facts
@@ -126,9 +126,29 @@ def test_window_too_large_is_refused_not_loaded(deploy: Any, domain: TestTrustDo
     """Past the in-memory bound a report asks for a narrower window instead of exhausting memory."""
     from tether.report import facts
 
-    settings, client = deploy()
+    settings, client, _ = deploy()
     _flow(client, domain, settings)
     monkeypatch.setattr(facts, "MAX_WINDOW_EVENTS", 3)
     with pytest.raises(InvalidRequest) as exc:
         collect(settings, since=time.time() - 600)
     assert exc.value.code == "report_window_too_large"
+
+
+def test_store_rolled_back_behind_an_outside_checkpoint_fails_audit_controls(
+    deploy: Any, domain: TestTrustDomain
+):
+    """A checkpoint kept in `audit.checkpoint_file` beyond the store's head: the chain does not verify."""
+    from tether.audit.checkpoint import append_checkpoint_file, sign_checkpoint
+
+    settings, client, rt = deploy(audit={"checkpoint_file": "checkpoints.jsonl"})
+    _flow(client, domain, settings)
+    seq, head = rt.audit.snapshot()
+    # What the file would hold had the store gone on before an older copy was put back.
+    append_checkpoint_file(
+        settings.state_dir / "checkpoints.jsonl",
+        sign_checkpoint(rt.keys, rt.audit.chain_id, seq + 3, head, time.time()),
+    )
+    statuses, ev = _statuses(settings)
+    assert ev["audit.chain_ok"]["value"] is False
+    assert ev["audit.breaks"]["detail"][0]["kind"] == "rolled_back"
+    assert statuses["MEASURE 2.7"] == "not met" and statuses["ASI10"] == "not met"

@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from tether.audit.checkpoint import Checkpoint
+from tether.audit.checkpoint import Checkpoint, read_checkpoint_file
 from tether.audit.verify import snapshot
 from tether.catalog import Catalog, load_catalog
 from tether.config import Settings
@@ -38,10 +39,20 @@ def collect(
     since: float,
     until: float | None = None,
     now: float | None = None,
-    external: Sequence[Checkpoint] = (),
+    external: Sequence[Checkpoint] | None = None,
 ) -> Facts:
-    """Read the deployment's facts for ``[since, until)``; refuse an empty store or window."""
+    """Read the deployment's facts for ``[since, until)``; refuse an empty store or window.
+
+    ``external``: signed checkpoints kept outside the database; by default those of
+    ``audit.checkpoint_file`` when it is set, so a rolled-back store is caught here too.
+    """
     now = time.time() if now is None else now
+    if external is None:
+        external = []
+        if settings.audit.checkpoint_file:
+            p = Path(settings.audit.checkpoint_file)
+            path = p if p.is_absolute() else settings.state_dir / p
+            external = read_checkpoint_file(path) if path.exists() else []
     until = now if until is None else until
     if since >= until:
         raise InvalidRequest(
