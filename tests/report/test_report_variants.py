@@ -152,3 +152,21 @@ def test_store_rolled_back_behind_an_outside_checkpoint_fails_audit_controls(
     assert ev["audit.chain_ok"]["value"] is False
     assert ev["audit.breaks"]["detail"][0]["kind"] == "rolled_back"
     assert statuses["MEASURE 2.7"] == "not met" and statuses["ASI10"] == "not met"
+
+
+def test_lease_left_live_after_its_task_shows_offboarding_not_met(deploy: Any, domain: TestTrustDomain):
+    """A lease whose revocation never happened (as a failed connector leaves it) is counted and fails NHI1."""
+    from sqlalchemy import update
+
+    from tether.store.credentials_tables import leases
+
+    settings, client, rt = deploy()
+    _flow(client, domain, settings)
+    # Stand-in for a revocation that never reached the real system: the row says "not revoked".
+    with rt.db.begin() as conn:
+        changed = conn.execute(update(leases).values(revoked_at=None, state="active")).rowcount
+    assert changed == 1
+    statuses, ev = _statuses(settings)
+    assert ev["credentials.outlived_task"]["value"] == 1
+    assert statuses["NHI1:2025"] == "not met" and statuses["GOVERN 1.7"] == "not met"
+    assert statuses["MANAGE 2.4"] == "not met"

@@ -60,9 +60,11 @@ EVIDENCE: dict[str, Spec] = {
     "credentials.issued": S("credentials issued", "audit"),
     "credentials.ttl_p50": S("credential TTL, median", "audit", "s"),
     "credentials.ttl_max": S("credential TTL, longest", "audit", "s"),
-    "credentials.beyond_task": S("credentials expiring after their task", "store"),
-    "credentials.outlived_task": S("credentials still live after their task ended", "store"),
-    "credentials.unbound_audience": S("credentials without one audience", "store"),
+    "credentials.beyond_task": S("credentials (live in the window) expiring after their task", "store"),
+    "credentials.outlived_task": S(
+        "credentials (live in the window) still live after their task ended", "store"
+    ),
+    "credentials.unbound_audience": S("credentials (live in the window) without one audience", "store"),
     "credentials.revoked": S("credentials revoked", "audit"),
     "revocation.measured": S("revocations timed (task end → lease revoked)", "audit"),
     "revocation.latency_p50": S("revocation latency, median", "audit", "s"),

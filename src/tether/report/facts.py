@@ -187,12 +187,14 @@ def gather(
         for r in conn.execute(select(workload_entries.c.spiffe_id, workload_entries.c.selectors))
     ]
     lc = lease_table.c
+    # Every lease alive at some point of the window, also those issued before it: a lease
+    # minted last month whose task ended this week is this week's problem.
     leases = [
         LeaseFact(r.id, r.task_id, r.audience, r.issued_at, r.expires_at, r.state, r.revoked_at)
         for r in conn.execute(
             select(
                 lc.id, lc.task_id, lc.audience, lc.issued_at, lc.expires_at, lc.state, lc.revoked_at
-            ).where(lc.issued_at >= since, lc.issued_at < until)
+            ).where(lc.issued_at < until, lc.expires_at >= since)
         )
     ]
     wanted = sorted(
