@@ -272,3 +272,16 @@ def test_html_report_renders_in_headless_chromium(report: dict[str, Any], tmp_pa
     assert shot.returncode == 0, shot.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a page with content, not a blank
+
+
+def test_event_ids_of_a_control_open_with_audit_show(report: dict[str, Any], demo: tuple[Result, Path]):
+    """An auditor follows ASI02's taint denial to the audit log with `tether audit show ID`."""
+    _, state = demo
+    ids = report["evidence"]["decisions.denied_by_taint"]["events"]
+    res = CliRunner().invoke(main, ["audit", "show", *ids, "--state-dir", str(state), "--json"])
+    assert res.exit_code == 0, res.output
+    (event,) = json.loads(res.output)
+    assert event["type"] == "decision" and event["payload"]["outcome"] == "deny"
+    assert event["payload"]["reasons"][0]["policy_id"] == "taint-no-external-egress"
+    missing = CliRunner().invoke(main, ["audit", "show", "node-1:99999", "--state-dir", str(state), "--json"])
+    assert missing.exit_code == 1 and json.loads(missing.output)["error"]["code"] == "event_not_found"

@@ -7,6 +7,7 @@ tools; a broken log exits 1.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -422,6 +423,44 @@ def checkpoint(state_dir: Path, store: str | None, file_: Path | None, as_json: 
             console.print("no audit chains yet")
 
     output([cp.to_dict() for cp in cps], as_json, render)
+
+
+@audit.command()
+@click.argument("event_ids", nargs=-1, required=True, metavar="CHAIN:SEQ...")
+@state_dir_option
+@store_option
+@json_option
+def show(event_ids: tuple[str, ...], state_dir: Path, store: str | None, as_json: bool) -> None:
+    """Show audit events by id (`node-1:42`, as `tail` and `tether report` print them).
+
+    `--json` prints each event whole, payload included, as it was hashed.
+    """
+    from sqlalchemy import select
+
+    from tether.audit.verify import row_to_event
+    from tether.errors import InvalidRequest, NotFound
+    from tether.store.tables import audit_events as ae
+
+    def parse(eid: str) -> tuple[str, int]:
+        chain, _, seq = eid.rpartition(":")
+        if not chain or not seq.isascii() or not seq.isdigit():
+            raise InvalidRequest(f"`{eid}` is not an event id like `node-1:42`", code="invalid_event_id")
+        return chain, int(seq)
+
+    wanted = [run(functools.partial(parse, e), as_json) for e in event_ids]
+    settings = _settings(state_dir, store, as_json)
+
+    def go() -> list[Event]:
+        out = []
+        with _db(settings) as db, db.read() as conn:
+            for chain, seq in wanted:
+                row = conn.execute(select(ae).where(ae.c.chain == chain, ae.c.seq == seq)).first()
+                if row is None:
+                    raise NotFound(f"no audit event `{chain}:{seq}`", code="event_not_found")
+                out.append(row_to_event(row._mapping))
+        return out
+
+    _print_events(run(go, as_json), as_json)
 
 
 def register(main: click.Group) -> None:
