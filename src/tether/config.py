@@ -71,7 +71,7 @@ class Limits:
     #: Budget of one request's store work: connect, lock and statement timeouts (ms).
     store_timeout_ms: int = 2000
     #: Slow clients: a request's headers, then its body, must arrive within these.
-    header_timeout_seconds: int = 10
+    header_timeout_seconds: int = 5
     body_timeout_seconds: int = 30
     #: An idle keep-alive connection is closed after this long.
     keepalive_seconds: int = 5

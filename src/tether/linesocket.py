@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tether.errors import Unavailable
+
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end, as the kernel recorded them at connect."""
@@ -53,3 +55,21 @@ def exchange(path: Path, request: Mapping[str, Any], *, timeout: float) -> bytes
         return buf
     finally:
         s.close()
+
+
+def refuse_if_served(path: Path) -> None:
+    """Raise if another live process accepts connections on the Unix socket ``path``:
+    a socket file is only replaced when nobody answers on it (a stale one)."""
+    if not path.is_socket():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        connect_path(probe, path)
+    except OSError:
+        return  # nobody listening: stale, safe to replace
+    finally:
+        probe.close()
+    raise Unavailable(
+        f"`{path}` is served by another running process; stop it first", code="socket_in_use", field=str(path)
+    )

@@ -11,6 +11,7 @@ import click
 from tether.cli._common import console, json_option, output, run, state_dir_option
 from tether.config import CONFIG_FILE, load_settings
 from tether.runtime import Runtime, init_state_dir
+from tether.server.instance import claim
 
 
 @click.command()
@@ -32,7 +33,13 @@ def init(state_dir: Path, force: bool, as_json: bool) -> None:
 def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = run(lambda: load_settings(state_dir, overrides={"store": store, "listen": listen}))
-    rt: Runtime = run(lambda: Runtime.start(settings))
+    # Before anything touches the state directory's sockets or store: one broker per state dir.
+    lock = run(lambda: claim(settings.state_dir, settings.listen))
+    try:
+        rt: Runtime = run(lambda: Runtime.start(settings))
+    except BaseException:
+        lock.release()
+        raise
     from tether.server.serve import serve
 
     def ready() -> None:
@@ -49,6 +56,7 @@ def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
         pass
     finally:
         rt.close()
+        lock.release()
 
 
 @click.command()

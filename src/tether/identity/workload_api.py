@@ -37,7 +37,7 @@ from tether.errors import Conflict, Forbidden, InvalidRequest, TetherError, Unau
 from tether.identity import attestor, registrations
 from tether.identity.jwt import sign_jwt
 from tether.identity.keys import KeyRing
-from tether.linesocket import exchange
+from tether.linesocket import exchange, refuse_if_served
 from tether.store.db import Database
 
 log = logging.getLogger("tether.workload_api")
@@ -192,6 +192,7 @@ class WorkloadApiServer:
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_symlink() or self.path.exists():
+            refuse_if_served(self.path)  # never take a live broker's socket away from it
             if not self.path.is_socket():
                 raise Unavailable(
                     f"`{self.path}` exists and is not a socket; remove it", code="workload_socket_unavailable"

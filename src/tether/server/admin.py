@@ -12,6 +12,7 @@ Other modules add operations with :func:`operation`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import Forbidden, InvalidRequest, NotFound, TetherError, Unavailable
-from tether.linesocket import exchange, peer_credentials
+from tether.linesocket import exchange, peer_credentials, refuse_if_served
 from tether.server.parsing import parse_json_object
 
 log = logging.getLogger("tether.admin")
@@ -60,8 +61,10 @@ class AdminServer:
         self.runtime = runtime
         self.path = path
         self._server: asyncio.AbstractServer | None = None
+        self._inode = -1
 
     async def start(self) -> None:
+        refuse_if_served(self.path)  # never take a live broker's socket away from it
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
         old = os.umask(0o177)
@@ -72,13 +75,16 @@ class AdminServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        self._inode = self.path.stat().st_ino
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        if self.path.exists():
-            self.path.unlink()
+        # Only our own socket file: another broker may have taken the path since.
+        with contextlib.suppress(OSError):
+            if self.path.is_socket() and self.path.stat().st_ino == self._inode:
+                self.path.unlink()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

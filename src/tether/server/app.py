@@ -42,6 +42,8 @@ log = logging.getLogger("tether.http")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: Longest path plus query string a request may have (no route needs more than a few hundred).
+MAX_TARGET_BYTES = 8192
 
 
 def error_response(exc: TetherError) -> JSONResponse:
@@ -295,6 +297,18 @@ class HeaderLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            # A request target that arrived in one read passes the HTTP parser's bound too.
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            if target > MAX_TARGET_BYTES:
+                response = JSONResponse(
+                    {
+                        "code": "request_target_too_long",
+                        "message": f"the request target exceeds {MAX_TARGET_BYTES} bytes",
+                    },
+                    status_code=414,
+                )
+                await response(scope, receive, send)
+                return
             size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if size > self.max_bytes:
                 response = JSONResponse(

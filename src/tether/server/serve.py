@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 
@@ -19,10 +19,28 @@ from tether.runtime import Runtime
 from tether.server import ops  # noqa: F401  (registers the admin operations)
 from tether.server.admin import AdminServer
 from tether.server.app import create_app
+from tether.server.protocol import bounded_protocol
 
 log = logging.getLogger("tether")
 
 REAP_INTERVAL = 2.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal capture: uvicorn re-raises a captured SIGTERM
+    after shutdown, which kills the process before the runtime closes (no final audit
+    checkpoint). Here SIGINT/SIGTERM ask for a graceful exit and the caller's cleanup runs."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 def reap_once(rt: Runtime) -> None:
@@ -51,17 +69,25 @@ async def _reaper(rt: Runtime, stop: asyncio.Event) -> None:
 async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
     host, port = rt.settings.listen_host_port
     app = create_app(rt)
+    limits = rt.settings.limits
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level="warning",
         access_log=False,
-        h11_max_incomplete_event_size=rt.settings.limits.max_header_bytes,
+        # Slow and idle clients are bounded in the protocol (see tether.server.protocol).
+        http=bounded_protocol(
+            header_timeout=limits.header_timeout_seconds,
+            body_timeout=limits.body_timeout_seconds,
+            max_connections=limits.max_connections,
+        ),
+        timeout_keep_alive=limits.keepalive_seconds,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         server_header=False,
         date_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     admin = AdminServer(rt, rt.settings.admin_socket)
     await admin.start()
     stop = asyncio.Event()
