@@ -27,6 +27,7 @@ from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherErro
 from tether.identity.dpop import DpopProof
 from tether.model import Task
 from tether.runtime import Runtime
+from tether.server.edge import CatchAll
 from tether.server.openapi import OPENAPI
 from tether.server.parsing import (
     check_fields,
@@ -275,11 +276,8 @@ def guarded(handler: Handler) -> Handler:
             return await handler(request)
         except TetherError as exc:
             return error_response(exc)
-        except Exception:
-            log.exception("unhandled error in %s", request.url.path)
-            return JSONResponse(
-                {"code": "internal_error", "message": "internal error; nothing was allowed"}, status_code=500
-            )
+        # Anything else escapes to the ASGI catch-all (tether.server.edge), which answers a
+        # JSON 500 `internal_error` and records the deny.
 
     return wrapper
 
@@ -341,6 +339,7 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
     ]
     app = Starlette(routes=routes)
     app.add_middleware(HeaderLimit, max_bytes=runtime.settings.limits.max_header_bytes)
+    app.add_middleware(CatchAll, runtime=runtime)  # added last: the outermost of ours
     app.state.runtime = runtime
     app.state.api = api
 
