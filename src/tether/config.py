@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from tether.config_console import ConsoleSettings
 from tether.errors import ConfigError
 
 CONFIG_FILE = "tether.toml"
@@ -327,6 +328,7 @@ class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property

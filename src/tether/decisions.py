@@ -341,6 +341,8 @@ class ActionDecisions(BrokerBase):
                     "action": req.action,
                     "resource": req.resource,
                     "args_digest": digest,
+                    # What the approver is shown (masked by the audit rules on the way in).
+                    "arguments": dict(req.arguments),
                     "reason": why,
                     "expires_at": pending.expires_at,
                 },
@@ -408,7 +410,7 @@ class ActionDecisions(BrokerBase):
         with self.db.read() as conn:
             return repo.list_approvals(conn, state)
 
-    def decide_approval(self, approval_id: str, *, grant: bool, by: str) -> Approval:
+    def decide_approval(self, approval_id: str, *, grant: bool, by: str, comment: str = "") -> Approval:
         now = self.clock()
         with self.audit.unit() as u:
             a = repo.get_approval(u.conn, approval_id)
@@ -433,6 +435,7 @@ class ActionDecisions(BrokerBase):
                     "action": a.action,
                     "resource": a.resource,
                     "args_digest": a.args_digest,
+                    **({"comment": comment[:1000]} if comment else {}),
                 },
                 **fields,
             )

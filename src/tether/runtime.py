@@ -98,6 +98,7 @@ EXTENSION_MODULES = (
     "tether.credentials.wiring",
     "tether.audit.wiring",
     "tether.gateway.wiring",
+    "tether.server.console",
 )
 
 

@@ -38,6 +38,11 @@ POLICY_LOADED = "policy.loaded"
 POLICY_RELOAD_FAILED = "policy.reload_failed"
 TOOL_DEFINITION_CHANGED = "tool.definition_changed"
 KEY_ROTATED = "key.rotated"
+# The operator console: a human signed in, acted, or was refused; a notification failed.
+CONSOLE_SIGNIN = "console.signin"
+CONSOLE_ACTION = "console.action"
+CONSOLE_REFUSED = "console.refused"
+NOTIFY_FAILED = "notify.failed"
 
 EVENT_TYPES = frozenset(
     {
@@ -62,6 +67,10 @@ EVENT_TYPES = frozenset(
         KEY_ROTATED,
         WORKLOAD_REGISTERED,
         WORKLOAD_REMOVED,
+        CONSOLE_SIGNIN,
+        CONSOLE_ACTION,
+        CONSOLE_REFUSED,
+        NOTIFY_FAILED,
     }
 )
 

@@ -8,6 +8,7 @@ from tether.cli import (
     approvals,
     audit,
     connectors,
+    console,
     demo,
     gateway,
     keys,
@@ -51,6 +52,7 @@ _GROUPS = (
     leases,
     report,
     connectors,
+    console,
 )
 for module in _GROUPS:
     module.register(main)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from tether.errors import TetherError
 
@@ -25,6 +26,28 @@ state_dir_option = click.option(
     help="Broker state directory (config, keys, SQLite).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def print_rows(columns: tuple[str, ...], rows: list[tuple[str, ...]], ids: tuple[str, ...]) -> None:
+    """Print a table whose id columns (named in ``ids``) are never cut: people copy them into
+    the next command. Other columns fold onto more lines; when even that cannot fit the
+    terminal, each row is printed as a block of ``name: value`` lines instead."""
+    idx = [i for i, c in enumerate(columns) if c in ids]
+    need = sum(max([len(columns[i]), *(len(r[i]) for r in rows)]) for i in idx)
+    need += 3 * len(columns) + 1 + 8 * (len(columns) - len(idx))  # borders, padding, folded columns
+    if need <= console.width:
+        t = Table()
+        for name in columns:
+            t.add_column(name, no_wrap=name in ids, overflow="fold")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+        return
+    for n, r in enumerate(rows):
+        if n:
+            console.print()
+        for name, value in zip(columns, r, strict=True):
+            console.print(f"[dim]{name}:[/] {value}", highlight=False, soft_wrap=True)
 
 
 def admin_socket(state_dir: Path) -> Path:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
-from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
+from tether.cli._common import admin_socket, console, json_option, output, print_rows, run, state_dir_option
 from tether.cli.tasks import when
 from tether.server.admin import call
 
@@ -32,14 +34,58 @@ def list_(state_dir: Path, state: str, as_json: bool) -> None:
     rows = run(lambda: call(admin_socket(state_dir), "approvals.list", {"state": state}), as_json)
 
     def render(rows: list[dict[str, Any]]) -> None:
-        t = Table("approval", "task", "action", "resource", "why", "expires (UTC)")
-        for r in rows:
-            t.add_row(
-                r["approval_id"], r["task_id"], r["action"], r["resource"], r["reason"], when(r["expires_at"])
-            )
-        console.print(t if rows else f"no {state} approvals")
+        if not rows:
+            console.print(f"no {state} approvals")
+            return
+        columns = ("approval", "task", "action", "resource", "why", "expires (UTC)")
+        keys = ("approval_id", "task_id", "action", "resource", "reason")
+        table = [(*(r[k] for k in keys), when(r["expires_at"])) for r in rows]
+        print_rows(columns, table, ids=("approval", "task"))
 
     output(rows, as_json, render)
+
+
+@approvals.command("show")
+@state_dir_option
+@click.argument("approval_id")
+@json_option
+def show(state_dir: Path, approval_id: str, as_json: bool) -> None:
+    """Show what an approval is about: agent, task, arguments (masked), risk, the policy's message."""
+    data = run(lambda: call(admin_socket(state_dir), "approvals.show", {"approval_id": approval_id}), as_json)
+
+    def render(d: dict[str, Any]) -> None:
+        t = Table(show_header=False, box=None, pad_edge=False)
+        t.add_column(style="dim", no_wrap=True)
+        t.add_column(overflow="fold")
+        for label, value in (
+            ("approval", d["approval_id"]),
+            ("state", d["state"]),
+            ("why", d["reason"]),
+            ("agent", d["agent"] or "?"),
+            ("task", d["task_id"]),
+            ("intent", d["intent"] or ""),
+            ("description", d["description"] or ""),
+            ("delegator", d["delegator"] or "none: the agent acted on its own"),
+            ("action", d["action"]),
+            ("resource", d["resource"]),
+            (
+                "arguments",
+                json.dumps(d["arguments"], indent=2) if d["arguments"] is not None else "(not recorded)",
+            ),
+            ("masked", ", ".join(d["masked"]) or "-"),
+            ("risk", ", ".join(f"{k}={v}" for k, v in sorted(d["risk"].items())) or "-"),
+            ("policies", "; ".join(f"{r['policy_id']}: {r['message']}" for r in d["reasons"]) or "-"),
+            ("expires (UTC)", when(d["expires_at"])),
+            ("decided by", f"{d['decided_by']} at {when(d['decided_at'])}" if d["decided_by"] else "-"),
+        ):
+            t.add_row(label, Text(str(value)))
+        console.print(t)
+        if d["state"] == "pending":
+            console.print(
+                f"decide with `tether approve {d['approval_id']}` or `tether reject {d['approval_id']}`"
+            )
+
+    output(data, as_json, render)
 
 
 def _decide(op: str, state_dir: Path, approval_id: str, as_json: bool) -> None:

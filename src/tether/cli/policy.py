@@ -83,9 +83,18 @@ def test(
 @state_dir_option
 @json_option
 def reload(state_dir: Path, as_json: bool) -> None:
-    """Reload the running broker's policies; on error the old set stays in force."""
+    """Reload the running broker's policies; on error the old set stays in force.
+
+    The catalog is read at start only: when it changed, this says that a restart is needed.
+    """
     data = run(lambda: call(admin_socket(state_dir), "policy.reload"), as_json)
-    output(data, as_json, lambda d: console.print(f"[green]✓[/] policy {d['policy_version']} in force"))
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(f"[green]✓[/] policy {d['policy_version']} in force")
+        if d.get("restart_needed"):
+            console.print(f"[yellow]![/] {d['message']}", highlight=False, soft_wrap=True)
+
+    output(data, as_json, render)
 
 
 def register(main: click.Group) -> None:

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 from rich.tree import Tree
 
-from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
+from tether.cli._common import admin_socket, console, json_option, output, print_rows, run, state_dir_option
 from tether.server.admin import call
 
 
@@ -36,18 +35,24 @@ def list_(state_dir: Path, state: str | None, agent: str | None, as_json: bool) 
     rows = run(lambda: call(admin_socket(state_dir), "task.list", {"state": state, "agent": agent}), as_json)
 
     def render(rows: list[dict[str, Any]]) -> None:
-        t = Table("task", "agent", "intent", "state", "depth", "expires (UTC)")
-        for r in rows:
-            style = _STATE_STYLE.get(r["state"], "")
-            t.add_row(
-                r["task_id"],
-                r["agent"],
-                r["intent"],
-                f"[{style}]{r['state']}[/]",
-                str(r["depth"]),
-                when(r["expires_at"]),
-            )
-        console.print(t if rows else "no tasks")
+        if not rows:
+            console.print("no tasks")
+            return
+        print_rows(
+            ("task", "agent", "intent", "state", "depth", "expires (UTC)"),
+            [
+                (
+                    r["task_id"],
+                    r["agent"],
+                    r["intent"],
+                    f"[{_STATE_STYLE.get(r['state'], '')}]{r['state']}[/]",
+                    str(r["depth"]),
+                    when(r["expires_at"]),
+                )
+                for r in rows
+            ],
+            ids=("task",),
+        )
 
     output(rows, as_json, render)
 
@@ -110,7 +115,7 @@ def revoke(
         raise click.UsageError("give exactly one of --task, --agent, --delegator or --all")
     args = {"task_id": task_id, "agent": agent, "delegator": delegator, "all": everything}
     data = run(lambda: call(admin_socket(state_dir), "revoke", args), as_json)
-    output(data, as_json, lambda d: console.print(f"[red]✗[/] revoked {len(d['revoked'])} task(s)"))
+    output(data, as_json, lambda d: console.print(f"[green]✓[/] revoked {len(d['revoked'])} task(s)"))
 
 
 def register(main: click.Group) -> None:

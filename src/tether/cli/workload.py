@@ -19,12 +19,14 @@ def workload() -> None:
 
     A process that asks the Workload API (a Unix socket next to the broker) is identified
     by the kernel: uid, gid, executable path and SHA-256. An entry's selectors must all
-    match it. Example, for the current user running python3.11:
+    match it. The SPIFFE ID must be in the broker's `trust_domain` (tether.toml;
+    `support.example` after `tether init`), and `unix:path` must be the interpreter's real
+    path (not a pyenv or venv shim). Example, for the current user running python3:
 
     \b
-      tether workload register spiffe://tether.local/agents/triage \\
+      tether workload register spiffe://support.example/agents/triage \\
         --selector unix:uid:$(id -u) \\
-        --selector unix:path:$(readlink -f $(command -v python3.11)) \\
+        --selector unix:path:$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))') \\
         --attr owner=team-a
     """
 

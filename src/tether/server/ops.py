@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tether.audit.verify import verify_chains
-from tether.errors import InvalidRequest
+from tether.catalog import load_catalog
+from tether.errors import InvalidRequest, TetherError
 from tether.model import Approval, Delegator
 from tether.server.admin import Operator, operation
 from tether.server.app import task_view
@@ -79,7 +80,23 @@ def revoke(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 @operation("policy.reload")
 def policy_reload(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    return {"policy_version": rt.reload_policy()}
+    result: dict[str, Any] = {"policy_version": rt.reload_policy()}
+    # The catalog (services, intents) is read once at start and is shared by the broker,
+    # the engine, the connectors and the gateways: a reload does not swap it under them,
+    # so say plainly when the file on disk is no longer the one in force.
+    try:
+        changed = load_catalog(rt.settings.catalog_path) != rt.catalog
+        problem = ""
+    except TetherError as exc:
+        changed, problem = True, exc.message
+    if changed:
+        result["restart_needed"] = True
+        result["message"] = (
+            f"`{rt.settings.catalog_path.name}` changed since the broker started"
+            + (f" and does not load ({problem})" if problem else "")
+            + "; policies still see the catalog loaded at start: restart the broker to use it"
+        )
+    return result
 
 
 @operation("approvals.list")
