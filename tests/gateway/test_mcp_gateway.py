@@ -22,7 +22,7 @@ from tether.broker import args_digest
 from tether.gateway.authorizer import LocalAuthorizer
 from tether.gateway.mcp import McpGateway, Upstream
 from tether.gateway.pins import definition_digest
-from tether.store.gateway_tables import tool_pins
+from tether.store.gateway_tables import tool_definitions
 from tether.testing import make_settings
 
 TIME = Upstream(command=[sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"])
@@ -227,7 +227,7 @@ def test_approval_required_returns_approval_id(runtime, agent):
 def seed_pin(runtime: Any, definition: dict[str, Any]) -> None:
     with runtime.db.begin() as conn:
         conn.execute(
-            tool_pins.insert().values(
+            tool_definitions.insert().values(
                 server="time",
                 tool="get_current_time",
                 state="approved",
@@ -277,14 +277,39 @@ def test_approved_tool_definition_change_unblocks(runtime, agent):
             blocked = await s.call_tool("get_current_time", {"timezone": "Europe/Paris"})
             assert meta(blocked)["code"] == "tool_definition_changed"
             views = await anyio.to_thread.run_sync(pins.list, "time")
-            (view,) = [v for v in views if v["tool"] == "get_current_time"]
-            assert view["state"] == "changed"
+            (view,) = [v for v in views if v["tool"] == "get_current_time" and v["state"] == "pending"]
             await anyio.to_thread.run_sync(
-                lambda: pins.approve("time", "get_current_time", by="uid:0", digest=view["pending_digest"])
+                lambda: pins.approve("time", "get_current_time", by="uid:0", digest=view["digest"])
             )
             return await s.call_tool("get_current_time", {"timezone": "Europe/Paris"})
 
     assert not run(go).is_error
+
+
+def test_approval_takes_effect_on_the_next_call(runtime, agent):
+    """No 30 s cache: right after `approve`, the next call of a gateway that saw the change works."""
+    seed_pin(runtime, {"name": "get_current_time", "description": "old"})
+    token = open_token(agent, [CALL_TIME])
+    pins = runtime.extras["gateway.pins"]
+
+    async def go() -> tuple[types.CallToolResult, types.CallToolResult, list[str]]:
+        async with through_gateway(runtime, token) as s:  # refresh_seconds stays at 30
+            blocked = await s.call_tool("get_current_time", {"timezone": "Europe/Paris"})
+            (view,) = [
+                v for v in await anyio.to_thread.run_sync(pins.list, "time") if v["state"] == "pending"
+            ]
+            await anyio.to_thread.run_sync(
+                lambda: pins.approve("time", "get_current_time", by="uid:0", digest=view["digest"])
+            )
+            listed = [t.name for t in (await s.list_tools()).tools]
+            return blocked, await s.call_tool("get_current_time", {"timezone": "Europe/Paris"}), listed
+
+    with capture_events() as events:
+        blocked, after, listed = run(go)
+    assert meta(blocked)["code"] == "tool_definition_changed" and not after.is_error
+    assert listed == ["get_current_time"]
+    blocked_records = [e for e in events if e.type == "call.result"]
+    assert len(blocked_records) == 1 and blocked_records[0].payload["outcome"].startswith("blocked")
 
 
 def test_revoked_task_token_refused(runtime, agent):

@@ -1,4 +1,4 @@
-"""`tether mcp tools list|approve`: review MCP tool definitions the gateways pinned."""
+"""`tether mcp tools list|approve|retire`: review MCP tool definitions the gateways pinned."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ def mcp() -> None:
 
 @mcp.group()
 def tools() -> None:
-    """Pinned tool definitions (rug-pull defence): a changed tool is blocked until approved."""
+    """Pinned tool definitions (rug-pull defence): a changed tool is blocked until approved.
+
+    Each definition (digest) of a tool has its own state: approving a new one leaves the
+    old one approved until you retire it, so gateways still serving it keep working.
+    """
 
 
 @tools.command("list")
@@ -30,15 +34,15 @@ def tools() -> None:
 @click.option("--changed", is_flag=True, help="Only tools waiting for approval.")
 @json_option
 def list_(state_dir: Path, server: str | None, changed: bool, as_json: bool) -> None:
-    """List pinned tools; changed ones show which fields changed and the new definition."""
+    """List pinned definitions; pending ones show which fields changed and the new definition."""
     rows = run(lambda: call(admin_socket(state_dir), "mcp.tools.list", {"server": server}), as_json)
     if changed:
-        rows = [r for r in rows if r["state"] == "changed"]
+        rows = [r for r in rows if r["state"] == "pending"]
 
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("server", "tool", "state", "digest", "changed fields", "first seen (UTC)")
         for r in rows:
-            style = "red" if r["state"] == "changed" else "green"
+            style = {"pending": "red", "retired": "dim"}.get(r["state"], "green")
             t.add_row(
                 r["server"],
                 r["tool"],
@@ -49,11 +53,9 @@ def list_(state_dir: Path, server: str | None, changed: bool, as_json: bool) -> 
             )
         console.print(t if rows else "no pinned tools")
         for r in rows:
-            if r["state"] == "changed":
-                console.print(
-                    f"\n[bold]{r['server']}.{r['tool']}[/] now presents (digest {r['pending_digest']}):"
-                )
-                console.print_json(json.dumps(r["pending_definition"]))
+            if r["state"] == "pending":
+                console.print(f"\n[bold]{r['server']}.{r['tool']}[/] now presents (digest {r['digest']}):")
+                console.print_json(json.dumps(r["definition"]))
 
     output(rows, as_json, render)
 
@@ -76,6 +78,27 @@ def approve(state_dir: Path, server: str, tool: str, digest: str | None, as_json
         data,
         as_json,
         lambda d: console.print(f"[green]✓[/] {d['server']}.{d['tool']} approved at {d['digest']}"),
+    )
+
+
+@tools.command("retire")
+@state_dir_option
+@click.argument("server")
+@click.argument("tool")
+@click.option("--digest", required=True, help="The definition to withdraw (see `list`).")
+@json_option
+def retire(state_dir: Path, server: str, tool: str, digest: str, as_json: bool) -> None:
+    """Withdraw one definition of SERVER's TOOL: gateways presenting it block its calls."""
+    data = run(
+        lambda: call(
+            admin_socket(state_dir), "mcp.tools.retire", {"server": server, "tool": tool, "digest": digest}
+        ),
+        as_json,
+    )
+    output(
+        data,
+        as_json,
+        lambda d: console.print(f"[green]✓[/] {d['server']}.{d['tool']} retired {d['digest']}"),
     )
 
 

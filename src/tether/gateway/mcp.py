@@ -188,6 +188,29 @@ class McpGateway:
         self._fetched = time.monotonic()
         self._stale = False
 
+    async def _recheck_states(self) -> None:
+        """Pin states of the definitions already fetched (no upstream round trip)."""
+        definitions = {
+            n: t.model_dump(by_alias=True, mode="json", exclude_none=True) for n, t in self._tools.items()
+        }
+        self._states = await self.authorizer.observe_tools(self.name, definitions)
+
+    async def _record_blocked(self, name: str) -> None:
+        """Every blocked call is an audit record, not only the first detection."""
+        payload = {
+            "gateway": "mcp",
+            "server": self.name,
+            "tool": name,
+            "resource": f"{self.name}.{name}",
+            "outcome": "blocked_definition_not_approved",
+            "is_error": True,
+        }
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.authorizer.record(ev.CALL_RESULT, Verdict(decision={}), payload)
+        except Exception:
+            log.exception("could not record the blocked call of %s", name)
+
     async def _fresh(self) -> None:
         async with self._lock:
             if self._stale or time.monotonic() - self._fetched > self.refresh_seconds:
@@ -239,6 +262,8 @@ class McpGateway:
         try:
             token, proof, _ = self._credentials(ctx)
             await self._fresh()
+            if any(v != APPROVED for v in self._states.values()):
+                await self._recheck_states()  # an approval shows in the very next list
             approved = {
                 f"{self.name}.{n}": t for n, t in self._tools.items() if self._states.get(n) == APPROVED
             }
@@ -264,11 +289,19 @@ class McpGateway:
         if name not in self._tools:
             return _unknown_tool(name)
         if self._states.get(name) != APPROVED:
-            # Rug pull (ASI04): the definition is not the one that was approved.
+            # Blocked: ask again now, so an operator's approval works on the very next call
+            # (on every gateway, with no cache to wait out).
+            try:
+                await self._recheck_states()
+            except TetherError as exc:
+                return _result(exc.code, exc.message)
+        if self._states.get(name) != APPROVED:
+            # Rug pull (ASI04): the definition is not one that was approved.
+            await self._record_blocked(name)
             return _result(
                 "tool_definition_changed",
-                f"`{name}` changed its definition since it was approved; calls are blocked until "
-                f"an operator runs `tether mcp tools approve {self.name} {name}`",
+                f"`{name}` presents a definition that is not approved; calls are blocked until "
+                f"an operator reviews it (`tether mcp tools list --changed`) and approves it",
             )
         trace, _ = continue_trace(traceparent)
         specs = self._specs.get(resource, {})

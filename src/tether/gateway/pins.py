@@ -3,10 +3,13 @@
 An MCP server can change what a tool says it does after an operator looked at it: a new
 description carrying instructions for the model, a widened input schema, a flipped
 ``destructiveHint``. The gateway records a digest of each tool's definition the first
-time it sees it (trust on first use) and, when the upstream later presents a different
-definition, blocks calls to that tool and hides it from ``tools/list`` until an operator
-approves the new one (``tether mcp tools approve``). Each detected change and each
-approval is an audit event (``tool.definition_changed``) committed with the pin row.
+time it sees the tool (trust on first use) and, when an upstream later presents a
+different definition, blocks calls to that tool and hides it from ``tools/list`` until
+an operator approves the new one (``tether mcp tools approve``). State is kept per
+(server, tool, digest): approving a new definition leaves the previous one approved
+until it is retired (``tether mcp tools retire``), so gateways still serving it keep
+working, and no gateway can reset what another one detected. Each detection, approval
+and retirement is an audit event (``tool.definition_changed``) committed with its row.
 """
 
 from __future__ import annotations
@@ -18,19 +21,22 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from tether.audit import event as ev
 from tether.audit.chain import AuditChain
 from tether.audit.event import canonical_json
 from tether.errors import Conflict, InvalidRequest, NotFound
-from tether.store.gateway_tables import tool_pins
+from tether.store.gateway_tables import tool_definitions
 
 #: What a definition is: every field that can change what the model reads or sends.
 #: The issue names name, description, input schema and annotations; title and output
 #: schema reach the model too, so a change there is a change as well.
 PIN_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 APPROVED = "approved"
-CHANGED = "changed"
+CHANGED = "changed"  # what a gateway is told for a pending or retired definition: blocked
+PENDING = "pending"
+RETIRED = "retired"
 _MAX_NAME = 128
 
 
@@ -47,24 +53,23 @@ def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def _view(row: Row[Any]) -> dict[str, Any]:
+def _view(row: Row[Any], approved: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One definition as operators see it; a pending one says what changed against the
+    latest approved definition of the same tool."""
     m = row._mapping
     view = {
         "server": m["server"],
         "tool": m["tool"],
-        "state": m["state"],
         "digest": m["digest"],
-        "pending_digest": m["pending_digest"],
+        "state": m["state"],
         "first_seen": m["first_seen"],
-        "changed_at": m["changed_at"],
-        "approved_at": m["approved_at"],
-        "approved_by": m["approved_by"],
+        "decided_at": m["decided_at"],
+        "decided_by": m["decided_by"],
     }
-    if m["pending_definition"]:
-        view["changed_fields"] = _changed_fields(
-            json.loads(m["definition"]), json.loads(m["pending_definition"])
-        )
-        view["pending_definition"] = json.loads(m["pending_definition"])
+    if m["state"] == PENDING:
+        definition = json.loads(m["definition"])
+        view["definition"] = definition
+        view["changed_fields"] = _changed_fields(approved or {}, definition)
     return view
 
 
@@ -82,7 +87,9 @@ class ToolPins:
         self.clock = clock
 
     def observe(self, server: str, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-        """Compare what an upstream presents with the pins: ``{tool: "approved" | "changed"}``."""
+        """Compare what an upstream presents with the pins: ``{tool: "approved" | "changed"}``.
+
+        Seeing a definition never changes the state of another one: only operators do."""
         _check_name(server, "server")
         now = self.clock()
         states: dict[str, str] = {}
@@ -103,105 +110,119 @@ class ToolPins:
         now: float,
     ) -> str:
         digest = definition_digest(definition)
-        key = (tool_pins.c.server == server) & (tool_pins.c.tool == name)
-        row = conn.execute(select(tool_pins).where(key)).first()
-        if row is None:
-            conn.execute(
-                insert(tool_pins).values(
-                    server=server,
-                    tool=name,
-                    state=APPROVED,
-                    digest=digest,
-                    definition=canonical_json(definition),
-                    first_seen=now,
-                )
-            )
-            return APPROVED
-        m = row._mapping
-        if m["digest"] == digest:
-            if m["state"] != APPROVED:  # the upstream went back to what was approved
+        t = tool_definitions
+        tool_key = (t.c.server == server) & (t.c.tool == name)
+        row = conn.execute(select(t.c.state).where(tool_key & (t.c.digest == digest))).first()
+        if row is not None:
+            return APPROVED if row.state == APPROVED else CHANGED
+        known = conn.execute(select(t.c.digest).where(tool_key).limit(1)).first()
+        state = PENDING if known is not None else APPROVED  # trust on first use only
+        try:
+            with conn.begin_nested():
                 conn.execute(
-                    update(tool_pins)
-                    .where(key)
-                    .values(state=APPROVED, pending_digest=None, pending_definition=None)
+                    insert(t).values(
+                        server=server,
+                        tool=name,
+                        digest=digest,
+                        state=state,
+                        definition=canonical_json(definition),
+                        first_seen=now,
+                    )
                 )
-            return APPROVED
-        if m["state"] == CHANGED and m["pending_digest"] == digest:
-            return CHANGED  # already recorded and audited; still blocked
-        conn.execute(
-            update(tool_pins)
-            .where(key)
-            .values(
-                state=CHANGED,
-                pending_digest=digest,
-                pending_definition=canonical_json(definition),
-                changed_at=now,
+        except IntegrityError:  # another gateway recorded it first: its state stands
+            row = conn.execute(select(t.c.state).where(tool_key & (t.c.digest == digest))).one()
+            return APPROVED if row.state == APPROVED else CHANGED
+        if state == PENDING:
+            approved = self._latest_approved(conn, server, name)
+            emit(
+                ev.TOOL_DEFINITION_CHANGED,
+                {
+                    "server": server,
+                    "tool": name,
+                    "change": "detected",
+                    "approved_digest": approved[0] if approved else None,
+                    "new_digest": digest,
+                    "fields": _changed_fields(approved[1] if approved else {}, definition),
+                },
             )
-        )
-        emit(
-            ev.TOOL_DEFINITION_CHANGED,
-            {
-                "server": server,
-                "tool": name,
-                "change": "detected",
-                "approved_digest": m["digest"],
-                "new_digest": digest,
-                "fields": _changed_fields(json.loads(m["definition"]), definition),
-            },
-        )
-        return CHANGED
+            return CHANGED
+        return APPROVED
+
+    @staticmethod
+    def _latest_approved(conn: Connection, server: str, tool: str) -> tuple[str, dict[str, Any]] | None:
+        t = tool_definitions
+        row = conn.execute(
+            select(t.c.digest, t.c.definition)
+            .where((t.c.server == server) & (t.c.tool == tool) & (t.c.state == APPROVED))
+            .order_by(t.c.decided_at.desc().nulls_last(), t.c.first_seen.desc())
+            .limit(1)
+        ).first()
+        return (row.digest, json.loads(row.definition)) if row else None
 
     def list(self, server: str | None = None) -> list[dict[str, Any]]:
-        q = select(tool_pins).order_by(tool_pins.c.server, tool_pins.c.tool)
+        t = tool_definitions
+        q = select(t).order_by(t.c.server, t.c.tool, t.c.first_seen)
         if server:
-            q = q.where(tool_pins.c.server == server)
+            q = q.where(t.c.server == server)
         with self.audit.db.read() as conn:
-            return [_view(r) for r in conn.execute(q)]
+            rows = list(conn.execute(q))
+            out = []
+            for r in rows:
+                approved = self._latest_approved(conn, r.server, r.tool) if r.state == PENDING else None
+                out.append(_view(r, approved[1] if approved else None))
+        return out
 
     def approve(self, server: str, tool: str, *, by: str, digest: str | None = None) -> dict[str, Any]:
-        """Accept a changed definition. ``digest`` pins the approval to what was reviewed."""
-        key = (tool_pins.c.server == _check_name(server, "server")) & (
-            tool_pins.c.tool == _check_name(tool, "tool")
-        )
+        """Accept a pending definition (``digest``: the one reviewed). Other approved
+        definitions of the tool stay approved until retired: a rolling upgrade keeps working."""
+        return self._decide(server, tool, digest, by, APPROVED)
+
+    def retire(self, server: str, tool: str, *, by: str, digest: str) -> dict[str, Any]:
+        """Withdraw a definition: gateways presenting it block its calls from then on."""
+        return self._decide(server, tool, digest, by, RETIRED)
+
+    def _decide(self, server: str, tool: str, digest: str | None, by: str, new: str) -> dict[str, Any]:
+        t = tool_definitions
+        tool_key = (t.c.server == _check_name(server, "server")) & (t.c.tool == _check_name(tool, "tool"))
         with self.audit.unit() as u:
-            row = u.conn.execute(select(tool_pins).where(key)).first()
-            if row is None:
+            rows = list(u.conn.execute(select(t).where(tool_key)))
+            if not rows:
                 raise NotFound(f"no pinned tool `{tool}` on server `{server}`", code="tool_not_found")
-            m = row._mapping
-            if m["state"] != CHANGED:
-                raise Conflict(
-                    f"`{server}.{tool}` has no changed definition to approve", code="tool_not_changed"
-                )
-            if digest is not None and digest != m["pending_digest"]:
+            if new == APPROVED:
+                pending = [r for r in rows if r.state == PENDING]
+                if not pending:
+                    raise Conflict(
+                        f"`{server}.{tool}` has no changed definition to approve", code="tool_not_changed"
+                    )
+                if digest is None and len(pending) > 1:
+                    raise Conflict(
+                        "several definitions are pending; name the one you reviewed with `--digest`",
+                        code="tool_digest_required",
+                    )
+                row = pending[0] if digest is None else next((r for r in pending if r.digest == digest), None)
+            else:
+                row = next((r for r in rows if r.digest == digest and r.state != RETIRED), None)
+            if row is None:
                 # The upstream changed again after the operator reviewed it: review again.
                 raise Conflict(
-                    "the pending definition is not the one you reviewed; list it again",
+                    "the definition is not the one you reviewed; list it again",
                     code="tool_digest_mismatch",
-                    pending_digest=m["pending_digest"],
+                    pending=[r.digest for r in rows if r.state == PENDING],
                 )
-            u.conn.execute(
-                update(tool_pins)
-                .where(key)
-                .values(
-                    state=APPROVED,
-                    digest=m["pending_digest"],
-                    definition=m["pending_definition"],
-                    pending_digest=None,
-                    pending_definition=None,
-                    approved_at=self.clock(),
-                    approved_by=by,
-                )
-            )
+            key = tool_key & (t.c.digest == row.digest)
+            u.conn.execute(update(t).where(key).values(state=new, decided_at=self.clock(), decided_by=by))
             u.emit(
                 ev.TOOL_DEFINITION_CHANGED,
                 {
                     "server": server,
                     "tool": tool,
-                    "change": "approved",
+                    "change": "approved" if new == APPROVED else "retired",
                     "by": by,
-                    "previous_digest": m["digest"],
-                    "approved_digest": m["pending_digest"],
+                    "digest": row.digest,
+                    "approved_digest": row.digest if new == APPROVED else None,
+                    "still_approved": [
+                        r.digest for r in rows if r.state == APPROVED and r.digest != row.digest
+                    ],
                 },
             )
-            new = u.conn.execute(select(tool_pins).where(key)).one()
-        return _view(new)
+            return _view(u.conn.execute(select(t).where(key)).one())

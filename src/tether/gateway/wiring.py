@@ -247,6 +247,14 @@ def tools_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     return rt.extras["gateway.pins"].list(server if isinstance(server, str) and server else None)
 
 
+@operation("mcp.tools.retire")
+def tools_retire(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+    server, tool, digest = args.get("server"), args.get("tool"), args.get("digest")
+    if not isinstance(server, str) or not isinstance(tool, str) or not isinstance(digest, str):
+        raise InvalidRequest("name the `server`, the `tool` and the `digest`", code="missing_field")
+    return rt.extras["gateway.pins"].retire(server, tool, by=op.name, digest=digest)
+
+
 @operation("mcp.tools.approve")
 def tools_approve(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     server, tool, digest = args.get("server"), args.get("tool"), args.get("digest")
