@@ -65,7 +65,7 @@ def peek_issuer(token: str, max_bytes: int) -> str | None:
             return None
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, TypeError):
+    except (IndexError, ValueError, TypeError, RecursionError):  # deep nesting: not a JWT either
         return None
     iss = claims.get("iss") if isinstance(claims, dict) else None
     return iss if isinstance(iss, str) else None
