@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import time
 
@@ -122,11 +123,16 @@ def test_split_oversized_headers_are_431_json(broker):
     """Oversized headers sent in pieces (the parser's own bound) are a JSON 431."""
     addr, _ = broker
     s = _connect(addr)
-    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    for i in range(40):
-        s.sendall(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000))
-    with contextlib.suppress(OSError):  # the broker may already have answered and closed
-        s.sendall(b"\r\n")
+    # Stop sending once the broker has answered: writing to a closed peer would reset the
+    # connection and could discard the answer before it is read.
+    with contextlib.suppress(OSError):
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for i in range(40):
+            if select.select([s], [], [], 0.05)[0]:
+                break
+            s.sendall(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000))
+        else:
+            s.sendall(b"\r\n")
     raw, _ = _read_until_closed(s)
     assert _json_error(raw) == (431, "headers_too_large")
 
