@@ -10,6 +10,7 @@ gateway inside the broker's own process instead, set ``[gateway] http_routes`` i
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -207,6 +208,13 @@ def http(
 @click.option("--agent-id", envvar="TETHER_SPIFFE_ID", help="The SPIFFE ID to open the session task as.")
 @click.option("--record-arguments", is_flag=True, help="Put call arguments (masked) in the audit log.")
 @click.option("--call-timeout", type=float, default=60.0, show_default=True, help="Seconds per tool call.")
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="stdio upstream: restarts before the gateway gives up and exits non-zero.",
+)
 @broker_option
 @svid_option
 @identity_options
@@ -223,6 +231,7 @@ def mcp(
     agent_id: str | None,
     record_arguments: bool,
     call_timeout: float,
+    max_restarts: int,
     broker: str,
     svid_file: Path | None,
     state_dir: Path,
@@ -244,7 +253,7 @@ def mcp(
     import anyio
 
     from tether.gateway.authorizer import RemoteAuthorizer
-    from tether.gateway.mcp import McpGateway, Upstream
+    from tether.gateway.mcp import McpGateway, Upstream, UpstreamGone
     from tether.gateway.session import parse_scope, session_task
     from tether.sdk.svid import WorkloadApiSvid
 
@@ -271,6 +280,7 @@ def mcp(
         task_token=task_token if transport == "stdio" else None,
         record_arguments=record_arguments,
         call_timeout=call_timeout,
+        max_restarts=max_restarts,
     )
 
     async def serve_stdio() -> None:
@@ -302,10 +312,21 @@ def mcp(
                 await uvicorn.Server(config).serve()
         await authorizer.aclose()
 
+    if not logging.getLogger().handlers:  # stdout is the MCP channel: logs go to stderr
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="tether: %(message)s")
     try:
         anyio.run(main)
     except KeyboardInterrupt:
         sys.exit(0)
+    except BaseExceptionGroup as group:
+        gone = group.subgroup(UpstreamGone)
+        if gone is None:
+            raise
+        err_console.print(f"[red]✗[/] {gone.exceptions[0]}")
+        sys.exit(4)
+    except UpstreamGone as exc:
+        err_console.print(f"[red]✗[/] {exc}")
+        sys.exit(4)
 
 
 def register(main: click.Group) -> None:

@@ -24,15 +24,13 @@ import contextlib
 import logging
 import os
 import re
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
@@ -40,10 +38,11 @@ from mcp.shared.exceptions import MCPError
 from tether.arguments import ArgSpec, ArgumentRefused, canonicalize, resolve_symlinks
 from tether.audit import event as ev
 from tether.broker import AuthorizeRequest, args_digest
-from tether.errors import InvalidRequest, TetherError, Unauthenticated
+from tether.errors import TetherError, Unauthenticated, Unavailable
 from tether.gateway.authorizer import Authorizer, Verdict, refusal_message
 from tether.gateway.http import continue_trace
 from tether.gateway.pins import APPROVED
+from tether.gateway.upstream import Upstream, UpstreamGone, open_session
 from tether.identity.dpop import DpopProof
 
 log = logging.getLogger("tether.gateway.mcp")
@@ -54,22 +53,10 @@ _TOOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_PAGES = 20
 #: JSON-RPC server-error code for a refused task token (the -32000..-32099 range).
 UNAUTHENTICATED = -32001
+_HEALTHY_SECONDS = 60.0  # an upstream that ran this long resets the restart count
+_BACKOFF_MAX = 30.0
 
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where the real MCP server is: a command (stdio) or a Streamable HTTP URL."""
-
-    command: Sequence[str] = ()
-    url: str = ""
-    env: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)  # static headers for an HTTP upstream
-
-    def __post_init__(self) -> None:
-        if bool(self.command) == bool(self.url):
-            raise InvalidRequest("name exactly one upstream: a command or a URL", code="invalid_upstream")
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise InvalidRequest("the upstream URL must be http(s)://…", code="invalid_upstream")
+__all__ = ["McpGateway", "Upstream", "UpstreamGone", "refusal"]
 
 
 def _result(code: str, text: str, details: Mapping[str, Any] | None = None) -> types.CallToolResult:
@@ -106,6 +93,8 @@ class McpGateway:
         call_timeout: float = 60.0,
         refresh_seconds: float = 30.0,
         public_url: str = "",
+        max_restarts: int = 3,
+        backoff: float = 0.5,
     ) -> None:
         self.name = server
         self.authorizer = authorizer
@@ -125,41 +114,83 @@ class McpGateway:
         self._fetched = float("-inf")
         self._stale = True
         self._lock = anyio.Lock()
+        self.max_restarts = max_restarts
+        self.backoff = backoff
+        self._ready = anyio.Event()
+        self._dead = anyio.Event()
+        self._dead_reason = ""
 
     # -- upstream ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def connect(self, upstream: Upstream) -> AsyncIterator[McpGateway]:
+        """Serve with ``upstream`` until the block exits. A dead upstream is reconnected with
+        backoff (HTTP) or restarted up to ``max_restarts`` times (stdio); past that the
+        block ends with :class:`UpstreamGone` so the process exits non-zero."""
         self.local_upstream = bool(upstream.command)
-        async with contextlib.AsyncExitStack() as stack:
-            if upstream.command:
-                params = StdioServerParameters(
-                    command=upstream.command[0],
-                    args=list(upstream.command[1:]),
-                    env=dict(upstream.env) or None,
-                )
-                read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
-            else:
-                import httpx2
-                from mcp.client.streamable_http import streamable_http_client
-
-                client = await stack.enter_async_context(
-                    httpx2.AsyncClient(
-                        headers=dict(upstream.headers), timeout=self.call_timeout, follow_redirects=False
-                    )
-                )
-                read, write = await stack.enter_async_context(
-                    streamable_http_client(upstream.url, http_client=client)
-                )
-            session = await stack.enter_async_context(
-                ClientSession(read, write, message_handler=self._on_upstream)
-            )
-            await session.initialize()
-            self.session = session
-            await self.refresh()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._supervise, upstream)
             try:
                 yield self
             finally:
-                self.session = None
+                tg.cancel_scope.cancel()
+
+    async def _supervise(self, upstream: Upstream, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        restarts, started = 0, False
+        while True:
+            began = time.monotonic()
+            reason = "the connection closed"
+            try:
+                async with open_session(upstream, self._on_upstream, self.call_timeout) as session:
+                    self.session = session
+                    self._dead = anyio.Event()
+                    await self.refresh()
+                    self._ready.set()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    else:
+                        log.warning("upstream of `%s` is back (restart %d)", self.name, restarts)
+                    await self._dead.wait()
+                    reason = self._dead_reason
+            except Exception as exc:  # a dead process or refused connection; first start raises
+                if not started:
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._not_ready()
+            if time.monotonic() - began > _HEALTHY_SECONDS:
+                restarts = 0  # it ran fine for a while: count afresh
+            restarts += 1
+            log.error("upstream of `%s` is gone: %s", self.name, reason)
+            if upstream.command and restarts > self.max_restarts:
+                raise UpstreamGone(
+                    f"the upstream MCP server of `{self.name}` stopped {restarts} times "
+                    f"(last: {reason}); giving up so a supervisor sees it"
+                )
+            await anyio.sleep(min(_BACKOFF_MAX, self.backoff * 2 ** (restarts - 1)))
+
+    def _not_ready(self) -> None:
+        # Invariant: no session ⇔ `_ready` unset, so waiters wake only for a live session.
+        self.session = None
+        if self._ready.is_set():
+            self._ready = anyio.Event()
+
+    def _upstream_died(self, reason: str) -> None:
+        self._dead_reason = reason
+        self._not_ready()  # the next call waits for the restarted upstream, not the dead one
+        self._dead.set()
+
+    async def _live_session(self) -> ClientSession:
+        """The current upstream session, waiting (bounded) while it is being restarted."""
+        with anyio.move_on_after(self.call_timeout):
+            while self.session is None:
+                await self._ready.wait()
+        if self.session is None:
+            raise Unavailable(
+                f"the upstream server of `{self.name}` is unavailable; try again shortly",
+                code="upstream_unavailable",
+            )
+        return self.session
 
     async def _on_upstream(self, message: Any) -> None:
         # The upstream says its tools changed: re-list (and re-check pins) before the next use.
@@ -168,11 +199,15 @@ class McpGateway:
 
     async def refresh(self) -> None:
         """Fetch the upstream's tools and check each definition against its pin."""
-        assert self.session is not None
+        session = self.session
+        if session is None:
+            raise Unavailable(
+                f"the upstream server of `{self.name}` is unavailable", code="upstream_unavailable"
+            )
         tools: dict[str, types.Tool] = {}
         cursor: str | None = None
         for _ in range(_MAX_PAGES):
-            page = await self.session.list_tools(
+            page = await session.list_tools(
                 params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
             )
             tools.update({t.name: t for t in page.tools if _TOOL_NAME.match(t.name)})
@@ -212,9 +247,18 @@ class McpGateway:
             log.exception("could not record the blocked call of %s", name)
 
     async def _fresh(self) -> None:
+        await self._live_session()
         async with self._lock:
             if self._stale or time.monotonic() - self._fetched > self.refresh_seconds:
-                await self.refresh()
+                try:
+                    await self.refresh()
+                except MCPError as exc:
+                    if exc.error.code == types.CONNECTION_CLOSED:
+                        self._upstream_died("the connection closed while listing tools")
+                    raise Unavailable(
+                        f"the upstream server of `{self.name}` failed to list its tools",
+                        code="upstream_unavailable",
+                    ) from None
 
     # -- the agent's side -----------------------------------------------------------------
     def server(self) -> Server[Any]:
@@ -347,9 +391,9 @@ class McpGateway:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            assert self.session is not None
+            session = await self._live_session()
             with anyio.fail_after(self.call_timeout):
-                result = await self.session.call_tool(name, arguments)
+                result = await session.call_tool(name, arguments)
             outcome = "tool_error" if result.is_error else "ok"
         except TimeoutError:
             outcome = "upstream_timeout"
@@ -358,6 +402,12 @@ class McpGateway:
             log.warning("upstream call %s failed: %s", name, exc)
             outcome = "upstream_error"
             result = _result("upstream_error", f"the upstream server failed on `{name}`")
+            if isinstance(exc, MCPError) and exc.error.code == types.CONNECTION_CLOSED:
+                self._upstream_died(f"the connection closed during `{name}`")
+                result = _result(
+                    "upstream_unavailable",
+                    f"the upstream server stopped during `{name}`; it is being restarted, call again",
+                )
         payload: dict[str, Any] = {
             "gateway": "mcp",
             "server": self.name,

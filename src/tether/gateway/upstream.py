@@ -1,0 +1,64 @@
+"""Where the real MCP server is, and one session with it.
+
+:class:`Upstream` names a stdio command or a Streamable HTTP URL; :func:`open_session`
+opens one initialized ``ClientSession``. Supervision (restarts, backoff) is the gateway's
+(:meth:`tether.gateway.mcp.McpGateway.connect`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from tether.errors import InvalidRequest, TetherError
+
+
+class UpstreamGone(TetherError):
+    """The upstream MCP server stopped more often than the gateway may restart it."""
+
+    default_code = "upstream_gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where the real MCP server is: a command (stdio) or a Streamable HTTP URL."""
+
+    command: Sequence[str] = ()
+    url: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # static headers for an HTTP upstream
+
+    def __post_init__(self) -> None:
+        if bool(self.command) == bool(self.url):
+            raise InvalidRequest("name exactly one upstream: a command or a URL", code="invalid_upstream")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise InvalidRequest("the upstream URL must be http(s)://…", code="invalid_upstream")
+
+
+@contextlib.asynccontextmanager
+async def open_session(upstream: Upstream, on_message: Any, timeout: float) -> AsyncIterator[ClientSession]:
+    """One initialized session: a fresh subprocess (stdio) or connection (HTTP)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if upstream.command:
+            params = StdioServerParameters(
+                command=upstream.command[0], args=list(upstream.command[1:]), env=dict(upstream.env) or None
+            )
+            read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
+        else:
+            import httpx2
+            from mcp.client.streamable_http import streamable_http_client
+
+            client = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=dict(upstream.headers), timeout=timeout, follow_redirects=False)
+            )
+            read, write = await stack.enter_async_context(
+                streamable_http_client(upstream.url, http_client=client)
+            )
+        session = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
+        await session.initialize()
+        yield session
