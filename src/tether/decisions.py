@@ -7,6 +7,8 @@ active, grant within scope) → context (task, catalog, environment, risk) → C
 
 from __future__ import annotations
 
+import contextvars
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +50,9 @@ from tether.policy.context import (
 from tether.policy.engine import PolicyRequest
 from tether.store import repo
 from tether.tokens import TaskTokenClaims
+
+#: When the current decision started (per thread and task), for its `latency_ms`.
+_STARTED: contextvars.ContextVar[float] = contextvars.ContextVar("tether_decision_started", default=0.0)
 
 
 class ActionDecisions(BrokerBase):
@@ -122,6 +127,7 @@ class ActionDecisions(BrokerBase):
     def authorize_claims(
         self, claims: TaskTokenClaims, req: AuthorizeRequest, *, now: float | None = None
     ) -> AuthorizeResult:
+        _STARTED.set(time.perf_counter())
         now = self.clock() if now is None else now
         refused, resource = self._catalog_refusal(req)
         digest = args_digest(req.arguments)
@@ -385,6 +391,9 @@ class ActionDecisions(BrokerBase):
             "risk": dict(risk),
             "environment": self.settings.environment,
         }
+        started = _STARTED.get()
+        if started:  # time from the start of `authorize_claims` to this record (the console shows it)
+            payload["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         if decision.code:
             payload["code"] = decision.code
         if decision.approval_id:

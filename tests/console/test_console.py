@@ -225,6 +225,15 @@ def test_policy_page_shows_the_last_reload_error(operator, runtime):
     assert "failed at" in page and runtime.engine.bundle.version in page
 
 
+def test_decisions_stream_shows_outcome_code_policy_and_latency(operator, make_agent):
+    """The decisions page lists each decision with its outcome, code, policy ids and latency."""
+    _refund_approval(make_agent)
+    page = operator.get("/console/decisions?outcome=approval_required").text
+    assert "refund-needs-approval" in page and "approval_required" in page
+    assert re.search(r"\d+\.\d ms", page)
+    assert "outcome-allow" not in page  # the filter holds
+
+
 def test_audit_page_verifies_the_chains(operator):
     """Verification on the audit page reports an intact chain and is itself audited."""
     with capture_events() as events:
