@@ -139,6 +139,9 @@ def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds
         db = server.create_database("bench_target")
         with server.connect(db) as c:
             c.execute("CREATE TABLE orders (id int primary key)")
+            # The connector's admin is NOSUPERUSER, as docs/credentials.md prescribes.
+            c.execute("CREATE ROLE bench_admin LOGIN CREATEROLE INHERIT NOSUPERUSER PASSWORD 'bench'")
+            c.execute("ALTER TABLE orders OWNER TO bench_admin")
         store_url = server.url(server.create_database("bench_store")) if store == "postgresql" else None
         state = tmp / "pgstate"
         init_state_dir(state)
@@ -151,7 +154,10 @@ def bench_postgres(tmp: Path, store: str | None, domain: TestTrustDomain, rounds
             store_url=store_url,
             domain=domain,
             overrides={"environment": "prod"},
-            config_extra=f'\n[credentials.postgres]\nanalytics = "{server.url(db)}"\n',
+            config_extra=(
+                "\n[credentials.postgres]\n"
+                f'analytics = "{server.url(db, user="bench_admin", password="bench")}"\n'
+            ),
         )
         rt = Runtime.start(settings)
         try:

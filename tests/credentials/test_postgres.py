@@ -395,3 +395,18 @@ def test_hanging_target_does_not_stall_another_targets_cut(tmp_path, pg_server, 
         listener.close()
         with pg_server.connect() as conn:
             conn.execute("DROP ROLE IF EXISTS tether_l_hangtest0001")
+
+
+def test_privilege_without_grant_option_denies_instead_of_a_credential_that_cannot_read(
+    analyst, pg_server, target_db, pg_runtime
+):
+    """An admin that holds SELECT without GRANT OPTION gets only a WARNING from GRANT; the mint
+    is denied (`connector_misconfigured`, naming the table) instead of issuing a useless role."""
+    with pg_server.connect(target_db) as su:
+        su.execute("GRANT SELECT ON payroll TO tether_admin")  # no WITH GRANT OPTION
+    t = _open(analyst, ("analytics.payroll",))
+    d = analyst.authorize(t["task_token"], "read", "analytics.payroll").json()
+    assert d["decision"] == "deny" and d["code"] == "connector_misconfigured", d
+    msg = d["reasons"][0]["message"]
+    assert "payroll" in msg and "SELECT" in msg and "tether connectors check" in msg, msg
+    assert not tether_roles(pg_server)

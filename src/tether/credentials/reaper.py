@@ -44,6 +44,7 @@ MAX_BACKOFF = 300.0
 IDLE_WAKE = 1.0
 BATCH = 100  # leases claimed (and dropped per target in one transaction) at a time
 CLAIM_VISIBILITY = 60.0  # a claim not finished by then is another worker's to take
+RECORD_CHUNK = 20  # leases recorded (state change + audit event) per transaction
 MAX_BATCHES = 50  # per pass, so one pass ends and the other steps get their turn
 SWEEP_INTERVAL = 30.0
 
@@ -111,8 +112,12 @@ class Reaper:
                 batch = ls.claim_due(conn, c.clock(), token, visibility=CLAIM_VISIBILITY, limit=BATCH)
             if not batch:
                 break
-            d, f = self._record(batch, self._revoke(batch), token)
-            done, failed = done + d, failed + f
+            outcomes = self._revoke(batch)
+            # Recorded in small transactions: each holds this replica's audit chain, which
+            # every decision also needs.
+            for i in range(0, len(batch), RECORD_CHUNK):
+                d, f = self._record(batch[i : i + RECORD_CHUNK], outcomes, token)
+                done, failed = done + d, failed + f
             if len(batch) < BATCH:
                 break
         return done, failed

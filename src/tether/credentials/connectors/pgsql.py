@@ -61,6 +61,28 @@ def group_setup(
     return sql.SQL("; ").join(parts)
 
 
+def group_missing(
+    group: str, privs: Sequence[str], tables: Sequence[str], schemas: Sequence[str]
+) -> sql.Composed:
+    """One (object, privilege) the group should hold and does not, or no row."""
+    g = sql.Literal(group)
+    privs_arr = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(p) for p in privs))
+    names: list[sql.Composable] = [sql.Literal(qualified(t).as_string(None)) for t in tables]
+    objs = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(names or [sql.SQL("NULL")]))
+    return sql.SQL(
+        "SELECT o, p FROM ("
+        " SELECT t AS o FROM unnest({objs}) AS t WHERE t IS NOT NULL"
+        " UNION SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables"
+        "  WHERE schemaname = ANY({schemas})"
+        ") objs CROSS JOIN unnest({privs}) AS p WHERE NOT has_table_privilege({g}, o, p) LIMIT 1"
+    ).format(
+        objs=objs,
+        schemas=_array(list(schemas)) if schemas else sql.SQL("ARRAY[]::text[]"),
+        privs=privs_arr,
+        g=g,
+    )
+
+
 def create_login(
     role: str, group: str, verifier: str, until: str, comment: str, max_conn: int
 ) -> sql.Composed:
@@ -104,17 +126,21 @@ def cut(roles: Sequence[str]) -> sql.Composed:
     ).format(body, sql.Literal(TERMINATE_WAIT_MS), _array(roles))
 
 
-def drop(roles: Sequence[str], grant_to_admin: Sequence[str]) -> sql.Composed:
+def join(roles: Sequence[str]) -> sql.Composed:
+    """Make the admin a member of roles it did not mint itself (minted before it joined each
+    one, or by another tool): REASSIGN/DROP OWNED and ending their sessions need it on 15+."""
+    return sql.SQL("; ").join(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(r)) for r in roles)
+
+
+def drop(roles: Sequence[str]) -> sql.Composed:
     """Objects the roles own go to the admin, their grants go, then the roles."""
     rs = sql.SQL(", ").join(sql.Identifier(r) for r in roles)
-    parts: list[sql.Composable] = [sql.SQL("BEGIN")]
-    # Roles minted before the admin joined each one (or by another tool) need the
-    # membership first: REASSIGN/DROP OWNED require the privileges of the role on 15+.
-    parts += [sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(r)) for r in grant_to_admin]
-    parts += [
-        sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(rs),
-        sql.SQL("DROP OWNED BY {}").format(rs),
-        sql.SQL("DROP ROLE {}").format(rs),
-        sql.SQL("COMMIT"),
-    ]
-    return sql.SQL("; ").join(parts)
+    return sql.SQL("; ").join(
+        [
+            sql.SQL("BEGIN"),
+            sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(rs),
+            sql.SQL("DROP OWNED BY {}").format(rs),
+            sql.SQL("DROP ROLE {}").format(rs),
+            sql.SQL("COMMIT"),
+        ]
+    )

@@ -36,6 +36,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -176,6 +177,15 @@ class PostgresConnector:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", pgsql.ACL_LOCK)
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,)).fetchone()
                 conn.execute(pgsql.group_setup(group, comment, privs, tables, schemas, create=exists is None))
+                # An admin holding a privilege without GRANT OPTION gets only a WARNING from
+                # GRANT, and the credential would silently lack it: check what the group holds.
+                missing = conn.execute(pgsql.group_missing(group, privs, tables, schemas)).fetchone()
+                if missing is not None:
+                    raise Unavailable(
+                        f"the admin role of `{service}` could not grant {missing[1]} on `{missing[0]}` "
+                        "(it needs ownership or GRANT OPTION); run `tether connectors check`",
+                        code="connector_misconfigured",
+                    )
 
         self._run(service, "grant to its group role", setup)
         with self._groups_lock:
@@ -244,27 +254,39 @@ class PostgresConnector:
             raise errors[lease.id]  # type: ignore[misc]
 
     def revoke_many(self, leases: Sequence[Lease]) -> dict[str, TetherError | None]:
-        """Cut and drop every lease's role; per lease, None (gone) or why not. Idempotent."""
+        """Cut and drop every lease's role; per lease, None (gone) or why not. Idempotent.
+        Targets are worked in parallel: one that hangs holds up only its own leases."""
+        targets = list(self._targets(leases).items())
+        if len(targets) == 1:
+            return self._revoke_target(*targets[0])
         out: dict[str, TetherError | None] = {}
-        for service, by_role in self._targets(leases).items():
-            bad = [r for r in by_role if not _ROLE_RE.match(r)]
-            for r in bad:
-                out[by_role[r]] = Unavailable(
-                    f"refusing to drop `{r[:64]}`: not a tether role", code="connector_failed"
-                )
-            roles = [r for r in by_role if r not in bad]
-            if not roles:
-                continue
-            try:
-                self.drop_roles(service, roles)
-                out.update({by_role[r]: None for r in roles})
-            except TetherError:
-                for r in roles:  # find which one: alone, each either goes or says why
-                    try:
-                        self.drop_roles(service, [r])
-                        out[by_role[r]] = None
-                    except TetherError as exc:
-                        out[by_role[r]] = exc
+        with ThreadPoolExecutor(max(1, len(targets)), thread_name_prefix="tether-revoke") as pool:
+            for part in pool.map(lambda item: self._revoke_target(*item), targets):
+                out.update(part)
+        return out
+
+    def _revoke_target(self, service: str, by_role: dict[str, str]) -> dict[str, TetherError | None]:
+        out: dict[str, TetherError | None] = {}
+        bad = [r for r in by_role if not _ROLE_RE.match(r)]
+        for r in bad:
+            out[by_role[r]] = Unavailable(
+                f"refusing to drop `{r[:64]}`: not a tether role", code="connector_failed"
+            )
+        roles = [r for r in by_role if r not in bad]
+        if not roles:
+            return out
+        try:
+            self.drop_roles(service, roles)
+            out.update({by_role[r]: None for r in roles})
+        except TetherError as exc:
+            if exc.code != "connector_failed":  # unreachable or unconfigured: same for every role
+                return {**out, **{by_role[r]: exc for r in roles}}
+            for r in roles:  # find which one: alone, each either goes or says why
+                try:
+                    self.drop_roles(service, [r])
+                    out[by_role[r]] = None
+                except TetherError as exc:
+                    out[by_role[r]] = exc
         return out
 
     def drop_roles(self, service: str, roles: Sequence[str]) -> None:
@@ -281,9 +303,12 @@ class PostgresConnector:
             present = sorted(str(r[0]) for r in rows)
             if not present:
                 return  # never created, or already dropped: revoking is idempotent
+            outsiders = [str(r[0]) for r in rows if not r[1]]
             try:
+                if outsiders:  # join first: ending their sessions needs their privileges too
+                    conn.execute(pgsql.join(outsiders))
                 conn.execute(pgsql.cut(present))
-                conn.execute(pgsql.drop(present, [str(r[0]) for r in rows if not r[1]]))
+                conn.execute(pgsql.drop(present))
             except psycopg.Error:
                 if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                     conn.execute("ROLLBACK")
