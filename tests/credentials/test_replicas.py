@@ -36,6 +36,9 @@ def _replica(settings, node_id: str) -> Runtime:
             "environment": "prod",
             "identity": {"dpop": "optional"},
             "node_id": node_id,
+            # Up to 14 calls queue on one replica's audit chain here; on a loaded CI machine
+            # that wait may pass the default 2 s store bound, which is not what these pin.
+            "limits": {"store_timeout_ms": 30000},
         },
     )
     return Runtime.start(s)
