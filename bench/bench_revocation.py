@@ -264,7 +264,10 @@ def main() -> None:
                         overrides={
                             "store": store,
                             "environment": "prod",
-                            "identity": {"dpop": "optional"},
+                            "identity": {
+                                "dpop": "optional",
+                                "workload_socket": "",
+                            },  # one Workload API per state dir
                             "node_id": f"node-{i + 1}",
                         },
                     )

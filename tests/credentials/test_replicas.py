@@ -34,7 +34,7 @@ def _replica(settings, node_id: str) -> Runtime:
         overrides={
             "store": settings.store_url,
             "environment": "prod",
-            "identity": {"dpop": "optional"},
+            "identity": {"dpop": "optional", "workload_socket": ""},  # one Workload API per state dir
             "node_id": node_id,
             # Up to 14 calls queue on one replica's audit chain here; on a loaded CI machine
             # that wait may pass the default 2 s store bound, which is not what these pin.
