@@ -1,9 +1,8 @@
-"""`tether leases list|revoke|stats` and `tether secrets set|list|delete`."""
+"""`tether leases list|revoke|stats`."""
 
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,57 +90,5 @@ def stats(state_dir: Path, as_json: bool) -> None:
     output(data, as_json, lambda d: console.print(d))
 
 
-@click.group()
-def secrets() -> None:
-    """Upstream secrets for `inject` services (encrypted with the master key)."""
-
-
-@secrets.command("set")
-@state_dir_option
-@click.argument("name")
-@click.option("--header", default="Authorization", show_default=True, help="Header the enforcer sets.")
-@json_option
-def set_(state_dir: Path, name: str, header: str, as_json: bool) -> None:
-    """Store secret NAME; the value is read from stdin (or prompted), never from arguments."""
-    if sys.stdin.isatty():
-        value = click.prompt("value (full header value, e.g. `Bearer sk-…`)", hide_input=True)
-    else:
-        value = sys.stdin.readline().rstrip("\r\n")
-    data = run(
-        lambda: call(
-            admin_socket(state_dir), "secrets.set", {"name": name, "value": value, "header": header}
-        ),
-        as_json,
-    )
-    output(data, as_json, lambda d: console.print(f"[green]✓[/] secret {d['name']} stored"))
-
-
-@secrets.command("list")
-@state_dir_option
-@json_option
-def list_secrets(state_dir: Path, as_json: bool) -> None:
-    """List secret names and headers (never values)."""
-    rows = run(lambda: call(admin_socket(state_dir), "secrets.list"), as_json)
-
-    def render(rows: list[dict[str, Any]]) -> None:
-        t = Table("name", "header", "updated (UTC)")
-        for r in rows:
-            t.add_row(r["name"], r["header"], _when(r["updated_at"]))
-        console.print(t if rows else "no secrets")
-
-    output(rows, as_json, render)
-
-
-@secrets.command("delete")
-@state_dir_option
-@click.argument("name")
-@json_option
-def delete(state_dir: Path, name: str, as_json: bool) -> None:
-    """Delete secret NAME (its services then deny with `secret_not_configured`)."""
-    data = run(lambda: call(admin_socket(state_dir), "secrets.delete", {"name": name}), as_json)
-    output(data, as_json, lambda d: console.print("deleted" if d["deleted"] else "no such secret"))
-
-
 def register(main: click.Group) -> None:
     main.add_command(leases)
-    main.add_command(secrets)
