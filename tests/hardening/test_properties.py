@@ -30,8 +30,8 @@ from tether.server.parsing import (
     parse_uint,
 )
 
-FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
 json_like = st.recursive(

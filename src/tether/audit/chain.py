@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tether.audit.event import EVENT_FIELDS, EVENT_TYPES, GENESIS_HASH, Event, canonical_json
@@ -178,9 +178,11 @@ class AuditChain:
                 "the audit log is busy (the store is not answering); the action is denied",
                 code="store_unavailable",
             )
+        connected = False
         try:
             try:
                 with self.db.engine.begin() as conn:
+                    connected = True
                     if not self._loaded:
                         self._load_head(conn)
                     u = Unit(conn, self, self._seq, self._head)
@@ -196,7 +198,11 @@ class AuditChain:
                 self._loaded = False
                 # A store that stopped answering (connection cut or pool exhausted) is the
                 # store's failure, not the log's: the same code as every other store use.
-                lost = isinstance(exc, SATimeoutError | OperationalError)
+                lost = (
+                    not connected
+                    or isinstance(exc, SATimeoutError)
+                    or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+                )
                 raise Unavailable(
                     "the audit log could not be written; the action is denied",
                     code="store_unavailable" if lost else "audit_unavailable",
