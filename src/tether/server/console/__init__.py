@@ -17,9 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tether.errors import InvalidRequest, NotFound, Unavailable
 from tether.server.admin import Operator, operation
-from tether.server.console import policy_history
+from tether.server.console import notify, policy_history
 from tether.server.console.auth_views import AuthViews
+from tether.server.console.data import approvals
 from tether.server.console.views import Views
 from tether.server.console.web import PREFIX, SECURITY_HEADERS, Console
 
@@ -111,8 +113,6 @@ def install(rt: Runtime) -> None:
 
     snapshot_policy()
     rt.periodic.append(snapshot_policy)
-    from tether.server.console import notify
-
     notify.install(rt, console)
 
 
@@ -121,8 +121,6 @@ def login_link(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     """A one-time console link for the operator on the other end of the admin socket."""
     console: Console | None = rt.extras.get("console")
     if console is None:
-        from tether.errors import Unavailable
-
         raise Unavailable("the console is disabled (`console.enabled = false`)", code="console_disabled")
     return {"url": console.operator_link(op.uid), "expires_in": 60, "uid": op.uid}
 
@@ -130,9 +128,6 @@ def login_link(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 @operation("approvals.show")
 def approvals_show(rt: Any, args: dict[str, Any], op: Operator) -> Any:
     """Everything the console's approval page shows, for `tether approvals show ID`."""
-    from tether.errors import InvalidRequest, NotFound
-    from tether.server.console.data import approvals
-
     aid = args.get("approval_id")
     if not isinstance(aid, str) or not aid:
         raise InvalidRequest("missing argument `approval_id`", code="missing_field", field="approval_id")

@@ -13,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from tether.audit import event as ev
-from tether.audit.query import high_water
-from tether.errors import InvalidRequest, Unavailable
+from tether.audit.query import EventFilter, high_water
+from tether.audit.verify import verify_chains
+from tether.errors import InvalidRequest, NotFound, Unavailable
 from tether.model import TaskState
-from tether.server.console import data, tree
+from tether.server.console import data, policy_history, tree
 from tether.server.console.web import PREFIX, SECURITY_HEADERS, Console
 from tether.server.signin import Human
 
@@ -120,8 +121,6 @@ class Views:
         aid = request.path_params["approval_id"][:64]
         rows = await self.read(data.approvals, approval_id=aid)
         if not rows:
-            from tether.errors import NotFound
-
             raise NotFound(f"no approval `{aid}`", code="approval_not_found")
         return self.c.page("approval.html", **self.c.ctx(request, human, a=rows[0]))
 
@@ -213,8 +212,6 @@ class Views:
 
     # -- policy and audit ------------------------------------------------------------------
     async def policy(self, request: Request, human: Human) -> Response:
-        from tether.server.console import policy_history
-
         history = await self.read(data.policy_events)
         versions = policy_history.versions(self.c.rt.settings.state_dir)
         a, b = _q(request, "a", 40), _q(request, "b", 40)
@@ -243,9 +240,6 @@ class Views:
         )
 
     async def audit(self, request: Request, human: Human) -> Response:
-        from tether.audit.query import EventFilter
-        from tether.audit.verify import verify_chains
-
         etype = _q(request, "type", 48)
         flt = EventFilter(
             task_id=_q(request, "task", 64) or None,
