@@ -39,10 +39,10 @@ from tether.arguments import ArgSpec, ArgumentRefused, canonicalize, resolve_sym
 from tether.audit import event as ev
 from tether.broker import AuthorizeRequest, args_digest
 from tether.errors import TetherError, Unauthenticated, Unavailable
-from tether.gateway.authorizer import Authorizer, Verdict, refusal_message
+from tether.gateway.authorizer import Authorizer, Verdict, refusal_message, upstream_credential_headers
 from tether.gateway.http import continue_trace
 from tether.gateway.pins import APPROVED
-from tether.gateway.upstream import Upstream, UpstreamGone, open_session
+from tether.gateway.upstream import CallHeaders, Upstream, UpstreamGone, open_session
 from tether.identity.dpop import DpopProof
 
 log = logging.getLogger("tether.gateway.mcp")
@@ -119,6 +119,7 @@ class McpGateway:
         self._ready = anyio.Event()
         self._dead = anyio.Event()
         self._dead_reason = ""
+        self._call_headers = CallHeaders()
 
     # -- upstream ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -140,7 +141,9 @@ class McpGateway:
             began = time.monotonic()
             reason = "the connection closed"
             try:
-                async with open_session(upstream, self._on_upstream, self.call_timeout) as session:
+                async with open_session(
+                    upstream, self._on_upstream, self.call_timeout, self._call_headers
+                ) as session:
                     self.session = session
                     self._dead = anyio.Event()
                     await self.refresh()
@@ -393,7 +396,18 @@ class McpGateway:
         try:
             session = await self._live_session()
             with anyio.fail_after(self.call_timeout):
-                result = await session.call_tool(name, arguments)
+                if self.local_upstream:
+                    result = await session.call_tool(name, arguments)
+                else:
+                    # Streamable HTTP: this call's own credential (minted for this task and
+                    # service, or the injected secret), one call at a time.
+                    headers = upstream_credential_headers(verdict)
+                    async with self._call_headers.lock:
+                        self._call_headers.current = headers
+                        try:
+                            result = await session.call_tool(name, arguments)
+                        finally:
+                            self._call_headers.current = {}
             outcome = "tool_error" if result.is_error else "ok"
         except TimeoutError:
             outcome = "upstream_timeout"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tether.errors import InvalidRequest, TetherError
@@ -40,8 +41,25 @@ class Upstream:
             raise InvalidRequest("the upstream URL must be http(s)://…", code="invalid_upstream")
 
 
+class CallHeaders:
+    """The headers of the call being forwarded to an HTTP upstream: the per-call
+    credential the broker minted for it (``upstream_credential_headers``), never the
+    agent's token. Holders of :attr:`lock` forward one call at a time, so a credential
+    cannot ride on another task's request."""
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.current: dict[str, str] = {}
+
+    async def hook(self, request: Any) -> None:
+        for name, value in self.current.items():
+            request.headers[name] = value
+
+
 @contextlib.asynccontextmanager
-async def open_session(upstream: Upstream, on_message: Any, timeout: float) -> AsyncIterator[ClientSession]:
+async def open_session(
+    upstream: Upstream, on_message: Any, timeout: float, call_headers: CallHeaders | None = None
+) -> AsyncIterator[ClientSession]:
     """One initialized session: a fresh subprocess (stdio) or connection (HTTP)."""
     async with contextlib.AsyncExitStack() as stack:
         if upstream.command:
@@ -53,8 +71,11 @@ async def open_session(upstream: Upstream, on_message: Any, timeout: float) -> A
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
 
+            hooks = {"request": [call_headers.hook]} if call_headers is not None else {}
             client = await stack.enter_async_context(
-                httpx2.AsyncClient(headers=dict(upstream.headers), timeout=timeout, follow_redirects=False)
+                httpx2.AsyncClient(
+                    headers=dict(upstream.headers), timeout=timeout, follow_redirects=False, event_hooks=hooks
+                )
             )
             read, write = await stack.enter_async_context(
                 streamable_http_client(upstream.url, http_client=client)
