@@ -43,6 +43,10 @@ CONSOLE_SIGNIN = "console.signin"
 CONSOLE_ACTION = "console.action"
 CONSOLE_REFUSED = "console.refused"
 NOTIFY_FAILED = "notify.failed"
+# Legacy secrets brought under the broker (`tether secrets import|rotate`).
+SECRET_IMPORTED = "secret.imported"  # noqa: S105 (an event type)
+SECRET_ROTATED = "secret.rotated"  # noqa: S105 (an event type)
+SECRET_ROTATION_FAILED = "secret.rotation_failed"  # noqa: S105 (an event type)
 
 EVENT_TYPES = frozenset(
     {
@@ -71,6 +75,9 @@ EVENT_TYPES = frozenset(
         CONSOLE_ACTION,
         CONSOLE_REFUSED,
         NOTIFY_FAILED,
+        SECRET_IMPORTED,
+        SECRET_ROTATED,
+        SECRET_ROTATION_FAILED,
     }
 )
 

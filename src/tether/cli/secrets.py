@@ -286,4 +286,7 @@ def _render_scan(result: ScanResult, known: set[str]) -> None:
 
 
 def register(main: click.Group) -> None:
+    from tether.cli import secrets_broker
+
+    secrets_broker.register(secrets)
     main.add_command(secrets)

@@ -28,6 +28,7 @@ from tether.credentials.revocation import Feed
 from tether.credentials.secrets import SecretStore
 from tether.credentials.service import Credentials
 from tether.identity.keys import load_master_key
+from tether.legacy import ops as _legacy_ops  # noqa: F401  (secrets.import|inventory|rotate)
 from tether.runtime import Runtime
 
 log = logging.getLogger("tether.credentials")

@@ -81,3 +81,21 @@ secrets = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Legacy secrets brought under the broker (`tether secrets import`): where they came from,
+# where they still appear in code, and how they rotate. Values stay in `credential_secrets`.
+secret_inventory = Table(
+    "secret_inventory",
+    metadata,
+    Column("name", String(128), primary_key=True),  # the `credential_secrets` name
+    Column("service", String(256), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("exposures", Text, nullable=False),  # JSON list of {root, path, line, commit, live}
+    Column("first_seen", Float),
+    Column("imported_at", Float, nullable=False),
+    Column("rotation", Text),  # JSON method spec (no secret in it), e.g. {"kind": "command", ...}
+    Column("rotated_at", Float),
+    Column("rotation_status", String(16), nullable=False),  # never | ok | failed | retire_failed
+    Column("rotation_error", String(512)),
+)

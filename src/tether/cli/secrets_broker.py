@@ -1,0 +1,208 @@
+"""`tether secrets import|inventory|rotate`: legacy secrets moved behind the gateway and retired."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tether.cli._common import admin_socket, console, json_option, output, print_rows, run, state_dir_option
+from tether.errors import ConfigError, NotFound
+from tether.legacy.engine import fingerprint
+from tether.legacy.scan import Finding, scan, value_of
+from tether.server.admin import call
+
+
+def _day(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _exposures(findings: list[Finding]) -> list[dict[str, Any]]:
+    return [
+        {"root": f.root, "path": f.path, "line": f.line, "commit": f.commit, "live": f.source == "tree"}
+        for f in findings
+    ]
+
+
+def _route_for(routes_file: Path, service: str) -> str:
+    from tether.gateway.routes import load_routes
+
+    for r in load_routes(routes_file).routes:
+        if r.service == service:
+            return r.prefix
+    raise ConfigError(f"`{routes_file}` has no route for service `{service}`; add a [[routes]] entry first",
+                      code="no_route_for_service", field="routes")  # fmt: skip
+
+
+def import_cmd(
+    state_dir: Path,
+    fp: str | None,
+    sources: tuple[Path, ...],
+    service: str,
+    routes_file: Path | None,
+    name: str | None,
+    header: str,
+    prefix: str,
+    from_stdin: bool,
+    rotate_postgres: str | None,
+    admin_dsn_env: str,
+    rotate_command: str | None,
+    as_json: bool,
+) -> None:
+    def work() -> dict[str, Any]:
+        if bool(fp) == from_stdin:
+            raise ConfigError("give a FINGERPRINT from `tether secrets scan` or `--stdin`, not both",
+                              code="invalid_arguments", field="fingerprint")  # fmt: skip
+        route = _route_for(routes_file, service) if routes_file else None
+        value: str | None = None
+        if from_stdin:
+            value = sys.stdin.readline().rstrip("\r\n")
+        want = fp or fingerprint(value or "")
+        found = [f for f in scan(list(sources)).findings if f.fingerprint == want] if sources else []
+        if fp:
+            if not found:
+                raise NotFound(f"no finding `{fp}` under {', '.join(map(str, sources)) or 'no path'}; "
+                               "give the scanned paths with `--from`", code="finding_not_found")  # fmt: skip
+            f = found[0]
+            value = value_of(Path(f.root), f.path, f.line, f.fingerprint, f.commit)
+            if value is None:
+                raise NotFound(f"`{f.path}:{f.line}` no longer holds `{fp}`; scan again",
+                               code="finding_not_found")  # fmt: skip
+        rotation: dict[str, Any] | None = None
+        if rotate_postgres:
+            rotation = {"kind": "postgres", "dsn": rotate_postgres, "admin_dsn_env": admin_dsn_env}
+        elif rotate_command:
+            rotation = {"kind": "command", "argv": shlex.split(rotate_command)}
+        args = {
+            "service": service,
+            "name": name,
+            "value": prefix + (value or ""),
+            "header": header,
+            "kind": found[0].kind if found else "manual",
+            "exposures": _exposures(found),
+            "first_seen": min((f.first_seen for f in found), default=None),
+            "rotation": rotation,
+        }
+        done: dict[str, Any] = call(admin_socket(state_dir), "secrets.import", args)
+        done.update(route=route, exposures=args["exposures"], fingerprint=want)
+        return done
+
+    def render(d: dict[str, Any]) -> None:
+        live = [e for e in d["exposures"] if e["live"]]
+        console.print(f"[green]✓[/] secret {d['name']} ({d['fingerprint']}) stored for service {d['service']}"
+                      + (f", route {d['route']}" if d["route"] else ""), highlight=False)  # fmt: skip
+        if d["connector"] != "inject":
+            console.print(
+                f"[yellow]note[/] service {d['service']} uses connector `{d['connector']}`, not `inject`"
+            )
+        for e in d["exposures"]:
+            where = f"{e['path']}:{e['line']}" + (f" (commit {e['commit'][:12]})" if e["commit"] else "")
+            console.print(
+                f"  still in code: {where}" if e["live"] else f"  in history: {where}", highlight=False
+            )
+        if live:
+            console.print("next: route agents through the gateway, rotate, then delete it from code")
+
+    output(run(work, as_json), as_json, render)
+
+
+def inventory_cmd(state_dir: Path, as_json: bool) -> None:
+    rows = run(lambda: call(admin_socket(state_dir), "secrets.inventory"), as_json)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            console.print("no secrets")
+            return
+        cols = ("name", "service", "kind", "fingerprint", "age (d)", "last used", "rotation", "in code")
+        print_rows(cols, [
+            (r["name"], r["service"], r["kind"] or "-", r["fingerprint"] or "-", f"{r['age_days']:.0f}",
+             _day(r["last_used"]), f"{r['rotation'] or '-'}: {r['rotation_status']}",
+             f"{r['exposures_live']} live / {len(r['exposures'])}")
+            for r in rows
+        ], ids=("name", "fingerprint"))  # fmt: skip
+
+    output(rows, as_json, render)
+
+
+def rotate_cmd(state_dir: Path, name: str, as_json: bool) -> None:
+    data = run(lambda: call(admin_socket(state_dir), "secrets.rotate", {"name": name}, timeout=300), as_json)
+
+    def render(d: dict[str, Any]) -> None:
+        if d["status"] == "ok":
+            console.print(
+                f"[green]✓[/] {d['name']} rotated, now {d['fingerprint']}; the old value is retired"
+            )
+        else:
+            console.print(f"[yellow]![/] {d['name']} switched to {d['fingerprint']}, but retiring the old "
+                          f"value failed: {d['error']}", highlight=False)  # fmt: skip
+
+    output(data, as_json, render)
+    if data.get("status") != "ok":
+        sys.exit(1)
+
+
+def register(group: click.Group) -> None:
+    @group.command("import")
+    @state_dir_option
+    @click.argument("fp", metavar="[FINGERPRINT]", required=False)
+    @click.option(
+        "--from",
+        "sources",
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="Paths scanned to find FINGERPRINT (and where the secret still appears).",
+    )
+    @click.option("--service", required=True, help="Catalog service the secret belongs to.")
+    @click.option(
+        "--routes",
+        "routes_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Gateway routes file: refuse unless a route serves --service.",
+    )
+    @click.option("--name", help="Secret name (default: the service's `inject` secret name).")
+    @click.option("--header", default="Authorization", show_default=True, help="Header the gateway sets.")
+    @click.option("--prefix", default="", help="Put before the value in the header, e.g. `Bearer `.")
+    @click.option("--stdin", "from_stdin", is_flag=True, help="Read the value from stdin instead.")
+    @click.option(
+        "--rotate-postgres", metavar="DSN", help="Rotate as this role: `postgresql://role@host/db`."
+    )
+    @click.option(
+        "--admin-dsn-env",
+        default="TETHER_ROTATE_ADMIN_DSN",
+        show_default=True,
+        help="Broker environment variable holding the admin DSN for --rotate-postgres.",
+    )
+    @click.option("--rotate-command", metavar="CMD", help="Rotate by running `CMD new|verify|retire`.")
+    @json_option
+    def import_(**kw: Any) -> None:  # fmt: skip
+        """Store a found secret (by FINGERPRINT, re-read from its file or commit) or a value
+        from stdin in the broker's encrypted store, bound to SERVICE: the gateway then injects
+        it on allowed calls and agents never hold it.
+
+        \b
+          tether secrets import fp_… --from . --service slack-external --routes routes.toml
+          printf %s "$TOKEN" | tether secrets import --stdin --service email --from .
+        """
+        import_cmd(**kw)
+
+    @group.command("inventory")
+    @state_dir_option
+    @json_option
+    def inventory(state_dir: Path, as_json: bool) -> None:
+        """Every long-lived secret the broker holds: age, last use through the gateway,
+        rotation status and where it still appears in code."""
+        inventory_cmd(state_dir, as_json)
+
+    @group.command("rotate")
+    @state_dir_option
+    @click.argument("name")
+    @json_option
+    def rotate(state_dir: Path, name: str, as_json: bool) -> None:
+        """Rotate secret NAME: write new, verify, switch the gateway to it, retire the old.
+
+        A failure before the switch leaves the previous secret working (exit 1, audited)."""
+        rotate_cmd(state_dir, name, as_json)
