@@ -190,3 +190,16 @@ def test_postgres_rotation_that_cannot_verify_restores_old_password(runtime, leg
     assert events[0].payload["stage"] == "verify" and "old-shared-password-1" not in json.dumps(
         events[0].payload
     )
+
+
+def test_report_counts_inventoried_secret_still_in_code_as_long_lived(runtime, tmp_path):
+    """NHI2/NHI7 evidence: an imported secret with a live exposure is a long-lived secret remaining."""
+    from types import SimpleNamespace
+
+    from tether.report.evidence import Evidence, _secrets
+
+    repo, _ = _repo_with_token(tmp_path)
+    _import_finding(runtime, repo)
+    out = Evidence()
+    _secrets(out, SimpleNamespace(secrets=ops.secrets_inventory(runtime, {}, OP)))  # type: ignore[arg-type]
+    assert out.value("secrets.long_lived") == 1

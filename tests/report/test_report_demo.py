@@ -142,8 +142,7 @@ def test_identity_dpop_and_policy_facts(report: dict[str, Any]):
     assert _value(report, "policy.taint_rule") == 1 and _value(report, "policy.environment_rule") == 1
     assert _value(report, "policy.approval_rule") == 1 and _value(report, "policy.dir_in_force") is True
     assert _value(report, "audit.chain_ok") is True and _value(report, "audit.checkpoints_verified") >= 1
-    assert _value(report, "secrets.long_lived") is None
-    assert "no data source yet" in report["evidence"]["secrets.long_lived"]["note"]
+    assert _value(report, "secrets.long_lived") == 0  # from the secrets inventory: none left in code
 
 
 def test_control_statuses_on_the_demo(report: dict[str, Any]):
@@ -152,7 +151,7 @@ def test_control_statuses_on_the_demo(report: dict[str, Any]):
     assert statuses["ASI02"] == "met"  # taint rule present and it denied the exfiltration
     assert statuses["NHI4:2025"] == "partly met"  # DPoP not required in dev
     assert statuses["ASI06"] == "out of scope"
-    assert statuses["NHI7:2025"] == "partly met"  # no secrets inventory yet
+    assert statuses["NHI7:2025"] == "met"  # short-lived credentials; no inventoried secret left in code
     assert statuses["MANAGE 2.4"] == "met"
     assert "met" not in {statuses[c] for c in ("ASI01", "ASI04", "ASI07", "ASI08", "ASI09")}  # ceilings
     assert sum(report["summary"].values()) == len(statuses) == 37

@@ -104,7 +104,7 @@ EVIDENCE: dict[str, Spec] = {
     "gateway.calls_forwarded": S("calls forwarded by gateways", "audit"),
     "gateway.calls_without_decision": S("forwarded calls without a decision", "audit"),
     "gateway.tool_changes": S("tool definitions changed (held back)", "audit"),
-    "secrets.long_lived": S("long-lived secrets remaining", "none"),
+    "secrets.long_lived": S("long-lived secrets remaining (in code, or unrotated > 90 days)", "store"),
 }
 del S
 
@@ -194,12 +194,19 @@ def compute(f: Facts) -> Evidence:
     _delegations(out, f, by_type)
     _policy(out, f, by_type)
     _audit(out, f, by_type)
-    out.put(
-        "secrets.long_lived",
-        None,
-        note="no data source yet: the inventory of legacy secrets is not built",
-    )
+    _secrets(out, f)
     return out
+
+
+LONG_LIVED_DAYS = 90
+
+
+def _secrets(out: Evidence, f: Facts) -> None:
+    """Secrets the broker holds that still appear in code or have kept one value too long."""
+    bad = sorted(
+        r["name"] for r in f.secrets if r["exposures_live"] > 0 or r["value_age_days"] > LONG_LIVED_DAYS
+    )
+    out.put("secrets.long_lived", len(bad), detail=bad)
 
 
 def _agents(out: Evidence, f: Facts, t: Mapping[str, list[Event]]) -> None:

@@ -24,6 +24,7 @@ from tether.audit.verify import VerifyReport, row_to_event, verify_chains
 from tether.catalog import Catalog
 from tether.config import Settings
 from tether.errors import InvalidRequest, PolicyError
+from tether.legacy import inventory
 from tether.model import Grant
 from tether.policy.loader import load_bundle, load_schema
 from tether.store import tables as t
@@ -97,6 +98,7 @@ class Facts:
     dpop_required: bool
     masking_rules: int
     catalog: Catalog | None = None
+    secrets: list[dict[str, Any]] = field(default_factory=list)  # `tether secrets inventory` rows
 
     def within(self, grant: Mapping[str, Any], scope: Iterable[Mapping[str, Any]]) -> bool:
         """``grant`` no wider than some entry of ``scope`` (the broker's own rule)."""
@@ -237,6 +239,7 @@ def gather(
         dpop_required=settings.identity.dpop_required(settings.environment),
         masking_rules=len(a.mask_paths) + len(a.mask_headers) + len(a.mask_patterns),
         catalog=catalog,
+        secrets=inventory.listing(conn, now),
     )
 
 
