@@ -90,6 +90,7 @@ def serve_gateway(state: str, port: int, upstream: str) -> None:
     from tether.gateway.http import HttpGateway
     from tether.gateway.routes import parse_routes
     from tether.runtime import Runtime
+    from tether.server.http_protocol import uvicorn_options
 
     table = parse_routes(
         tomllib.loads(
@@ -103,12 +104,14 @@ def serve_gateway(state: str, port: int, upstream: str) -> None:
     else:
         settings = load_settings(Path(state), environ={}, overrides=OVERRIDES)
         authorizer = LocalAuthorizer(Runtime.start(settings))
+    # Served as `tether gateway http` serves it: the same parser and its bound.
     uvicorn.run(
         HttpGateway(table, authorizer),
         host="127.0.0.1",
         port=port,  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
+        **uvicorn_options(16 * 1024),
     )
 
 

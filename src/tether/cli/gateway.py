@@ -20,7 +20,9 @@ from pathlib import Path
 import click
 
 from tether.cli._common import console, err_console, run, state_dir_option
+from tether.config import Limits
 from tether.errors import InvalidRequest, Unauthenticated
+from tether.server.http_protocol import uvicorn_options
 
 
 def identity_source(
@@ -170,6 +172,7 @@ def http(
         access_log=False,
         server_header=False,
         date_header=False,
+        **uvicorn_options(Limits().max_header_bytes),
     )
 
 
@@ -307,7 +310,11 @@ def mcp(
                 host, _, port = listen.rpartition(":")
                 err_console.print(f"[green]✓[/] mcp gateway for `{server}` on http://{listen}/mcp")
                 config = uvicorn.Config(
-                    gw.http_app(host=host), host=host, port=int(port), log_level="warning"
+                    gw.http_app(host=host),
+                    host=host,
+                    port=int(port),
+                    log_level="warning",
+                    **uvicorn_options(Limits().max_header_bytes),
                 )
                 await uvicorn.Server(config).serve()
         await authorizer.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -40,6 +39,7 @@ def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
     except BaseException:
         lock.release()
         raise
+    from tether.server.http_protocol import run as run_loop
     from tether.server.serve import serve
 
     def ready() -> None:
@@ -51,7 +51,7 @@ def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
         console.print(f"  admin socket {settings.admin_socket}   stop with Ctrl-C")
 
     try:
-        asyncio.run(serve(rt, on_ready=ready))
+        run_loop(serve(rt, on_ready=ready))
     except KeyboardInterrupt:
         pass
     finally:
