@@ -219,6 +219,9 @@ class ActionDecisions(BrokerBase):
         """Effects of an allow, all or nothing: consume the approval, record use and taint,
         mint the credential. Any failure turns the allow into an audited deny."""
         credential: IssuedCredential | None = None
+        taints = actions.taints(req.action) and resource.sensitivity > risk["max_sensitivity_read"]
+        if approval_used is None and not risk["first_use"] and not taints and not self.allow_hooks:
+            return decision, None  # nothing to do: no savepoint (two statements) either
         try:
             with u.conn.begin_nested():
                 if approval_used is not None and not repo.set_approval_state(
@@ -232,7 +235,7 @@ class ActionDecisions(BrokerBase):
                     raise Conflict("the approval was already used", code="approval_used")
                 if risk["first_use"]:
                     repo.note_resource_use(u.conn, task.agent, resource.id, now)
-                if actions.taints(req.action) and resource.sensitivity > risk["max_sensitivity_read"]:
+                if taints:
                     repo.raise_sensitivity_read(
                         u.conn, [task.id, *self._ancestor_ids(u, task)], resource.sensitivity
                     )

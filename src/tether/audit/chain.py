@@ -15,24 +15,37 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from tether.audit.event import EVENT_FIELDS, EVENT_TYPES, GENESIS_HASH, Event, canonical_json
+from tether.audit.event import (
+    EVENT_FIELDS,
+    EVENT_TYPES,
+    GENESIS_HASH,
+    SCHEMA_VERSION,
+    Event,
+    canonical_json,
+    row_hash,
+)
 from tether.errors import TetherError, Unavailable
+from tether.store import raw
 from tether.store import tables as t
 from tether.store.db import Database
 
-_INSERT_EVENT = insert(t.audit_events)
+_INSERT_EVENT_RAW = raw.statement(
+    "INSERT INTO audit_events (chain, seq, v, ts, type, task_id, root_task_id, parent_task_id, agent, "
+    "delegator, decision_id, lease_id, trace_id, payload, prev_hash, hash) VALUES (:chain, :seq, :v, :ts, "
+    ":type, :task_id, :root_task_id, :parent_task_id, :agent, :delegator, :decision_id, :lease_id, "
+    ":trace_id, :payload, :prev_hash, :hash)"
+)
 # Compare-and-set on the head: a second writer on this chain makes it match no row.
-_ADVANCE_HEAD = (
-    update(t.audit_chains)
-    .where(t.audit_chains.c.chain == bindparam("c"))
-    .where(t.audit_chains.c.head_seq == bindparam("old"))
+_ADVANCE_HEAD_RAW = raw.statement(
+    "UPDATE audit_chains SET head_seq = :seq, head_hash = :h, updated_at = :at "
+    "WHERE chain = :c AND head_seq = :old"
 )
 
 PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -96,38 +109,54 @@ class Unit:
             body = f(type_, body)
         payload_json = canonical_json(body)  # also rejects NaN/unserializable payloads
         self._seq += 1
-        ev = Event(
-            chain=self._chain.chain_id,
-            seq=self._seq,
-            ts=time.time(),
+        row: dict[str, Any] = {
+            "chain": self._chain.chain_id,
+            "seq": self._seq,
+            "v": SCHEMA_VERSION,
+            "ts": time.time(),
+            "type": type_,
+            "task_id": fields.get("task_id"),
+            "root_task_id": fields.get("root_task_id"),
+            "parent_task_id": fields.get("parent_task_id"),
+            "agent": fields.get("agent"),
+            "delegator": fields.get("delegator"),
+            "decision_id": fields.get("decision_id"),
+            "lease_id": fields.get("lease_id"),
+            "trace_id": fields.get("trace_id"),
+            "payload": payload_json,
+            "prev_hash": self._head,
+        }
+        # The hash over the payload text already serialized (``row_hash`` is pinned to
+        # ``Event.compute_hash`` by a test): the payload is not serialized a second time.
+        row["hash"] = row_hash(
+            chain=row["chain"],
+            seq=row["seq"],
+            ts=row["ts"],
             type=type_,
-            prev_hash=self._head,
-            payload=body,
-            **fields,
+            prev_hash=row["prev_hash"],
+            payload_text=payload_json,
+            task_id=row["task_id"],
+            root_task_id=row["root_task_id"],
+            parent_task_id=row["parent_task_id"],
+            agent=row["agent"],
+            delegator=row["delegator"],
+            decision_id=row["decision_id"],
+            lease_id=row["lease_id"],
+            trace_id=row["trace_id"],
+            v=SCHEMA_VERSION,
         )
-        ev = replace(ev, hash=ev.compute_hash())
-        # One prepared INSERT with bound parameters: building `.values(...)` per event
-        # costs more than the database write itself.
-        self.conn.execute(
-            _INSERT_EVENT,
-            {
-                "chain": ev.chain,
-                "seq": ev.seq,
-                "v": ev.v,
-                "ts": ev.ts,
-                "type": ev.type,
-                "task_id": ev.task_id,
-                "root_task_id": ev.root_task_id,
-                "parent_task_id": ev.parent_task_id,
-                "agent": ev.agent,
-                "delegator": ev.delegator,
-                "decision_id": ev.decision_id,
-                "lease_id": ev.lease_id,
-                "trace_id": ev.trace_id,
-                "payload": payload_json,
-                "prev_hash": ev.prev_hash,
-                "hash": ev.hash,
-            },
+        # One raw driver INSERT (``tether.store.raw``): SQLAlchemy's per-statement work costs
+        # more than the database write itself.
+        raw.execute(self.conn, _INSERT_EVENT_RAW, row).close()
+        ev = Event(
+            chain=row["chain"],
+            seq=row["seq"],
+            ts=row["ts"],
+            type=type_,
+            prev_hash=row["prev_hash"],
+            payload=body,
+            hash=row["hash"],
+            **fields,
         )
         self._head = ev.hash
         self.events.append(ev)
@@ -226,17 +255,12 @@ class AuditChain:
                 )
             )
             return
-        res = conn.execute(
-            _ADVANCE_HEAD,
-            {
-                "c": self.chain_id,
-                "old": self._seq,
-                "head_seq": u._seq,
-                "head_hash": u._head,
-                "updated_at": now,
-            },
+        changed = raw.rowcount(
+            conn,
+            _ADVANCE_HEAD_RAW,
+            {"c": self.chain_id, "old": self._seq, "seq": u._seq, "h": u._head, "at": now},
         )
-        if res.rowcount != 1:
+        if changed != 1:
             raise Unavailable(
                 f"audit chain `{self.chain_id}` was advanced by another writer; "
                 "give each replica its own node_id",

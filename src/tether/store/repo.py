@@ -5,10 +5,14 @@ together)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -21,6 +25,7 @@ from tether.model import (
     Task,
     TaskState,
 )
+from tether.store import raw
 from tether.store import tables as t
 
 
@@ -36,7 +41,10 @@ def scope_from_json(text: str) -> tuple[Grant, ...]:
 
 
 def _task(row: Row[Any]) -> Task:
-    m = row._mapping
+    return _task_from(row._mapping)  # type: ignore[arg-type]
+
+
+def _task_from(m: Mapping[str, Any]) -> Task:
     delegator = Delegator(m["delegator_sub"], m["delegator_iss"]) if m["delegator_sub"] else None
     return Task(
         id=m["id"],
@@ -95,10 +103,44 @@ def get_task(conn: Connection, task_id: str) -> Task | None:
     return _task(row) if row else None
 
 
+_GET_TASK_RAW = raw.statement("SELECT * FROM tasks WHERE id = :id")
+# What changes after a task opens: its state (closed, expired, revoked), when it ended, and
+# the taint. Read from the row on every decision, inside the decision's transaction.
+_TASK_LIVE_RAW = raw.statement("SELECT state, closed_at, max_sensitivity_read FROM tasks WHERE id = :id")
+
+#: The fields a task never changes after it opens (id, agent, scope, expiry, lineage, …),
+#: parsed once per task per engine. Only these are cached: whether the task is still
+#: active is read from the store on every call, so no cache can serve a closed task.
+_FIXED_CACHE_SIZE = 10_000
+_fixed: weakref.WeakKeyDictionary[Engine, OrderedDict[str, Task]] = weakref.WeakKeyDictionary()
+_fixed_lock = threading.Lock()
+
+
 def get_task_and_taint(conn: Connection, task_id: str) -> tuple[Task, int] | None:
-    """The task and the highest sensitivity its tree has read (-1: nothing yet), in one query."""
-    row = conn.execute(_GET_TASK, {"id": task_id}).first()
-    return (_task(row), int(row._mapping["max_sensitivity_read"])) if row else None
+    """The task and the highest sensitivity its tree has read (-1: nothing yet).
+
+    On every decision's path: raw driver statements (see ``tether.store.raw``), and a
+    narrow one (state, end, taint) when the task's fixed fields are already parsed."""
+    with _fixed_lock:
+        cache = _fixed.setdefault(conn.engine, OrderedDict())
+        fixed = cache.get(task_id)
+    if fixed is not None:
+        live = raw.first(conn, _TASK_LIVE_RAW, {"id": task_id})
+        if live is None:  # the row is gone: forget it and say so, as for an unknown task
+            with _fixed_lock:
+                cache.pop(task_id, None)
+            return None
+        task = replace(fixed, state=TaskState(live["state"]), closed_at=live["closed_at"])
+        return task, int(live["max_sensitivity_read"])
+    m = raw.first(conn, _GET_TASK_RAW, {"id": task_id})
+    if m is None:
+        return None
+    task = _task_from(m)
+    with _fixed_lock:
+        cache[task_id] = task
+        while len(cache) > _FIXED_CACHE_SIZE:
+            cache.popitem(last=False)
+    return task, int(m["max_sensitivity_read"])
 
 
 def list_tasks(
@@ -343,35 +385,24 @@ def note_resource_use(conn: Connection, agent: str, resource: str, now: float) -
     conn.execute(stmt.values(agent=agent, resource=resource, first_at=now).on_conflict_do_nothing())
 
 
-_SEEN = select(t.resource_uses.c.first_at).where(
-    and_(t.resource_uses.c.agent == bindparam("agent"), t.resource_uses.c.resource == bindparam("resource"))
-)
+_SEEN = raw.statement("SELECT 1 FROM resource_uses WHERE agent = :agent AND resource = :resource")
 
 
 def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
-    return conn.execute(_SEEN, {"agent": agent, "resource": resource}).first() is None
+    return raw.scalar(conn, _SEEN, {"agent": agent, "resource": resource}) is None
 
 
 #: Counting stops here: a policy needs "more than N" for a burst rule, and an unbounded
 #: COUNT would make every call of a runaway agent slower than the last.
 CALLS_CAP = 1000
 
-
-_RECENT = (
-    select(literal(1).label("one"))
-    .where(
-        and_(
-            t.audit_events.c.task_id == bindparam("task_id"),
-            t.audit_events.c.type == "decision",
-            t.audit_events.c.ts >= bindparam("since"),
-        )
-    )
-    .limit(CALLS_CAP)
-    .subquery()
+# Reads the covering (task_id, type, ts) index alone. (CALLS_CAP is an int constant.)
+_CALLS_SINCE = raw.statement(
+    "SELECT count(*) FROM (SELECT 1 FROM audit_events WHERE task_id = :task_id "  # noqa: S608
+    f"AND type = 'decision' AND ts >= :since LIMIT {int(CALLS_CAP)}) AS recent"
 )
-_CALLS_SINCE = select(func.count()).select_from(_RECENT)
 
 
 def calls_since(conn: Connection, task_id: str, since: float) -> int:
-    n = conn.execute(_CALLS_SINCE, {"task_id": task_id, "since": since}).scalar()
+    n = raw.scalar(conn, _CALLS_SINCE, {"task_id": task_id, "since": since})
     return int(n or 0)
