@@ -90,7 +90,13 @@ def serve_gateway(state: str, port: int, upstream: str) -> None:
     from tether.gateway.http import HttpGateway
     from tether.gateway.routes import parse_routes
     from tether.runtime import Runtime
-    from tether.server.http_protocol import uvicorn_options
+
+    try:
+        from tether.server.http_protocol import uvicorn_options
+    except ImportError:  # an older tree (for before/after figures): its own settings
+
+        def uvicorn_options(max_header_bytes: int) -> dict[str, object]:
+            return {"http": "h11", "loop": "asyncio"}
 
     table = parse_routes(
         tomllib.loads(

@@ -29,11 +29,26 @@ def init(state_dir: Path, force: bool, as_json: bool) -> None:
     )
 
 
-def _serve(state_dir: Path, store: str | None, listen: str | None) -> None:
+def _serve(state_dir: Path, store: str | None, listen: str | None, workers: int = 1) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = run(lambda: load_settings(state_dir, overrides={"store": store, "listen": listen}))
     # Before anything touches the state directory's sockets or store: one broker per state dir.
     lock = run(lambda: claim(settings.state_dir, settings.listen))
+    if workers > 1:
+        from tether.server.workers import serve_workers
+
+        def announce() -> None:
+            console.print(
+                f"[green]✓[/] tether listening on [bold]http://{settings.listen}[/] with {workers} workers "
+                f"(environment [bold]{settings.environment}[/])"
+            )
+            console.print(f"  admin socket {settings.admin_socket}   stop with Ctrl-C")
+
+        try:
+            status = serve_workers(settings, workers, on_ready=announce)
+        finally:
+            lock.release()
+        raise SystemExit(status)
     try:
         rt: Runtime = run(lambda: Runtime.start(settings))
     except BaseException:
@@ -75,9 +90,17 @@ def up(state_dir: Path, store: str | None, listen: str | None) -> None:
 @state_dir_option
 @click.option("--store", help="Store URL (sqlite:///… or postgresql://…); overrides the config.")
 @click.option("--listen", help="HOST:PORT to listen on; overrides the config.")
-def serve(state_dir: Path, store: str | None, listen: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Broker processes sharing the listening socket (one per core). Each writes its own "
+    "audit chain (`<node_id>-w<i>`); only the first runs the admin socket and periodic jobs.",
+)
+def serve(state_dir: Path, store: str | None, listen: str | None, workers: int) -> None:
     """Run the broker from an existing state directory (see `tether init`)."""
-    _serve(state_dir, store, listen)
+    _serve(state_dir, store, listen, workers)
 
 
 def register(main: click.Group) -> None:

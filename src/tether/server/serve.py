@@ -1,7 +1,9 @@
 """Run a broker: the HTTP API, the admin socket and the reaper, in one asyncio loop.
 
 SIGHUP reloads the policy directory (the old set stays in force when the new one is
-invalid). SIGINT/SIGTERM stop cleanly.
+invalid). SIGINT/SIGTERM stop cleanly. Under ``tether serve --workers N``
+(``tether.server.workers``) each worker runs this on a shared listening socket; only the
+primary one serves the admin socket and runs the periodic jobs, so none runs twice.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
@@ -66,7 +69,15 @@ async def _reaper(rt: Runtime, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=REAP_INTERVAL)
 
 
-async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
+async def serve(
+    rt: Runtime,
+    *,
+    on_ready: Callable[[], Awaitable[None] | None] | None = None,
+    sock: socket.socket | None = None,
+    primary: bool = True,
+) -> None:
+    """Serve ``rt`` until stopped; on ``sock`` (already listening) when given. A worker
+    that is not ``primary`` serves HTTP only: no admin socket, no reaper."""
     host, port = rt.settings.listen_host_port
     app = create_app(rt)
     limits = rt.settings.limits
@@ -88,8 +99,9 @@ async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] |
         date_header=False,
     )
     server = _Server(config)
-    admin = AdminServer(rt, rt.settings.admin_socket)
-    await admin.start()
+    admin = AdminServer(rt, rt.settings.admin_socket) if primary else None
+    if admin is not None:
+        await admin.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -107,7 +119,7 @@ async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] |
     # The loop keeps only weak references to tasks: hold them until they finish.
     background: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGHUP, reload_policy)
-    reaper = asyncio.create_task(_reaper(rt, stop))
+    reaper = asyncio.create_task(_reaper(rt, stop)) if primary else None
     try:
         if on_ready is not None:
 
@@ -120,9 +132,11 @@ async def serve(rt: Runtime, *, on_ready: Callable[[], Awaitable[None] | None] |
 
             background.add(announcer := loop.create_task(announce()))
             announcer.add_done_callback(background.discard)
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     finally:
         stop.set()
-        await reaper
-        await admin.close()
+        if reaper is not None:
+            await reaper
+        if admin is not None:
+            await admin.close()
         loop.remove_signal_handler(signal.SIGHUP)

@@ -1,0 +1,121 @@
+"""``tether serve --workers N``: N broker processes on one listening socket.
+
+A decision is CPU-bound Python (token verification, Cedar, hashing), so one process uses
+one core. The parent binds the socket once, forks N workers that each start their own
+``Runtime`` and accept on the shared socket (the kernel hands each connection to one of
+them), and forwards SIGHUP/SIGINT/SIGTERM to all of them.
+
+What keeps N workers correct:
+
+* each worker is its own audit writer: node id ``<node_id>-w<i>``, its own hash chain,
+  claimed like a replica's (``Replica.claim`` refuses a duplicate);
+* only worker 0 (the primary) runs the admin socket and the periodic jobs (expiry,
+  key rotation, lease reaping), so none of them runs twice;
+* everything that must be shared already lives in the store: task state (read on every
+  decision), DPoP ``jti``s, approvals, leases, keys.
+
+If any worker exits, the parent stops the others and exits with an error: a broker that
+silently lost its primary would stop reaping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from types import FrameType
+
+from tether.config import Settings
+
+log = logging.getLogger("tether")
+
+MAX_WORKERS = 64
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """The settings of worker ``index``: its own audit chain / replica id."""
+    return replace(settings, node_id=f"{settings.node_id[:60]}-w{index}")
+
+
+def _worker(settings: Settings, index: int, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
+    from tether.runtime import Runtime
+    from tether.server.http_protocol import run as run_loop
+    from tether.server.serve import serve
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    rt = Runtime.start(worker_settings(settings, index))
+    try:
+        run_loop(serve(rt, on_ready=on_ready if index == 0 else None, sock=sock, primary=index == 0))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.close()
+
+
+def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None] | None = None) -> int:
+    """Run ``workers`` broker processes until a signal stops them; the exit status."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be 1-{MAX_WORKERS}")
+    sock = listening_socket(*settings.listen_host_port)
+    children: dict[int, int] = {}
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the parent's code
+            code = 0
+            try:
+                _worker(settings, i, sock, on_ready)
+            except BaseException:
+                log.exception("worker %d failed", i)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = i
+    sock.close()  # the workers hold it
+
+    stopping = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    status = 0
+    while children:
+        try:
+            pid, raw = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
+            continue
+        index = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(raw)
+        if not stopping:
+            print(f"tether: worker {index} exited ({code}); stopping the others", file=sys.stderr)
+            status = 1
+            forward(signal.SIGTERM, None)
+    deadline = time.monotonic() + 10
+    while children and time.monotonic() < deadline:  # pragma: no cover - only on a stuck worker
+        time.sleep(0.1)
+    return status

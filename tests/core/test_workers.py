@@ -1,0 +1,93 @@
+"""`tether serve --workers N`: one socket, N processes, each its own audit chain, and the
+periodic jobs (expiry, key rotation, reaping) run by the primary worker only."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+
+from tether.broker import OpenTaskRequest
+from tether.config import load_settings
+from tether.model import Grant, Workload
+from tether.runtime import Runtime
+from tether.testing import TestTrustDomain, prepare_state
+
+
+def _poll(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)  # bounded poll on other processes
+
+
+def test_two_workers_serve_one_port_and_only_the_primary_reaps(tmp_path: Path):
+    """Both workers start on the shared socket with their own chains; an expired task is
+    expired exactly once, by worker 0; SIGTERM stops them all cleanly."""
+    state = tmp_path / "state"
+    prepare_state(state, TestTrustDomain("support.example"), '\n[identity]\ndpop = "optional"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tether = str(Path(sys.executable).parent / "tether")
+    proc = subprocess.Popen(
+        [tether, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    opener: Runtime | None = None
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return proc.poll() is not None  # fail below rather than wait out the deadline
+
+        _poll(ready, 60, "the workers to answer")
+        assert proc.poll() is None
+        settings = load_settings(state, environ={}, overrides={"node_id": "test-opener"})
+        opener = Runtime.start(settings)
+
+        def chains() -> set[str]:
+            with opener.db.read() as conn:
+                return {r[0] for r in conn.execute(text("SELECT chain FROM audit_chains"))}
+
+        _poll(lambda: {"node-1-w0", "node-1-w1"} <= chains(), 60, "both workers' chains")
+        wl = Workload("spiffe://support.example/w", "support.example", "jwt-svid")
+        task = opener.broker.open_task(
+            wl, OpenTaskRequest("support.triage", "w", (Grant("read", "tickets.queue"),), 1)
+        ).task
+
+        def expired_on() -> list[str]:
+            with opener.db.read() as conn:
+                q = text("SELECT chain FROM audit_events WHERE type = 'task.expired' AND task_id = :t")
+                return [r[0] for r in conn.execute(q, {"t": task.id})]
+
+        _poll(expired_on, 60, "the reaper to expire the task")
+        time.sleep(2.5)  # one more reaper interval: a second reaper would have run by now
+        assert expired_on() == ["node-1-w0"]
+        assert (state / "admin.sock").exists()
+    finally:
+        if opener is not None:
+            opener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        if proc.stdout:
+            proc.stdout.close()
+    assert code == 0, out
