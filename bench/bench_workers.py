@@ -1,0 +1,155 @@
+"""More than one core: `POST /v1/authorize` throughput of `tether serve --workers N`.
+
+The same state dir (SQLite) is served with ``--workers 1`` and then ``--workers 2``; a
+lean client (pre-built request bytes on ``-c`` keep-alive connections, asyncio) sends
+authorize requests (allow, no credential) for ``-t`` seconds. The client runs on the same
+cores as the broker, so keep it cheap: its cost lowers both figures alike.
+
+Run: ``python bench/bench_workers.py [-c 16] [-t 5] [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _stats import emit
+
+from tether.broker import OpenTaskRequest
+from tether.model import Grant, Workload
+from tether.runtime import Runtime
+from tether.testing import TestTrustDomain, make_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(state: Path) -> str:
+    domain = TestTrustDomain("support.example")
+    settings = make_settings(state, domain=domain, overrides={"environment": "prod"})
+    (state / "tether.toml").write_text(
+        (state / "tether.toml").read_text() + '\n[identity]\ndpop = "optional"\n'
+    )
+    taint = settings.policy_path / "20-taint.cedar"
+    taint.write_text(taint.read_text().replace("> 120", "> 100000000"))
+    rt = Runtime.start(settings)
+    try:
+        wl = Workload(domain.spiffe_id("bench"), domain.name, "jwt-svid")
+        return rt.broker.open_task(
+            wl, OpenTaskRequest("support.triage", "bench", (Grant("read", "tickets.queue"),), 3600)
+        ).token
+    finally:
+        rt.close()
+
+
+async def load(port: int, token: str, clients: int, seconds: float) -> float:
+    body = json.dumps(
+        {"action": "read", "resource": "tickets.queue", "arguments": {"ticket": "T-1"}}
+    ).encode()
+    request = (
+        f"POST /v1/authorize HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < stop:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                answer = await reader.readexactly(length)
+                if not head.startswith(b"HTTP/1.1 200") or b'"allow"' not in answer:
+                    raise SystemExit(f"authorize failed: {head[:40]!r} {answer[:200]!r}")
+                done += 1
+        finally:
+            writer.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.monotonic() - t0)
+
+
+def run_with(state: Path, token: str, workers: int, clients: int, seconds: float) -> float:
+    port = free_port()
+    tether = str(Path(sys.executable).parent / "tether")
+    proc = subprocess.Popen(
+        [
+            tether,
+            "serve",
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"--workers {workers} did not come up")
+            time.sleep(0.1)
+        time.sleep(1.0 if workers > 1 else 0.2)  # let every worker finish starting
+        asyncio.run(load(port, token, clients, 0.5))  # warm-up
+        return asyncio.run(load(port, token, clients, seconds))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", type=int, default=16, help="concurrent keep-alive connections")
+    ap.add_argument("-t", type=float, default=5.0, help="seconds of load per configuration")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="tether-bench-workers-")) / "state"
+    token = prepare(state)
+    one = run_with(state, token, 1, args.c, args.t)
+    many = run_with(state, token, args.workers, args.c, args.t)
+    print(f"\nauthorize throughput over HTTP, {args.c} connections, {args.t:.0f} s (SQLite)")
+    print(f"{'--workers 1':20} {one:9.0f} req/s")
+    print(f"{'--workers ' + str(args.workers):20} {many:9.0f} req/s")
+    emit(
+        "workers",
+        f"`tether serve --workers {args.workers}` authorize throughput (SQLite)",
+        unit="req/s",
+        p50=many,
+        floor_p50=one,
+        floor=f"--workers 1: {one:,.0f} req/s",
+        ratio=f"{many / one:.2f}× one worker",
+        target="≥ 1.7× one worker",
+        met=many >= 1.7 * one,
+    )
+
+
+if __name__ == "__main__":
+    main()
