@@ -28,6 +28,22 @@ def measure(fn: Callable[[], object], n: int, warmup: int = 50) -> list[float]:
     return out
 
 
+def measure_cpu(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float]:
+    """Per-call CPU time of this process in microseconds (``CLOCK_PROCESS_CPUTIME_ID``).
+
+    On a machine shared with other work, wall time also counts the time spent waiting for
+    a core; CPU time does not, so CPU ratios stay comparable when the machine is loaded.
+    """
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.process_time_ns()
+        fn()
+        out.append((time.process_time_ns() - t0) / 1000)
+    return out
+
+
 def measure_pair(
     fn: Callable[[], object], floor: Callable[[], object], n: int, blocks: int = 5, warmup: int = 50
 ) -> tuple[list[float], list[float]]:

@@ -8,7 +8,6 @@ COMMIT on the same store. Run: `python bench/bench_authorize.py [--store URL] [-
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import cedarpy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stats import emit, measure, measure_pair, summary, table
+from _stats import emit, measure, measure_cpu, measure_pair, summary, table
 
 from tether.broker import AuthorizeRequest, OpenTaskRequest
 from tether.identity.jwt import sign_jwt
@@ -57,48 +56,22 @@ def main() -> None:
 
     # Floors -----------------------------------------------------------------------------
     verify = lambda: rt.broker.tokens.verify(token, now=broker.clock())  # noqa: E731
-    bundle = rt.engine.bundle
-    state = rt.engine._state  # the same cached Entities handle the engine uses
-    request = {
-        "principal": {"type": "Tether::Agent", "id": wl.spiffe_id},
-        "action": {"type": "Tether::Action", "id": "read"},
-        "resource": {"type": "Tether::Dataset", "id": "tickets.queue"},
-        "context": {
-            "task": {
-                "id": "t",
-                "intent": "support.triage",
-                "depth": 0,
-                "age_seconds": 1,
-                "remaining_seconds": 100,
-                "has_delegator": False,
-                "delegator": "",
-                "root_agent": wl.spiffe_id,
-            },
-            "risk": {"calls_last_minute": 1, "first_use": False, "max_sensitivity_read": 0},
-            "request": {"method": "", "path": ""},
-            "approval": {"granted": False},
-            "environment": "prod",
-            "call": {"type": "Tether::Call", "id": "c"},
-        },
-    }
-    delta = json.dumps(
-        [
-            {
-                "uid": {"type": "Tether::Agent", "id": wl.spiffe_id},
-                "attrs": {"trust_domain": domain.name, "attestation": "jwt-svid"},
-                "parents": [],
-                "tags": {},
-            },
-            {
-                "uid": {"type": "Tether::Call", "id": "c"},
-                "attrs": {},
-                "parents": [],
-                "tags": {"ticket": "T-1"},
-            },
-        ]
-    )
-    entities = state.entities.with_added_json_str(delta)
-    cedar = lambda: cedarpy.is_authorized(request, bundle.policy_set, entities, rt.engine.schema)  # noqa: E731
+    # The Cedar floor is the very call the engine makes (request, policy set, entities with
+    # this call's delta, schema), captured once and replayed on the cached handles.
+    from tether.policy import engine as engine_module
+
+    captured: list[tuple[object, ...]] = []
+    evaluate = engine_module._evaluate
+
+    def capture(*a: object) -> object:
+        captured.append(a)
+        return evaluate(*a)  # type: ignore[arg-type]
+
+    engine_module._evaluate = capture  # type: ignore[assignment]
+    broker.authorize(token, req)
+    engine_module._evaluate = evaluate
+    request, policy_set, entities, schema = captured[0]
+    cedar = lambda: cedarpy.is_authorized(request, policy_set, entities, schema)  # noqa: E731
     assert cedar().allowed
 
     key = rt.keys.signing_key()
@@ -137,9 +110,13 @@ def main() -> None:
         rows.append(("sqlite INSERT + COMMIT, WAL (floor)", measure(commit, args.n)))
     # Each path interleaved with its floor call by call: both see the same machine load.
     with_cred, floor_cred = measure_pair(lambda: broker.authorize(token, req), floor_jwt, args.n)
+    cpu_cred = measure_cpu(lambda: broker.authorize(token, req), args.n)
+    cpu_floor_cred = measure_cpu(floor_jwt, args.n)
     hooks = list(broker.allow_hooks)
     broker.allow_hooks.clear()  # the same decision without minting: the core on its own
     bare, floor_bare = measure_pair(lambda: broker.authorize(token, req), floor, args.n)
+    cpu_bare = measure_cpu(lambda: broker.authorize(token, req), args.n)
+    cpu_floor = measure_cpu(floor, args.n)
     broker.allow_hooks.extend(hooks)
     rows += [
         ("floor: verify + Cedar + INSERT/COMMIT", floor_bare),
@@ -148,6 +125,32 @@ def main() -> None:
         (f"Broker.authorize allow + jwt credential + audit ({rt.db.dialect})", with_cred),
     ]
     table(f"authorize hot path, n={args.n}", rows)
+    table(
+        "the same, CPU time of this process per call (not counting time waiting for a core)",
+        [
+            ("floor: verify + Cedar + INSERT/COMMIT", cpu_floor),
+            ("Broker.authorize, no credential", cpu_bare),
+            ("floor + sign", cpu_floor_cred),
+            ("Broker.authorize, jwt credential", cpu_cred),
+        ],
+    )
+    for key, label, fast, slow in (
+        ("authorize_cpu", "CPU time: authorize, no credential", cpu_bare, cpu_floor),
+        ("authorize_jwt_cpu", "CPU time: authorize, jwt credential", cpu_cred, cpu_floor_cred),
+    ):
+        (p50, p99), (f50, f99) = summary(fast), summary(slow)
+        emit(
+            key,
+            label,
+            unit="µs",
+            p50=p50,
+            p99=p99,
+            floor_p50=f50,
+            floor_p99=f99,
+            floor=f"floor CPU time {f50:.0f} / {f99:.0f} µs",
+            target="(wall-time targets above)",
+            met=p50 <= 1.5 * f50,
+        )
     (p50, p99), (f50, f99) = summary(bare), summary(floor_bare)
     emit(
         "authorize",

@@ -74,7 +74,7 @@ def test_two_workers_serve_one_port_and_only_the_primary_reaps(tmp_path: Path):
                 q = text("SELECT chain FROM audit_events WHERE type = 'task.expired' AND task_id = :t")
                 return [r[0] for r in conn.execute(q, {"t": task.id})]
 
-        _poll(expired_on, 60, "the reaper to expire the task")
+        _poll(expired_on, 120, "the reaper to expire the task")
         time.sleep(2.5)  # one more reaper interval: a second reaper would have run by now
         assert expired_on() == ["node-1-w0"]
         assert (state / "admin.sock").exists()

@@ -1,0 +1,136 @@
+"""MCP gateway `tools/call`: what the gateway adds over calling the same upstream directly.
+
+The upstream is a real MCP server (`mcp-server-time`, stdio subprocess). Direct: an
+`mcp` ClientSession on its stdio. Through the gateway: a ClientSession talking to the
+gateway's MCP server (in memory, as an agent framework embedding it would), which
+authorizes in-process (SQLite: decision + audit commit + call record) and forwards on its
+own stdio session to an identical upstream. Both call `get_current_time` sequentially.
+
+Run: ``python bench/bench_mcp.py [-n 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.shared.memory import create_client_server_memory_streams
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _stats import emit, summary, table
+
+from tether.broker import OpenTaskRequest
+from tether.gateway.authorizer import LocalAuthorizer
+from tether.gateway.mcp import McpGateway, Upstream
+from tether.model import Grant, Workload
+from tether.runtime import Runtime
+from tether.testing import TestTrustDomain, make_settings
+
+COMMAND = [sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"]
+ARGS = {"timezone": "Europe/Paris"}
+CATALOG_EXTRA = (
+    "\n  - {id: time, sensitivity: public, environment: prod, egress: internal, owner: team-platform}\n"
+)
+TOOLS_EXTRA = "  - {id: time.get_current_time, service: time}\n"
+POLICY = """
+@id("bench-mcp-time")
+permit (principal, action == Tether::Action::"tool:call", resource in Tether::Service::"time")
+when { context.task.intent == "support.triage" };
+"""
+
+
+def start(tmp: Path) -> tuple[Runtime, str]:
+    domain = TestTrustDomain("support.example")
+    s = make_settings(tmp / "state", domain=domain, overrides={"environment": "prod"})
+    catalog = s.catalog_path.read_text()
+    s.catalog_path.write_text(catalog.replace("\ntools:\n", CATALOG_EXTRA + "\ntools:\n" + TOOLS_EXTRA, 1))
+    (s.policy_path / "50-mcp.cedar").write_text(POLICY)
+    taint = s.policy_path / "20-taint.cedar"
+    taint.write_text(taint.read_text().replace("> 120", "> 100000000"))
+    rt = Runtime.start(s)
+    wl = Workload(domain.spiffe_id("bench"), domain.name, "jwt-svid")
+    token = rt.broker.open_task(
+        wl, OpenTaskRequest("support.triage", "bench", (Grant("tool:call", "time.get_current_time"),), 3600)
+    ).token
+    return rt, token
+
+
+async def timed(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    for _ in range(30):
+        await call()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        await call()
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
+async def run(rt: Runtime, token: str, n: int, blocks: int = 3) -> tuple[list[float], list[float]]:
+    direct: list[float] = []
+    through: list[float] = []
+    gateway = McpGateway("time", LocalAuthorizer(rt), task_token=token)
+    params = StdioServerParameters(command=COMMAND[0], args=COMMAND[1:])
+    async with (
+        stdio_client(params) as (r, w),
+        ClientSession(r, w) as plain,
+        gateway.connect(Upstream(command=COMMAND)),
+    ):
+        await plain.initialize()
+        app = gateway.server()
+        async with create_client_server_memory_streams() as (client, srv), anyio.create_task_group() as tg:
+            tg.start_soon(app.run, srv[0], srv[1], app.create_initialization_options())
+            async with ClientSession(client[0], client[1]) as session:
+                await session.initialize()
+
+                async def via_gateway() -> object:
+                    result = await session.call_tool("get_current_time", ARGS)
+                    if result.is_error:
+                        raise SystemExit(f"gateway refused the call: {result}")
+                    return result
+
+                for _ in range(blocks):  # alternate, so both see the same load
+                    direct += await timed(lambda: plain.call_tool("get_current_time", ARGS), n // blocks)
+                    through += await timed(via_gateway, n // blocks)
+            tg.cancel_scope.cancel()
+    return direct, through
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=300)
+    args = ap.parse_args()
+    rt, token = start(Path(tempfile.mkdtemp(prefix="tether-bench-mcp-")))
+    try:
+        direct, through = anyio.run(run, rt, token, args.n)
+    finally:
+        rt.close()
+    table(
+        f"MCP tools/call, sequential, n={args.n}",
+        [("upstream directly (stdio)", direct), ("through the MCP gateway (in-process broker)", through)],
+    )
+    (d50, d99), (g50, g99) = summary(direct), summary(through)
+    emit(
+        "mcp_gateway",
+        "MCP gateway `tools/call`, added over calling the upstream directly",
+        unit="µs",
+        p50=g50 - d50,
+        p99=g99 - d99,
+        floor_p50=d50,
+        floor_p99=d99,
+        floor=f"direct call {d50 / 1000:.2f} / {d99 / 1000:.2f} ms",
+        ratio=f"{g50 / d50:.2f}× direct",
+        target="≤ +1.5 ms p50",
+        met=g50 - d50 <= 1500,
+    )
+
+
+if __name__ == "__main__":
+    main()
