@@ -56,7 +56,9 @@ def test_two_workers_serve_one_port_and_only_the_primary_reaps(tmp_path: Path):
 
         _poll(ready, 60, "the workers to answer")
         assert proc.poll() is None
-        settings = load_settings(state, environ={}, overrides={"node_id": "test-opener"})
+        # Another writer on the same store, as a second replica would be (no sockets of its own).
+        overrides = {"node_id": "test-opener", "identity": {"workload_socket": "", "dpop": "optional"}}
+        settings = load_settings(state, environ={}, overrides=overrides)
         opener = Runtime.start(settings)
 
         def chains() -> set[str]:

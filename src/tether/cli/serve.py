@@ -96,7 +96,8 @@ def up(state_dir: Path, store: str | None, listen: str | None) -> None:
     default=1,
     show_default=True,
     help="Broker processes sharing the listening socket (one per core). Each writes its own "
-    "audit chain (`<node_id>-w<i>`); only the first runs the admin socket and periodic jobs.",
+    "audit chain (`<node_id>-w<i>`); only the first serves the admin and Workload API sockets "
+    "and runs the periodic jobs.",
 )
 def serve(state_dir: Path, store: str | None, listen: str | None, workers: int) -> None:
     """Run the broker from an existing state directory (see `tether init`)."""

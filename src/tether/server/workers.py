@@ -9,8 +9,8 @@ What keeps N workers correct:
 
 * each worker is its own audit writer: node id ``<node_id>-w<i>``, its own hash chain,
   claimed like a replica's (``Replica.claim`` refuses a duplicate);
-* only worker 0 (the primary) runs the admin socket and the periodic jobs (expiry,
-  key rotation, lease reaping), so none of them runs twice;
+* only worker 0 (the primary) runs the admin socket, the Workload API socket and the
+  periodic jobs (expiry, key rotation, lease reaping), so none of them runs twice;
 * everything that must be shared already lives in the store: task state (read on every
   decision), DPoP ``jti``s, approvals, leases, keys.
 
@@ -49,8 +49,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
-    """The settings of worker ``index``: its own audit chain / replica id."""
-    return replace(settings, node_id=f"{settings.node_id[:60]}-w{index}")
+    """The settings of worker ``index``: its own audit chain / replica id; the Workload API
+    socket, like the admin socket, is served by worker 0 alone (one path, one server)."""
+    ident = settings.identity if index == 0 else replace(settings.identity, workload_socket="")
+    return replace(settings, node_id=f"{settings.node_id[:60]}-w{index}", identity=ident)
 
 
 def _worker(settings: Settings, index: int, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
