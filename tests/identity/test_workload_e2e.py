@@ -1,15 +1,19 @@
 """The issue's done-when, with real processes: `tether up`, `tether workload register` for
 the current user, `tether svid fetch` prints a JWT-SVID that opens a task; another uid
-(`runuser -u nobody`) or another executable gets a clear refusal.
+(nobody) or another executable gets a clear refusal.
 
 The CLI of other executables runs on the system interpreter (/usr/bin/python3.11) with
-this checkout on PYTHONPATH: the venv interpreter lives under /root, unreachable by nobody.
+this checkout on PYTHONPATH. The process of another uid imports the CLI as root and only
+then becomes that uid, before it connects: the checkout and its venv may sit where nobody
+cannot enter (a clone inside a 0700 directory, the venv under /root), and what the broker
+must refuse is the uid the kernel reports at connect, not a child that failed to import.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -34,8 +38,8 @@ SITE = next(p for p in sys.path if p.endswith("site-packages"))
 AUDIENCE = "spiffe://support.example/tether"
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists(SYSTEM_PY) or not shutil.which("runuser"),
-    reason="needs root, runuser and a system python3.11",
+    os.geteuid() != 0 or not os.path.exists(SYSTEM_PY),
+    reason="needs root and a system python3.11",
 )
 
 
@@ -100,19 +104,28 @@ def fetch_with(
     """`tether svid fetch` run by ``python`` (None: the installed `tether` script) as ``user``."""
     args = ["svid", "fetch", "--audience", AUDIENCE, "--socket", str(sock), "--json"]
     if python is None:
+        assert user is None, "the installed script runs as the current user only"
         cmd = [TETHER, *args]
     else:
+        become = ""
+        if user:
+            pw = pwd.getpwnam(user)
+            # After the imports, before main() connects; groups first, uid last.
+            become = f"os.setgroups([]); os.setgid({pw.pw_gid}); os.setuid({pw.pw_uid}); "
         cmd = [
             "env",
             f"PYTHONPATH={REPO / 'src'}:{SITE}",
             python,
             "-c",
-            "import sys; from tether.cli import main; sys.argv[0] = 'tether'; main()",
+            "import os, sys; from tether.cli import main; " + become + "sys.argv[0] = 'tether'; main()",
             *args,
         ]
-    if user:
-        cmd = ["runuser", "-u", user, "--", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/tmp")
+
+
+def _child(r: subprocess.CompletedProcess[str]) -> str:
+    """Everything needed to tell why a child failed: its exit code, stdout and stderr."""
+    return f"exit {r.returncode}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
 
 
 def test_registered_user_fetches_svid_that_opens_a_task(broker: tuple[Path, Path, str]) -> None:
@@ -149,8 +162,11 @@ def test_other_uid_is_refused(broker: tuple[Path, Path, str]) -> None:
     register(state, f"unix:uid:{os.getuid()}", f"unix:path:{SYSTEM_PY}")
     assert fetch_with(SYSTEM_PY, sock).returncode == 0  # control: root + system python matches
     r = fetch_with(SYSTEM_PY, sock, user="nobody")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert json.loads(r.stdout)["error"]["code"] == "no_matching_entry"
+    assert r.returncode == 1, _child(r)
+    assert r.stdout.strip(), _child(r)
+    error = json.loads(r.stdout)["error"]
+    assert error["code"] == "no_matching_entry", _child(r)
+    assert error["uid"] == pwd.getpwnam("nobody").pw_uid, _child(r)  # the kernel saw nobody
 
 
 def test_other_executable_is_refused(broker: tuple[Path, Path, str]) -> None:
