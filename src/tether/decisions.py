@@ -1,8 +1,9 @@
 """Deciding one action now (``authorize``) and the human approvals policy asks for.
 
-The order inside ``authorize`` is the one in DESIGN.md: token → invariants (task
-active, grant within scope) → context (task, catalog, environment, risk) → Cedar →
-(credential) → audit, all in one transaction before the answer leaves.
+The order inside ``authorize`` is the one in docs/architecture.md ("One action, through
+the files"): token → invariants (task active, grant within scope) → context (task,
+catalog, environment, risk) → Cedar → (credential) → audit, all in one transaction
+before the answer leaves.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The vocabulary of Tether as typed records (see DESIGN.md, "Vocabulary").
+"""The vocabulary of Tether as typed records (see docs/architecture.md, "Vocabulary").
 
 Records are immutable; the store and the broker build new ones rather than mutate.
 Timestamps are POSIX seconds (float) in UTC so that comparisons never cross time zones.

@@ -1,4 +1,4 @@
-"""DESIGN.md invariants that the broker core must hold, one test each."""
+"""The invariants of docs/architecture.md that the broker core must hold, one test each."""
 
 from __future__ import annotations
 

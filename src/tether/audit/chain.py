@@ -28,7 +28,7 @@ from tether.audit.event import (
     GENESIS_HASH,
     SCHEMA_VERSION,
     Event,
-    canonical_json,
+    jcs,
     row_hash,
 )
 from tether.errors import TetherError, Unavailable
@@ -107,7 +107,7 @@ class Unit:
         body = dict(payload or {})
         for f in self._chain.filters:
             body = f(type_, body)
-        payload_json = canonical_json(body)  # also rejects NaN/unserializable payloads
+        payload_json = jcs(body)  # RFC 8785 (schema v2); also rejects NaN/unserializable payloads
         self._seq += 1
         row: dict[str, Any] = {
             "chain": self._chain.chain_id,

@@ -2,18 +2,30 @@
 
 ``hash = sha256(canonical(event without "hash"))`` where the event includes
 ``prev_hash``; so editing, deleting, inserting or reordering any event breaks the link
-to every later one. Canonical JSON: keys sorted, no whitespace, UTF-8, no NaN.
+to every later one.
+
+The canonical form depends on the event's schema version ``v``:
+
+* ``v = 2`` (written now): RFC 8785, the JSON Canonicalization Scheme (:func:`jcs`), so a
+  verifier in any language with a JCS library recomputes the hash from the stored event.
+* ``v = 1`` (written before 2; still verified): Python's ``json.dumps`` with sorted keys,
+  no whitespace, UTF-8 (:func:`canonical_json`). It differs from JCS only in numbers
+  (``1.0`` vs ``1``, ``1e+16`` vs ``10000000000000000``) and in the order of keys outside
+  the Basic Multilingual Plane.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from json.encoder import encode_basestring
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Every version this code verifies (oldest first).
+SCHEMA_VERSIONS = (1, 2)
 GENESIS_HASH = "0" * 64
 
 # Event types. Names are part of the schema: add, never rename.
@@ -83,7 +95,163 @@ EVENT_TYPES = frozenset(
 
 
 def canonical_json(value: Any) -> str:
+    """The v1 canonical form (also the digest form of tool pins and approval arguments,
+    which are stored and compared: changing it would unpin every tool)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# -- RFC 8785 (JCS) ---------------------------------------------------------------------
+# Strings: JSON.stringify's escaping, which is json's with ensure_ascii=False (", \\,
+# \b \f \n \r \t, other controls as lowercase \u00xx, everything else literal).
+# Numbers: ECMAScript's Number::toString of the IEEE double. Keys: sorted by UTF-16 code
+# units. Integers must fit a double exactly (|n| <= 2**53), as I-JSON requires: a bigger
+# one would be read back as another number by every other implementation.
+
+_MAX_EXACT_INT = 2**53
+_float_repr = float.__repr__
+
+
+def jcs_number(x: float) -> str:
+    """ECMAScript ``Number::toString`` of a finite double (RFC 8785 section 3.2.2.3)."""
+    r = _float_repr(x)
+    if "e" not in r and r[-1].isdigit():
+        # repr is positional for 1e-4 <= |x| < 1e16, and then spells x as ECMAScript
+        # does, except that an integral value keeps a ".0".
+        if r.endswith(".0"):
+            return "0" if r in ("0.0", "-0.0") else r[:-2]
+        return r
+    if not math.isfinite(x):
+        raise ValueError(f"{r} is not a JSON number")
+    if x < 0:
+        return "-" + jcs_number(-x)
+    # x = 0.<s> * 10**n with s the shortest round-trip digits (repr's), then the layout.
+    mant, _, exp = r.partition("e")
+    int_part, _, frac = mant.partition(".")
+    digits = int_part + frac
+    n = len(int_part) + int(exp or 0)
+    s = digits.lstrip("0")
+    n -= len(digits) - len(s)
+    s = s.rstrip("0")
+    k = len(s)
+    if k <= n <= 21:
+        return s + "0" * (n - k)
+    if 0 < n <= 21:
+        return s[:n] + "." + s[n:]
+    if -6 < n <= 0:
+        return "0." + "0" * (-n) + s
+    e = n - 1
+    return s[0] + ("." + s[1:] if k > 1 else "") + ("e+" if e > 0 else "e-") + str(abs(e))
+
+
+def _utf16_key(key: str) -> bytes:
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _jcs_into(value: Any, out: list[str]) -> None:
+    # Exact type checks first: bool is an int subclass and must print as true/false.
+    t = type(value)
+    if t is str:
+        out.append(_encode_str(value))
+    elif t is dict:
+        keys = list(value)
+        if not all(type(k) is str for k in keys):
+            value = _str_keys(value)
+            keys = list(value)
+        if all(k.isascii() for k in keys):
+            keys.sort()
+        else:
+            keys.sort(key=_utf16_key)
+        out.append("{")
+        first = True
+        for k in keys:
+            if not first:
+                out.append(",")
+            first = False
+            out.append(_encode_str(k))
+            out.append(":")
+            _jcs_into(value[k], out)
+        out.append("}")
+    elif t is list or t is tuple:
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _jcs_into(item, out)
+        out.append("]")
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif t is int:
+        if not -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:
+            raise ValueError(f"integer {value} does not fit a double exactly (RFC 8785 needs I-JSON)")
+        out.append(str(value))
+    elif t is float:
+        out.append(jcs_number(value))
+    elif isinstance(value, str | int | float | dict | list | tuple):
+        _jcs_into(_plain(value), out)  # subclasses (IntEnum, OrderedDict, …) as their base type
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return str.__str__(value)  # `class C(str, Enum)`: the text, not "C.member"
+    bases: tuple[Any, ...] = (bool, int, float, dict, list, tuple)
+    for base in bases:
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")  # pragma: no cover
+
+
+def _str_keys(value: dict[Any, Any]) -> dict[str, Any]:
+    # Non-string keys become strings the way json.dumps spells them (the v1 form did this).
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(k, str):
+            key = str.__str__(k)
+        elif k is None or isinstance(k, bool):
+            key = {None: "null", True: "true", False: "false"}[k]
+        elif isinstance(k, int):
+            key = str(int(k))
+        elif isinstance(k, float):
+            key = jcs_number(k)
+        else:
+            raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+        if key in out:
+            raise ValueError(f"two keys spell `{key}`")
+        out[key] = v
+    return out
+
+
+def _encode_str(value: str) -> str:
+    # A lone surrogate has no UTF-8 form: refuse it here rather than hash something else.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("string holds a lone surrogate; it has no UTF-8 form") from None
+    return str(encode_basestring(value))
+
+
+def jcs(value: Any) -> str:
+    """RFC 8785 canonical JSON of ``value`` (hash its UTF-8 bytes).
+
+    About twice the time of ``json.dumps`` on an event body (``bench/bench_jcs.py``); a
+    fast path through the C encoder plus a check of its output measured slower.
+    """
+    out: list[str] = []
+    _jcs_into(value, out)
+    return "".join(out)
+
+
+def canonical_for(v: int) -> Any:
+    """The canonical-form function events of schema version ``v`` are hashed with."""
+    if v >= 2:
+        return jcs
+    return canonical_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +282,7 @@ class Event:
         return {f: getattr(self, f) for f in _BODY_FIELDS}
 
     def compute_hash(self) -> str:
-        return hashlib.sha256(canonical_json(self.body()).encode()).hexdigest()
+        return hashlib.sha256(canonical_for(self.v)(self.body()).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +307,10 @@ def _js(value: str | None) -> str:
     return "null" if value is None else str(encode_basestring(value))
 
 
+def _ts(ts: float, v: int) -> str:
+    return jcs_number(ts) if v >= 2 else _float_repr(ts)
+
+
 def row_hash(
     *,
     chain: str,
@@ -159,8 +331,9 @@ def row_hash(
 ) -> str:
     """``Event.compute_hash`` for a stored row, without parsing its payload.
 
-    The payload column already holds canonical JSON, so the canonical body is assembled
-    around it as text (keys in sorted order). This is what makes ``verify`` fast; a test
+    The payload column already holds the canonical JSON of the event's version, so the
+    canonical body is assembled around it as text (keys in sorted order; every name is
+    ASCII, so code-point and UTF-16 order agree). This is what makes ``verify`` fast; a test
     pins it to ``compute_hash``. A payload re-spelled in a non-canonical way (same data,
     other bytes) no longer hashes the same, which is what we want from a tamper check.
     """
@@ -169,7 +342,7 @@ def row_hash(
         f'"delegator":{_js(delegator)},"lease_id":{_js(lease_id)},'
         f'"parent_task_id":{_js(parent_task_id)},"payload":{payload_text},'
         f'"prev_hash":{_js(prev_hash)},"root_task_id":{_js(root_task_id)},"seq":{int(seq)},'
-        f'"task_id":{_js(task_id)},"trace_id":{_js(trace_id)},"ts":{float.__repr__(float(ts))},'
+        f'"task_id":{_js(task_id)},"trace_id":{_js(trace_id)},"ts":{_ts(float(ts), v)},'
         f'"type":{_js(type)},"v":{int(v)}}}'
     )
     return hashlib.sha256(body.encode()).hexdigest()

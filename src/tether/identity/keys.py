@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_der_private_key,
 )
-from jwt.algorithms import ECAlgorithm
 from sqlalchemy import insert, select, update
 
 from tether.errors import ConfigError, Unavailable
+from tether.identity.jwt import public_jwk
 from tether.store import tables as t
 from tether.store.db import Database
 
@@ -136,8 +136,8 @@ class KeyRing:
         now = time.time()
         priv = ec.generate_private_key(ec.SECP256R1())
         kid = secrets.token_urlsafe(12)
-        jwk = json.loads(ECAlgorithm.to_jwk(priv.public_key()))
-        jwk.update(kid=kid, alg=self.ALG, use="sig")
+        jwk = public_jwk(priv.public_key(), kid)  # the one JOSE layer: tether.identity.jwt
+        jwk.update(alg=self.ALG, use="sig")
         der = priv.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         with self._db.begin() as conn:
             conn.execute(
