@@ -20,6 +20,11 @@ export TETHER_TEST_PG
 
 PYTEST_ARGS ?=
 UP_ARGS     ?=
+# The suite runs on pytest-xdist workers; each starts its own throwaway PostgreSQL server
+# (tests/_pg.py). Most tests wait on processes and sockets rather than compute, so more
+# workers than cores pays off. loadscope keeps a module on one worker, so module-scoped
+# fixtures (a whole demo run) happen once. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 4
 
 MCP_SERVERS := scripts/ensure-mcp-servers
 
@@ -53,7 +58,9 @@ mcp-servers: ## install the npm MCP servers the gateway tests drive into ./.node
 	@$(MCP_SERVERS)
 
 test: venv postgres chromium mcp-servers ## full test suite, sqlite + a throwaway PostgreSQL server
-	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
+	@# Any non-zero exit fails the target: a failed test (1), a crashed worker (reported as a
+	@# failed test, 1), an interrupted or broken run (2, 3, 4) and "no tests collected" (5).
+	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: venv ## ruff check + ruff format --check
 	$(BIN)/ruff check .

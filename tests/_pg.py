@@ -50,6 +50,12 @@ local   all   all           scram-sha-256
 """
 
 
+def _worker() -> str:
+    """``gw0_``… under pytest-xdist, ``""`` in a serial run."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return f"{worker}_" if worker.isalnum() else ""
+
+
 class PgUnavailable(RuntimeError):
     """The PostgreSQL server binaries (initdb, pg_ctl) cannot be found."""
 
@@ -139,7 +145,7 @@ class PgServer:
     def create_database(self, name: str | None = None, template: str = TEMPLATE_DB) -> str:
         """Create an empty database (copied from ``template``) and return its name."""
         if name is None:
-            name = f"t{os.getpid()}_{next(self._db_counter):05d}"
+            name = f"t{_worker()}{os.getpid()}_{next(self._db_counter):05d}"
         with self.connect() as conn:
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -266,7 +272,8 @@ def running_server(port: int | None = None) -> Iterator[PgServer]:
     # Not under pytest's tmp dir: that is 0700 root and the postgres user must reach it.
     # /tmp keeps the socket path well under the ~107-byte sun_path limit.
     parent = "/tmp" if os.path.isdir("/tmp") else None
-    base = Path(tempfile.mkdtemp(prefix="tether-pg-", dir=parent))
+    # One server per pytest-xdist worker (gw0, gw1, …): the worker id names its directory.
+    base = Path(tempfile.mkdtemp(prefix=f"tether-pg-{_worker()}", dir=parent))
     server = PgServer(bindir=bindir, base_dir=base, port=port)
     try:
         server.socket_dir.mkdir()

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from tether.audit.checkpoint import read_checkpoint_file
-from tether.audit.event import GENESIS_HASH, Event, canonical_json, row_hash
+from tether.audit.event import GENESIS_HASH, Event, canonical_for, canonical_json, row_hash
 from tether.audit.verify import verify_database
 from tether.runtime import Runtime
 from tether.store.db import Database
@@ -138,10 +138,11 @@ def test_inserted_forged_event_attack_is_reported_inserted(logged):
     sql(
         logged,
         "INSERT INTO audit_events (chain, seq, v, ts, type, payload, prev_hash, hash) "
-        "VALUES (:c, 4, 1, :ts, 'decision', :p, :ph, :h)",
+        "VALUES (:c, 4, :v, :ts, 'decision', :p, :ph, :h)",
         c=forged.chain,
+        v=forged.v,
         ts=forged.ts,
-        p=canonical_json(forged.payload),
+        p=canonical_for(forged.v)(forged.payload),
         ph=forged.prev_hash,
         h=forged_hash,
     )
@@ -164,11 +165,12 @@ def test_forged_append_beyond_head_attack_is_reported_inserted(logged):
     sql(
         logged,
         "INSERT INTO audit_events (chain, seq, v, ts, type, payload, prev_hash, hash) "
-        "VALUES (:c, :s, 1, :ts, 'decision', :p, :ph, :h)",
+        "VALUES (:c, :s, :v, :ts, 'decision', :p, :ph, :h)",
         c=forged.chain,
+        v=forged.v,
         s=n,
         ts=forged.ts,
-        p=canonical_json(forged.payload),
+        p=canonical_for(forged.v)(forged.payload),
         ph=forged.prev_hash,
         h=forged.compute_hash(),
     )

@@ -27,16 +27,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect, text
 
 from tether.errors import ConfigError, Unavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+# Alembic is imported where it is used: it costs every CLI command ~0.2 s of imports, and
+# only the broker's start and `tether store` need it.
 
 SCRIPT_LOCATION = str(Path(__file__).parent / "schema")
 VERSION_TABLE = "alembic_version"
@@ -62,6 +64,8 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, comp
 
 
 def config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", SCRIPT_LOCATION)
     # rNNNN_<slug>.py, ids "0001", "0002", …: readable, ordered, mypy-importable names.
@@ -73,6 +77,8 @@ def config(connection: Connection | None = None) -> Config:
 
 @functools.cache
 def script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     # Parsed once per process: the revision files do not change under a running broker.
     return ScriptDirectory.from_config(config())
 
@@ -119,6 +125,8 @@ class SchemaStatus:
 
 
 def _status(conn: Connection) -> SchemaStatus:
+    from alembic.runtime.migration import MigrationContext
+
     ctx = MigrationContext.configure(conn)
     current = ctx.get_current_revision()
     sd = script()
@@ -166,6 +174,8 @@ def migrate(engine: Engine) -> list[str]:
             raise newer_error(st)
         if not st.pending:
             return []
+        from alembic import command
+
         command.upgrade(config(conn), "head")
         conn.commit()
         return st.pending
@@ -173,6 +183,9 @@ def migrate(engine: Engine) -> list[str]:
 
 def drift(engine: Engine) -> list[Any]:
     """Differences between the table definitions and a migrated database (empty: none)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object})
         diffs: list[Any] = compare_metadata(ctx, target_metadata())

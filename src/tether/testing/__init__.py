@@ -127,7 +127,7 @@ class BrokerProcess:
 
 @contextlib.contextmanager
 def broker_process(
-    state_dir: Path, domain: TestTrustDomain, *, config_extra: str = "", timeout: float = 30
+    state_dir: Path, domain: TestTrustDomain, *, config_extra: str = "", timeout: float = 120
 ) -> Iterator[BrokerProcess]:
     """A real ``tether up`` on a free loopback port, trusting ``domain``; stopped on exit.
 
