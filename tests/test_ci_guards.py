@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_ci_run_fails_when_make_test_fails(tmp_path, code):
 
 
 def test_make_test_runs_the_suite_on_xdist_workers():
-    """`make test` passes `-n` (pytest-xdist) and pytest-xdist is a test dependency."""
+    """`make test` passes `-n TEST_WORKERS` (pytest-xdist) and pytest-xdist is a test dependency."""
     if shutil.which("make") is None:
         pytest.fail("make is required to run the suite")
     # The defaults, not whatever the make that runs this suite was given.
@@ -81,5 +82,5 @@ def test_make_test_runs_the_suite_on_xdist_workers():
         ["make", "-n", "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     line = next(ln for ln in r.stdout.splitlines() if "-m pytest" in ln)
-    assert " -n 4 " in line and "--dist loadscope" in line, line
+    assert re.search(r" -n \d+ ", line) and "--dist loadscope" in line, line
     assert "pytest-xdist" in (REPO / "pyproject.toml").read_text()

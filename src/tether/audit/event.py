@@ -239,8 +239,8 @@ def _encode_str(value: str) -> str:
 def jcs(value: Any) -> str:
     """RFC 8785 canonical JSON of ``value`` (hash its UTF-8 bytes).
 
-    About twice the time of ``json.dumps`` on an event body (``bench/bench_jcs.py``); a
-    fast path through the C encoder plus a check of its output measured slower.
+    About twice the time of ``json.dumps`` on a decision event's body (15 vs 9 µs here);
+    a fast path through the C encoder plus a regex check of its output measured slower.
     """
     out: list[str] = []
     _jcs_into(value, out)
