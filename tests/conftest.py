@@ -31,12 +31,18 @@ from starlette.testclient import TestClient
 
 from tether.runtime import Runtime
 from tether.server.app import create_app
-from tether.testing import TestTrustDomain, make_settings
+from tether.testing import TEST_STORE_TIMEOUT_MS, TestTrustDomain, make_settings
 
 try:  # tests/ may or may not become a package; support both import styles.
     from . import _pg  # type: ignore[import-not-found,unused-ignore]
 except ImportError:
     import _pg  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+
+# Brokers that tests start as processes (`tether up`, the demo, CLI tests) read their
+# settings from the environment: give them the same generous store budget as
+# `make_settings` (see there why). A test about the budget sets its own.
+os.environ.setdefault("TETHER_LIMITS__STORE_TIMEOUT_MS", str(TEST_STORE_TIMEOUT_MS))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -94,6 +94,11 @@ def prepare_state(state_dir: Path, domain: TestTrustDomain | None = None, config
     (state_dir / "tether.toml").write_text(text + config_extra)
 
 
+#: Store budget for test brokers (see :func:`make_settings`); also exported to brokers
+#: started as processes by :func:`broker_process`.
+TEST_STORE_TIMEOUT_MS = 30_000
+
+
 def make_settings(
     state_dir: Path,
     *,
@@ -109,6 +114,10 @@ def make_settings(
     # (the product default, `auto`, requires it in `prod`). Pass
     # overrides={"identity": {"dpop": "required"}} to test the production behaviour.
     over["identity"] = {"dpop": "optional", **dict(over.get("identity") or {})}
+    # The production store budget (2 s) is a latency promise on a healthy host; test hosts
+    # run many brokers on few cores, where a fixture's transaction can legitimately wait
+    # longer. Tests about the budget pass their own `limits.store_timeout_ms`.
+    over["limits"] = {"store_timeout_ms": TEST_STORE_TIMEOUT_MS, **dict(over.get("limits") or {})}
     if store_url:
         over["store"] = store_url
     return load_settings(state_dir, environ={}, overrides=over)
