@@ -167,3 +167,22 @@ def test_value_re_read_from_tree_and_history_location(fixture):
         f = by_fp[p.fingerprint]
         assert value_of(repo, f.path, f.line, f.fingerprint, f.commit) == p.value
     assert value_of(repo, ".env", 1, "fp_0000") is None
+
+
+def test_process_environment_scanned_only_when_asked(tmp_path):
+    """`--process-env PID` finds a token a running command was started with; PATHS alone do not."""
+    import subprocess
+    import sys
+
+    token = "ghp_" + "Pk4" * 12
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                            env={**os.environ, "GITHUB_TOKEN": token})  # fmt: skip
+    try:
+        r = CliRunner().invoke(main, ["secrets", "scan", "--process-env", str(proc.pid), "--json"])
+        assert r.exit_code == 1 and token not in r.output
+        (f,) = json.loads(r.output)["findings"]
+        assert f["kind"] == "GitHub Token" and f["path"].startswith(f"process:{proc.pid}:") and f["live"]
+        clean = CliRunner().invoke(main, ["secrets", "scan", str(tmp_path), "--json"])
+        assert clean.exit_code == 0 and json.loads(clean.output)["findings"] == []
+    finally:
+        proc.communicate(b"", timeout=10)

@@ -152,7 +152,7 @@ def _default_catalog(state_dir: Path) -> Path | None:
 
 
 @secrets.command("scan")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @state_dir_option
 @click.option(
     "--history/--no-history",
@@ -202,6 +202,10 @@ def _default_catalog(state_dir: Path) -> Path | None:
 @click.option(
     "--max-bytes", default=2 * 1024 * 1024, show_default=True, help="Skip (and count) larger files."
 )
+@click.option(
+    "--process-env", "pids", multiple=True, type=int, metavar="PID",
+    help="Also scan the environment of running process PID (opt-in; needs /proc access).",
+)  # fmt: skip
 @json_option
 def scan_cmd(
     paths: tuple[Path, ...],
@@ -215,6 +219,7 @@ def scan_cmd(
     fail_on: str,
     exclude: tuple[str, ...],
     max_bytes: int,
+    pids: tuple[int, ...],
     as_json: bool,
 ) -> None:  # fmt: skip
     """Find secrets in PATHS: working trees and (for git repositories) every commit.
@@ -233,6 +238,9 @@ def scan_cmd(
             raise ConfigError(
                 "`--fail-on new` needs `--baseline FILE`", code="baseline_missing", field="baseline"
             )
+        if not paths and not pids:
+            raise ConfigError("give PATHS to scan (or `--process-env PID`)", code="invalid_arguments",
+                              field="paths")  # fmt: skip
         hosts, services = service_hosts(catalog_file or _default_catalog(state_dir), routes_files)
     except TetherError as exc:
         fail(exc, as_json)
@@ -240,11 +248,11 @@ def scan_cmd(
     if show_bar:
         with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=err_console, transient=True) as bar:  # fmt: skip
-            result = scan(list(paths), history=history, hosts=hosts, services=services,
-                          progress=_Bar(bar), max_bytes=max_bytes, exclude=exclude)  # fmt: skip
+            result = scan(list(paths), history=history, hosts=hosts, services=services, progress=_Bar(bar),
+                          max_bytes=max_bytes, exclude=exclude, processes=pids)  # fmt: skip
     else:
         result = scan(list(paths), history=history, hosts=hosts, services=services,
-                      max_bytes=max_bytes, exclude=exclude)  # fmt: skip
+                      max_bytes=max_bytes, exclude=exclude, processes=pids)  # fmt: skip
     new = [f for f in result.findings if f.fingerprint not in known]
     if write_baseline is not None:
         write_baseline.write_text(json.dumps(scan_output.baseline(result.findings), indent=2) + "\n")

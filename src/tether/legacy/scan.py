@@ -143,6 +143,7 @@ def scan(
     progress: Progress | None = None,
     max_bytes: int = sources.MAX_BYTES,
     exclude: tuple[str, ...] = (),
+    processes: Sequence[int] = (),
 ) -> ScanResult:
     hosts = dict(hosts or {})
     attribute = Attributor(hosts, services)
@@ -163,6 +164,10 @@ def scan(
                 t0 = time.perf_counter()
                 occs += _history(eng, attribute, root, skips, result, progress, max_bytes)
                 result.history_seconds += time.perf_counter() - t0
+        for pid in processes:  # opt-in: what a running service was started with
+            env = sources.process_env(pid, skips)
+            if env is not None:
+                occs += _occ(eng, attribute, "process", env.path, env.lines, "tree", None, time.time())
     result.findings = _collapse(occs)
     return result
 

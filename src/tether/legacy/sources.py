@@ -100,6 +100,20 @@ def _walk(root: Path, skips: Skips) -> Iterator[Path]:
             yield Path(dirpath) / f
 
 
+def process_env(pid: int, skips: Skips) -> TextFile | None:
+    """The environment a running process started with (Linux ``/proc/PID/environ``), one
+    ``NAME=value`` per line, named ``process:<pid>:<command>``."""
+    proc = Path("/proc") / str(pid)
+    try:
+        data = (proc / "environ").read_bytes()
+        comm = (proc / "comm").read_text().strip()
+    except OSError:
+        skips.add("unreadable", f"process:{pid}")
+        return None
+    lines = [b.decode("utf-8", "replace") for b in data.split(b"\0") if b]
+    return TextFile(f"process:{pid}:{comm}.env", list(enumerate(lines, start=1)), 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class AddedLines:
     commit: str
