@@ -87,7 +87,7 @@ def main() -> None:
                 headers={"Authorization": f"Bearer {refund['task_token']}"},
             ).json()
             root, approval = task["task_id"], d["approval_id"]
-        link = urlsplit(rt.extras["console"].operator_link(os.getuid()))
+        link = urlsplit(rt.console.operator_link(os.getuid()))
         client.get(f"{link.path}?{link.query}")
         pages = [
             ("tasks list", "/console/tasks"),

@@ -87,7 +87,7 @@ def bench_jwt(rt: Runtime, n: int, rounds: int) -> None:
     )
 
     # Revocation bound at the middleware: close → first rejected request.
-    follower = RevocationFollower(FeedSource(rt.extras["credentials"].feed), wait=5.0).start()
+    follower = RevocationFollower(FeedSource(rt.credentials.feed), wait=5.0).start()
     _poll(follower.fresh)
     app = TetherAuthMiddleware(
         Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))]),

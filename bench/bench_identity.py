@@ -96,7 +96,7 @@ def main() -> None:
             {"spiffe_id": "spiffe://tether.local/bench", "selectors": [f"unix:uid:{os.getuid()}"]},
             Operator(0, 1),
         )
-        path = rt.extras["workload_socket"]
+        path = rt.workload_socket
         echo_path = tmp / "echo.sock"
         echo = socket.socket(socket.AF_UNIX)
         echo.bind(str(echo_path))

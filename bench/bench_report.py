@@ -45,7 +45,7 @@ def main() -> None:
             overrides={"environment": "prod", "identity": {"dpop": "optional"}},
         )
         rt = Runtime.start(settings)
-        rt.extras["credentials"].secrets.set("email", "Bearer bench")
+        rt.credentials.secrets.set("email", "Bearer bench")
         client = TestClient(create_app(rt))
         for _ in range(args.tasks):
             svid = domain.svid(domain.spiffe_id("orchestrator"), settings.broker_audience)

@@ -164,7 +164,7 @@ def bench_drain(rts: list[Runtime], replicas: int, size: int) -> None:
     runs), then the time for ``replicas`` revokers to take the backlog to zero."""
     a = rts[0]
     for rt in rts:
-        rt.extras["credentials"].reaper.stop()
+        rt.credentials.reaper.stop()
     tasks = []
     for _ in range(size):
         task_id, tok = _open(a)
@@ -177,7 +177,7 @@ def bench_drain(rts: list[Runtime], replicas: int, size: int) -> None:
     t0 = time.monotonic()
     with ThreadPoolExecutor(replicas) as pool:
         while True:
-            list(pool.map(lambda rt: rt.extras["credentials"].reaper.process_revocations(), rts[:replicas]))
+            list(pool.map(lambda rt: rt.credentials.reaper.process_revocations(), rts[:replicas]))
             with a.db.read() as conn:
                 left = ls.count_by_state(conn).get("revoking", 0)
             if not left:
@@ -188,7 +188,7 @@ def bench_drain(rts: list[Runtime], replicas: int, size: int) -> None:
         f"({backlog / took:.0f} leases/s)"
     )
     for rt in rts:
-        rt.extras["credentials"].reaper.start()
+        rt.credentials.reaper.start()
 
 
 def bench_concurrency(rts: list[Runtime], width: int, rounds: int) -> None:
@@ -278,7 +278,7 @@ def main() -> None:
                     bench_drain(rts, len(rts), args.drain)
             if "concurrency" in args.parts:
                 bench_concurrency(rts, args.concurrency, args.rounds)
-            pool = rts[0].extras["credentials"].service.connectors["postgres"].pool
+            pool = rts[0].credentials.service.connectors["postgres"].pool
             print(f"\n   admin connections opened by replica 1: {pool.opened}")
         finally:
             for rt in rts:

@@ -1,20 +1,28 @@
-"""Wiring: build every component of a broker from validated settings.
+"""Composition root: build every component of a broker from validated settings.
 
 ``Runtime.start`` is what ``tether serve`` and the tests call; it fails before listening
 when the config, catalog, policy set, store or master key is wrong, with the error
 naming what to fix.
+
+This is the one place that knows every layer. It builds the :class:`Core` (store, keys,
+audit chain, policy engine, catalog, trust bundles, broker) and then each layer from the
+core, in order — identity, credentials, audit, gateway, console — each layer's ``build`` getting
+exactly the components it needs and returning what it made; the :class:`Runtime` holds
+all of it as typed fields (no service locator, nothing registered by importing a
+module). Admin operations are a per-runtime table (:attr:`Core.operations`), so two
+runtimes in one process never share operations, routes, jobs or audit listeners. The
+layering this sits on is described in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.audit import event as ev
 from tether.audit.chain import AuditChain
@@ -28,6 +36,19 @@ from tether.policy.engine import PolicyEngine
 from tether.replicas import Replica
 from tether.store.db import Database
 from tether.tokens import TaskTokens
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from tether.audit.checkpoint import CheckpointWriter
+    from tether.audit.masking import Masker
+    from tether.credentials.wiring import CredentialsRuntime
+    from tether.gateway.http import HttpGateway
+    from tether.gateway.pins import ToolPins
+    from tether.identity.service import IdentityService
+    from tether.identity.workload_api import WorkloadApi
+    from tether.server.admin import OpHandler
+    from tether.server.console import Console
 
 log = logging.getLogger("tether")
 
@@ -90,33 +111,10 @@ def init_state_dir(state_dir: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
-#: Modules that extend a runtime: each defines ``install(rt: Runtime) -> None`` and is
-#: imported at start if present. They add broker hooks, HTTP routes, admin operations
-#: and periodic jobs without the core knowing them.
-EXTENSION_MODULES = (
-    "tether.identity.wiring",
-    "tether.credentials.wiring",
-    "tether.audit.wiring",
-    "tether.gateway.wiring",
-    "tether.server.console",
-)
-
-
-def _load_extensions() -> list[Callable[[Runtime], None]]:
-    installers = []
-    for name in EXTENSION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise  # the extension exists but one of its imports is missing: say so
-            continue
-        installers.append(module.install)
-    return installers
-
-
 @dataclass
-class Runtime:
+class Core:
+    """The broker and what it is built from: what every layer is built from."""
+
     settings: Settings
     db: Database
     keys: KeyRing
@@ -126,17 +124,17 @@ class Runtime:
     bundles: TrustBundles
     svids: SvidVerifier
     broker: Broker
-    #: Starlette routes added by extensions (served next to the core API).
-    routes: list[Any] = field(default_factory=list)
+    #: Starlette routes the layers add (served next to the core API).
+    routes: list[BaseRoute] = field(default_factory=list)
     #: Jobs run by the reaper loop every couple of seconds, in a worker thread.
     periodic: list[Callable[[], object]] = field(default_factory=list)
     #: Called on shutdown, last added first.
     on_close: list[Callable[[], object]] = field(default_factory=list)
-    #: Anything an extension wants to keep (e.g. ``extras["credentials"]``).
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: This runtime's admin operations, by name (``server.admin``); filled by the layers.
+    operations: dict[str, OpHandler] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Runtime:
+    def build(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Core:
         catalog = load_catalog(settings.catalog_path)
         engine = PolicyEngine()
         engine.set_catalog(catalog)
@@ -173,11 +171,16 @@ class Runtime:
                 ev.POLICY_LOADED,
                 {"version": bundle.version, "files": list(bundle.files), "node": settings.node_id},
             )
-        rt = cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
-        rt.on_close.append(replica.start())  # released last, after every extension stopped
-        for install in _load_extensions():
-            install(rt)
-        return rt
+        core = cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
+        core.on_close.append(replica.start())  # released last, after every layer stopped
+        return core
+
+    def add_operations(self, table: Mapping[str, OpHandler]) -> None:
+        """Add a layer's admin operations; a name two layers claim is a wiring bug."""
+        clash = sorted(set(table) & set(self.operations))
+        if clash:
+            raise ValueError(f"admin operations defined twice: {clash}")
+        self.operations.update(table)
 
     def reload_policy(self) -> str:
         """Reload the policy directory; on error the old set stays and the failure is audited."""
@@ -203,3 +206,62 @@ class Runtime:
             except Exception:
                 log.exception("shutdown hook failed")
         self.db.dispose()
+
+
+@dataclass(kw_only=True)
+class Runtime(Core):
+    """A running broker: the core plus every layer, as typed fields."""
+
+    #: Who is calling (SVIDs, OIDC workloads, delegators) and DPoP binding at task open.
+    identity: IdentityService
+    #: The local Workload API (SVIDs for processes on this host) and its socket, if served.
+    workload_api: WorkloadApi
+    workload_socket: Path | None
+    #: Leases, connectors, the revocation feed, secrets, the reaper, introspection.
+    credentials: CredentialsRuntime
+    #: The audit payload masker (first filter on the chain) and the checkpoint writer.
+    masker: Masker
+    checkpoints: CheckpointWriter
+    #: Pinned MCP tool definitions, and the in-process HTTP gateway when configured.
+    pins: ToolPins
+    http_gateway: HttpGateway | None
+    #: The operator console under ``/console`` (``None`` when ``console.enabled`` is off).
+    console: Console | None
+
+    @classmethod
+    def start(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Runtime:
+        # Imported here, not at the top: each layer's wiring imports the core's types, and
+        # the composition root is the only module allowed to see every layer.
+        from tether.audit import wiring as audit_wiring
+        from tether.credentials import wiring as credentials_wiring
+        from tether.gateway import wiring as gateway_wiring
+        from tether.identity import wiring as identity_wiring
+        from tether.server import console as console_layer
+        from tether.server import ops as server_ops
+
+        core = Core.build(settings, clock=clock, **bundle_options)
+        try:
+            core.add_operations(server_ops.OPERATIONS)
+            ident = identity_wiring.build(core)
+            creds = credentials_wiring.build(core)
+            logs = audit_wiring.build(core)
+            gw = gateway_wiring.build(core)
+            console = console_layer.build(core)
+        except BaseException:
+            core.close()  # a layer that failed to build leaves no thread or socket behind
+            raise
+        return cls(
+            **{f: getattr(core, f) for f in _CORE_FIELDS},
+            identity=ident.service,
+            workload_api=ident.workload_api,
+            workload_socket=ident.workload_socket,
+            credentials=creds,
+            masker=logs.masker,
+            checkpoints=logs.checkpoints,
+            pins=gw.pins,
+            http_gateway=gw.http,
+            console=console,
+        )
+
+
+_CORE_FIELDS = tuple(f.name for f in fields(Core))

@@ -63,7 +63,7 @@ def plant(rt: Runtime) -> None:
             "read", "billing.invoices", method="GET", path=f"/invoices?access_token={MARK}-q1&page=2"
         ),
     )
-    masker = rt.extras["audit.masker"]
+    masker = rt.masker
     masker.register_secret(f"upstream-{MARK}-inject")  # what the inject connector hands over
     emit_as(
         rt,

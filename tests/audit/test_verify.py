@@ -79,7 +79,7 @@ def logged(runtime: Runtime) -> Runtime:
 
 def test_intact_log_verifies_with_its_checkpoint(logged):
     """An untouched log verifies, and its signed checkpoint is counted."""
-    assert logged.extras["audit.checkpoints"].tick(force=True) is not None
+    assert logged.checkpoints.tick(force=True) is not None
     report = verify_database(logged.db)
     assert report.ok and report.events == len(rows(logged)) and report.checkpoints == 1
 
@@ -179,7 +179,7 @@ def test_forged_append_beyond_head_attack_is_reported_inserted(logged):
 
 def test_truncation_after_checkpoint_attack_is_reported_truncated(logged):
     """Cutting the tail and moving the head back is caught by the stored signed checkpoint."""
-    cp = logged.extras["audit.checkpoints"].tick(force=True)
+    cp = logged.checkpoints.tick(force=True)
     keep = cp.seq - 3
     sql(logged, "DELETE FROM audit_events WHERE seq > :k", k=keep)
     set_head(logged, keep)
@@ -188,7 +188,7 @@ def test_truncation_after_checkpoint_attack_is_reported_truncated(logged):
 
 def test_chain_rewrite_attack_is_caught_by_checkpoint(logged):
     """Rewriting an event and re-hashing every later one (head too) contradicts the signed checkpoint."""
-    cp = logged.extras["audit.checkpoints"].tick(force=True)
+    cp = logged.checkpoints.tick(force=True)
     all_rows = rows(logged)
     prev = all_rows[3]["hash"]
     for r in all_rows[4:]:
@@ -210,7 +210,7 @@ def test_chain_rewrite_attack_is_caught_by_checkpoint(logged):
 
 def test_moved_checkpoint_signature_attack_is_bad_signature(logged):
     """A checkpoint whose head was changed no longer matches its ES256 signature: `bad_signature`."""
-    cp = logged.extras["audit.checkpoints"].tick(force=True)
+    cp = logged.checkpoints.tick(force=True)
     sql(logged, "UPDATE audit_checkpoints SET hash = :h WHERE seq = :s", h=GENESIS_HASH, s=cp.seq)
     assert first_break(logged) == ("bad_signature", cp.seq)
 
@@ -221,7 +221,7 @@ def test_checkpoint_signed_by_attacker_key_is_bad_signature(logged):
 
     from tether.identity.jwt import sign_jwt
 
-    cp = logged.extras["audit.checkpoints"].tick(force=True)
+    cp = logged.checkpoints.tick(force=True)
     evil = ec.generate_private_key(ec.SECP256R1())
     jws = sign_jwt(
         {"chain": cp.chain, "seq": cp.seq, "hash": cp.hash, "iat": cp.ts, "exp": cp.ts + 60},
@@ -235,7 +235,7 @@ def test_checkpoint_signed_by_attacker_key_is_bad_signature(logged):
 
 def test_checkpoint_with_unknown_kid_is_reported(logged):
     """A checkpoint naming a key the store never had is `unknown_key` at its seq."""
-    cp = logged.extras["audit.checkpoints"].tick(force=True)
+    cp = logged.checkpoints.tick(force=True)
     sql(logged, "UPDATE audit_checkpoints SET kid = 'nope' WHERE seq = :s", s=cp.seq)
     assert first_break(logged) == ("unknown_key", cp.seq)
 
@@ -272,7 +272,7 @@ def test_restored_older_copy_attack_is_rolled_back(runtime, tmp_path, request):
     outside = tmp_path / "kept-elsewhere.jsonl"
     from tether.audit.checkpoint import append_checkpoint_file
 
-    cp = runtime.extras["audit.checkpoints"].tick(force=True)
+    cp = runtime.checkpoints.tick(force=True)
     append_checkpoint_file(outside, cp)
     try:
         older_report = verify_database(older, external=read_checkpoint_file(outside))

@@ -15,7 +15,7 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 def sign_in(client: TestClient, runtime: Any) -> TestClient:
     """Sign in as the operator at the machine (the link `tether console` prints)."""
-    link = runtime.extras["console"].operator_link(os.getuid())
+    link = runtime.console.operator_link(os.getuid())
     parts = urlsplit(link)
     r = client.get(f"{parts.path}?{parts.query}")
     assert r.status_code == 200 and "Signed in" in r.text

@@ -43,7 +43,7 @@ def test_no_session_gets_the_login_page_never_data(client, make_agent):
 
 def test_login_link_is_single_use(client, runtime):
     """A `tether console` link signs in once; a second use is refused and audited."""
-    link = runtime.extras["console"].operator_link(os.getuid())
+    link = runtime.console.operator_link(os.getuid())
     path = "{0.path}?{0.query}".format(urlsplit(link))
     assert client.get(path).status_code == 200
     client.cookies.clear()
@@ -55,7 +55,7 @@ def test_login_link_is_single_use(client, runtime):
 
 def test_forged_login_link_is_refused(client, runtime):
     """A link whose seal does not check out signs nobody in."""
-    link = runtime.extras["console"].operator_link(os.getuid())
+    link = runtime.console.operator_link(os.getuid())
     body, mac = urlsplit(link).query[2:].split(".")
     forged = client.get(f"/console/auth/link?t={body}.{mac[::-1]}")
     assert forged.status_code == 401
@@ -64,7 +64,7 @@ def test_forged_login_link_is_refused(client, runtime):
 
 def test_session_cookie_is_httponly_samesite_strict(client, runtime):
     """The session cookie is HttpOnly, SameSite=Strict and scoped to the console."""
-    link = runtime.extras["console"].operator_link(os.getuid())
+    link = runtime.console.operator_link(os.getuid())
     r = client.get("{0.path}?{0.query}".format(urlsplit(link)))
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie

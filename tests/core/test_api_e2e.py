@@ -16,7 +16,7 @@ def test_agent_journey_open_delegate_authorize_close(client, runtime, make_agent
     orch = make_agent("orchestrator")
     reader = make_agent("reader")
     notifier = make_agent("notifier")
-    runtime.extras["credentials"].secrets.set("email", "Bearer sk-test-email-upstream")
+    runtime.credentials.secrets.set("email", "Bearer sk-test-email-upstream")
 
     r = orch.open(
         [READ_Q, {"action": "read", "resource": "crm"}, {"action": "send", "resource": "email.send"}],

@@ -56,8 +56,8 @@ def test_kill_9_at_every_mint_step_leaves_no_orphan_role(pg_settings, pg_server)
 
     rt = Runtime.start(pg_settings)
     try:
-        rt.extras["credentials"].reaper.reap()
-        rt.extras["credentials"].reaper.reap()  # the second pass finishes what the first began
+        rt.credentials.reaper.reap()
+        rt.credentials.reaper.reap()  # the second pass finishes what the first began
         with rt.db.read() as conn:
             live = ls.live_role_names(conn, "postgres")
             leases = ls.list_leases(conn)

@@ -95,7 +95,7 @@ def test_close_revokes_leases_of_the_whole_subtree(agent, make_agent, client, ru
     with runtime.db.read() as conn:
         states = {ls.get_lease(conn, x).state for x in leases}
     assert states == {ls.LeaseState.REVOKED}
-    events, _ = runtime.extras["credentials"].feed.since(0)
+    events, _ = runtime.credentials.feed.since(0)
     assert {e.task_id for e in events if e.kind == "task"} == {parent["task_id"], child["task_id"]}
     assert {e.lease_id for e in events if e.kind == "lease"} == set(leases)
 
@@ -201,7 +201,7 @@ def test_revoke_token_kills_the_credential_and_feeds_it(agent, client, runtime):
     )
     assert r.status_code == 200
     assert _introspect(agent, cred["token"]).json() == {"active": False}
-    events, _ = runtime.extras["credentials"].feed.since(0)
+    events, _ = runtime.credentials.feed.since(0)
     assert [e.lease_id for e in events] == [cred["lease_id"]]
 
 
@@ -264,7 +264,7 @@ def test_sse_stream_sends_ids_and_resumes_with_last_event_id(agent, client, runt
 def test_race_issue_and_revoke_leaves_nothing_usable(agent, runtime):
     """Threads issuing while another revokes: after revoke commits, no lease of the task lives."""
     t = _task(agent)
-    introspector = runtime.extras["credentials"].introspector
+    introspector = runtime.credentials.introspector
     issued: list[str] = []
     start = threading.Barrier(5)
 

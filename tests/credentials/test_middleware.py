@@ -18,7 +18,7 @@ async def whoami(request: Request) -> JSONResponse:
 
 
 def _service(runtime, audience="tickets", max_staleness=30.0):
-    follower = RevocationFollower(FeedSource(runtime.extras["credentials"].feed), max_staleness=max_staleness)
+    follower = RevocationFollower(FeedSource(runtime.credentials.feed), max_staleness=max_staleness)
     follower.poll_once()
     app = TetherAuthMiddleware(
         Starlette(routes=[Route("/me", whoami)]),

@@ -220,7 +220,7 @@ def test_grant_by_another_grantor_is_cut_and_reported_irrevocable(
 
 def test_sweep_drops_tagged_role_without_lease_and_keeps_foreign_ones(pg_runtime, pg_server):
     """The reaper drops this broker's orphan roles, never another deployment's."""
-    creds = pg_runtime.extras["credentials"]
+    creds = pg_runtime.credentials
     pgc = creds.service.connectors["postgres"]
     with pg_server.connect() as conn:
         conn.execute("CREATE ROLE tether_l_orphan0001 LOGIN")
@@ -279,7 +279,7 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(
             a = Agent(c, domain, rt, "analyst")
             t = _open(a)
             cred = _cred(a, t["task_token"])
-            creds = rt.extras["credentials"]
+            creds = rt.credentials
             # The target becomes unreachable for the broker (a real failure, not a mock).
             creds.service.connectors["postgres"].set_dsn(
                 "analytics", f"postgresql://x@/x?host={tmp_path}/gone"
@@ -304,7 +304,7 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(
 def test_close_cuts_access_before_any_cleanup(analyst, pg_server, pg_runtime):
     """With the cleanup worker stopped, closing still makes the role refuse logins and ends its
     session at once (cut first); the role itself is dropped only by the later cleanup."""
-    creds = pg_runtime.extras["credentials"]
+    creds = pg_runtime.credentials
     t = _open(analyst)
     cred = _cred(analyst, t["task_token"])
     session = connect_as(cred)

@@ -60,7 +60,7 @@ def _open(rt: Runtime) -> str:
 @_ON_POSTGRESQL
 def test_forty_parallel_mints_on_one_target_never_collide(pg_runtime, store_url):
     """40 mints at once on one target (the connector, no broker lock between them): all succeed."""
-    pgc = pg_runtime.extras["credentials"].service.connectors["postgres"]
+    pgc = pg_runtime.credentials.service.connectors["postgres"]
     tokens = [_open(pg_runtime) for _ in range(40)]
     results = [pg_runtime.broker.authorize(tokens[0], AuthorizeRequest("read", "analytics.orders"))]
     lease0 = results[0].credential
@@ -94,7 +94,7 @@ def test_forty_parallel_mints_on_one_target_never_collide(pg_runtime, store_url)
 
 
 def tether_roles_of(rt: Runtime) -> set[str]:
-    return set(rt.extras["credentials"].service.connectors["postgres"].roles("analytics"))
+    return set(rt.credentials.service.connectors["postgres"].roles("analytics"))
 
 
 @_ON_POSTGRESQL
@@ -122,7 +122,7 @@ def test_three_replicas_sweeping_one_backlog_revoke_each_lease_exactly_once(
     retrying, no failed attempt, one `credential.revoked` per lease, no warning, no role left."""
     a = replicas[0]
     for rt in replicas:  # nobody works the backlog until all start together
-        rt.extras["credentials"].reaper.stop()
+        rt.credentials.reaper.stop()
     tokens = [_open(a) for _ in range(45)]
     for tok in tokens:
         assert a.broker.authorize(tok, AuthorizeRequest("read", "analytics.orders")).credential is not None
@@ -132,7 +132,7 @@ def test_three_replicas_sweeping_one_backlog_revoke_each_lease_exactly_once(
 
     def work(rt: Runtime) -> tuple[int, int]:
         gate.wait(10)
-        return rt.extras["credentials"].reaper.process_revocations()
+        return rt.credentials.reaper.process_revocations()
 
     caplog.set_level(logging.WARNING, logger="tether.credentials")
     with capture_events() as events, ThreadPoolExecutor(6) as pool:

@@ -100,7 +100,7 @@ def credentials(runtime: Any) -> str:
     JWT for ``jwt`` services and the stored secret (set here) for ``inject`` ones. Without
     it, a stand-in allow hook issues credentials that follow the same contract.
     """
-    creds = runtime.extras.get("credentials")
+    creds = runtime.credentials
     if creds is not None:
         creds.secrets.set("slack-external", FAKE_SECRET, header="X-Api-Key")
         return "real"

@@ -387,8 +387,6 @@ def test_approval_hold_forwards_once_granted(runtime, upstream, agent, credentia
     import threading
     import tomllib
 
-    from tether.audit.chain import add_listener
-
     doc = tomllib.loads(ROUTES.format(up=upstream.url))
     doc["gateway"]["approval_wait_seconds"] = 20
     tok = token(agent, [{"action": "tool:call", "resource": "billing.refund"}], "billing.refund")
@@ -405,7 +403,7 @@ def test_approval_hold_forwards_once_granted(runtime, upstream, agent, credentia
         if asked.wait(timeout=15):
             runtime.broker.decide_approval(requested[0], grant=True, by="uid:0")
 
-    remove = add_listener(on_event)
+    remove = runtime.audit.add_listener(on_event)
     granter = threading.Thread(target=grant)
     granter.start()
     try:

@@ -270,7 +270,7 @@ def test_approved_tool_definition_change_unblocks(runtime, agent):
     """After `tether mcp tools approve` the changed tool is listed and callable again."""
     seed_pin(runtime, {"name": "get_current_time", "description": "old"})
     token = open_token(agent, [CALL_TIME])
-    pins = runtime.extras["gateway.pins"]
+    pins = runtime.pins
 
     async def go() -> types.CallToolResult:
         async with through_gateway(runtime, token, refresh_seconds=0) as s:
@@ -290,7 +290,7 @@ def test_approval_takes_effect_on_the_next_call(runtime, agent):
     """No 30 s cache: right after `approve`, the next call of a gateway that saw the change works."""
     seed_pin(runtime, {"name": "get_current_time", "description": "old"})
     token = open_token(agent, [CALL_TIME])
-    pins = runtime.extras["gateway.pins"]
+    pins = runtime.pins
 
     async def go() -> tuple[types.CallToolResult, types.CallToolResult, list[str]]:
         async with through_gateway(runtime, token) as s:  # refresh_seconds stays at 30

@@ -38,7 +38,7 @@ def test_tether_svid_validates_with_spiffe_package(client: TestClient, runtime: 
         {"spiffe_id": "spiffe://tether.local/agents/interop", "selectors": [f"unix:uid:{os.getuid()}"]},
         Operator(0, 1),
     )
-    token = workload_api.fetch_svid(runtime.extras["workload_socket"], audience="https://service.example")
+    token = workload_api.fetch_svid(runtime.workload_socket, audience="https://service.example")
     bundle = JwtBundle.parse(TrustDomain("tether.local"), client.get("/.well-known/spiffe-bundle").content)
     svid = JwtSvid.parse_and_validate(token, bundle, {"https://service.example"})
     assert str(svid.spiffe_id) == "spiffe://tether.local/agents/interop"

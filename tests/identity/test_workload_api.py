@@ -37,7 +37,7 @@ def register(rt: Runtime, spiffe_id: str = ME, *selectors: str, **attrs: str) ->
 
 
 def sock(rt: Runtime) -> Path:
-    path: Path = rt.extras["workload_socket"]
+    path: Path = rt.workload_socket
     return path
 
 
@@ -123,7 +123,7 @@ def test_own_svid_authenticates_with_entry_attributes(runtime: Runtime) -> None:
     """The broker accepts its own SVIDs; attestation `unix` and entry attributes reach the task."""
     register(runtime, ME, owner="team-a")
     token = workload_api.fetch_svid(sock(runtime), audience=runtime.settings.broker_audience)
-    workload = runtime.extras["identity"].authenticate(token)
+    workload = runtime.identity.authenticate(token)
     assert (workload.spiffe_id, workload.attestation) == (ME, "unix")
     assert workload.attributes == {"owner": "team-a"}
 

@@ -115,7 +115,7 @@ def test_command_rotation_writes_verifies_switches_and_retires(runtime, tmp_path
         out = ops.secrets_rotate(runtime, {"name": "email"}, OP)
     assert out["status"] == "ok"
     (new,) = json.loads(keys.read_text())
-    assert runtime.extras["credentials"].secrets.get("email")[1] == new
+    assert runtime.credentials.secrets.get("email")[1] == new
     assert [e.type for e in events] == ["secret.rotated"] and new not in json.dumps(events[0].payload)
     (row,) = [x for x in ops.secrets_inventory(runtime, {}, OP) if x["name"] == "email"]
     assert row["rotation_status"] == "ok" and row["rotated_at"]
@@ -130,7 +130,7 @@ def test_failed_rotation_keeps_previous_secret_and_audits_reason(runtime, tmp_pa
     with capture_events() as events, pytest.raises(Conflict) as e:
         ops.secrets_rotate(runtime, {"name": "email"}, OP)
     assert e.value.code == "rotation_failed" and "provider refused" in e.value.message
-    assert runtime.extras["credentials"].secrets.get("email")[1] == "key-old-0123456789"
+    assert runtime.credentials.secrets.get("email")[1] == "key-old-0123456789"
     (failed,) = events
     assert failed.type == "secret.rotation_failed" and failed.payload["stage"] == "verify"
     assert "provider refused the new key" in failed.payload["reason"]
@@ -166,7 +166,7 @@ def test_postgres_rotation_retires_old_password(runtime, legacy_role, monkeypatc
     ops.secrets_import(runtime, {"service": "crm", "name": "crm-db", "value": "old-shared-password-1",
                                  "rotation": spec}, OP)  # fmt: skip
     assert ops.secrets_rotate(runtime, {"name": "crm-db"}, OP)["status"] == "ok"
-    new = runtime.extras["credentials"].secrets.get("crm-db")[1]
+    new = runtime.credentials.secrets.get("crm-db")[1]
     assert new != "old-shared-password-1" and _login(pg, new)
     assert not _login(pg, "old-shared-password-1")
 
@@ -186,7 +186,7 @@ def test_postgres_rotation_that_cannot_verify_restores_old_password(runtime, leg
     with capture_events() as events, pytest.raises(Conflict):
         ops.secrets_rotate(runtime, {"name": "crm-db"}, OP)
     assert _login(pg, "old-shared-password-1")
-    assert runtime.extras["credentials"].secrets.get("crm-db")[1] == "old-shared-password-1"
+    assert runtime.credentials.secrets.get("crm-db")[1] == "old-shared-password-1"
     assert events[0].payload["stage"] == "verify" and "old-shared-password-1" not in json.dumps(
         events[0].payload
     )

@@ -38,7 +38,7 @@ def deploy(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Iterator[
             (settings.policy_path / name).unlink()
         rt = Runtime.start(settings)
         runtimes.append(rt)
-        rt.extras["credentials"].secrets.set("email", "Bearer sk-test-email-upstream")
+        rt.credentials.secrets.set("email", "Bearer sk-test-email-upstream")
         return settings, TestClient(create_app(rt), raise_server_exceptions=False), rt
 
     yield start

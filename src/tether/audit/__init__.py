@@ -6,7 +6,7 @@ Public API: :class:`AuditChain` (the writer), :class:`Event`, :func:`capture_eve
 ``tether.audit.otel`` (needs the ``otel`` extra).
 """
 
-from tether.audit.chain import AuditChain, add_listener, capture_events
+from tether.audit.chain import AuditChain, capture_events
 from tether.audit.checkpoint import Checkpoint
 from tether.audit.event import Event, canonical_json
 from tether.audit.masking import Masker
@@ -20,7 +20,6 @@ __all__ = [
     "Event",
     "Masker",
     "VerifyReport",
-    "add_listener",
     "build_trace",
     "canonical_json",
     "capture_events",

@@ -51,6 +51,9 @@ _ADVANCE_HEAD_RAW = raw.statement(
 PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
 Listener = Callable[[Event], None]
 
+# Listeners of every chain in the process: only ``capture_events`` (tests) uses these.
+# A runtime's own components listen on their chain (``AuditChain.add_listener``), so two
+# runtimes in one process never hear each other.
 _listeners: list[Listener] = []
 _listeners_lock = threading.Lock()
 
@@ -73,19 +76,6 @@ def capture_events() -> Iterator[list[Event]]:
     finally:
         with _listeners_lock:
             _listeners.remove(captured.append)
-
-
-def add_listener(listener: Listener) -> Callable[[], None]:
-    """Call ``listener`` with each committed event; returns a function that removes it."""
-    with _listeners_lock:
-        _listeners.append(listener)
-
-    def remove() -> None:
-        with _listeners_lock:
-            if listener in _listeners:
-                _listeners.remove(listener)
-
-    return remove
 
 
 @dataclass
@@ -170,10 +160,23 @@ class AuditChain:
         self.db = db
         self.chain_id = chain_id
         self.filters: list[PayloadFilter] = []
+        self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._seq = 0
         self._head = GENESIS_HASH
         self._loaded = False
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with each event this chain commits; returns a function that removes it."""
+        with _listeners_lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with _listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
 
     def _load_head(self, conn: Connection) -> None:
         row = conn.execute(
@@ -242,7 +245,7 @@ class AuditChain:
             self._lock.release()
         for ev in u.events:
             with _listeners_lock:
-                listeners = list(_listeners)
+                listeners = [*self._listeners, *_listeners]
             for listener in listeners:
                 listener(ev)
 

@@ -20,7 +20,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
@@ -34,9 +34,11 @@ from tether.broker import AuthorizeRequest
 from tether.credentials.introspection import Introspector
 from tether.credentials.service import Credentials
 from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, TooManyRequests
-from tether.runtime import Runtime
-from tether.server.app import Api, bearer, guarded, trace_id
+from tether.server.app import bearer, guarded, json_body, trace_id
 from tether.server.parsing import check_fields, header_int, query_int, req_str
+
+if TYPE_CHECKING:
+    from tether.runtime import Core
 
 SSE_POLL = 0.25  # seconds between in-memory checks; the store is read on change or each second
 SSE_HEARTBEAT = 15.0
@@ -55,11 +57,11 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
 
 
 class CredentialsApi:
-    def __init__(self, rt: Runtime, creds: Credentials, introspector: Introspector) -> None:
+    def __init__(self, rt: Core, creds: Credentials, introspector: Introspector) -> None:
         self.rt = rt
         self.creds = creds
         self.introspector = introspector
-        self.api = Api(rt)
+        self.max_body = rt.settings.limits.max_body_bytes
         self.max_waits = rt.settings.limits.max_waits_per_caller
         self._waits: Counter[str] = Counter()
         self._head, self._head_at, self._head_busy = 0, 0.0, False
@@ -111,15 +113,15 @@ class CredentialsApi:
         """RFC 7662/7009 bodies are form-encoded; JSON is accepted too. Keys appear once."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
         if ctype == "application/json":
-            doc = await self.api.body(request)
+            doc = await json_body(request, self.max_body)
             return {k: v for k, v in doc.items() if isinstance(v, str)}
         if ctype != "application/x-www-form-urlencoded":
             raise InvalidRequest("send `application/x-www-form-urlencoded`", code="unsupported_media_type")
         raw = b""
         async for chunk in request.stream():
             raw += chunk
-            if len(raw) > self.api.max_body:
-                raise PayloadTooLarge(f"the body exceeds {self.api.max_body} bytes")
+            if len(raw) > self.max_body:
+                raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes")
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
         except (UnicodeDecodeError, ValueError):
@@ -138,7 +140,7 @@ class CredentialsApi:
     async def issue(self, request: Request) -> Response:
         token = bearer(request)
         try:
-            doc = await self.api.body(request)
+            doc = await json_body(request, self.max_body)
         except InvalidRequest as bad:  # a forged token is recorded whatever the body holds
             await run_in_threadpool(self.rt.broker.refuse_body, token, bad)
             raise
@@ -266,7 +268,7 @@ class CredentialsApi:
         )
 
 
-def routes(rt: Runtime, creds: Credentials, introspector: Introspector) -> list[Route]:
+def routes(rt: Core, creds: Credentials, introspector: Introspector) -> list[Route]:
     a = CredentialsApi(rt, creds, introspector)
     return [
         Route("/v1/credentials", guarded(a.issue), methods=["POST"]),

@@ -94,7 +94,7 @@ class RevocationSource(Protocol):
 
 
 class FeedSource:
-    """In-process: follow ``rt.extras["credentials"].feed`` directly."""
+    """In-process: follow ``Runtime.credentials.feed`` directly."""
 
     def __init__(self, feed: Feed) -> None:
         self._feed = feed

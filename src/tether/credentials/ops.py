@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.credentials import leases as ls
 from tether.credentials.secrets import check_name
 from tether.errors import InvalidRequest
-from tether.server.admin import Operator, operation
+from tether.server.admin import OperationTable, Operator
+
+if TYPE_CHECKING:
+    from tether.runtime import Runtime
+
+#: This module's admin operations (``Runtime.operations`` holds them once built).
+OPERATIONS = OperationTable()
+operation = OPERATIONS.operation
 
 
-def _creds(rt: Any) -> Any:
-    return rt.extras["credentials"]
+def _req(args: dict[str, Any], key: str) -> str:
+    return _str(args, key) or ""  # ``_str`` raises when a required argument is missing
 
 
 def _str(args: dict[str, Any], key: str, required: bool = True) -> str | None:
@@ -24,7 +31,7 @@ def _str(args: dict[str, Any], key: str, required: bool = True) -> str | None:
 
 
 @operation("leases.list")
-def leases_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def leases_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     with rt.db.read() as conn:
         rows = ls.list_leases(
             conn,
@@ -36,33 +43,34 @@ def leases_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("leases.revoke")
-def leases_revoke(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    lease = _creds(rt).service.revoke_lease(_str(args, "lease_id"), by=op.name)
+def leases_revoke(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    lease = rt.credentials.service.revoke_lease(_req(args, "lease_id"), by=op.name)
     return lease.view()
 
 
 @operation("leases.stats")
-def leases_stats(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    return _creds(rt).service.metrics()
+def leases_stats(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    return rt.credentials.service.metrics()
 
 
 @operation("leases.reap")
-def leases_reap(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    return _creds(rt).reaper.reap()
+def leases_reap(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    return rt.credentials.reaper.reap()
 
 
 @operation("secrets.set")
-def secrets_set(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def secrets_set(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     name = check_name(_str(args, "name") or "")
-    _creds(rt).secrets.set(name, _str(args, "value"), header=_str(args, "header", False) or "Authorization")
+    header = _str(args, "header", False) or "Authorization"
+    rt.credentials.secrets.set(name, _req(args, "value"), header=header)
     return {"name": name}  # never echo the value
 
 
 @operation("secrets.list")
-def secrets_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    return _creds(rt).secrets.names()
+def secrets_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    return rt.credentials.secrets.names()
 
 
 @operation("secrets.delete")
-def secrets_delete(rt: Any, args: dict[str, Any], op: Operator) -> Any:
-    return {"deleted": _creds(rt).secrets.delete(_str(args, "name") or "")}
+def secrets_delete(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    return {"deleted": rt.credentials.secrets.delete(_str(args, "name") or "")}

@@ -71,7 +71,7 @@ _LOCK_TASK = (
 
 
 class Credentials:
-    """Everything the credentials layer keeps at run time (``rt.extras["credentials"]``)."""
+    """Everything the credentials layer keeps at run time (``Runtime.credentials``)."""
 
     def __init__(
         self,

@@ -1,9 +1,9 @@
-"""Install the credentials layer into a runtime (``tether.runtime.EXTENSION_MODULES``).
+"""Build the credentials layer from the core (called by ``Runtime.start``).
 
 Adds the broker hooks (mint on allow, revoke on task end), the HTTP routes, the admin
-operations, the reaper (a worker thread plus a periodic pass) and, in
-``rt.extras["credentials"]``, a :class:`CredentialsRuntime` that in-process enforcement
-points use: ``.feed`` (revocations since a cursor), ``.secrets``, ``.service``.
+operations, the reaper (a worker thread plus a periodic pass) and returns a
+:class:`CredentialsRuntime` (``Runtime.credentials``) that in-process enforcement points
+use: ``.feed`` (revocations since a cursor), ``.secrets``, ``.service``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tether.audit import event as ev
-from tether.audit.chain import add_listener
 from tether.audit.event import Event
-from tether.credentials import ops  # noqa: F401  (registers the admin operations)
+from tether.credentials import ops
 from tether.credentials.api import routes
 from tether.credentials.connectors.base import Connector
 from tether.credentials.connectors.inject import InjectConnector
@@ -28,8 +28,10 @@ from tether.credentials.revocation import Feed
 from tether.credentials.secrets import SecretStore
 from tether.credentials.service import Credentials
 from tether.identity.keys import load_master_key
-from tether.legacy import ops as _legacy_ops  # noqa: F401  (secrets.import|inventory|rotate)
-from tether.runtime import Runtime
+from tether.legacy import ops as legacy_ops  # secrets.import|inventory|rotate
+
+if TYPE_CHECKING:
+    from tether.runtime import Core
 
 log = logging.getLogger("tether.credentials")
 
@@ -46,7 +48,7 @@ class CredentialsRuntime:
     introspector: Introspector
 
 
-def install(rt: Runtime) -> None:
+def build(rt: Core) -> CredentialsRuntime:
     s = rt.settings
     secrets = SecretStore(rt.db, load_master_key(s.state_dir))
     tag = hashlib.sha256(s.broker_issuer.encode()).hexdigest()[:12]
@@ -76,10 +78,11 @@ def install(rt: Runtime) -> None:
             service.settled(e.lease_id)
 
     reaper_wake = service.wake
-    remove_listener = add_listener(on_event)
+    remove_listener = rt.audit.add_listener(on_event)  # this runtime's chain only
     rt.routes.extend(routes(rt, service, introspector))
     rt.periodic.append(reaper.periodic)
-    rt.extras["credentials"] = CredentialsRuntime(service, feed, secrets, reaper, introspector)
+    rt.add_operations(ops.OPERATIONS)
+    rt.add_operations(legacy_ops.OPERATIONS)
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
     stop_listen = threading.Event()
     listener = feed.listen(stop_listen)
@@ -94,3 +97,4 @@ def install(rt: Runtime) -> None:
     rt.on_close.append(postgres.close)
     rt.on_close.append(service.cutter.stop)
     rt.on_close.append(reaper.stop)
+    return CredentialsRuntime(service, feed, secrets, reaper, introspector)

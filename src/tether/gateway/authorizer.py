@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
 import httpx
@@ -36,6 +36,10 @@ from tether.errors import (
 )
 from tether.identity.dpop import DpopProof
 from tether.model import Task
+
+if TYPE_CHECKING:
+    from tether.gateway.pins import ToolPins
+    from tether.gateway.service import BrokerParts
 
 T = TypeVar("T")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
@@ -200,13 +204,14 @@ class LocalAuthorizer:
     PostgreSQL (network round trips) it runs in a worker thread.
     """
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: BrokerParts, pins: ToolPins | None = None) -> None:
         from tether.gateway import service
         from tether.gateway.pins import ToolPins
 
         self.rt = runtime
         self._service = service
-        self.pins: ToolPins = runtime.extras.get("gateway.pins") or ToolPins(runtime.audit)
+        # Pins live in the store: another ``ToolPins`` over the same chain sees the same pins.
+        self.pins = pins if pins is not None else ToolPins(runtime.audit, runtime.broker.clock)
         self._inline = getattr(runtime.db, "dialect", "") == "sqlite"
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:

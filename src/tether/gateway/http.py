@@ -38,6 +38,7 @@ from tether.errors import (
     TetherError,
     Unauthenticated,
     Unavailable,
+    http_status,
 )
 from tether.gateway.authorizer import Authorizer, Verdict, refusal_message, upstream_credential_headers
 from tether.gateway.routes import Route, RouteTable, Rule
@@ -209,7 +210,7 @@ class HttpGateway:
         try:
             await self._handle(scope, receive, send)
         except TetherError as exc:
-            await _send_json(send, exc.status if 400 <= exc.status < 600 else 500, exc.to_dict())
+            await _send_json(send, http_status(exc), exc.to_dict())
 
     async def _handle(self, scope: Scope, receive: Any, send: Any) -> None:
         method: str = scope["method"]

@@ -6,14 +6,19 @@ remote gateways, :class:`~tether.gateway.authorizer.LocalAuthorizer` calls them 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol
 
 import cedarpy
 
 from tether import actions
 from tether.arguments import ArgSpec
 from tether.audit import event as ev
+from tether.audit.chain import AuditChain
+from tether.broker import Broker
+from tether.catalog import Catalog
+from tether.config import Settings
 from tether.errors import InvalidRequest, Unauthenticated
 from tether.identity.spiffe_id import parse_spiffe_id
 from tether.model import Grant, Outcome
@@ -27,13 +32,40 @@ from tether.policy.context import (
 from tether.policy.engine import PolicyEngine, PolicyPrincipal, PolicyRequest
 from tether.policy.loader import PolicyBundle
 from tether.store import repo
+from tether.store.db import Database
 
 #: Event types an enforcement point may append; nothing else goes through this door.
 CALL_EVENTS = frozenset({ev.CALL_FORWARDED, ev.CALL_RESULT})
 _MAX_RESOURCES = 512
 
 
-def visible(rt: Any, token: str, action: str, resources: Sequence[str], proof: Any = None) -> list[str]:
+class BrokerParts(Protocol):
+    """What the enforcement-point use cases need of a broker (``runtime.Core`` has it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def audit(self) -> AuditChain: ...
+    @property
+    def engine(self) -> PolicyEngine: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def broker(self) -> Broker: ...
+
+
+# The permits-only engine of each broker engine, rebuilt when the policy set or catalog
+# changes; keyed weakly by the engine so each runtime has its own and none outlives it.
+_PERMITS: weakref.WeakKeyDictionary[PolicyEngine, tuple[str, Catalog | None, PolicyEngine]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def visible(
+    rt: BrokerParts, token: str, action: str, resources: Sequence[str], proof: Any = None
+) -> list[str]:
     """The resources a task could be allowed ``action`` on, for filtering a tool list.
 
     Within scope, and matched by some ``permit`` when evaluated without arguments and
@@ -88,12 +120,12 @@ def visible(rt: Any, token: str, action: str, resources: Sequence[str], proof: A
     return out
 
 
-def _permits_engine(rt: Any) -> PolicyEngine:
+def _permits_engine(rt: BrokerParts) -> PolicyEngine:
     """An engine holding only the permits of the policy set in force (cached per version)."""
     bundle, catalog = rt.engine.bundle, rt.engine.catalog
-    cached = rt.extras.get("gateway.permits")
+    cached = _PERMITS.get(rt.engine)
     if cached is not None and cached[0] == bundle.version and cached[1] is catalog:
-        return cast(PolicyEngine, cached[2])
+        return cached[2]
     engine = PolicyEngine()
     if catalog is not None:
         engine.set_catalog(catalog)
@@ -111,7 +143,7 @@ def _permits_engine(rt: Any) -> PolicyEngine:
                 policies={pid: bundle.policies[pid] for pid in kept},
             )
         )
-    rt.extras["gateway.permits"] = (bundle.version, catalog, engine)
+    _PERMITS[rt.engine] = (bundle.version, catalog, engine)
     return engine
 
 
@@ -129,7 +161,7 @@ def tool_arguments(rt: Any, resources: Sequence[str]) -> dict[str, dict[str, Arg
 
 
 def record_call(
-    rt: Any,
+    rt: BrokerParts,
     type_: str,
     task: Mapping[str, Any] | None,
     decision_id: str | None,

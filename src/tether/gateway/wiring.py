@@ -11,29 +11,45 @@ The enforcer is checked before anything else so the API is no oracle to stranger
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tether.audit import event as ev
 from tether.broker_base import new_id
 from tether.errors import ConfigError, Forbidden, InvalidRequest, TetherError, Unauthenticated
 from tether.gateway import service
-from tether.gateway.authorizer import task_fields
+from tether.gateway.authorizer import LocalAuthorizer, task_fields
+from tether.gateway.http import HttpGateway
 from tether.gateway.pins import ToolPins
+from tether.gateway.routes import load_routes
 from tether.identity.dpop import DpopProof
 from tether.identity.spiffe_id import parse_spiffe_id
-from tether.server.admin import Operator, operation
+from tether.server.admin import OperationTable, Operator
 from tether.server.app import bearer, guarded, trace_id
 from tether.server.parsing import check_fields, parse_authorize, req_str
 
+if TYPE_CHECKING:
+    from tether.runtime import Core, Runtime
+
 ENFORCER_HEADER = "x-tether-enforcer"
+#: The gateway layer's admin operations (``tether mcp tools …``).
+OPERATIONS = OperationTable()
+operation = OPERATIONS.operation
 
 
-def _enforcers(rt: Any) -> frozenset[str]:
+@dataclass(frozen=True)
+class GatewayLayer:
+    pins: ToolPins
+    http: HttpGateway | None
+
+
+def _enforcers(rt: Core) -> frozenset[str]:
     out = set()
     for i, value in enumerate(rt.settings.gateway.enforcers):
         try:
@@ -66,8 +82,9 @@ def _proof(raw: Any) -> DpopProof | None:
 
 
 class EnforcerApi:
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Core, pins: ToolPins) -> None:
         self.rt = rt
+        self.pins = pins
         self.enforcers = _enforcers(rt)
 
     def enforcer(self, request: Request) -> str:
@@ -198,16 +215,15 @@ class EnforcerApi:
             raise InvalidRequest(
                 "`tools` must map tool names to definitions", code="invalid_field", field="tools"
             )
-        pins: ToolPins = self.rt.extras["gateway.pins"]
-        states = await run_in_threadpool(pins.observe, req_str(doc, "server", max_len=128), tools)
+        states = await run_in_threadpool(self.pins.observe, req_str(doc, "server", max_len=128), tools)
         return JSONResponse({"states": states})
 
 
-def install(rt: Any) -> None:
-    rt.extras["gateway.pins"] = ToolPins(rt.audit, rt.broker.clock)
-    api = EnforcerApi(rt)
-    if rt.settings.gateway.http_routes:
-        _mount_http_gateway(rt)
+def build(rt: Core) -> GatewayLayer:
+    pins = ToolPins(rt.audit, rt.broker.clock)
+    api = EnforcerApi(rt, pins)
+    http = _mount_http_gateway(rt, pins) if rt.settings.gateway.http_routes else None
+    rt.add_operations(OPERATIONS)
     rt.routes.extend(
         [
             Route("/v1/gateway/authorize", guarded(api.authorize), methods=["POST"]),
@@ -217,49 +233,40 @@ def install(rt: Any) -> None:
             Route("/v1/gateway/arguments", guarded(api.arguments), methods=["POST"]),
         ]
     )
+    return GatewayLayer(pins, http)
 
 
-def _mount_http_gateway(rt: Any) -> None:
+def _mount_http_gateway(rt: Core, pins: ToolPins) -> HttpGateway:
     """The HTTP gateway in the broker's process (``[gateway] http_routes``): in-process
     authorization, served on the broker's listener under ``http_mount``."""
-    from pathlib import Path
-
-    from starlette.routing import Mount
-
-    from tether.gateway.authorizer import LocalAuthorizer
-    from tether.gateway.http import HttpGateway
-    from tether.gateway.routes import load_routes
-
     path = Path(rt.settings.gateway.http_routes)
     table = load_routes(path if path.is_absolute() else rt.settings.state_dir / path)
     table.check_catalog(rt.catalog)
-    app = HttpGateway(table, LocalAuthorizer(rt))
-    rt.extras["gateway.http"] = app
+    app = HttpGateway(table, LocalAuthorizer(rt, pins))
     rt.routes.append(Mount(rt.settings.gateway.http_mount, app=app))
+    return app
 
 
 # -- admin operations (`tether mcp tools …`) ----------------------------------------------
 
 
 @operation("mcp.tools.list")
-def tools_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def tools_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     server = args.get("server")
-    return rt.extras["gateway.pins"].list(server if isinstance(server, str) and server else None)
+    return rt.pins.list(server if isinstance(server, str) and server else None)
 
 
 @operation("mcp.tools.retire")
-def tools_retire(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def tools_retire(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     server, tool, digest = args.get("server"), args.get("tool"), args.get("digest")
     if not isinstance(server, str) or not isinstance(tool, str) or not isinstance(digest, str):
         raise InvalidRequest("name the `server`, the `tool` and the `digest`", code="missing_field")
-    return rt.extras["gateway.pins"].retire(server, tool, by=op.name, digest=digest)
+    return rt.pins.retire(server, tool, by=op.name, digest=digest)
 
 
 @operation("mcp.tools.approve")
-def tools_approve(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def tools_approve(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     server, tool, digest = args.get("server"), args.get("tool"), args.get("digest")
     if not isinstance(server, str) or not isinstance(tool, str):
         raise InvalidRequest("name the `server` and the `tool`", code="missing_field")
-    return rt.extras["gateway.pins"].approve(
-        server, tool, by=op.name, digest=digest if isinstance(digest, str) else None
-    )
+    return rt.pins.approve(server, tool, by=op.name, digest=digest if isinstance(digest, str) else None)

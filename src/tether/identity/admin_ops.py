@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.audit import event as ev
 from tether.errors import InvalidRequest
 from tether.identity import registrations
-from tether.server.admin import Operator, operation
+from tether.server.admin import OperationTable, Operator
+
+if TYPE_CHECKING:
+    from tether.runtime import Runtime
+
+#: This module's admin operations (``Runtime.operations`` holds them once built).
+OPERATIONS = OperationTable()
+operation = OPERATIONS.operation
 
 
 def _str(args: dict[str, Any], key: str) -> str:
@@ -18,7 +25,7 @@ def _str(args: dict[str, Any], key: str) -> str:
 
 
 @operation("workload.register")
-def register(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def register(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     spiffe_id = _str(args, "spiffe_id")
     selectors = registrations.validate_entry(spiffe_id, args.get("selectors") or [], rt.settings.trust_domain)
     attrs = registrations.parse_attributes(args.get("attributes") or {})
@@ -29,7 +36,7 @@ def register(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("workload.list")
-def list_(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def list_(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     spiffe_id = args.get("spiffe_id")
     with rt.db.read() as conn:
         entries = registrations.list_entries(
@@ -39,13 +46,13 @@ def list_(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("workload.show")
-def show(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def show(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     with rt.db.read() as conn:
         return registrations.get_entry(conn, _str(args, "entry_id")).to_dict()
 
 
 @operation("workload.remove")
-def remove(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def remove(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     with rt.audit.unit() as u:
         entry = registrations.delete_entry(u.conn, _str(args, "entry_id"))
         u.emit(ev.WORKLOAD_REMOVED, {"by": op.name, **entry.to_dict()}, agent=entry.spiffe_id)

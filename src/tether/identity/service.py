@@ -1,7 +1,7 @@
 """The identity layer as the API sees it: who is opening a task, for whom, bound to what key.
 
 :class:`IdentityService` is built by :mod:`tether.identity.wiring` and kept in
-``runtime.extras["identity"]``. Every refusal here is an audited deny before the error
+``Runtime.identity``. Every refusal here is an audited deny before the error
 leaves, so probing with forged credentials shows up in the audit log.
 """
 

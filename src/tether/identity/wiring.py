@@ -1,4 +1,4 @@
-"""Installs the identity layer into a runtime (see ``runtime.EXTENSION_MODULES``).
+"""Builds the identity layer from the core (called by ``Runtime.start``).
 
 * the broker trusts its own JWT-SVIDs (its trust domain, its KeyRing, exact ``iss``);
 * DPoP checks on every task-token use (``broker.token_binding``), replay cache purge;
@@ -9,25 +9,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tether.config import Settings
 from tether.errors import ConfigError
-from tether.identity import admin_ops  # noqa: F401  (registers the workload.* admin operations)
+from tether.identity import admin_ops
 from tether.identity.dpop import DpopVerifier, ReplayCache
 from tether.identity.oidc import DelegatorVerifier, IssuerKeys, OidcWorkloadVerifier
 from tether.identity.service import IdentityService, LocalKeys, jwt_bundle
 from tether.identity.workload_api import SvidIssuer, WorkloadApi, WorkloadApiServer
 
+if TYPE_CHECKING:
+    from tether.runtime import Core
+
 BUNDLE_PATH = "/.well-known/spiffe-bundle"
 
 
-def socket_path(settings: Any) -> Path | None:
+@dataclass(frozen=True)
+class IdentityLayer:
+    service: IdentityService
+    workload_api: WorkloadApi
+    workload_socket: Path | None
+
+
+def socket_path(settings: Settings) -> Path | None:
     value = settings.identity.workload_socket
     if not value:
         return None
@@ -35,7 +47,7 @@ def socket_path(settings: Any) -> Path | None:
     return p if p.is_absolute() else settings.state_dir / p
 
 
-def install(rt: Any) -> None:
+def build(rt: Core) -> IdentityLayer:
     s = rt.settings
     ident = s.identity
     if s.trust_domain in rt.bundles:
@@ -100,8 +112,7 @@ def install(rt: Any) -> None:
     )
     issuer = SvidIssuer(rt.keys, issuer=s.broker_issuer, ttl_seconds=ident.svid_ttl_seconds)
     api = WorkloadApi(rt.db, rt.audit, issuer, lambda: {s.trust_domain: jwt_bundle(rt.keys)})
-    rt.extras["identity"] = service
-    rt.extras["workload_api"] = api
+    rt.add_operations(admin_ops.OPERATIONS)
 
     async def spiffe_bundle(request: Request) -> Response:
         return JSONResponse(jwt_bundle(rt.keys), headers={"Cache-Control": "max-age=60"})
@@ -113,4 +124,4 @@ def install(rt: Any) -> None:
         server = WorkloadApiServer(api, path)
         server.start()
         rt.on_close.append(server.close)
-        rt.extras["workload_socket"] = path
+    return IdentityLayer(service, api, path)

@@ -7,7 +7,7 @@ and every import and rotation lands in the audit log.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.audit import event as ev
 from tether.credentials.connectors.inject import secret_name
@@ -15,11 +15,18 @@ from tether.credentials.secrets import MASK, check_name
 from tether.errors import Conflict, InvalidRequest, NotFound, TetherError
 from tether.legacy import inventory, rotate
 from tether.legacy.engine import fingerprint
-from tether.server.admin import Operator, operation
+from tether.server.admin import OperationTable, Operator
+
+if TYPE_CHECKING:
+    from tether.runtime import Runtime
+
+#: These admin operations (the credentials layer adds them to ``Runtime.operations``).
+OPERATIONS = OperationTable()
+operation = OPERATIONS.operation
 
 
-def _secrets(rt: Any) -> Any:
-    return rt.extras["credentials"].secrets
+def _secrets(rt: Runtime) -> Any:
+    return rt.credentials.secrets
 
 
 def _arg(args: dict[str, Any], key: str, required: bool = True) -> Any:
@@ -32,7 +39,7 @@ def _arg(args: dict[str, Any], key: str, required: bool = True) -> Any:
 
 
 @operation("secrets.import")
-def secrets_import(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def secrets_import(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     service = _arg(args, "service")
     res = rt.catalog.get(service)
     if res is None or res.kind != "service":
@@ -61,13 +68,13 @@ def secrets_import(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("secrets.inventory")
-def secrets_inventory(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def secrets_inventory(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     with rt.db.read() as conn:
         return inventory.listing(conn)
 
 
 @operation("secrets.rotate")
-def secrets_rotate(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def secrets_rotate(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     name = check_name(_arg(args, "name"))
     with rt.db.read() as conn:
         row = inventory.get(conn, name)

@@ -19,15 +19,7 @@ from typing import Any
 
 import httpx
 
-from tether.errors import (
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    TetherError,
-    Unauthenticated,
-    Unavailable,
-)
+from tether.errors import ErrorCode, Forbidden, TetherError, Unavailable, error_class
 from tether.model import Reason
 
 __all__ = ["ApprovalRequired", "ApprovalTimeout", "Denied", "NoActiveTask", "error_from_response"]
@@ -36,7 +28,7 @@ __all__ = ["ApprovalRequired", "ApprovalTimeout", "Denied", "NoActiveTask", "err
 class Denied(Forbidden):
     """The broker decided ``deny`` for one action."""
 
-    default_code = "denied"
+    default_code = ErrorCode.DENIED
 
     def __init__(
         self,
@@ -61,7 +53,7 @@ class Denied(Forbidden):
 class ApprovalRequired(Denied):
     """Policy wants a human's yes first; ``approval_id`` is what the operator approves."""
 
-    default_code = "approval_required"
+    default_code = ErrorCode.APPROVAL_REQUIRED
 
     def __init__(
         self,
@@ -87,21 +79,11 @@ class ApprovalRequired(Denied):
 
 
 class ApprovalTimeout(ApprovalRequired):
-    default_code = "approval_timeout"
+    default_code = ErrorCode.APPROVAL_TIMEOUT
 
 
 class NoActiveTask(Forbidden):
-    default_code = "no_active_task"
-
-
-_BY_STATUS: dict[int, type[TetherError]] = {
-    400: InvalidRequest,
-    401: Unauthenticated,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: InvalidRequest,
-}
+    default_code = ErrorCode.NO_ACTIVE_TASK
 
 
 def error_from_response(response: httpx.Response) -> TetherError:
@@ -113,11 +95,11 @@ def error_from_response(response: httpx.Response) -> TetherError:
     if not isinstance(body, Mapping) or not isinstance(body.get("code"), str):
         return Unavailable(
             f"the broker answered HTTP {response.status_code} without an error body; check the broker URL",
-            code="bad_broker_response",
+            code=ErrorCode.BAD_BROKER_RESPONSE,
             status=response.status_code,
         )
     code = str(body["code"])
     message = str(body.get("message") or code)
     details = {k: v for k, v in body.items() if k not in ("code", "message")}
-    cls = _BY_STATUS.get(response.status_code, Unavailable)
-    return cls(message, code=code, **details)
+    # The broker's status → class mapping, reversed (one table in ``tether.errors``).
+    return error_class(response.status_code)(message, code=code, **details)

@@ -6,7 +6,9 @@ fence, but the peer check is the one that counts.
 
 Protocol: one JSON object per line each way. Request ``{"op": NAME, "args": {...}}``;
 reply ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code", "message"}}``.
-Other modules add operations with :func:`operation`.
+Each layer keeps its operations in an :class:`OperationTable`; the composition root
+(``tether.runtime``) puts the tables of the layers it builds into ``Runtime.operations``,
+and the server runs only those: nothing is registered by importing a module.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import Forbidden, InvalidRequest, NotFound, TetherError, Unavailable
 from tether.linesocket import exchange, peer_credentials, refuse_if_served
 from tether.server.parsing import parse_json_object
+
+if TYPE_CHECKING:
+    from tether.runtime import Runtime
 
 log = logging.getLogger("tether.admin")
 MAX_REQUEST = 1024 * 1024
@@ -39,16 +44,20 @@ class Operator:
         return f"uid:{self.uid}"
 
 
-OpHandler = Callable[[Any, dict[str, Any], Operator], Any]  # (runtime, args, operator) → JSON value
-OPERATIONS: dict[str, OpHandler] = {}
+OpHandler = Callable[["Runtime", dict[str, Any], Operator], Any]  # (runtime, args, operator) → JSON value
 
 
-def operation(name: str) -> Callable[[OpHandler], OpHandler]:
-    def register(fn: OpHandler) -> OpHandler:
-        OPERATIONS[name] = fn
-        return fn
+class OperationTable(dict[str, OpHandler]):
+    """One layer's admin operations; ``@table.operation("name")`` adds one."""
 
-    return register
+    def operation(self, name: str) -> Callable[[OpHandler], OpHandler]:
+        def register(fn: OpHandler) -> OpHandler:
+            if name in self:
+                raise ValueError(f"admin operation `{name}` defined twice")
+            self[name] = fn
+            return fn
+
+        return register
 
 
 def operator_allowed(uid: int, broker_uid: int | None = None) -> bool:
@@ -57,7 +66,7 @@ def operator_allowed(uid: int, broker_uid: int | None = None) -> bool:
 
 
 class AdminServer:
-    def __init__(self, runtime: Any, path: Path) -> None:
+    def __init__(self, runtime: Runtime, path: Path) -> None:
         self.runtime = runtime
         self.path = path
         self._server: asyncio.AbstractServer | None = None
@@ -115,7 +124,7 @@ class AdminServer:
         args = doc.get("args") or {}
         if not isinstance(op, str) or not isinstance(args, dict):
             raise InvalidRequest('send {"op": NAME, "args": {...}}', code="invalid_request")
-        handler = OPERATIONS.get(op)
+        handler = self.runtime.operations.get(op)
         if handler is None:
             raise NotFound(f"unknown admin operation `{op[:64]}`", code="unknown_operation")
         try:

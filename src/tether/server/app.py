@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -23,10 +23,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.broker import OpenTaskRequest
-from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, Unauthenticated
+from tether.errors import (
+    Forbidden,
+    HeadersTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TetherError,
+    Unauthenticated,
+    http_status,
+)
 from tether.identity.dpop import DpopProof
 from tether.model import Task
-from tether.runtime import Runtime
 from tether.server.edge import CatchAll
 from tether.server.openapi import OPENAPI
 from tether.server.parsing import (
@@ -38,6 +47,9 @@ from tether.server.parsing import (
     req_int,
     req_str,
 )
+
+if TYPE_CHECKING:
+    from tether.runtime import Runtime
 
 log = logging.getLogger("tether.http")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -51,8 +63,7 @@ def error_response(exc: TetherError) -> JSONResponse:
     headers = {}
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{exc.code}"'
-    status = exc.status if 400 <= exc.status < 600 else 500
-    return JSONResponse(exc.to_dict(), status_code=status, headers=headers)
+    return JSONResponse(exc.to_dict(), status_code=http_status(exc), headers=headers)
 
 
 def bearer(request: Request) -> str:
@@ -108,30 +119,34 @@ def task_view(task: Task, children: list[Task] | None = None) -> dict[str, Any]:
     return body
 
 
+async def json_body(request: Request, max_body: int) -> dict[str, Any]:
+    """The request's JSON object body, size-limited while it streams in, strictly parsed."""
+    length = header_int(request.headers, "content-length", lo=0, hi=10**18)
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"the body exceeds {max_body} bytes", limit=max_body)
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if ctype != "application/json":
+        raise InvalidRequest("send `Content-Type: application/json`", code="unsupported_media_type")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            raise PayloadTooLarge(f"the body exceeds {max_body} bytes", limit=max_body)
+        chunks.append(chunk)
+    return parse_json_object(b"".join(chunks))
+
+
 class Api:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.max_body = runtime.settings.limits.max_body_bytes
 
     async def body(self, request: Request) -> dict[str, Any]:
-        length = header_int(request.headers, "content-length", lo=0, hi=10**18)
-        if length is not None and length > self.max_body:
-            raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes", limit=self.max_body)
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if ctype != "application/json":
-            raise InvalidRequest("send `Content-Type: application/json`", code="unsupported_media_type")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes", limit=self.max_body)
-            chunks.append(chunk)
-        return parse_json_object(b"".join(chunks))
+        return await json_body(request, self.max_body)
 
     # -- endpoints -------------------------------------------------------------------------
     def _authenticate(self, token: str) -> Any:
-        identity = self.rt.extras.get("identity")
-        return self.rt.svids.verify(token) if identity is None else identity.authenticate(token)
+        return self.rt.identity.authenticate(token)
 
     async def open_task(self, request: Request) -> Response:
         token = bearer(request)
@@ -160,13 +175,7 @@ class Api:
         )
 
         def run() -> Any:
-            identity = self.rt.extras.get("identity")
-            if identity is None:  # no identity layer installed: SVIDs only, no binding
-                if delegator_token is not None or proof.present:
-                    raise InvalidRequest(
-                        "this broker accepts no delegator tokens or DPoP proofs", code="identity_unavailable"
-                    )
-                return self.rt.broker.open_task(self.rt.svids.verify(token), req)
+            identity = self.rt.identity
             # Who (workload credential), for whom (delegator), bound to what (DPoP key):
             # each refusal is audited by the identity layer before it is raised.
             workload = identity.authenticate(token)
@@ -314,13 +323,7 @@ class HeaderLimit:
                 return
             size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if size > self.max_bytes:
-                response = JSONResponse(
-                    {
-                        "code": "headers_too_large",
-                        "message": f"request headers exceed {self.max_bytes} bytes",
-                    },
-                    status_code=431,
-                )
+                response = error_response(HeadersTooLarge(f"request headers exceed {self.max_bytes} bytes"))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -349,14 +352,10 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
     app.state.api = api
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse(
-            {"code": "not_found", "message": f"no route `{request.url.path[:200]}`"}, status_code=404
-        )
+        return error_response(NotFound(f"no route `{request.url.path[:200]}`"))
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return JSONResponse(
-            {"code": "method_not_allowed", "message": f"`{request.method}` not allowed"}, status_code=405
-        )
+        return error_response(MethodNotAllowed(f"`{request.method}` not allowed"))
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)

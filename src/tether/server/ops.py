@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.audit.verify import verify_chains
 from tether.catalog import load_catalog
 from tether.errors import InvalidRequest, TetherError
 from tether.model import Approval, Delegator
-from tether.server.admin import Operator, operation
+from tether.server.admin import OperationTable, Operator
 from tether.server.app import task_view
 from tether.store.deadline import unbounded
+
+if TYPE_CHECKING:
+    from tether.runtime import Runtime
+
+#: This module's admin operations (``Runtime.operations`` holds them once built).
+OPERATIONS = OperationTable()
+operation = OPERATIONS.operation
 
 
 def approval_view(a: Approval) -> dict[str, Any]:
@@ -36,7 +43,7 @@ def _str_arg(args: dict[str, Any], key: str) -> str:
 
 
 @operation("status")
-def status(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def status(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return {
         "node_id": rt.settings.node_id,
         "environment": rt.settings.environment,
@@ -48,23 +55,23 @@ def status(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("task.list")
-def task_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def task_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return [task_view(t) for t in rt.broker.list_tasks(args.get("state"), args.get("agent"))]
 
 
 @operation("task.show")
-def task_show(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def task_show(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     task, children = rt.broker.get_task(_str_arg(args, "task_id"))
     return task_view(task, children)
 
 
 @operation("task.close")
-def task_close(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def task_close(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return {"closed": rt.broker.close_task(_str_arg(args, "task_id"), by=op.name)}
 
 
 @operation("revoke")
-def revoke(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def revoke(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     delegator = None
     if args.get("delegator"):
         delegator = Delegator(str(args["delegator"]), str(args.get("issuer") or ""))
@@ -79,7 +86,7 @@ def revoke(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("policy.reload")
-def policy_reload(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def policy_reload(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     result: dict[str, Any] = {"policy_version": rt.reload_policy()}
     # The catalog (services, intents) is read once at start and is shared by the broker,
     # the engine, the connectors and the gateways: a reload does not swap it under them,
@@ -100,22 +107,22 @@ def policy_reload(rt: Any, args: dict[str, Any], op: Operator) -> Any:
 
 
 @operation("approvals.list")
-def approvals_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def approvals_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return [approval_view(a) for a in rt.broker.list_approvals(args.get("state"))]
 
 
 @operation("approvals.approve")
-def approvals_approve(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def approvals_approve(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return approval_view(rt.broker.decide_approval(_str_arg(args, "approval_id"), grant=True, by=op.name))
 
 
 @operation("approvals.reject")
-def approvals_reject(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def approvals_reject(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return approval_view(rt.broker.decide_approval(_str_arg(args, "approval_id"), grant=False, by=op.name))
 
 
 @operation("audit.verify")
-def audit_verify(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def audit_verify(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     with unbounded(), rt.db.read() as conn:  # a whole-log read: not under the request budget
         return verify_chains(conn).to_dict()
 
@@ -125,13 +132,13 @@ def _key_view(k: Any) -> dict[str, Any]:
 
 
 @operation("keys.list")
-def keys_list(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def keys_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     rt.keys.refresh()
     return [_key_view(k) for k in rt.keys.list()]
 
 
 @operation("keys.rotate")
-def keys_rotate(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def keys_rotate(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     key = rt.keys.create()
     with rt.audit.unit() as u:
         u.emit("key.rotated", {"kid": key.kid, "by": op.name})

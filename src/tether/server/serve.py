@@ -19,7 +19,6 @@ import uvicorn
 
 from tether.errors import TetherError
 from tether.runtime import Runtime
-from tether.server import ops  # noqa: F401  (registers the admin operations)
 from tether.server.admin import AdminServer
 from tether.server.app import create_app
 from tether.server.protocol import bounded_protocol

@@ -1,8 +1,9 @@
 """The operator console, served by the broker under ``/console`` (docs/console.md).
 
-A runtime extension (``install``): it mounts a server-rendered web app next to the API,
-adds the ``console.login_link`` admin operation behind the admin socket's peer-credential
-check, snapshots policy versions, and starts the approval notifier when configured.
+A layer of the runtime (``build``, called by ``Runtime.start``): it mounts a
+server-rendered web app next to the API, adds the ``console.login_link`` admin
+operation behind the admin socket's peer-credential check, snapshots policy versions,
+and starts the approval notifier when configured.
 Pages render without JavaScript; a small same-origin script only adds live updates.
 """
 
@@ -18,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tether.errors import InvalidRequest, NotFound, Unavailable
-from tether.server.admin import Operator, operation
+from tether.server.admin import OperationTable, Operator
 from tether.server.console import notify, policy_history
 from tether.server.console.auth_views import AuthViews
 from tether.server.console.data import approvals
@@ -26,9 +27,13 @@ from tether.server.console.views import Views
 from tether.server.console.web import PREFIX, SECURITY_HEADERS, Console
 
 if TYPE_CHECKING:
-    from tether.runtime import Runtime
+    from tether.runtime import Core, Runtime
 
-__all__ = ["PREFIX", "Console", "build_app", "install"]
+__all__ = ["OPERATIONS", "PREFIX", "Console", "build", "build_app"]
+
+#: The console's admin operations (always there: they say when the console is off).
+OPERATIONS = OperationTable()
+operation = OPERATIONS.operation
 
 
 def build_app(console: Console) -> Starlette:
@@ -98,11 +103,12 @@ class _StaticWithHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def install(rt: Runtime) -> None:
+def build(rt: Core) -> Console | None:
+    """The console of this runtime (``Runtime.console``), or ``None`` when it is disabled."""
+    rt.add_operations(OPERATIONS)
     if not rt.settings.console.enabled:
-        return
+        return None
     console = Console(rt)
-    rt.extras["console"] = console
     rt.routes.append(Mount(PREFIX, app=build_app(console)))
 
     def snapshot_policy() -> None:
@@ -114,19 +120,20 @@ def install(rt: Runtime) -> None:
     snapshot_policy()
     rt.periodic.append(snapshot_policy)
     notify.install(rt, console)
+    return console
 
 
 @operation("console.login_link")
-def login_link(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def login_link(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     """A one-time console link for the operator on the other end of the admin socket."""
-    console: Console | None = rt.extras.get("console")
+    console = rt.console
     if console is None:
         raise Unavailable("the console is disabled (`console.enabled = false`)", code="console_disabled")
     return {"url": console.operator_link(op.uid), "expires_in": 60, "uid": op.uid}
 
 
 @operation("approvals.show")
-def approvals_show(rt: Any, args: dict[str, Any], op: Operator) -> Any:
+def approvals_show(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     """Everything the console's approval page shows, for `tether approvals show ID`."""
     aid = args.get("approval_id")
     if not isinstance(aid, str) or not aid:

@@ -25,12 +25,11 @@ from urllib.parse import quote
 import httpx
 
 from tether.audit import event as ev
-from tether.audit.chain import add_listener
 from tether.audit.event import Event
 from tether.config_console import NotifySettings
 
 if TYPE_CHECKING:
-    from tether.runtime import Runtime
+    from tether.runtime import Core
     from tether.server.console.web import Console
 
 log = logging.getLogger("tether.console.notify")
@@ -168,7 +167,7 @@ class Notifier:
                 log.exception("notification failed")
 
 
-def install(rt: Runtime, console: Console) -> None:
+def install(rt: Core, console: Console) -> None:
     cfg = rt.settings.console.notify
     if not (cfg.webhook_url or cfg.slack_url):
         return
@@ -185,8 +184,7 @@ def install(rt: Runtime, console: Console) -> None:
             log.exception("could not audit a failed notification")
 
     notifier = Notifier(cfg, console.base_url + "/console", on_failure=failed)
-    rt.extras["console.notifier"] = notifier
     notifier.start()
-    remove = add_listener(notifier.on_event)
+    remove = rt.audit.add_listener(notifier.on_event)  # this runtime's chain only
     rt.on_close.append(notifier.stop)
     rt.on_close.append(remove)
