@@ -22,7 +22,9 @@ from typing import Any
 import httpx
 
 from tether.errors import ConfigError, Unauthenticated, Unavailable
+from tether.sdk.dpop import make_proof, new_key
 from tether.sdk.errors import error_from_response
+from tether.sdk.local import WORKLOAD_SOCKET, local_broker  # noqa: F401  (re-exported)
 from tether.sdk.models import Delegation, GrantLike, grants, ttl_seconds
 from tether.sdk.svid import CachedSvid, SvidSource, WorkloadApiSvid, as_source
 from tether.sdk.task import AsyncTask, AsyncTaskOpener, Task
@@ -30,33 +32,15 @@ from tether.sdk.task import AsyncTask, AsyncTaskOpener, Task
 __all__ = ["AsyncClient", "Client", "local_broker"]
 
 SvidLike = SvidSource | str | Path | Callable[[str], str]
-#: The Workload API socket in a state directory, unless ``identity.workload_socket`` says otherwise.
-WORKLOAD_SOCKET = "workload.sock"
-
-
-def local_broker(state_dir: str | Path | None = None) -> tuple[str, str, Path]:
-    """(URL, audience, Workload API socket) of the broker configured in ``state_dir``."""
-    from tether.config import load_settings  # local: a remote-only client never reads config
-
-    settings = load_settings(state_dir)
-    host, port = settings.listen_host_port
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listen is reached on loopback
-        host = "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    identity = getattr(settings, "identity", None)
-    socket = str(getattr(identity, "workload_socket", "") or WORKLOAD_SOCKET)
-    return f"http://{host}:{port}", settings.broker_audience, settings.state_dir / socket
 
 
 def _dpop_key(dpop: bool | Any) -> Any:
     if dpop is False or dpop is None:
         return None
     if dpop is True:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         # One key per client, in memory only: a task token stolen from logs or a proxy is
         # useless without it (RFC 9449).
-        return ec.generate_private_key(ec.SECP256R1())
+        return new_key()
     return dpop
 
 
@@ -80,8 +64,6 @@ class _Base:
         if self._dpop is None:
             request.headers["Authorization"] = f"Bearer {token}"
             return request
-        from tether.identity.dpop import make_proof
-
         # The proof names this exact method and URL; for a task token it also carries the
         # token's hash (``ath``), so it cannot be replayed with another token.
         htu = str(request.url.copy_with(query=None, fragment=None))

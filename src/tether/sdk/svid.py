@@ -20,9 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from tether.errors import ConfigError, TetherError, Unauthenticated
+from tether.sdk.workload import fetch_svid
 
 __all__ = ["CachedSvid", "CallableSvid", "FileSvid", "StaticSvid", "SvidSource", "WorkloadApiSvid"]
 
@@ -85,17 +86,7 @@ class WorkloadApiSvid:
         self.timeout = timeout
 
     def fetch(self, audience: str) -> str:
-        try:
-            from tether.identity import workload_api  # type: ignore[attr-defined,unused-ignore]
-        except ImportError as exc:
-            raise ConfigError(
-                "this tether build has no local Workload API; pass `svid=` to the client",
-                code="workload_api_unavailable",
-            ) from exc
-        fetch_svid: Callable[..., Any] = workload_api.fetch_svid
-        return str(
-            fetch_svid(self.socket_path, audience=audience, spiffe_id=self.spiffe_id, timeout=self.timeout)
-        )
+        return fetch_svid(self.socket_path, audience=audience, spiffe_id=self.spiffe_id, timeout=self.timeout)
 
 
 def unverified_expiry(token: str) -> float | None:
