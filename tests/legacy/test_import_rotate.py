@@ -203,3 +203,34 @@ def test_report_counts_inventoried_secret_still_in_code_as_long_lived(runtime, t
     out = Evidence()
     _secrets(out, SimpleNamespace(secrets=ops.secrets_inventory(runtime, {}, OP)))  # type: ignore[arg-type]
     assert out.value("secrets.long_lived") == 1
+
+
+def test_scheduled_rotation_rotates_a_due_secret(runtime, tmp_path):
+    """A secret imported with `every_days` is rotated by the broker's periodic job once due."""
+    argv, keys = _rotator(tmp_path)
+    keys.write_text(json.dumps(["key-old-0123456789"]))
+    spec = {"kind": "command", "argv": argv, "every_days": 1e-6}  # due 0.09 s after import
+    ops.secrets_import(runtime, {"service": "email", "value": "key-old-0123456789", "rotation": spec}, OP)
+    job = ops.scheduled_rotation(runtime, runtime.credentials.secrets)
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        (row,) = [x for x in ops.secrets_inventory(runtime, {}, OP) if x["name"] == "email"]
+        if time.time() - row["value_since"] > 0.2:
+            break
+    with capture_events() as events:
+        job()
+    assert [e.type for e in events] == ["secret.rotated"]
+    assert runtime.credentials.secrets.get("email")[1] == json.loads(keys.read_text())[0]
+
+
+def test_rotation_schedule_must_be_positive_days(runtime):
+    """`every_days` of zero, negative or not a number is refused at import."""
+    from tether.errors import InvalidRequest
+
+    for bad in (0, -1, "7", True):
+        spec = {"kind": "command", "argv": ["true"], "every_days": bad}
+        with pytest.raises(InvalidRequest) as e:
+            ops.secrets_import(runtime, {"service": "email", "value": "v-0123456789", "rotation": spec}, OP)
+        assert e.value.code == "rotation_invalid"

@@ -51,6 +51,7 @@ def import_cmd(
     rotate_postgres: str | None,
     admin_dsn_env: str,
     rotate_command: str | None,
+    rotate_every: float | None,
     as_json: bool,
 ) -> None:
     def work() -> dict[str, Any]:
@@ -77,6 +78,8 @@ def import_cmd(
             rotation = {"kind": "postgres", "dsn": rotate_postgres, "admin_dsn_env": admin_dsn_env}
         elif rotate_command:
             rotation = {"kind": "command", "argv": shlex.split(rotate_command)}
+        if rotation is not None and rotate_every is not None:
+            rotation["every_days"] = rotate_every
         args = {
             "service": service,
             "name": name,
@@ -177,6 +180,12 @@ def register(group: click.Group) -> None:
         help="Broker environment variable holding the admin DSN for --rotate-postgres.",
     )
     @click.option("--rotate-command", metavar="CMD", help="Rotate by running `CMD new|verify|retire`.")
+    @click.option(
+        "--rotate-every",
+        type=float,
+        metavar="DAYS",
+        help="Rotate on a schedule: when the value is older than DAYS (the broker checks each minute).",
+    )
     @json_option
     def import_(**kw: Any) -> None:  # fmt: skip
         """Store a found secret (by FINGERPRINT, re-read from its file or commit) or a value

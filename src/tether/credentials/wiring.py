@@ -83,6 +83,7 @@ def build(rt: Core) -> CredentialsRuntime:
     rt.periodic.append(reaper.periodic)
     rt.add_operations(ops.OPERATIONS)
     rt.add_operations(legacy_ops.OPERATIONS)
+    rt.periodic.append(legacy_ops.scheduled_rotation(rt, secrets))  # `tether secrets import --rotate-every`
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
     stop_listen = threading.Event()
     listener = feed.listen(stop_listen)

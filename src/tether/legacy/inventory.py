@@ -107,6 +107,8 @@ def listing(conn: Connection, now: float | None = None) -> list[dict[str, Any]]:
                 "value_age_days": round((now - value_since) / 86400, 1),
                 "last_used": used.get(service),
                 "rotation": (i.get("rotation") or {}).get("kind"),
+                "rotation_spec": i.get("rotation"),
+                "value_since": value_since,
                 "rotation_status": i.get("rotation_status", "never"),
                 "rotation_error": i.get("rotation_error"),
                 "rotated_at": i.get("rotated_at"),

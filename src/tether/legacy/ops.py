@@ -7,6 +7,8 @@ and every import and rotation lands in the audit log.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from tether.audit import event as ev
@@ -75,13 +77,16 @@ def secrets_inventory(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
 
 @operation("secrets.rotate")
 def secrets_rotate(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
-    name = check_name(_arg(args, "name"))
+    return rotate_now(rt, _secrets(rt), check_name(_arg(args, "name")), op.name)
+
+
+def rotate_now(rt: Any, store: Any, name: str, by: str) -> dict[str, Any]:
+    """One rotation of ``name`` (``rt`` needs ``db`` and ``audit``): audited either way."""
     with rt.db.read() as conn:
         row = inventory.get(conn, name)
     if row is None or not row["rotation"]:
         raise NotFound(f"secret `{name}` has no rotation configured; import it with `--rotate-…`",
                        code="rotation_not_configured")  # fmt: skip
-    store = _secrets(rt)
     header, old = store.get(name)
     seen: list[str] = [old]
 
@@ -101,7 +106,7 @@ def secrets_rotate(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
         reason = scrub(exc.reason if isinstance(exc, rotate.RotationFailed) else exc.message)
         with rt.audit.unit() as u:
             inventory.set_rotation(u.conn, name, "failed", f"{stage}: {reason}", None)
-            u.emit(ev.SECRET_ROTATION_FAILED, {"name": name, "stage": stage, "reason": reason, "by": op.name})
+            u.emit(ev.SECRET_ROTATION_FAILED, {"name": name, "stage": stage, "reason": reason, "by": by})
         raise Conflict(f"rotation of `{name}` failed at {stage}: {reason}; the previous secret is still "
                        "in use", code="rotation_failed") from None  # fmt: skip
     fp = fingerprint(outcome.new)
@@ -110,8 +115,44 @@ def secrets_rotate(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
         inventory.set_rotation(u.conn, name, outcome.status, err and f"retire: {err}", fp)
         u.emit(ev.SECRET_ROTATED if outcome.status == "ok" else ev.SECRET_ROTATION_FAILED,
                {"name": name, "status": outcome.status, "fingerprint": fp, "stage": "retire" if err else None,
-                "reason": err, "by": op.name})  # fmt: skip
+                "reason": err, "by": by})  # fmt: skip
     return {"name": name, "status": outcome.status, "fingerprint": fp, "error": err}
+
+
+SCHEDULE_CHECK_SECONDS = 60.0
+RETRY_AFTER_FAILURE_SECONDS = 3600.0
+
+
+def scheduled_rotation(rt: Any, store: Any) -> Any:
+    """A periodic job (``rt.periodic``): rotate secrets whose spec has ``every_days`` when due.
+
+    Checked at most once a minute; a failed rotation is retried an hour later, not every tick
+    (each attempt is audited)."""
+    log = logging.getLogger("tether.legacy")
+    state = {"next": 0.0}
+    failed_at: dict[str, float] = {}
+
+    def job() -> None:
+        now = time.monotonic()
+        if now < state["next"]:
+            return
+        state["next"] = now + SCHEDULE_CHECK_SECONDS
+        with rt.db.read() as conn:
+            rows = inventory.listing(conn)
+        for r in rows:
+            every = (r["rotation_spec"] or {}).get("every_days") if r.get("rotation_spec") else None
+            if not every or (time.time() - r["value_since"]) / 86400 < float(every):
+                continue
+            if now - failed_at.get(r["name"], -1e18) < RETRY_AFTER_FAILURE_SECONDS:
+                continue
+            try:
+                rotate_now(rt, store, r["name"], "schedule")
+                failed_at.pop(r["name"], None)
+            except TetherError as exc:
+                failed_at[r["name"]] = now
+                log.warning("scheduled rotation of %s failed: %s", r["name"], exc.code)
+
+    return job
 
 
 class _Watch:

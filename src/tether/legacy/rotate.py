@@ -168,6 +168,12 @@ class CommandRotator:
 def check_spec(spec: dict[str, Any]) -> None:
     """Refuse a spec that could never run (at import time rather than at the first rotation)."""
     kind = spec.get("kind")
+    every = spec.get("every_days")
+    if every is not None and (
+        isinstance(every, bool) or not isinstance(every, int | float) or not 0 < every <= 3650
+    ):
+        raise InvalidRequest("`every_days` must be a number of days in (0, 3650]",
+                             code="rotation_invalid", field="every_days")  # fmt: skip
     if kind == "postgres":
         if not isinstance(spec.get("dsn"), str) or not isinstance(spec.get("admin_dsn_env"), str):
             raise InvalidRequest("a postgres rotation needs `dsn` and `admin_dsn_env`",
