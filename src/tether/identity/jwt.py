@@ -25,12 +25,9 @@ is :class:`~tether.errors.Unauthenticated` with one of these codes:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
@@ -46,9 +43,21 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from tether.errors import InvalidRequest, Unauthenticated
 
+# Key encoding (base64url, JWK) lives in tether.identity.jwk; the names below stay
+# importable from here, where most callers already look for them.
+from tether.identity.jwk import (
+    MIN_RSA_BITS,
+    PRIVATE_MEMBERS,
+    public_key_of,
+)
+from tether.identity.jwk import b64url_decode as b64url_decode
+from tether.identity.jwk import b64url_encode as b64url_encode
+from tether.identity.jwk import jwk_thumbprint as jwk_thumbprint
+from tether.identity.jwk import load_jwk as load_jwk
+from tether.identity.jwk import public_jwk as public_jwk
+
 DEFAULT_MAX_BYTES: Final = 16 * 1024
 MAX_KID_CHARS: Final = 128
-MIN_RSA_BITS: Final = 2048  # RFC 7518 section 3.3
 
 _HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
     "256": hashes.SHA256,
@@ -68,7 +77,6 @@ SUPPORTED_ALGORITHMS: Final = frozenset(
 )
 # Headers that carry or point at key material. Trusting them lets the sender pick the key.
 _KEY_HEADERS: Final = ("jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256")
-_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class _Any(enum.Enum):
@@ -86,27 +94,6 @@ KeyLookup = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
 
 def _fail(code: str, message: str, **details: Any) -> Unauthenticated:
     return Unauthenticated(message, code=code, **details)
-
-
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(segment: str) -> bytes:
-    """Decode unpadded base64url, refusing any non-canonical spelling.
-
-    Re-encoding and comparing rejects padding, stray characters and non-zero trailing
-    bits, so one token has exactly one byte representation (no signature malleability).
-    """
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        raise ValueError("not canonical base64url")
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except binascii.Error as exc:
-        raise ValueError("not canonical base64url") from exc
-    if b64url_encode(raw) != segment:
-        raise ValueError("not canonical base64url")
-    return raw
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -149,12 +136,6 @@ def _norm_typ(value: str) -> str:
 def _valid_kid(kid: Any) -> bool:
     # Keys are looked up (files, SQL, logs) by kid: keep it short and printable ASCII.
     return isinstance(kid, str) and 0 < len(kid) <= MAX_KID_CHARS and all(0x20 <= ord(c) < 0x7F for c in kid)
-
-
-def _public_key(key: Any) -> Any:
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        return key.public_key()
-    return key
 
 
 def _check_key_fits(alg: str, key: Any) -> None:
@@ -357,7 +338,7 @@ def _verify_jws(
         kid = header.get("kid")
         raise _fail("unknown_kid", f"no key for `kid` `{kid}`" if kid else "token has no `kid`")
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-    _verify_signature(alg, _public_key(key), signing_input, signature)
+    _verify_signature(alg, public_key_of(key), signing_input, signature)
     return claims
 
 
@@ -427,7 +408,7 @@ def sign_jwt(
         raise ValueError(f"unsupported alg `{alg}`")
     header: dict[str, Any] = {"alg": alg, "typ": typ}
     if jwk is not None:
-        if kid is not None or any(m in jwk for m in _PRIVATE_MEMBERS):
+        if kid is not None or any(m in jwk for m in PRIVATE_MEMBERS):
             raise ValueError("an embedded jwk must be public and comes without a kid")
         header["jwk"] = dict(jwk)
     elif kid is None or not _valid_kid(kid):
@@ -445,7 +426,7 @@ def sign_jwt(
 
 def _sign(alg: str, private_key: Any, signing_input: bytes) -> bytes:
     try:
-        _check_key_fits(alg, _public_key(private_key))
+        _check_key_fits(alg, public_key_of(private_key))
     except Unauthenticated as exc:  # a signing-side mismatch is a caller bug, not a 401
         raise ValueError(exc.message) from None
     hash_alg = _HASHES[alg[2:]]()
@@ -509,118 +490,3 @@ def verify_detached(
         max_bytes=max_bytes,
         embedded_jwk=False,
     )
-
-
-# --- JWK helpers (RFC 7517 / 7518 / 7638) --------------------------------------------
-
-_JWK_CURVES: Final[dict[str, tuple[ec.EllipticCurve, str]]] = {
-    "P-256": (ec.SECP256R1(), "ES256"),
-    "P-384": (ec.SECP384R1(), "ES384"),
-    "P-521": (ec.SECP521R1(), "ES512"),
-}
-_CURVE_NAMES: Final = {curve.name: crv for crv, (curve, _) in _JWK_CURVES.items()}
-# A trust bundle holding a private key is a leak waiting to be copied around.
-_PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-_THUMBPRINT_MEMBERS: Final = {
-    "EC": ("crv", "kty", "x", "y"),
-    "RSA": ("e", "kty", "n"),
-    "OKP": ("crv", "kty", "x"),
-    "oct": ("k", "kty"),
-}
-
-
-def _jwk_error(why: str) -> InvalidRequest:
-    return InvalidRequest(f"invalid JWK: {why}", code="jwk_invalid")
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 SHA-256 thumbprint, base64url: required members only, sorted, no spaces."""
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
-    if members is None:
-        raise _jwk_error(f"unsupported `kty` `{jwk.get('kty')}`")
-    if not all(isinstance(jwk.get(m), str) for m in members):
-        raise _jwk_error(f"`{jwk['kty']}` key needs string members {', '.join(members)}")
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(canonical.encode("utf-8"))
-    return b64url_encode(digest.finalize())
-
-
-def _int_bytes(n: int, size: int | None = None) -> str:
-    return b64url_encode(n.to_bytes(size or max(1, (n.bit_length() + 7) // 8), "big"))
-
-
-def public_jwk(public_key: Any, kid: str) -> dict[str, Any]:
-    """The public JWK of an EC (P-256/384/521) or RSA key, for a JWKS document."""
-    key = _public_key(public_key)
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        crv = _CURVE_NAMES.get(key.curve.name)
-        if crv is None:
-            raise ValueError(f"unsupported curve {key.curve.name}")
-        size = (key.curve.key_size + 7) // 8
-        nums = key.public_numbers()
-        # Coordinates are full length (RFC 7518 section 6.2.1.2), never trimmed.
-        return {
-            "kty": "EC",
-            "crv": crv,
-            "x": _int_bytes(nums.x, size),
-            "y": _int_bytes(nums.y, size),
-            "kid": kid,
-            "use": "sig",
-            "alg": _JWK_CURVES[crv][1],
-        }
-    if isinstance(key, rsa.RSAPublicKey):
-        rnums = key.public_numbers()
-        return {"kty": "RSA", "n": _int_bytes(rnums.n), "e": _int_bytes(rnums.e), "kid": kid, "use": "sig"}
-    raise ValueError("public_key must be an EC or RSA key")
-
-
-def _b64_member(jwk: Mapping[str, Any], name: str) -> bytes:
-    value = jwk.get(name)
-    if not isinstance(value, str) or not value:
-        raise _jwk_error(f"`{name}` is required")
-    try:
-        return b64url_decode(value)
-    except ValueError:
-        raise _jwk_error(f"`{name}` is not base64url") from None
-
-
-def load_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    """Load an EC or RSA *public* JWK; raise ``InvalidRequest(code="jwk_invalid")``."""
-    if not isinstance(jwk, Mapping):
-        raise _jwk_error("must be a JSON object")
-    for name in _PRIVATE_MEMBERS:
-        if name in jwk:
-            raise _jwk_error(f"contains private key member `{name}`")
-    use = jwk.get("use")
-    if use is not None and use not in ("sig", "jwt-svid"):
-        raise _jwk_error(f"`use` `{use}` is not a signature key")
-    kty = jwk.get("kty")
-    if kty == "EC":
-        crv = jwk.get("crv")
-        if crv not in _JWK_CURVES:
-            raise _jwk_error(f"unsupported `crv` `{crv}`")
-        curve, _ = _JWK_CURVES[crv]
-        size = (curve.key_size + 7) // 8
-        x, y = _b64_member(jwk, "x"), _b64_member(jwk, "y")
-        if len(x) != size or len(y) != size:
-            raise _jwk_error(f"`x` and `y` must be {size} bytes for `{crv}`")
-        try:
-            # public_key() checks that the point is on the curve (invalid-curve attacks).
-            return ec.EllipticCurvePublicNumbers(
-                int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
-            ).public_key()
-        except ValueError:
-            raise _jwk_error("point is not on the curve") from None
-    if kty == "RSA":
-        n = int.from_bytes(_b64_member(jwk, "n"), "big")
-        e = int.from_bytes(_b64_member(jwk, "e"), "big")
-        if n.bit_length() < MIN_RSA_BITS:
-            raise _jwk_error(f"RSA modulus shorter than {MIN_RSA_BITS} bits")
-        if e < 3 or e % 2 == 0:
-            raise _jwk_error("RSA exponent must be odd and at least 3")
-        try:
-            return rsa.RSAPublicNumbers(e, n).public_key()
-        except ValueError:
-            raise _jwk_error("RSA key is invalid") from None
-    raise _jwk_error(f"unsupported `kty` `{kty}`")
