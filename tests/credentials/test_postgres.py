@@ -292,6 +292,10 @@ def test_unrevocable_lease_is_retried_then_marked_irrevocable(
 
             rows = wait_until(irrevocable, timeout=20, what="irrevocable lease")
             assert rows[0].id == cred["lease_id"] and rows[0].attempts == 2
+            # The reaper counts after its transaction commits: the row can be seen first.
+            wait_until(
+                lambda: creds.service.counters["irrevocable"] > 0, timeout=10, what="irrevocable counter"
+            )
             assert creds.service.counters["irrevocable"] == 1
             assert any(e.type == "credential.irrevocable" and e.lease_id == cred["lease_id"] for e in events)
     finally:
