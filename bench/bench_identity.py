@@ -25,9 +25,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tether.identity import admin_ops, attestor, workload_api
+from tether.identity import admin_ops, attestor
 from tether.identity.dpop import DpopProof, DpopVerifier, ReplayCache, make_proof
 from tether.runtime import Runtime
+from tether.sdk import workload as workload_client
 from tether.server.admin import Operator
 from tether.testing import TestTrustDomain, make_settings
 
@@ -122,7 +123,7 @@ def main() -> None:
         fetches = max(50, n // 10)  # each one writes an audit event: keep the run short
         row(
             "workload api fetch (audited)",
-            measure(lambda: workload_api.fetch_svid(path, audience="a"), fetches),
+            measure(lambda: workload_client.fetch_svid(path, audience="a"), fetches),
             measure(round_trip, fetches),
         )
 

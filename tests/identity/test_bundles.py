@@ -17,8 +17,9 @@ from spiffe import JwtBundle, JwtSvid, TrustDomain
 from starlette.testclient import TestClient
 
 from tether.errors import Unauthenticated
-from tether.identity import SvidVerifier, TrustBundles, admin_ops, public_jwk, sign_jwt, workload_api
+from tether.identity import SvidVerifier, TrustBundles, admin_ops, public_jwk, sign_jwt
 from tether.runtime import Runtime
+from tether.sdk import workload as workload_client
 from tether.server.admin import Operator
 
 AUD = "spiffe://tether.local/tether"
@@ -38,7 +39,7 @@ def test_tether_svid_validates_with_spiffe_package(client: TestClient, runtime: 
         {"spiffe_id": "spiffe://tether.local/agents/interop", "selectors": [f"unix:uid:{os.getuid()}"]},
         Operator(0, 1),
     )
-    token = workload_api.fetch_svid(runtime.workload_socket, audience="https://service.example")
+    token = workload_client.fetch_svid(runtime.workload_socket, audience="https://service.example")
     bundle = JwtBundle.parse(TrustDomain("tether.local"), client.get("/.well-known/spiffe-bundle").content)
     svid = JwtSvid.parse_and_validate(token, bundle, {"https://service.example"})
     assert str(svid.spiffe_id) == "spiffe://tether.local/agents/interop"

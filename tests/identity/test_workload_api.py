@@ -18,8 +18,9 @@ import pytest
 
 from tether import linesocket
 from tether.errors import InvalidRequest, TetherError
-from tether.identity import admin_ops, attestor, workload_api
+from tether.identity import admin_ops, attestor
 from tether.runtime import Runtime
+from tether.sdk import workload as workload_client
 from tether.server.admin import Operator
 from tether.testing import capture_events
 
@@ -55,7 +56,7 @@ def test_socket_is_world_writable(runtime: Runtime) -> None:
 def test_matching_process_gets_es256_svid_with_requested_audience(runtime: Runtime) -> None:
     """A registered uid gets an ES256 JWT-SVID: sub, aud, exp ≤ 5 min, kid of the current key."""
     register(runtime)
-    token = workload_api.fetch_svid(sock(runtime), audience=["a", "b"])
+    token = workload_client.fetch_svid(sock(runtime), audience=["a", "b"])
     header, payload = (json.loads(base64.urlsafe_b64decode(p + "==")) for p in token.split(".")[:2])
     assert header["alg"] == "ES256" and header["kid"] == runtime.keys.signing_key().kid
     assert payload["sub"] == ME and payload["aud"] == ["a", "b"]
@@ -66,7 +67,7 @@ def test_issuance_is_audited_as_workload_attested(runtime: Runtime) -> None:
     """Each SVID issued is a workload.attested event naming the peer's uid, pid and executable."""
     entry = register(runtime)
     with capture_events() as events:
-        workload_api.fetch_svid(sock(runtime), audience="x")
+        workload_client.fetch_svid(sock(runtime), audience="x")
     ev = next(e for e in events if e.type == "workload.attested")
     assert ev.agent == ME and ev.payload["entry_id"] == entry["entry_id"]
     assert ev.payload["peer"]["pid"] == os.getpid() and ev.payload["peer"]["path"] == EXE
@@ -76,14 +77,14 @@ def test_unregistered_process_is_refused_and_audited(runtime: Runtime) -> None:
     """No matching entry → no_matching_entry, and the refusal is an audited deny."""
     register(runtime, ME, "unix:uid:4242")
     with capture_events() as events:
-        assert code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x")) == "no_matching_entry"
+        assert code_of(lambda: workload_client.fetch_svid(sock(runtime), audience="x")) == "no_matching_entry"
     assert any(e.type == "decision" and e.payload["code"] == "no_matching_entry" for e in events)
 
 
 def test_every_selector_must_match(runtime: Runtime) -> None:
     """uid matches but the path does not → refused."""
     register(runtime, ME, f"unix:uid:{os.getuid()}", "unix:path:/usr/bin/not-this-one")
-    assert code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x")) == "no_matching_entry"
+    assert code_of(lambda: workload_client.fetch_svid(sock(runtime), audience="x")) == "no_matching_entry"
 
 
 def test_sha256_selector_matches_executable_digest(runtime: Runtime) -> None:
@@ -91,16 +92,16 @@ def test_sha256_selector_matches_executable_digest(runtime: Runtime) -> None:
     digest = hashlib.sha256(Path(EXE).read_bytes()).hexdigest()
     register(runtime, ME, f"unix:uid:{os.getuid()}", f"unix:sha256:{digest}")
     register(runtime, "spiffe://tether.local/other", f"unix:uid:{os.getuid()}", "unix:sha256:" + "0" * 64)
-    assert workload_api.fetch_svid(sock(runtime), audience="x").count(".") == 2
+    assert workload_client.fetch_svid(sock(runtime), audience="x").count(".") == 2
 
 
 def test_several_entries_require_a_choice(runtime: Runtime) -> None:
     """Two matching identities: fetch_svid asks for one; naming it works; naming another is refused."""
     register(runtime, ME)
     register(runtime, "spiffe://tether.local/agents/second")
-    assert code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x")) == "ambiguous_identity"
-    assert len(workload_api.fetch_svids(sock(runtime), audience="x")) == 2
-    token = workload_api.fetch_svid(
+    assert code_of(lambda: workload_client.fetch_svid(sock(runtime), audience="x")) == "ambiguous_identity"
+    assert len(workload_client.fetch_svids(sock(runtime), audience="x")) == 2
+    token = workload_client.fetch_svid(
         sock(runtime),
         audience=runtime.settings.broker_audience,
         spiffe_id="spiffe://tether.local/agents/second",
@@ -108,21 +109,21 @@ def test_several_entries_require_a_choice(runtime: Runtime) -> None:
     assert runtime.svids.verify(token).spiffe_id == "spiffe://tether.local/agents/second"
     nope = "spiffe://tether.local/nope"
     assert (
-        code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x", spiffe_id=nope))
+        code_of(lambda: workload_client.fetch_svid(sock(runtime), audience="x", spiffe_id=nope))
         == "no_matching_entry"
     )
 
 
 def test_bundle_fetch_returns_broker_jwks(runtime: Runtime) -> None:
     """fetch_jwt_bundles returns the broker's keys for its trust domain."""
-    bundles = workload_api.fetch_bundles(sock(runtime))
+    bundles = workload_client.fetch_bundles(sock(runtime))
     assert [k["kid"] for k in bundles["tether.local"]["keys"]] == [runtime.keys.signing_key().kid]
 
 
 def test_own_svid_authenticates_with_entry_attributes(runtime: Runtime) -> None:
     """The broker accepts its own SVIDs; attestation `unix` and entry attributes reach the task."""
     register(runtime, ME, owner="team-a")
-    token = workload_api.fetch_svid(sock(runtime), audience=runtime.settings.broker_audience)
+    token = workload_client.fetch_svid(sock(runtime), audience=runtime.settings.broker_audience)
     workload = runtime.identity.authenticate(token)
     assert (workload.spiffe_id, workload.attestation) == (ME, "unix")
     assert workload.attributes == {"owner": "team-a"}
@@ -156,7 +157,7 @@ def test_registration_and_removal_are_audited(runtime: Runtime) -> None:
         entry = register(runtime)
         admin_ops.remove(runtime, {"entry_id": entry["entry_id"]}, OPERATOR)
     assert [e.type for e in events] == ["workload.registered", "workload.removed"]
-    assert code_of(lambda: workload_api.fetch_svid(sock(runtime), audience="x")) == "no_matching_entry"
+    assert code_of(lambda: workload_client.fetch_svid(sock(runtime), audience="x")) == "no_matching_entry"
 
 
 def test_garbage_request_is_a_clean_error(runtime: Runtime) -> None:
@@ -166,7 +167,7 @@ def test_garbage_request_is_a_clean_error(runtime: Runtime) -> None:
         ({"op": "fetch_jwt_svid", "audience": []}, "invalid_audience"),
         ({"op": "fetch_jwt_svid", "audience": ["x"] * 9}, "invalid_audience"),
     ):
-        assert code_of(lambda r=request: workload_api.call(sock(runtime), r)) == code  # type: ignore[misc]
+        assert code_of(lambda r=request: workload_client.call(sock(runtime), r)) == code  # type: ignore[misc]
     with socket.socket(socket.AF_UNIX) as s:
         linesocket.connect_path(s, sock(runtime))
         s.sendall(b"{not json\n")

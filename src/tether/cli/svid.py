@@ -11,7 +11,7 @@ from tether.cli._common import json_option, output, run, state_dir_option
 from tether.config import load_settings
 from tether.errors import TetherError
 from tether.identity.wiring import socket_path
-from tether.identity.workload_api import fetch_bundles, fetch_svids
+from tether.sdk.workload import fetch_bundles, fetch_svids
 
 SOCKET_ENV = "TETHER_WORKLOAD_SOCKET"
 

@@ -14,7 +14,7 @@ Protocol: one JSON object per line each way (like the admin socket).
     errors -> {"ok": false, "error": {"code", "message", ...}}
 
 Several matching entries: without ``spiffe_id`` the caller gets one SVID per identity
-(as the SPIFFE Workload API does); :func:`fetch_svid` then asks it to choose.
+(as the SPIFFE Workload API does); :func:`tether.sdk.workload.fetch_svid` then asks it to choose.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import Any
 
 from tether.audit import event as ev
 from tether.audit.chain import AuditChain
-from tether.errors import Conflict, Forbidden, InvalidRequest, TetherError, Unauthenticated, Unavailable
+from tether.errors import Forbidden, InvalidRequest, TetherError, Unauthenticated, Unavailable
 from tether.identity import attestor, registrations
 from tether.identity.jwt import sign_jwt
 from tether.identity.keys import KeyRing
-from tether.linesocket import exchange, refuse_if_served
+from tether.linesocket import refuse_if_served
 from tether.store.db import Database
 
 log = logging.getLogger("tether.workload_api")
@@ -301,78 +301,5 @@ def _parse_request(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-# -- client ----------------------------------------------------------------------------
-
-
-def call(socket_path: Path | str, request: Mapping[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
-    """One request to the Workload API; raises the broker's error as a ``TetherError``."""
-    path = Path(socket_path)
-    try:
-        buf = exchange(path, request, timeout=timeout)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise Unavailable(
-            f"no Workload API is listening on `{path}`; is `tether up` running?",
-            code="workload_api_unavailable",
-        ) from exc
-    except PermissionError as exc:
-        raise Unavailable(
-            f"cannot reach `{path}`: permission denied (set `identity.workload_socket` "
-            "to a path other users can reach)",
-            code="workload_api_unavailable",
-        ) from exc
-    try:
-        reply = json.loads(buf)
-    except ValueError:
-        raise Unavailable("the Workload API closed the connection", code="workload_api_unavailable") from None
-    if not reply.get("ok"):
-        err = reply.get("error") or {}
-        raise WorkloadApiError(
-            str(err.get("message", "request refused")),
-            code=str(err.get("code", "error")),
-            **{k: v for k, v in err.items() if k not in ("code", "message")},
-        )
-    return dict(reply)
-
-
-class WorkloadApiError(TetherError):
-    """An error returned by the Workload API (``code`` is the broker's)."""
-
-    status = 403
-
-
-def fetch_svids(
-    socket_path: Path | str,
-    *,
-    audience: str | Sequence[str],
-    spiffe_id: str | None = None,
-    timeout: float = 10.0,
-) -> list[dict[str, Any]]:
-    aud = [audience] if isinstance(audience, str) else list(audience)
-    return list(
-        call(socket_path, {"op": "fetch_jwt_svid", "audience": aud, "spiffe_id": spiffe_id}, timeout=timeout)[
-            "svids"
-        ]
-    )
-
-
-def fetch_svid(
-    socket_path: Path | str,
-    *,
-    audience: str | Sequence[str],
-    spiffe_id: str | None = None,
-    timeout: float = 10.0,
-) -> str:
-    """One JWT-SVID for this process (the SDK and ``tether svid fetch`` use this)."""
-    svids = fetch_svids(socket_path, audience=audience, spiffe_id=spiffe_id, timeout=timeout)
-    if len(svids) != 1:
-        ids = ", ".join(f"`{s['spiffe_id']}`" for s in svids)
-        raise Conflict(
-            f"several identities match this process ({ids}); choose one with `spiffe_id`",
-            code="ambiguous_identity",
-            spiffe_ids=[s["spiffe_id"] for s in svids],
-        )
-    return str(svids[0]["svid"])
-
-
-def fetch_bundles(socket_path: Path | str, *, timeout: float = 10.0) -> dict[str, Any]:
-    return dict(call(socket_path, {"op": "fetch_jwt_bundles"}, timeout=timeout)["bundles"])
+# The client of this API (call, fetch_svid, fetch_svids, fetch_bundles) is
+# `tether.sdk.workload`: agents use it without importing the broker.
