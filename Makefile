@@ -23,10 +23,10 @@ UP_ARGS     ?=
 # TEST_WORKERS=N runs the suite on N pytest-xdist workers, each with its own throwaway
 # PostgreSQL server (tests/_pg.py); loadscope keeps a module on one worker, so
 # module-scoped fixtures (a whole demo run) happen once. Most tests wait on processes and
-# sockets, so N above the core count pays (`make test TEST_WORKERS=4`). The default stays
-# serial (0) until a parallel run is green on a quiet machine: under heavy load, tests that
-# start broker processes or hold the store's 2 s budget time out (see CHANGELOG).
-TEST_WORKERS ?= 0
+# sockets, so N above the core count pays. Default 3: green on a quiet 2-core machine in
+# about 10.5 minutes (serial: about three times that). `make test TEST_WORKERS=0` runs
+# serially, one process, as a check that no test leaks state into the next.
+TEST_WORKERS ?= 3
 
 MCP_SERVERS := scripts/ensure-mcp-servers
 
