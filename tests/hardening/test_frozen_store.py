@@ -28,14 +28,12 @@ BUDGET_MS = 1000
 
 
 @pytest.fixture
-def own_pg():
-    """A throwaway PostgreSQL server private to this test (never the session-wide one)."""
-    try:
-        _pg.find_bindir()
-    except _pg.PgUnavailable as exc:
-        if _pg.pg_required():
-            pytest.fail(str(exc), pytrace=False)
-        pytest.skip(str(exc))
+def own_pg(pg_server):
+    """A throwaway PostgreSQL server private to this test (never the session-wide one).
+
+    Asking for ``pg_server`` reuses its one rule for missing binaries (fail under CI or
+    TETHER_TEST_PG); this test never touches that server.
+    """
     with _pg.running_server(port=54329) as server:
         yield server
 
