@@ -30,7 +30,7 @@ TEST_WORKERS ?= 3
 
 MCP_SERVERS := scripts/ensure-mcp-servers
 
-.PHONY: help venv up test postgres chromium mcp-servers lint typecheck check bench revision clean distclean
+.PHONY: help venv up test postgres chromium mcp-servers systemd-tools lint typecheck check bench revision clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -59,7 +59,10 @@ chromium: ## install headless Chromium if missing (apt-get; HTML report tests)
 mcp-servers: ## install the npm MCP servers the gateway tests drive into ./.node
 	@$(MCP_SERVERS)
 
-test: venv postgres chromium mcp-servers ## full test suite, sqlite + a throwaway PostgreSQL server
+systemd-tools: ## install systemd-analyze if missing (apt-get; checks of deploy/systemd)
+	@scripts/ensure-systemd-tools
+
+test: venv postgres chromium mcp-servers systemd-tools ## full test suite, sqlite + a throwaway PostgreSQL server
 	@# Any non-zero exit fails the target: a failed test (1), a crashed worker (reported as a
 	@# failed test, 1), an interrupted or broken run (2, 3, 4) and "no tests collected" (5).
 	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
