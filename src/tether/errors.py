@@ -185,6 +185,7 @@ class ErrorCode(enum.StrEnum):
     POLICY_ERROR = "policy_error"
     POLICY_FORBID = "policy_forbid"
     POLICY_INVALID = "policy_invalid"
+    POLICY_WARNINGS = "policy_warnings"
     REPORT_EMPTY_WINDOW = "report_empty_window"
     REPORT_MALFORMED = "report_malformed"
     REPORT_NO_EVENTS = "report_no_events"

@@ -32,6 +32,7 @@ from tether.config import CONFIG_FILE, Settings
 from tether.errors import PolicyError
 from tether.identity.keys import KeyRing, load_master_key
 from tether.identity.svid import SvidVerifier, TrustBundles
+from tether.policy.analysis import PolicyWarning, load_checked
 from tether.policy.engine import PolicyEngine
 from tether.replicas import Replica
 from tether.store.db import Database
@@ -132,6 +133,8 @@ class Core:
     on_close: list[Callable[[], object]] = field(default_factory=list)
     #: This runtime's admin operations, by name (``server.admin``); filled by the layers.
     operations: dict[str, OpHandler] = field(default_factory=dict)
+    #: What analysis found in the policy set of the last reload (advice, not errors).
+    policy_warnings: tuple[PolicyWarning, ...] = ()
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Core:
@@ -182,21 +185,35 @@ class Core:
             raise ValueError(f"admin operations defined twice: {clash}")
         self.operations.update(table)
 
-    def reload_policy(self) -> str:
-        """Reload the policy directory; on error the old set stays and the failure is audited."""
+    def reload_policy(self, *, strict: bool = False) -> str:
+        """Reload the policy directory; on error the old set stays and the failure is audited.
+
+        The new set is analyzed first (tether.policy.analysis): warnings are logged and
+        recorded in the `policy.loaded` event; with ``strict`` they refuse the set.
+        """
         old = self.engine.bundle.version
         try:
-            bundle = self.engine.reload(self.settings.policy_path)
+            bundle, analysis = load_checked(
+                self.settings.policy_path, self.engine.schema, self.engine.catalog, strict=strict
+            )
+            self.engine.set_bundle(bundle)
         except PolicyError as exc:
             log.error("policy reload failed, keeping %s: %s", old, exc.message)
             with self.audit.unit() as u:
                 u.emit(ev.POLICY_RELOAD_FAILED, {"error": exc.message, "kept_version": old})
             raise
+        for w in analysis.warnings:
+            log.warning("policy %s: %s", bundle.version, w.describe())
+        self.policy_warnings = analysis.warnings
+        payload: dict[str, Any] = {
+            "version": bundle.version,
+            "files": list(bundle.files),
+            "previous_version": old,
+        }
+        if analysis.warnings:
+            payload["warnings"] = [w.to_dict() for w in analysis.warnings]
         with self.audit.unit() as u:
-            u.emit(
-                ev.POLICY_LOADED,
-                {"version": bundle.version, "files": list(bundle.files), "previous_version": old},
-            )
+            u.emit(ev.POLICY_LOADED, payload)
         return bundle.version
 
     def close(self) -> None:

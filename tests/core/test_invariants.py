@@ -52,7 +52,8 @@ def test_invalid_policy_refuses_to_start_naming_file_and_line(settings):
     )
     with pytest.raises(PolicyError) as exc:
         Runtime.start(settings)
-    assert exc.value.details["file"].endswith("99-bad.cedar") and exc.value.details["line"] == 1
+    # The line of the offending word, not of the policy's start.
+    assert exc.value.details["file"].endswith("99-bad.cedar") and exc.value.details["line"] == 2
 
 
 def test_reload_with_invalid_policy_keeps_old_set_and_audits(runtime, agent):

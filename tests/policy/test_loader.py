@@ -64,19 +64,28 @@ def test_positional_ids_map_across_files(write_policies: Write, schema: cedarpy.
     assert bundle.policies["policy0"].policy_id == "read"
 
 
-def test_parse_error_names_file_and_line(write_policies: Write, schema: cedarpy.Schema) -> None:
-    """A syntax error is refused with the file name and the line of the broken policy."""
+def test_parse_error_names_file_line_and_column(write_policies: Write, schema: cedarpy.Schema) -> None:
+    """A syntax error is refused at the offending token's line and column, not the policy start."""
     broken = PERMIT_READ + "\n\npermit (principal, action, resource)\n  when { 1 >> 2 };\n"
     error = refused(write_policies({"00-ok.cedar": PERMIT_READ, "10-bad.cedar": broken}), schema)
-    assert error.details["file"] == "10-bad.cedar" and error.details["line"] == 6
-    assert "10-bad.cedar" in error.message and "line 6" in error.message
+    assert (error.details["file"], error.details["line"], error.details["column"]) == ("10-bad.cedar", 7, 13)
+    assert "`" in error.message and "line 7 column 13" in error.message
+
+
+def test_parse_error_after_recovery_points_at_first_bad_token(
+    write_policies: Write, schema: cedarpy.Schema
+) -> None:
+    """A missing comma is located at the token after it, even where Cedar's parser recovers later."""
+    text = PERMIT_READ + '\npermit (principal, action == Tether::Action::"read" resource);\n'
+    error = refused(write_policies({"p.cedar": text}), schema)
+    assert (error.details["line"], error.details["column"]) == (5, 53)
 
 
 def test_missing_semicolon_names_the_line(write_policies: Write, schema: cedarpy.Schema) -> None:
-    """A policy without its closing semicolon is located at its own start."""
+    """A policy without its closing semicolon is located just after its last token."""
     text = PERMIT_READ + "\npermit (principal, action, resource)\n"
     error = refused(write_policies({"p.cedar": text}), schema)
-    assert (error.details["file"], error.details["line"]) == ("p.cedar", 5)
+    assert (error.details["file"], error.details["line"], error.details["column"]) == ("p.cedar", 5, 37)
 
 
 def test_schema_error_names_file_and_line(write_policies: Write, schema: cedarpy.Schema) -> None:

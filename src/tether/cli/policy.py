@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from tether.catalog import load_catalog
 from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
-from tether.policy import load_bundle, load_schema, run_cases
+from tether.policy import load_schema, run_cases
+from tether.policy.analysis import load_checked
 from tether.server.admin import call
 
 
@@ -21,23 +23,52 @@ def policy() -> None:
 
 @policy.command()
 @click.argument("policy_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--catalog",
+    "catalog_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Catalog to check references against [default: the state directory's, if any].",
+)
+@click.option("--strict", is_flag=True, help="Treat analysis warnings as errors (exit 1).")
+@state_dir_option
 @json_option
-def validate(policy_dir: Path, as_json: bool) -> None:
-    """Validate every *.cedar file in POLICY_DIR against the Tether schema."""
-    bundle = run(lambda: load_bundle(policy_dir, load_schema()), as_json)
+def validate(
+    policy_dir: Path, catalog_file: Path | None, strict: bool, state_dir: Path, as_json: bool
+) -> None:
+    """Validate every *.cedar file in POLICY_DIR against the Tether schema, then analyze it.
+
+    Warnings name the file, line and column of references the catalog does not define,
+    actions no request names, rules that can never match, permits a forbid always
+    overrides and @approval forbids a granted approval cannot lift.
+    """
+    default_catalog = state_dir / "catalog.yaml"
+    path = catalog_file or (default_catalog if default_catalog.is_file() else None)
+    cat = run(lambda: load_catalog(path), as_json) if path else None
+    bundle, analysis = run(lambda: load_checked(policy_dir, load_schema(), cat), as_json)
+    refused = strict and bool(analysis.warnings)
     data = {
-        "ok": True,
+        "ok": not refused,
         "version": bundle.version,
         "files": list(bundle.files),
         "policies": len(bundle.policies),
+        **analysis.to_dict(),
     }
-    output(
-        data,
-        as_json,
-        lambda d: console.print(
-            f"[green]✓[/] {d['policies']} policies in {len(d['files'])} files are valid ({d['version']})"
-        ),
-    )
+
+    def render(d: dict[str, Any]) -> None:
+        for w in analysis.warnings:
+            console.print(f"[yellow]![/] {escape(w.describe())}", highlight=False, soft_wrap=True)
+        for note in analysis.notes:
+            console.print(f"[dim]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
+        warned = f", {len(analysis.warnings)} warning(s)" if analysis.warnings else ""
+        count = f"{d['policies']} policies in {len(d['files'])} files"
+        if refused:
+            console.print(f"[red]✗[/] {count}: {len(analysis.warnings)} warning(s) and --strict")
+        else:
+            console.print(f"[green]✓[/] {count} are valid ({d['version']}){warned}")
+
+    output(data, as_json, render)
+    if refused:
+        raise SystemExit(1)
 
 
 @policy.command("test")
@@ -80,16 +111,22 @@ def test(
 
 
 @policy.command()
+@click.option("--strict", is_flag=True, help="Refuse the new set if analysis warns (the old one stays).")
 @state_dir_option
 @json_option
-def reload(state_dir: Path, as_json: bool) -> None:
+def reload(strict: bool, state_dir: Path, as_json: bool) -> None:
     """Reload the running broker's policies; on error the old set stays in force.
 
+    Analysis warnings are printed (and recorded in the audit log); --strict refuses them.
     The catalog is read at start only: when it changed, this says that a restart is needed.
     """
-    data = run(lambda: call(admin_socket(state_dir), "policy.reload"), as_json)
+    data = run(lambda: call(admin_socket(state_dir), "policy.reload", {"strict": strict}), as_json)
 
     def render(d: dict[str, Any]) -> None:
+        for w in d.get("warnings") or []:
+            where = f"{w['file']}:{w['line']}:{w['column']}"
+            line = "[yellow]![/] " + escape(f"{where}: {w['message']} [{w['kind']}]")
+            console.print(line, highlight=False, soft_wrap=True)
         console.print(f"[green]✓[/] policy {d['policy_version']} in force")
         if d.get("restart_needed"):
             console.print(f"[yellow]![/] {d['message']}", highlight=False, soft_wrap=True)

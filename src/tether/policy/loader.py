@@ -26,6 +26,7 @@ from typing import Any
 import cedarpy
 
 from tether.errors import PolicyError
+from tether.policy.locate import locate_syntax_error, position_at
 
 __all__ = [
     "PolicyBundle",
@@ -75,6 +76,8 @@ class PolicyBundle:
     # The same set minus every @approval forbid, with the same Cedar ids: a deny is
     # only worth a human's time if this set would allow the request.
     without_approvals: cedarpy.PolicySet | None = None
+    #: Each file's text, by name, as it was loaded (for analysis and its positions).
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -149,20 +152,34 @@ def statement_lines(text: str) -> list[int]:
     return starts
 
 
-def _fail(path: Path, line: int | None, detail: str, **extra: Any) -> PolicyError:
+def _fail(path: Path, line: int | None, detail: str, column: int | None = None, **extra: Any) -> PolicyError:
     where = f"`{path}`" if line is None else f"`{path}` line {line}"
+    if line is not None and column is not None:
+        where += f" column {column}"
+        extra["column"] = column
     return PolicyError(f"invalid policy in {where}: {detail}", code=_CODE, file=path.name, line=line, **extra)
 
 
 def _parse_error(path: Path, text: str, lines: list[int], exc: ValueError) -> PolicyError:
-    # Cedar gives no position: re-parse statement by statement to find the culprit.
+    # Cedar gives no position: re-parse statement by statement to find the culprit,
+    # then token by token inside it (tether.policy.locate).
     chunks = _chunks(text, lines)
     for line, chunk in chunks:
         try:
             cedarpy.PolicySet.from_str(chunk)
         except ValueError as chunk_exc:
-            return _fail(path, line, str(chunk_exc))
-    return _fail(path, lines[0] if lines else None, str(exc))
+            return _located(path, chunk, line, str(chunk_exc))
+    return _located(path, text, 1, str(exc)) if text.strip() else _fail(path, None, str(exc))
+
+
+def _located(path: Path, chunk: str, first_line: int, message: str) -> PolicyError:
+    """The error of ``chunk`` (which starts at the beginning of ``first_line``), at the
+    line and column of its offending token when that can be told."""
+    offset = locate_syntax_error(chunk, message)
+    if offset is None:
+        return _fail(path, first_line, message)
+    pos = position_at(chunk, offset)
+    return _fail(path, first_line + pos.line - 1, message, pos.column)
 
 
 def _chunks(text: str, lines: list[int]) -> list[tuple[int, str]]:
@@ -293,6 +310,7 @@ def load_bundle(policy_dir: Path, schema: cedarpy.Schema) -> PolicyBundle:
         policies=policies,
         files=tuple(name for name, _ in named),
         without_approvals=_without_approvals(combined, policies),
+        sources=dict(named),
     )
 
 

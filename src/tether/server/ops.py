@@ -87,7 +87,8 @@ def revoke(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
 
 @operation("policy.reload")
 def policy_reload(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
-    result: dict[str, Any] = {"policy_version": rt.reload_policy()}
+    result: dict[str, Any] = {"policy_version": rt.reload_policy(strict=args.get("strict") is True)}
+    result["warnings"] = [w.to_dict() for w in rt.policy_warnings]
     # The catalog (services, intents) is read once at start and is shared by the broker,
     # the engine, the connectors and the gateways: a reload does not swap it under them,
     # so say plainly when the file on disk is no longer the one in force.
