@@ -1,4 +1,5 @@
-"""`tether store status|upgrade`: the database schema, for operators.
+"""`tether store status|upgrade`: the database schema, for operators (backup, restore and
+check are in ``store_backup``).
 
 Both read the store directly (the broker may be stopped). The broker applies pending
 revisions at start by itself; `upgrade` lets an operator do it first, e.g. before
@@ -13,6 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from tether.cli import store_backup
 from tether.cli._common import console, fail, json_option, output, run, state_dir_option
 from tether.config import Settings, load_settings
 from tether.store import migrations
@@ -30,7 +32,7 @@ _STATE_TEXT = {
 
 @click.group()
 def store() -> None:
-    """The store's schema: which revision a database is at, and upgrading it."""
+    """The store: its schema revision, upgrades, backups and restores."""
 
 
 def _open(state_dir: Path, url: str | None, as_json: bool) -> Database:
@@ -98,6 +100,9 @@ def upgrade(state_dir: Path, store: str | None, as_json: bool) -> None:
             console.print(f"[green]✓[/] already at the newest revision [bold]{d['current']}[/]")
 
     output(data, as_json, render)
+
+
+store_backup.register(store)
 
 
 def register(main: click.Group) -> None:
