@@ -25,21 +25,28 @@ CONFIG_FILE = "tether.toml"
 class TrustBundle:
     """Keys that sign JWT-SVIDs for one trust domain (SPIRE, another broker, tests)."""
 
+    #: The SPIFFE trust domain whose JWT-SVIDs these keys sign (e.g. ``prod.example.org``).
     trust_domain: str
+    #: A JWKS file (relative to the state directory), or ``jwks_url``: exactly one of the two.
     jwks_file: str | None = None
+    #: A SPIFFE bundle endpoint or JWKS URL, refreshed in the background.
     jwks_url: str | None = None
     issuer: str | None = None  # when set, the exact `iss` required; SPIRE omits `iss` by default
 
 
 @dataclass(frozen=True, slots=True)
 class TaskLimits:
+    #: The longest lifetime a task may ask for; longer requests are capped to it.
     max_ttl_seconds: int = 3600
+    #: How many delegation hops below a root task are allowed (0: no delegation).
     max_depth: int = 3
+    #: How long a delegation offer stays redeemable by the sub-agent it names.
     delegation_ttl_seconds: int = 300
 
 
 @dataclass(frozen=True, slots=True)
 class CredentialSettings:
+    #: Lifetime of a minted credential (never beyond its task's expiry).
     default_ttl_seconds: int = 300
     #: Service id → the broker's admin connection string for that service's PostgreSQL
     #: (the ``postgres`` connector). Never returned to anyone; kept out of ``repr``.
@@ -52,20 +59,26 @@ class CredentialSettings:
 
 @dataclass(frozen=True, slots=True)
 class ApprovalSettings:
+    #: How long a pending approval waits for a human, and how long a granted one stays usable.
     ttl_seconds: int = 900
 
 
 @dataclass(frozen=True, slots=True)
 class KeySettings:
+    #: A signing key signs for this long; the next one is published in its last tenth.
     rotate_after_seconds: int = 7 * 24 * 3600
     overlap_seconds: int = 24 * 3600  # retired keys still verify for this long
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    #: Request bodies above this are refused (413 ``payload_too_large``).
     max_body_bytes: int = 1024 * 1024
+    #: Request headers above this are refused (431 ``headers_too_large``).
     max_header_bytes: int = 16 * 1024
+    #: Larger tokens (SVIDs, task tokens, DPoP proofs) are refused before parsing.
     max_token_bytes: int = 16 * 1024
+    #: Clock skew allowed on ``exp``/``nbf``/``iat`` of every JWT (at most 300).
     jwt_leeway_seconds: int = 30
     #: Long-polls and event streams one caller (SPIFFE ID) may hold open at once.
     max_waits_per_caller: int = 8
@@ -73,7 +86,7 @@ class Limits:
     store_timeout_ms: int = 2000
     #: Slow clients: a request's headers, then its body, must arrive within these.
     header_timeout_seconds: int = 5
-    body_timeout_seconds: int = 30
+    body_timeout_seconds: int = 30  # see `limits.header_timeout_seconds`
     #: An idle keep-alive connection is closed after this long.
     keepalive_seconds: int = 5
     #: Open connections one server accepts; beyond, new ones get a 503.
@@ -102,7 +115,9 @@ def _str_tuple(value: Any, name: str) -> tuple[str, ...]:
 class AuditSettings:
     """``[audit]``: checkpoints and masking (see docs/audit.md)."""
 
+    #: Sign a checkpoint of this writer's chain after this many events ...
     checkpoint_every_events: int = 1000
+    #: ... or after this many seconds, whichever comes first (and at shutdown).
     checkpoint_interval_seconds: int = 60
     checkpoint_file: str = ""  # JSON Lines of signed checkpoints, kept outside the database
     checkpoint_url: str = ""  # each checkpoint is POSTed here as JSON
@@ -245,10 +260,13 @@ class IdentitySettings:
     #: required when ``environment = "prod"``, optional elsewhere.
     dpop: str = "auto"
     dpop_window_seconds: int = 60  # how old a proof's `iat` may be
+    #: Lifetime of the JWT-SVIDs the local Workload API issues (30-3600).
     svid_ttl_seconds: int = 300
     workload_socket: str = "workload.sock"  # relative to the state dir; "" disables the socket
     public_url: str = ""  # e.g. https://tether.example.com when behind a proxy (DPoP `htu`)
+    #: OIDC issuers whose tokens prove workloads (CI jobs, Kubernetes service accounts).
     oidc_issuers: tuple[OidcIssuer, ...] = ()
+    #: OIDC issuers whose ID tokens may name a task's human delegator.
     delegator_issuers: tuple[DelegatorIssuer, ...] = ()
 
     def __post_init__(self) -> None:
@@ -286,6 +304,7 @@ class GatewaySettings:
     #: A routes file (relative to the state directory): serve the HTTP gateway inside the
     #: broker's process, under ``http_mount`` on the broker's own listener.
     http_routes: str = ""
+    #: The path prefix of the in-process HTTP gateway (``/gw`` → ``/gw/<route>/…``).
     http_mount: str = "/gw"
 
     def __post_init__(self) -> None:
@@ -310,15 +329,22 @@ class GatewaySettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     state_dir: Path
+    #: HOST:PORT of the HTTP API (and console, gateway mount, JWKS).
     listen: str = "127.0.0.1:8421"
     store: str = ""  # empty → sqlite in the state directory
+    #: A short name policies read as ``context.environment`` (``prod`` also makes DPoP required
+    #: under ``identity.dpop = "auto"``).
     environment: str = "dev"
+    #: The broker's own SPIFFE trust domain: SVIDs of the local Workload API, the audience.
     trust_domain: str = "tether.local"
     node_id: str = "node-1"  # names this writer's audit chain; unique per replica
     audience: str = ""  # empty → spiffe://<trust_domain>/tether
     issuer: str = ""  # empty → the audience
+    #: Directory of ``*.cedar`` files (relative to the state directory); reloaded on SIGHUP.
     policy_dir: str = "policies"
+    #: The catalog (services, tools, datasets, intents; docs/catalog.md), read at start.
     catalog_file: str = "catalog.yaml"
+    #: Other trust domains whose JWT-SVIDs the broker accepts (SPIRE, another broker).
     trust_bundles: tuple[TrustBundle, ...] = ()
     tasks: TaskLimits = field(default_factory=TaskLimits)
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
