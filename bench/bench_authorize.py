@@ -8,6 +8,7 @@ COMMIT on the same store. Run: `python bench/bench_authorize.py [--store URL] [-
 from __future__ import annotations
 
 import argparse
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -30,6 +31,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", help="store URL (default: SQLite in a temp dir)")
     ap.add_argument("-n", type=int, default=500)
+    ap.add_argument(
+        "--shadow", action="store_true", help="evaluate a copy of the policy set in shadow mode beside it"
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-"))
@@ -45,6 +49,10 @@ def main() -> None:
     taint = settings.policy_path / "20-taint.cedar"
     taint.write_text(taint.read_text().replace("> 120", "> 100000000"))
     rt = Runtime.start(settings)
+    if args.shadow:  # the same policies: the cost of shadow mode, never a divergence event
+        shadow_dir = tmp / "shadow"
+        shutil.copytree(settings.policy_path, shadow_dir)
+        rt.engine.load_shadow(shadow_dir)
     broker = rt.broker
     wl = Workload(domain.spiffe_id("bench"), domain.name, "jwt-svid")
     opened = broker.open_task(

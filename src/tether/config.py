@@ -327,6 +327,14 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicySettings:
+    #: A candidate policy directory evaluated beside the enforced one on every decision
+    #: (shadow mode, docs/policy-change.md); its answers are audited, never enforced.
+    #: Empty: no shadow. Relative paths are under the state directory.
+    shadow: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     state_dir: Path
     #: HOST:PORT of the HTTP API (and console, gateway mount, JWKS).
@@ -355,6 +363,7 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property
@@ -372,6 +381,10 @@ class Settings:
     @property
     def policy_path(self) -> Path:
         return self._resolve(self.policy_dir)
+
+    @property
+    def shadow_path(self) -> Path | None:
+        return self._resolve(self.policy.shadow) if self.policy.shadow else None
 
     @property
     def catalog_path(self) -> Path:

@@ -42,13 +42,14 @@ from tether.model import (
     Reason,
     Task,
 )
+from tether.policy import shadow
 from tether.policy.context import (
     action_context,
     approval_context,
     request_context,
     risk_context,
 )
-from tether.policy.engine import PolicyRequest
+from tether.policy.engine import PolicyRequest, PolicyResult
 from tether.store import repo
 from tether.tokens import TaskTokenClaims
 
@@ -189,7 +190,7 @@ class ActionDecisions(BrokerBase):
             # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
             "max_sensitivity_read": max(0, taint),
         }
-        decision, approval_used, typed = self._decide(u, task, resource, req, risk, digest, decision_id, now)
+        decision, approval_used, policy = self._decide(u, task, resource, req, risk, digest, decision_id, now)
         credential = None
         if decision.allowed:
             decision, credential = self._on_allow(u, task, resource, req, decision, risk, approval_used, now)
@@ -202,8 +203,12 @@ class ActionDecisions(BrokerBase):
             risk,
             approval_used.id if approval_used and decision.allowed else None,
             credential.lease_id if credential else None,
-            typed,
+            policy,
         )
+        if policy.shadow is not None:
+            shadow.record(
+                u.emit, self.engine.shadow_counters, policy, decision_id, req.trace_id, audit_fields(task)
+            )
         return AuthorizeResult(decision, task, credential)
 
     def _on_allow(
@@ -273,8 +278,8 @@ class ActionDecisions(BrokerBase):
         digest: str,
         decision_id: str,
         now: float,
-    ) -> tuple[Decision, Approval | None, dict[str, Any]]:
-        """The decision, the approval it used, and the typed arguments as policy saw them."""
+    ) -> tuple[Decision, Approval | None, PolicyResult]:
+        """The decision, the approval it used, and policy's result (its input for the record)."""
         principal = self._principal(task.agent, task.attestation, task.agent_attrs)
         facts = self._task_facts(task, now)
 
@@ -297,7 +302,6 @@ class ActionDecisions(BrokerBase):
             )
 
         result = run(False)
-        typed = result.arguments.audit()
         if result.outcome is not Outcome.APPROVAL_REQUIRED:
             return (
                 Decision(
@@ -308,7 +312,7 @@ class ActionDecisions(BrokerBase):
                     code=result.code,
                 ),
                 None,
-                typed,
+                result,
             )
         granted = repo.find_approval(
             u.conn, task.id, req.action, req.resource, digest, [ApprovalState.GRANTED]
@@ -325,7 +329,7 @@ class ActionDecisions(BrokerBase):
                     code=result.code,
                 ),
                 (granted if result.outcome is Outcome.ALLOW else None),
-                typed,
+                result,
             )
         pending = repo.find_approval(
             u.conn, task.id, req.action, req.resource, digest, [ApprovalState.PENDING]
@@ -370,7 +374,7 @@ class ActionDecisions(BrokerBase):
                 code="approval_required",
             ),
             None,
-            typed,
+            result,
         )
 
     def _emit_decision(
@@ -383,7 +387,7 @@ class ActionDecisions(BrokerBase):
         risk: Mapping[str, Any],
         approval_used: str | None = None,
         lease_id: str | None = None,
-        typed: Mapping[str, Any] | None = None,
+        policy: PolicyResult | None = None,
     ) -> None:
         payload: dict[str, Any] = {
             "action": req.action,
@@ -406,9 +410,17 @@ class ActionDecisions(BrokerBase):
             payload["approval_used"] = approval_used
         if req.method:
             payload["request"] = {"method": req.method, "path": req.path[:512]}
-        if typed:
-            # Replayable: the canonical values policy read (the raw ones are in args_digest).
-            payload["typed_arguments"] = dict(typed)
+        if policy is not None:
+            typed = policy.arguments.audit()
+            if typed:
+                # The canonical values policy read (the raw ones are in args_digest).
+                payload["typed_arguments"] = typed
+            if policy.outcome is not decision.outcome:
+                # An effect of the allow failed after policy (replay compares with policy's).
+                payload["policy_outcome"] = policy.outcome.value
+            if policy.input is not None:
+                # Replayable: everything Cedar saw (masked by the audit rules, keeping type).
+                payload["input"] = policy.input
         u.emit(
             ev.DECISION,
             payload,

@@ -255,10 +255,13 @@ class Runtime(Core):
         from tether.identity import wiring as identity_wiring
         from tether.server import console as console_layer
         from tether.server import ops as server_ops
+        from tether.server import policy_ops
 
         core = Core.build(settings, clock=clock, **bundle_options)
         try:
             core.add_operations(server_ops.OPERATIONS)
+            core.add_operations(policy_ops.OPERATIONS)
+            policy_ops.start_shadow(core)  # `[policy] shadow`: a bad directory refuses to start
             ident = identity_wiring.build(core)
             creds = credentials_wiring.build(core)
             logs = audit_wiring.build(core)

@@ -109,12 +109,12 @@ def test_values_outside_i_json_are_refused(bad):
         jcs(bad)
 
 
-def test_v2_event_hash_is_recomputable_from_its_export(runtime, tmp_path):
-    """An exported v2 event: drop `hash`, canonicalize with another JCS library, SHA-256 → its hash."""
+def test_jcs_event_hash_is_recomputable_from_its_export(runtime, tmp_path):
+    """An exported v3 event: drop `hash`, canonicalize with another JCS library, SHA-256 → its hash."""
     build_tree(runtime)
     with runtime.db.read() as conn:
         events = list(iter_chain(conn, runtime.audit.chain_id))
-    assert events and {e.v for e in events} == {2}
+    assert events and {e.v for e in events} == {ev.SCHEMA_VERSION} == {3}
     out = tmp_path / "events.jsonl"
     with out.open("w") as f:
         to_jsonl(events, f)
@@ -158,15 +158,15 @@ def _write_v1_chain(url: str, chain: str, n: int) -> None:
         db.dispose()
 
 
-def test_chain_written_in_v1_then_v2_verifies(settings):
-    """A chain begun by 0.1.0 (v1 form) and continued by this version (v2) verifies end to end."""
+def test_chain_written_in_v1_then_current_verifies(settings):
+    """A chain begun by 0.1.0 (v1 form) and continued by this version (v3) verifies end to end."""
     _write_v1_chain(settings.store_url, settings.node_id, 3)
     rt = Runtime.start(settings)
     try:
         build_tree(rt)
         with rt.db.read() as conn:
             events = list(iter_chain(conn, rt.audit.chain_id))
-        assert [e.v for e in events[:3]] == [1, 1, 1] and {e.v for e in events[3:]} == {2}
+        assert [e.v for e in events[:3]] == [1, 1, 1] and {e.v for e in events[3:]} == {3}
         assert events[3].prev_hash == events[2].hash
         assert all(e.compute_hash() == e.hash for e in events)
         report = verify_database(rt.db)

@@ -6,7 +6,12 @@ to every later one.
 
 The canonical form depends on the event's schema version ``v``:
 
-* ``v = 2`` (written now): RFC 8785, the JSON Canonicalization Scheme (:func:`jcs`), so a
+* ``v = 3`` (written now): as 2; a ``decision`` that policy evaluated also carries its
+  whole input (``payload.input``: principal, action, resource, catalog version, context,
+  arguments masked with type and salted digest), so it can be replayed against another
+  policy set (``tether.policy.replay``). Decisions of v 1 and 2 are reported as not
+  replayable, never guessed.
+* ``v = 2``: RFC 8785, the JSON Canonicalization Scheme (:func:`jcs`), so a
   verifier in any language with a JCS library recomputes the hash from the stored event.
 * ``v = 1`` (written before 2; still verified): Python's ``json.dumps`` with sorted keys,
   no whitespace, UTF-8 (:func:`canonical_json`). It differs from JCS only in numbers
@@ -23,9 +28,11 @@ from dataclasses import asdict, dataclass, field, fields
 from json.encoder import encode_basestring
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Every version this code verifies (oldest first).
-SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSIONS = (1, 2, 3)
+#: The first version whose decision events carry their input (replayable).
+REPLAYABLE_VERSION = 3
 GENESIS_HASH = "0" * 64
 
 # Event types. Names are part of the schema: add, never rename.
@@ -48,6 +55,11 @@ CALL_FORWARDED = "call.forwarded"
 CALL_RESULT = "call.result"
 POLICY_LOADED = "policy.loaded"
 POLICY_RELOAD_FAILED = "policy.reload_failed"
+# Shadow mode: a candidate set put beside the enforced one (or taken away), and its answers
+# that differ from the enforced decision or failed. They never act.
+POLICY_SHADOW_SET = "policy.shadow_set"
+POLICY_SHADOW_DIVERGED = "policy.shadow_diverged"
+POLICY_SHADOW_ERROR = "policy.shadow_error"
 TOOL_DEFINITION_CHANGED = "tool.definition_changed"
 KEY_ROTATED = "key.rotated"
 # The operator console: a human signed in, acted, or was refused; a notification failed.
@@ -79,6 +91,9 @@ EVENT_TYPES = frozenset(
         CALL_RESULT,
         POLICY_LOADED,
         POLICY_RELOAD_FAILED,
+        POLICY_SHADOW_SET,
+        POLICY_SHADOW_DIVERGED,
+        POLICY_SHADOW_ERROR,
         TOOL_DEFINITION_CHANGED,
         KEY_ROTATED,
         WORKLOAD_REGISTERED,

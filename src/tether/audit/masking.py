@@ -20,10 +20,21 @@ A :class:`Masker` is a payload filter for ``AuditChain.filters``. It applies, in
 What was masked is listed in the payload's ``_masked`` key (paths, never values), so an
 investigator knows that something was there, in the spirit of OPA's decision-log
 ``masked`` field. Masking happens before hashing, so the chain covers the masked payload.
+
+Inside a decision's ``input`` (what Cedar saw, kept so the decision can be replayed) a
+masked value is not replaced by text: each masked leaf becomes
+``{"$masked": "<Cedar type>", "digest": "hmac-sha256:…"}`` (:func:`mask_digest`, keyed with
+a salt derived from the master key), so replay knows its type and can still decide
+equality with a policy literal or another masked value. Path rules that start with
+``arguments.`` apply there too, as ``input.call.…`` and ``input.args.…``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -34,6 +45,9 @@ from tether.config import AuditSettings
 
 MASK = "[masked]"
 MASKED_KEY = "_masked"
+#: The key of a typed mask inside a decision input (``{"$masked": type, "digest": …}``).
+TYPED_MASK_KEY = "$masked"
+INPUT_KEY = "input"
 _MAX_DEPTH = 64  # deeper payloads are masked whole: no unbounded recursion on input
 _MAX_SECRETS = 4096
 
@@ -60,6 +74,35 @@ DEFAULT_PATTERNS = (
 )
 
 
+def mask_digest(salt: bytes, value: Any) -> str:
+    """The salted digest a typed mask carries: HMAC-SHA256 over the value's canonical JSON.
+
+    Salted so that a low-entropy value (a PIN, a card number) cannot be found again by
+    hashing guesses without the deployment's key; replay, holding the key, hashes the
+    literals of a candidate policy set to recognise the values that equal them."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "hmac-sha256:" + hmac.new(salt, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def salt_from_master_key(master_key: bytes) -> bytes:
+    """The digest salt of typed masks, derived from (never equal to) the master key."""
+    return hmac.new(master_key, b"tether/audit/mask-digest/v1", hashlib.sha256).digest()
+
+
+def cedar_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, int):
+        return "Long"
+    if isinstance(value, float):
+        return "Decimal"
+    return "String"
+
+
+def is_typed_mask(value: Any) -> bool:
+    return isinstance(value, dict) and TYPED_MASK_KEY in value and "digest" in value
+
+
 def _parse_path(path: str) -> tuple[str, ...]:
     p = path.strip()
     p = p[1:] if p.startswith("$") else p
@@ -70,9 +113,25 @@ class Masker:
     """A payload filter; thread-safe (registered secrets may change while events flow)."""
 
     def __init__(
-        self, *, paths: Iterable[str] = (), headers: Iterable[str] = (), patterns: Iterable[str] = ()
+        self,
+        *,
+        paths: Iterable[str] = (),
+        headers: Iterable[str] = (),
+        patterns: Iterable[str] = (),
+        salt: bytes | None = None,
     ) -> None:
-        self._paths = [_parse_path(p) for p in paths]
+        parsed = [_parse_path(p) for p in paths]
+        # Argument rules reach the arguments a decision input recorded, too.
+        extra = [
+            (INPUT_KEY, part, *p[1:])
+            for p in parsed
+            if p and p[0] == "arguments"
+            for part in ("call", "args")
+        ]
+        self._paths = parsed + extra
+        #: Keys the digests of typed masks (random when not given: digests then only
+        #: compare within this process).
+        self.salt = salt if salt is not None else os.urandom(32)
         self._headers = {h.lower() for h in (*DEFAULT_HEADERS, *headers)}
         # Compiled one by one: a user pattern may carry its own global flags (`(?i)`).
         self._patterns = [re.compile(p) for p in (*DEFAULT_PATTERNS, *patterns)]
@@ -81,8 +140,18 @@ class Masker:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, s: AuditSettings) -> Masker:
-        return cls(paths=s.mask_paths, headers=s.mask_headers, patterns=s.mask_patterns)
+    def from_settings(cls, s: AuditSettings, *, salt: bytes | None = None) -> Masker:
+        return cls(paths=s.mask_paths, headers=s.mask_headers, patterns=s.mask_patterns, salt=salt)
+
+    def typed_mask(self, value: Any) -> Any:
+        """``value`` with every leaf replaced by its typed mask (structure kept)."""
+        if is_typed_mask(value):
+            return value
+        if isinstance(value, dict):
+            return {k: self.typed_mask(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.typed_mask(v) for v in value]
+        return {TYPED_MASK_KEY: cedar_type(value), "digest": mask_digest(self.salt, value)}
 
     # -- registered secrets ----------------------------------------------------------------
     def register_secret(self, value: str) -> None:
@@ -112,7 +181,7 @@ class Masker:
         masked: list[str] = []
         with self._lock:
             secrets_re = self._secrets_re
-        out: dict[str, Any] = self._walk(payload, (), masked, secrets_re, 0)
+        out: dict[str, Any] = self._walk(payload, (), masked, secrets_re, 0, False)
         for path in self._paths:
             out = self._mask_path(out, path, (), masked)
         if masked:
@@ -128,6 +197,7 @@ class Masker:
         masked: list[str],
         secrets_re: re.Pattern[str] | None,
         depth: int,
+        typed: bool,
     ) -> Any:
         if depth > _MAX_DEPTH:
             masked.append(_fmt(path))
@@ -140,10 +210,11 @@ class Masker:
                 if key == MASKED_KEY and not path:
                     out[key] = v
                 elif _SECRET_KEY.search(key) or (headers and key.lower() in self._headers):
-                    out[key] = MASK
+                    out[key] = self.typed_mask(v) if typed else MASK
                     masked.append(_fmt((*path, key)))
                 else:
-                    out[key] = self._walk(v, (*path, key), masked, secrets_re, depth + 1)
+                    inner = typed or (not path and key == INPUT_KEY)
+                    out[key] = self._walk(v, (*path, key), masked, secrets_re, depth + 1, inner)
             return out
         if isinstance(value, list | tuple):
             headers = bool(path) and path[-1].lower().endswith("headers")
@@ -156,10 +227,10 @@ class Masker:
                     and isinstance(v[0], str)
                     and v[0].lower() in self._headers
                 ):
-                    items.append([v[0], MASK])
+                    items.append([v[0], self.typed_mask(v[1]) if typed else MASK])
                     masked.append(_fmt((*path, str(i))))
                 else:
-                    items.append(self._walk(v, (*path, str(i)), masked, secrets_re, depth + 1))
+                    items.append(self._walk(v, (*path, str(i)), masked, secrets_re, depth + 1, typed))
             return items
         if isinstance(value, str):
             new = value
@@ -169,11 +240,17 @@ class Masker:
                 new = secrets_re.sub(MASK, new)
             if new != value:
                 masked.append(_fmt(path))
+                # In a decision input a partly masked string would replay as another value.
+                return self.typed_mask(value) if typed else new
             return new
         return value
 
     def _mask_path(self, value: Any, rest: tuple[str, ...], at: tuple[str, ...], masked: list[str]) -> Any:
         if not rest:
+            if at and at[0] == INPUT_KEY:
+                if not is_typed_mask(value):
+                    masked.append(_fmt(at))
+                return self.typed_mask(value)
             if value != MASK:
                 masked.append(_fmt(at))
             return MASK

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tether.audit.checkpoint import CheckpointWriter
-from tether.audit.masking import Masker
+from tether.audit.masking import Masker, salt_from_master_key
+from tether.identity.keys import load_master_key
 
 if TYPE_CHECKING:
     from tether.runtime import Core
@@ -24,7 +25,10 @@ class AuditLayer:
 
 
 def build(rt: Core) -> AuditLayer:
-    masker = Masker.from_settings(rt.settings.audit)
+    # Typed masks in decision inputs are digested with a key from the master key, so
+    # `tether policy replay` (which holds it) can match them against policy literals.
+    salt = salt_from_master_key(load_master_key(rt.settings.state_dir))
+    masker = Masker.from_settings(rt.settings.audit, salt=salt)
     # First in line: later filters (if any) only ever see masked payloads.
     rt.audit.filters.insert(0, masker)
     writer = CheckpointWriter(rt.db, rt.audit, rt.keys, rt.settings.audit, rt.settings.state_dir)

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tether.catalog import load_catalog
+from tether.cli import policy_change
 from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
 from tether.policy import load_schema, run_cases
 from tether.policy.analysis import load_checked
@@ -135,4 +136,5 @@ def reload(strict: bool, state_dir: Path, as_json: bool) -> None:
 
 
 def register(main: click.Group) -> None:
+    policy_change.attach(policy)  # replay, shadow, promote
     main.add_command(policy)

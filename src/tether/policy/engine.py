@@ -28,6 +28,7 @@ errors can turn into an allow. Here any error denies.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -45,8 +46,18 @@ from tether.errors import InvalidRequest, PolicyError
 from tether.model import Decision, Outcome, Reason, Workload
 from tether.policy.context import LIFECYCLE_ACTIONS
 from tether.policy.loader import PolicyBundle, empty_bundle, load_bundle, load_schema
+from tether.policy.shadow import ShadowCounters
 
-__all__ = ["PolicyEngine", "PolicyPrincipal", "PolicyRequest", "PolicyResult"]
+__all__ = [
+    "PolicyEngine",
+    "PolicyPrincipal",
+    "PolicyRequest",
+    "PolicyResult",
+    "ShadowResult",
+    "catalog_version",
+    "decide_bundle",
+    "interpret",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +120,11 @@ class PolicyResult:
     errors: tuple[str, ...] = ()  # Cedar diagnostics or the exception, for the audit log
     #: The declared arguments as policy saw them (canonical), for the decision record.
     arguments: Canonical = EMPTY
+    #: What Cedar saw, for a replayable decision record (:mod:`tether.policy.replay`);
+    #: None when no policy was evaluated. Built from the parts the request was made of.
+    input: Mapping[str, Any] | None = None
+    #: The shadow set's answer to the same request (``None``: no shadow set in force).
+    shadow: ShadowResult | None = None
 
     @property
     def allowed(self) -> bool:
@@ -126,6 +142,19 @@ class PolicyResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """A candidate set's answer beside the enforced one; it never acts.
+
+    ``error`` is set when the shadow evaluation failed (the enforced decision stands)."""
+
+    outcome: Outcome | None
+    reasons: tuple[Reason, ...]
+    policy_version: str
+    code: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _State:
     """Everything a decision reads, swapped as one reference so a decision never sees
     a new bundle with an old catalog or the reverse."""
@@ -133,6 +162,10 @@ class _State:
     bundle: PolicyBundle
     catalog: Catalog | None
     entities: cedarpy.Entities
+    catalog_version: str | None = None
+    #: A candidate set evaluated beside ``bundle`` on every decision (shadow mode).
+    shadow: PolicyBundle | None = None
+    shadow_source: str | None = None
 
 
 def _tag_value(value: Any) -> str:
@@ -176,6 +209,11 @@ def _agent_entity(principal: PolicyPrincipal) -> dict[str, Any]:
     }
 
 
+def catalog_version(catalog: Catalog) -> str:
+    """The version of the catalog's Cedar entities (what policy reads of resources)."""
+    return "sha256:" + hashlib.sha256(catalog.entities_json().encode()).hexdigest()[:16]
+
+
 def _evaluate(
     request: dict[str, Any], policy_set: cedarpy.PolicySet, entities: cedarpy.Entities, schema: cedarpy.Schema
 ) -> tuple[str, list[str], list[str]]:
@@ -197,6 +235,7 @@ class PolicyEngine:
         self._empty_entities = cedarpy.Entities.from_json_str("[]")
         self._state = _State(empty_bundle(), None, self._empty_entities)
         self._write_lock = threading.Lock()  # serializes writers; readers never wait
+        self.shadow_counters = ShadowCounters()
 
     @classmethod
     def from_paths(cls, policy_dir: Path, catalog: Catalog | None = None) -> PolicyEngine:
@@ -228,20 +267,48 @@ class PolicyEngine:
             raise PolicyError(
                 f"catalog `{catalog.source}` does not fit the cedar schema: {exc}", code="catalog_invalid"
             ) from exc
+        version = catalog_version(catalog)
         with self._write_lock:
-            self._state = _State(self._state.bundle, catalog, entities)
+            self._state = replace(self._state, catalog=catalog, entities=entities, catalog_version=version)
 
     def reload(self, policy_dir: Path) -> PolicyBundle:
         """Load ``policy_dir`` and put it in force; on error raise and keep the old set."""
         bundle = load_bundle(policy_dir, self._schema)
         with self._write_lock:
-            self._state = _State(bundle, self._state.catalog, self._state.entities)
+            self._state = replace(self._state, bundle=bundle)
         return bundle
 
     def set_bundle(self, bundle: PolicyBundle) -> None:
         """Put an already-loaded bundle in force (e.g. one validated elsewhere)."""
         with self._write_lock:
-            self._state = _State(bundle, self._state.catalog, self._state.entities)
+            self._state = replace(self._state, bundle=bundle)
+
+    # -- shadow mode ---------------------------------------------------------------------
+    @property
+    def shadow(self) -> PolicyBundle | None:
+        return self._state.shadow
+
+    @property
+    def shadow_source(self) -> str | None:
+        return self._state.shadow_source
+
+    @property
+    def catalog_version(self) -> str | None:
+        return self._state.catalog_version
+
+    def load_shadow(self, policy_dir: Path) -> PolicyBundle:
+        """Validate ``policy_dir`` exactly as :meth:`reload` does and evaluate it beside
+        the enforced set from now on; on error raise and keep the previous shadow."""
+        bundle = load_bundle(policy_dir, self._schema)
+        with self._write_lock:
+            self._state = replace(self._state, shadow=bundle, shadow_source=str(policy_dir))
+            self.shadow_counters = ShadowCounters()
+        return bundle
+
+    def clear_shadow(self) -> None:
+        with self._write_lock:
+            self._state = replace(self._state, shadow=None, shadow_source=None)
+            self.shadow_counters = ShadowCounters()
 
     def decide(self, request: PolicyRequest) -> PolicyResult:
         """Never raises: every failure is a deny with a code."""
@@ -292,30 +359,71 @@ class PolicyEngine:
             "resource": resource.cedar_uid,
             "context": context,
         }
-        decision, determining, errors = _evaluate(cedar_request, bundle.policy_set, entities, self._schema)
-        result = _interpret(bundle, decision, determining, errors)
-        if result.outcome is Outcome.APPROVAL_REQUIRED and bundle.without_approvals is not None:
-            # Ask a human only when their yes would allow: without the @approval forbids
-            # the request must pass, or the honest answer is the deny that remains.
-            decision, determining, errors = _evaluate(
-                cedar_request, bundle.without_approvals, entities, self._schema
-            )
-            if errors or decision != "Allow":
-                # No other forbid matched the first time, so this deny is a missing permit.
-                return PolicyResult(
-                    Outcome.DENY,
-                    result.reasons,
-                    bundle.version,
-                    POLICY_ERROR if errors else NO_PERMIT,
-                    errors=tuple(errors),
-                    arguments=canonical,
-                )
-        return replace(result, arguments=canonical)
+        result = decide_bundle(bundle, cedar_request, entities, self._schema)
+        # The record of what Cedar saw: references to the parts built above, no copies
+        # (the audit writer serializes it once). Args attributes are derived from the
+        # typed tags, so they are not stored twice.
+        agent = delta[0]
+        record: dict[str, Any] = {
+            "principal": {
+                "id": request.principal.spiffe_id,
+                "trust_domain": agent["attrs"]["trust_domain"],
+                "attestation": agent["attrs"]["attestation"],
+                "tags": agent["tags"],
+            },
+            "action": request.action,
+            "resource": resource.cedar_uid,
+            "catalog": state.catalog_version,
+            "context": request.context,
+            "call": delta[1]["tags"],
+            "args": canonical.typed,
+        }
+        if len(delta) > 3:
+            record["resource_entity"] = delta[3]
+        shadow = None
+        if state.shadow is not None:
+            shadow = _shadow(state.shadow, cedar_request, entities, self._schema)
+        return replace(result, arguments=canonical, input=record, shadow=shadow)
 
 
-def _interpret(
-    bundle: PolicyBundle, decision: str, determining: list[str], errors: list[str]
+def decide_bundle(
+    bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedarpy.Entities, schema: cedarpy.Schema
 ) -> PolicyResult:
+    """One decision of ``bundle`` over a built request: what the engine and replay share."""
+    if bundle.policy_set is None:
+        return PolicyResult(Outcome.DENY, (), bundle.version, NO_POLICY)
+    decision, determining, errors = _evaluate(cedar_request, bundle.policy_set, entities, schema)
+    result = interpret(bundle, decision, determining, errors)
+    if result.outcome is Outcome.APPROVAL_REQUIRED and bundle.without_approvals is not None:
+        # Ask a human only when their yes would allow: without the @approval forbids
+        # the request must pass, or the honest answer is the deny that remains.
+        decision, determining, errors = _evaluate(cedar_request, bundle.without_approvals, entities, schema)
+        if errors or decision != "Allow":
+            # No other forbid matched the first time, so this deny is a missing permit.
+            return PolicyResult(
+                Outcome.DENY,
+                result.reasons,
+                bundle.version,
+                POLICY_ERROR if errors else NO_PERMIT,
+                errors=tuple(errors),
+            )
+    return result
+
+
+def _shadow(
+    bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedarpy.Entities, schema: cedarpy.Schema
+) -> ShadowResult:
+    """The shadow set's answer; never raises, so it cannot change the enforced decision."""
+    try:
+        r = decide_bundle(bundle, cedar_request, entities, schema)
+    except Exception as exc:  # a shadow failure is recorded, never enforced
+        return ShadowResult(None, (), bundle.version, POLICY_ERROR, f"{type(exc).__name__}: {exc}")
+    if r.code == POLICY_ERROR:
+        return ShadowResult(None, r.reasons, bundle.version, r.code, "; ".join(r.errors) or "policy error")
+    return ShadowResult(r.outcome, r.reasons, r.policy_version, r.code)
+
+
+def interpret(bundle: PolicyBundle, decision: str, determining: list[str], errors: list[str]) -> PolicyResult:
     version = bundle.version
     if errors or decision not in ("Allow", "Deny"):
         return PolicyResult(Outcome.DENY, (), version, POLICY_ERROR, errors=tuple(errors))

@@ -1,0 +1,257 @@
+"""`tether policy replay|shadow|promote`: see what a policy change would do before it acts."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import func, select
+
+from tether.audit import event as ev
+from tether.audit.masking import salt_from_master_key
+from tether.audit.query import parse_time
+from tether.catalog import load_catalog
+from tether.cli._common import admin_socket, console, err_console, json_option, output, run, state_dir_option
+from tether.config import Settings, load_settings
+from tether.identity.keys import MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key
+from tether.policy import load_bundle, load_schema
+from tether.policy.replay import Recorded, Replayer, ReplayReport, recorded_from_event
+from tether.server.admin import call
+from tether.store import tables as t
+from tether.store.db import Database
+
+#: Exit codes of `replay` beside 0 (done) and 1 (error): the CI gate's answers.
+EXIT_FLIPS = 4
+EXIT_NOTHING = 5
+_E = t.audit_events.c
+
+
+def _salt(settings: Settings) -> bytes | None:
+    """The digest salt, without ever creating a master key (replay writes nothing)."""
+    if not os.environ.get(MASTER_KEY_ENV) and not (settings.state_dir / MASTER_KEY_FILE).exists():
+        return None
+    return salt_from_master_key(load_master_key(settings.state_dir))
+
+
+def _window(db: Database, since: float, until: float | None) -> Any:
+    q = select(_E.v, _E.payload, _E.decision_id, _E.agent).where(_E.type == ev.DECISION, _E.ts >= since)
+    return q.where(_E.ts < until) if until is not None else q
+
+
+def _records(db: Database, since: float, until: float | None) -> Iterator[Recorded | str]:
+    with db.read() as conn:
+        rows = conn.execution_options(yield_per=2000).execute(
+            _window(db, since, until).order_by(_E.ts, _E.chain, _E.seq)
+        )
+        for v, payload, decision_id, agent in rows:
+            yield recorded_from_event(int(v), orjson.loads(payload), decision_id, agent)
+
+
+def _count(db: Database, since: float, until: float | None) -> int:
+    q = select(func.count()).select_from(t.audit_events).where(_E.type == ev.DECISION, _E.ts >= since)
+    if until is not None:
+        q = q.where(_E.ts < until)
+    with db.read() as conn:
+        return int(conn.execute(q).scalar() or 0)
+
+
+def _render(d: dict[str, Any]) -> None:
+    skipped = d["not_replayable"]
+    console.print(
+        f"replayed [bold]{d['replayed']}[/] of {d['decisions']} decisions against "
+        f"{d['candidate_version']} in {d['seconds']} s"
+        + (f" ({d['rate_per_second']}/s)" if d["rate_per_second"] else ""),
+        highlight=False,
+    )
+    if skipped:
+        why = {
+            "before_v3": "recorded before decision inputs were kept (event schema < 3)",
+            "before_policy": "decided before policy (token, scope, task state, arguments)",
+            "malformed_input": "with an input this version cannot read",
+        }
+        for k, n in skipped.items():
+            console.print(f"[yellow]![/] {n} not replayable: {why.get(k, k)}", highlight=False)
+    if d["inexact"]:
+        console.print(
+            f"[yellow]![/] {d['inexact']} read a masked value no policy literal matches: exact for "
+            "equality only (see docs/policy-change.md)",
+            highlight=False,
+        )
+    if d["catalog_changed"]:
+        console.print(
+            f"[yellow]![/] {d['catalog_changed']} were decided over another catalog version", highlight=False
+        )
+    if not d["flips"]:
+        console.print("[green]✓[/] no decision changes")
+        return
+    console.print(f"[red]{d['flips']} flips[/]: " + ", ".join(f"{k} {n}" for k, n in d["by_kind"].items()))
+    t1 = Table("policy", "flips", "kinds", "example decisions", title="by policy")
+    for g in d["by_policy"]:
+        t1.add_row(g["policy"], str(g["count"]), _kinds(g), "\n".join(g["examples"]))
+    console.print(t1)
+    t2 = Table("agent", "intent", "flips", "kinds", "example decisions", title="by agent and intent")
+    for g in d["by_agent_intent"]:
+        t2.add_row(g["agent"], g["intent"], str(g["count"]), _kinds(g), "\n".join(g["examples"]))
+    console.print(t2)
+    t3 = Table("decision", "change", "action on resource", "recorded by", "candidate by", title="examples")
+    for e in d["examples"]:
+        t3.add_row(
+            e["decision_id"],
+            e["kind"],
+            f"{e['action']} {e['resource']}",
+            ", ".join(e["recorded"]["policies"]) or "-",
+            ", ".join(e["candidate"]["policies"]) or "-",
+        )
+    console.print(t3)
+
+
+def _kinds(g: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in g["by_kind"].items())
+
+
+@click.command()
+@click.argument("policy_dir", type=click.Path(path_type=Path))
+@click.option("--since", default="7d", show_default=True, help="Start of the window: `7d`, `2h`, ISO 8601.")
+@click.option("--until", help="End of the window [default: now].")
+@click.option(
+    "--catalog",
+    "catalog_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Candidate catalog file [default: the state directory's].",
+)
+@click.option(
+    "--max-flips",
+    type=click.IntRange(min=0),
+    help=f"Exit {EXIT_FLIPS} when more decisions than this change (and {EXIT_NOTHING} when none "
+    "could be replayed): a gate for CI.",
+)
+@click.option("--store", help="Store URL [default: the state directory's config].")
+@state_dir_option
+@json_option
+def replay(
+    policy_dir: Path,
+    since: str,
+    until: str | None,
+    catalog_file: Path | None,
+    max_flips: int | None,
+    store: str | None,
+    state_dir: Path,
+    as_json: bool,
+) -> None:
+    """Decide every recorded decision in the window again with the policies in POLICY_DIR.
+
+    Reports the decisions whose outcome would change (allow→deny, deny→allow,
+    →approval_required), grouped by the policies that make the difference and by agent
+    and intent, with example decision ids. Reads the audit log only; writes nothing.
+
+    \b
+    tether policy replay ./candidate --since 7d
+    tether policy replay ./candidate --catalog new-catalog.yaml --max-flips 0 --json
+    """
+    settings: Settings = run(lambda: load_settings(state_dir, overrides={"store": store}), as_json)
+    schema = load_schema()
+    bundle = run(lambda: load_bundle(policy_dir, schema), as_json)  # the reload's checks and messages
+    catalog = run(lambda: load_catalog(catalog_file or settings.catalog_path), as_json)
+    start = run(lambda: parse_time(since), as_json)
+    end = run(lambda: parse_time(until, field="until"), as_json) if until else None
+    texts = [p.read_text("utf-8") for p in sorted(policy_dir.glob("*.cedar")) if p.is_file()]
+    replayer = Replayer(bundle, catalog, schema, salt=_salt(settings), policy_texts=texts)
+    db = Database(settings.store_url)
+    try:
+        total = run(lambda: _count(db, start, end), as_json)
+        report = ReplayReport(bundle.version, replayer.catalog_version)
+        began = time.perf_counter()
+        if as_json or not err_console.is_terminal:
+            replayer.replay(_records(db, start, end), report)
+        else:
+            columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=err_console, transient=True) as bar:
+                task = bar.add_task("replay", total=total)
+                replayer.replay(_records(db, start, end), report, lambda n: bar.advance(task, n))
+        report.seconds = time.perf_counter() - began
+    finally:
+        db.dispose()
+    data = report.to_dict()
+    data["window"] = {"since": start, "until": end}
+    if not report.replayed:
+        data["message"] = "no replayable decisions in the window"
+    output(data, as_json, _render_or_empty)
+    if max_flips is not None:
+        if not report.replayed:
+            raise SystemExit(EXIT_NOTHING)
+        if report.flips > max_flips:
+            raise SystemExit(EXIT_FLIPS)
+
+
+def _render_or_empty(d: dict[str, Any]) -> None:
+    if not d["replayed"]:
+        console.print(f"[yellow]![/] no replayable decisions in the window ({d['decisions']} recorded)")
+        for k, n in d["not_replayable"].items():
+            console.print(f"  {n} {k.replace('_', ' ')}", highlight=False)
+        return
+    _render(d)
+
+
+@click.command()
+@click.argument("directory", required=False)
+@state_dir_option
+@json_option
+def shadow(directory: str | None, state_dir: Path, as_json: bool) -> None:
+    """Evaluate the policies in DIRECTORY beside the enforced ones (`off` to stop).
+
+    Every decision is also decided by the shadow set; where the two differ a
+    `policy.shadow_diverged` audit event is written. Only the enforced set ever acts.
+    Without DIRECTORY: show the shadow set and its counters.
+    """
+    args: dict[str, Any] = {}
+    if directory is not None:
+        args["directory"] = directory if directory == "off" else str(Path(directory).absolute())
+    data = run(lambda: call(admin_socket(state_dir), "policy.shadow", args), as_json)
+
+    def render(d: dict[str, Any]) -> None:
+        if d["shadow"] is None:
+            console.print(f"no shadow set; enforced {d['enforced_version']}", highlight=False)
+            return
+        c = d["counters"]
+        console.print(
+            f"shadow [bold]{d['shadow_version']}[/] ({d['shadow']}) beside enforced {d['enforced_version']}: "
+            f"{c['evaluated']} decisions, {c['diverged']} diverged, {c['errors']} errors",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for k, n in c["by_kind"].items():
+            console.print(f"  {k} {n}", highlight=False)
+
+    output(data, as_json, render)
+
+
+@click.command()
+@state_dir_option
+@json_option
+def promote(state_dir: Path, as_json: bool) -> None:
+    """Make the shadow set the enforced one (through the same checks as a reload).
+
+    Its files replace the policy directory's and the broker reloads; if the reload
+    refuses, the previous files are restored and the previous set stays in force.
+    """
+    data = run(lambda: call(admin_socket(state_dir), "policy.promote"), as_json)
+    output(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"[green]✓[/] policy {d['policy_version']} in force (was {d['previous_version']})",
+            highlight=False,
+        ),
+    )
+
+
+def attach(group: click.Group) -> None:
+    for command in (replay, shadow, promote):
+        group.add_command(command)

@@ -1,0 +1,391 @@
+"""Replay: decide recorded decisions again with a candidate policy set, report the flips.
+
+A decision event of schema v3 carries what Cedar saw (``payload.input``, see
+:mod:`tether.policy.engine`). :class:`Replayer` rebuilds the Cedar request from it — the
+agent entity, the ``Call`` and ``Args`` entities, the context — against a candidate
+bundle and catalog, and compares the outcome with the recorded one. Pure: events come in
+as plain mappings, nothing is written anywhere.
+
+Speed: a decision's entities are the catalog's plus its agent, ``Call`` and ``Args``, as
+in the live engine. Handles are cached by that delta, and the decisions of a batch that
+share one (same agent, same arguments) go to ``cedarpy.is_authorized_batch`` together.
+(One handle holding many decisions' entities under distinct ids was measured slower:
+cedarpy's per-request cost grows with the size of the entity set.)
+
+Masked values (``{"$masked": type, "digest": …}``) are resolved against the literals of
+the candidate policies: a digest equal to a literal's (same salt) means the value was
+that literal, so equality — and every other test — on it replays exactly. An unresolved
+one becomes a text no literal can equal; the decision is then counted as *inexact*
+(``like``, ``contains`` or ordering over that value may differ from the live decision).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cedarpy
+
+from tether.audit.event import REPLAYABLE_VERSION
+from tether.audit.masking import TYPED_MASK_KEY, is_typed_mask, mask_digest
+from tether.catalog import Catalog
+from tether.model import Outcome
+from tether.policy.engine import NO_PERMIT, POLICY_ERROR, PolicyResult, catalog_version, interpret
+from tether.policy.loader import PolicyBundle
+from tether.policy.shadow import flip_kind
+
+__all__ = ["Recorded", "ReplayReport", "Replayer", "recorded_from_event"]
+
+BATCH = 512
+_CACHE = 4096  # entities handles kept (one per distinct agent + arguments)
+_CALL_UID = {"type": "Tether::Call", "id": "call"}
+_ARGS_UID = {"type": "Tether::Args", "id": "args"}
+MAX_EXAMPLES = 3
+_STRING_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_LONG_LITERAL = re.compile(r"(?<![\w.\"])-?\d{1,18}(?![\w.])")
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One replayable decision as it was recorded."""
+
+    decision_id: str
+    agent: str
+    intent: str
+    outcome: str
+    policies: tuple[str, ...]
+    input: Mapping[str, Any]
+
+
+def recorded_from_event(
+    v: int, payload: Mapping[str, Any], decision_id: str | None, agent: str | None
+) -> Recorded | str:
+    """The recorded decision, or why it cannot be replayed (``before_v3``, ``before_policy``)."""
+    if v < REPLAYABLE_VERSION:
+        return "before_v3"
+    inp = payload.get("input")
+    if not isinstance(inp, Mapping):
+        # Token, scope, task-state or argument refusals: decided before any policy ran.
+        return "before_policy"
+    ctx = inp.get("context") or {}
+    task = ctx.get("task") or {}
+    return Recorded(
+        decision_id or "",
+        agent or str(inp.get("principal", {}).get("id", "")),
+        str(task.get("intent", "")),
+        str(payload.get("policy_outcome") or payload.get("outcome")),
+        tuple(str(r.get("policy_id")) for r in payload.get("reasons") or () if isinstance(r, Mapping)),
+        inp,
+    )
+
+
+@dataclass
+class _Group:
+    count: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, decision_id: str) -> None:
+        self.count += 1
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(decision_id)
+
+
+@dataclass
+class ReplayReport:
+    candidate_version: str
+    catalog_version: str
+    decisions: int = 0
+    replayed: int = 0
+    not_replayable: dict[str, int] = field(default_factory=dict)
+    inexact: int = 0
+    catalog_changed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    by_policy: dict[str, _Group] = field(default_factory=lambda: defaultdict(_Group))
+    by_agent_intent: dict[tuple[str, str], _Group] = field(default_factory=lambda: defaultdict(_Group))
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def flips(self) -> int:
+        return sum(self.by_kind.values())
+
+    def note_skip(self, why: str) -> None:
+        self.decisions += 1
+        self.not_replayable[why] = self.not_replayable.get(why, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        def group(g: _Group) -> dict[str, Any]:
+            return {"count": g.count, "by_kind": dict(sorted(g.by_kind.items())), "examples": g.examples}
+
+        return {
+            "candidate_version": self.candidate_version,
+            "catalog_version": self.catalog_version,
+            "decisions": self.decisions,
+            "replayed": self.replayed,
+            "unchanged": self.replayed - self.flips,
+            "flips": self.flips,
+            "not_replayable": dict(sorted(self.not_replayable.items())),
+            "inexact": self.inexact,
+            "catalog_changed": self.catalog_changed,
+            "by_kind": dict(sorted(self.by_kind.items())),
+            "by_policy": [
+                {"policy": p, **group(g)}
+                for p, g in sorted(self.by_policy.items(), key=lambda kv: (-kv[1].count, kv[0]))
+            ],
+            "by_agent_intent": [
+                {"agent": a, "intent": i, **group(g)}
+                for (a, i), g in sorted(self.by_agent_intent.items(), key=lambda kv: (-kv[1].count, kv[0]))
+            ],
+            "examples": self.examples,
+            "seconds": round(self.seconds, 3),
+            "rate_per_second": round(self.replayed / self.seconds) if self.seconds > 0 else None,
+        }
+
+
+def _literals(texts: Iterable[str]) -> tuple[list[str], list[int]]:
+    """String and integer literals of the candidate policies (the values a masked digest
+    can be recognised as; one found in a comment is still that value)."""
+    text = "\n".join(texts)
+    strings = []
+    for m in _STRING_LITERAL.finditer(text):
+        try:
+            strings.append(json.loads(f'"{m.group(1)}"'))
+        except ValueError:
+            continue
+    longs = [int(x) for x in _LONG_LITERAL.findall(text)]
+    return strings, longs
+
+
+class Replayer:
+    """Decides recorded inputs with ``bundle`` over ``catalog``; reusable across batches."""
+
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        catalog: Catalog,
+        schema: cedarpy.Schema,
+        *,
+        salt: bytes | None = None,
+        policy_texts: Iterable[str] = (),
+    ) -> None:
+        """``salt`` is the audit digest salt (``None``: masked values stay unresolved);
+        ``policy_texts`` the candidate's Cedar sources, searched for literals."""
+        self.bundle = bundle
+        self.catalog = catalog
+        self.schema = schema
+        self.catalog_version = catalog_version(catalog)
+        self._base = cedarpy.Entities.from_json_str(catalog.entities_json(), schema)
+        self._known: dict[str, Any] = {}
+        self._cache: dict[str, cedarpy.Entities] = {}
+        if salt is not None:
+            strings, longs = _literals(policy_texts)
+            for lit in (*strings, *longs, True, False):
+                self._known[mask_digest(salt, lit)] = lit
+
+    # -- rebuilding one request ----------------------------------------------------------
+    def _unmask(self, value: Any, flags: list[bool]) -> Any:
+        if is_typed_mask(value):
+            known = self._known.get(value["digest"], _MISSING)
+            kind = value[TYPED_MASK_KEY]
+            if known is not _MISSING and (kind == "Bool") == isinstance(known, bool):
+                return known
+            flags.append(True)
+            digest = str(value["digest"]).rpartition(":")[2]
+            if kind == "Long":
+                return int(digest[:12], 16)
+            if kind == "Bool":
+                return False
+            return f"[masked:{digest[:16]}]"
+        if isinstance(value, dict):
+            return {k: self._unmask(v, flags) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._unmask(v, flags) for v in value]
+        return value
+
+    def _build(self, inp: Mapping[str, Any]) -> tuple[str, str, dict[str, Any], bool] | None:
+        """(entities key, entities delta JSON, Cedar request, a masked value stayed
+        unresolved) of one record, or None when its resource is unknown to the catalog."""
+        flags: list[bool] = []
+        inp = self._unmask(inp, flags)
+        resource = inp["resource"]
+        entity = inp.get("resource_entity")
+        if entity is None and self.catalog.get(str(resource["id"])) is None:
+            return None
+        p = inp["principal"]
+        agent_uid = {"type": "Tether::Agent", "id": p["id"]}
+        typed: Mapping[str, Any] = inp["args"]
+        paths: set[str] = set()
+        hosts: set[str] = set()
+        under: set[str] | None = None
+        for arg in typed.values():
+            hosts.update(arg.get("hosts", ()))
+            if arg.get("kind") == "path":
+                paths.update(arg.get("values", ()))
+                u = set(arg.get("under", ()))
+                under = u if under is None else under & u
+        # The same three (or four) entities the live engine adds, under the same ids.
+        delta: list[Any] = [
+            {
+                "uid": agent_uid,
+                "attrs": {"trust_domain": p["trust_domain"], "attestation": p["attestation"]},
+                "tags": p["tags"],
+                "parents": [],
+            },
+            {"uid": _CALL_UID, "attrs": {}, "tags": inp["call"], "parents": []},
+            {
+                "uid": _ARGS_UID,
+                "attrs": {"paths": sorted(paths), "under": sorted(under or ()), "hosts": sorted(hosts)},
+                "tags": typed,
+                "parents": [],
+            },
+        ]
+        if entity is not None:
+            delta.append(entity)
+        text = json.dumps(delta, sort_keys=True)
+        context = dict(inp["context"])
+        context["call"] = {"__entity": _CALL_UID}
+        context["args"] = {"__entity": _ARGS_UID}
+        request = {
+            "principal": agent_uid,
+            "action": {"type": "Tether::Action", "id": inp["action"]},
+            "resource": resource,
+            "context": context,
+        }
+        return text, text, request, bool(flags)
+
+    def _entities(self, key: str, delta: str) -> cedarpy.Entities:
+        handle = self._cache.get(key)
+        if handle is None:
+            if len(self._cache) >= _CACHE:
+                self._cache.clear()
+            handle = self._cache[key] = self._base.with_added_json_str(delta, self.schema)
+        return handle
+
+    # -- deciding ------------------------------------------------------------------------
+    def _decide_batch(self, requests: list[dict[str, Any]], key: str, delta: str) -> list[PolicyResult]:
+        bundle = self.bundle
+        if bundle.policy_set is None:
+            return [PolicyResult(Outcome.DENY, (), bundle.version, "no_policy") for _ in requests]
+        try:
+            entities = self._entities(key, delta)
+            answers = cedarpy.is_authorized_batch(requests, bundle.policy_set, entities, self.schema)
+        except (ValueError, RuntimeError) as exc:
+            # The live engine denies when Cedar refuses its input; so does replay.
+            return [
+                PolicyResult(Outcome.DENY, (), bundle.version, POLICY_ERROR, errors=(str(exc),))
+                for _ in requests
+            ]
+        results = [
+            interpret(
+                bundle,
+                a.decision.value,
+                list(a.diagnostics.reasons),
+                [str(e) for e in a.diagnostics.errors],
+            )
+            for a in answers
+        ]
+        ask = [i for i, r in enumerate(results) if r.outcome is Outcome.APPROVAL_REQUIRED]
+        if ask and bundle.without_approvals is not None:
+            # As the engine does: a human is asked only when their yes would allow.
+            second = cedarpy.is_authorized_batch(
+                [requests[i] for i in ask], bundle.without_approvals, entities, self.schema
+            )
+            for i, a in zip(ask, second, strict=True):
+                if a.diagnostics.errors or a.decision.value != "Allow":
+                    code = POLICY_ERROR if a.diagnostics.errors else NO_PERMIT
+                    results[i] = PolicyResult(Outcome.DENY, results[i].reasons, bundle.version, code)
+        return results
+
+    def replay(
+        self,
+        records: Iterable[Recorded | str],
+        report: ReplayReport | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ReplayReport:
+        """Replay ``records`` (a ``str`` is a skipped event and why) into ``report``."""
+        out = report or ReplayReport(self.bundle.version, self.catalog_version)
+        batch: list[Recorded] = []
+        for rec in records:
+            if isinstance(rec, str):
+                out.note_skip(rec)
+                continue
+            batch.append(rec)
+            if len(batch) >= BATCH:
+                self._run(batch, out)
+                if progress:
+                    progress(len(batch))
+                batch = []
+        if batch:
+            self._run(batch, out)
+            if progress:
+                progress(len(batch))
+        return out
+
+    def _run(self, batch: list[Recorded], out: ReplayReport) -> None:
+        """Decide ``batch``: records that share their entities (same agent, arguments)
+        go to Cedar together over one cached handle; notes are taken in record order."""
+        groups: dict[str, tuple[str, list[int], list[dict[str, Any]]]] = {}
+        results: list[PolicyResult | None] = [None] * len(batch)
+        inexact = [False] * len(batch)
+        for i, rec in enumerate(batch):
+            try:
+                built = self._build(rec.input)
+            except (KeyError, TypeError, AttributeError):
+                continue  # left None: reported as malformed
+            if built is None:
+                results[i] = PolicyResult(Outcome.DENY, (), self.bundle.version, "unknown_resource")
+                continue
+            key, delta, request, masked = built
+            inexact[i] = masked
+            group = groups.setdefault(key, (delta, [], []))
+            group[1].append(i)
+            group[2].append(request)
+        for key, (delta, where, requests) in groups.items():
+            for i, decided in zip(where, self._decide_batch(requests, key, delta), strict=True):
+                results[i] = decided
+        for i, rec in enumerate(batch):
+            result = results[i]
+            if result is None:
+                out.note_skip("malformed_input")
+            else:
+                self._note(out, rec, result, inexact[i])
+
+    def _note(self, out: ReplayReport, rec: Recorded, result: PolicyResult, inexact: bool) -> None:
+        out.decisions += 1
+        out.replayed += 1
+        out.inexact += inexact
+        if rec.input.get("catalog") != self.catalog_version:
+            out.catalog_changed += 1
+        after = result.outcome.value
+        if after == rec.outcome:
+            return
+        kind = flip_kind(rec.outcome, after)
+        out.by_kind[kind] = out.by_kind.get(kind, 0) + 1
+        now = tuple(r.policy_id for r in result.reasons) or ((result.code,) if result.code else ())
+        changed = sorted(set(rec.policies) ^ set(now)) or sorted(set(rec.policies) | set(now))
+        for policy_id in changed or ["(none)"]:
+            out.by_policy[policy_id].add(kind, rec.decision_id)
+        out.by_agent_intent[(rec.agent, rec.intent)].add(kind, rec.decision_id)
+        if len(out.examples) < 20:
+            out.examples.append(
+                {
+                    "decision_id": rec.decision_id,
+                    "kind": kind,
+                    "agent": rec.agent,
+                    "intent": rec.intent,
+                    "action": rec.input.get("action"),
+                    "resource": rec.input.get("resource", {}).get("id"),
+                    "recorded": {"outcome": rec.outcome, "policies": list(rec.policies)},
+                    "candidate": {"outcome": after, "policies": list(now)},
+                    **({"inexact": True} if inexact else {}),
+                }
+            )
+
+
+_MISSING = object()
