@@ -76,9 +76,8 @@ def main() -> None:
     (cand / "90-candidate.cedar").write_text(CANDIDATE)
     schema = load_schema()
     bundle = load_bundle(cand, schema)
-    texts = [p.read_text() for p in sorted(cand.glob("*.cedar"))]
     salt = salt_from_master_key(load_master_key(settings.state_dir))
-    replayer = Replayer(bundle, rt.catalog, schema, salt=salt, policy_texts=texts)
+    replayer = Replayer(bundle, rt.catalog, schema, salt=salt, policy_texts=bundle.sources.values())
 
     whole: list[float] = []
     report = ReplayReport(bundle.version, replayer.catalog_version)

@@ -21,7 +21,8 @@ from tether.catalog import load_catalog
 from tether.cli._common import admin_socket, console, err_console, json_option, output, run, state_dir_option
 from tether.config import Settings, load_settings
 from tether.identity.keys import MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key
-from tether.policy import load_bundle, load_schema
+from tether.policy import load_schema
+from tether.policy.analysis import load_checked
 from tether.policy.replay import Recorded, Replayer, ReplayReport, recorded_from_event
 from tether.server.admin import call
 from tether.store import tables as t
@@ -157,12 +158,12 @@ def replay(
     """
     settings: Settings = run(lambda: load_settings(state_dir, overrides={"store": store}), as_json)
     schema = load_schema()
-    bundle = run(lambda: load_bundle(policy_dir, schema), as_json)  # the reload's checks and messages
     catalog = run(lambda: load_catalog(catalog_file or settings.catalog_path), as_json)
+    # The reload's checks and messages (analysis warnings are reported, not refused).
+    bundle, analysis = run(lambda: load_checked(policy_dir, schema, catalog), as_json)
     start = run(lambda: parse_time(since), as_json)
     end = run(lambda: parse_time(until, field="until"), as_json) if until else None
-    texts = [p.read_text("utf-8") for p in sorted(policy_dir.glob("*.cedar")) if p.is_file()]
-    replayer = Replayer(bundle, catalog, schema, salt=_salt(settings), policy_texts=texts)
+    replayer = Replayer(bundle, catalog, schema, salt=_salt(settings), policy_texts=bundle.sources.values())
     db = Database(settings.store_url)
     try:
         total = run(lambda: _count(db, start, end), as_json)
@@ -180,6 +181,7 @@ def replay(
         db.dispose()
     data = report.to_dict()
     data["window"] = {"since": start, "until": end}
+    data["warnings"] = [w.describe() for w in analysis.warnings]
     if not report.replayed:
         data["message"] = "no replayable decisions in the window"
     output(data, as_json, _render_or_empty)
@@ -191,6 +193,8 @@ def replay(
 
 
 def _render_or_empty(d: dict[str, Any]) -> None:
+    for w in d["warnings"]:
+        console.print(f"[yellow]warning[/] {w}", highlight=False, soft_wrap=True)
     if not d["replayed"]:
         console.print(f"[yellow]![/] no replayable decisions in the window ({d['decisions']} recorded)")
         for k, n in d["not_replayable"].items():
@@ -216,6 +220,8 @@ def shadow(directory: str | None, state_dir: Path, as_json: bool) -> None:
     data = run(lambda: call(admin_socket(state_dir), "policy.shadow", args), as_json)
 
     def render(d: dict[str, Any]) -> None:
+        for w in d.get("warnings", []):
+            console.print(f"[yellow]warning[/] {w}", highlight=False, soft_wrap=True)
         if d["shadow"] is None:
             console.print(f"no shadow set; enforced {d['enforced_version']}", highlight=False)
             return

@@ -300,10 +300,14 @@ class PolicyEngine:
         """Validate ``policy_dir`` exactly as :meth:`reload` does and evaluate it beside
         the enforced set from now on; on error raise and keep the previous shadow."""
         bundle = load_bundle(policy_dir, self._schema)
-        with self._write_lock:
-            self._state = replace(self._state, shadow=bundle, shadow_source=str(policy_dir))
-            self.shadow_counters = ShadowCounters()
+        self.set_shadow(bundle, str(policy_dir))
         return bundle
+
+    def set_shadow(self, bundle: PolicyBundle, source: str) -> None:
+        """Evaluate an already-validated ``bundle`` (from ``source``) in shadow mode."""
+        with self._write_lock:
+            self._state = replace(self._state, shadow=bundle, shadow_source=source)
+            self.shadow_counters = ShadowCounters()
 
     def clear_shadow(self) -> None:
         with self._write_lock:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.audit import event as ev
 from tether.errors import Conflict, InvalidRequest, PolicyError
+from tether.policy.analysis import load_checked
 from tether.policy.loader import load_bundle
 from tether.server.admin import OperationTable, Operator
 
@@ -47,7 +48,9 @@ def set_shadow(core: Core, directory: Path | None, *, by: str) -> dict[str, Any]
             u.emit(ev.POLICY_SHADOW_SET, {"state": "off", "previous": previous, "by": by})
         return shadow_status(core)
     try:
-        bundle = core.engine.load_shadow(directory)
+        # Exactly the reload's checks (and analysis warnings, which do not refuse).
+        bundle, analysis = load_checked(directory, core.engine.schema, core.engine.catalog)
+        core.engine.set_shadow(bundle, str(directory))
     except PolicyError as exc:
         with core.audit.unit() as u:
             u.emit(
@@ -65,9 +68,10 @@ def set_shadow(core: Core, directory: Path | None, *, by: str) -> dict[str, Any]
                 "files": list(bundle.files),
                 "enforced_version": core.engine.bundle.version,
                 "by": by,
+                **({"warnings": [w.to_dict() for w in analysis.warnings]} if analysis.warnings else {}),
             },
         )
-    return shadow_status(core)
+    return {**shadow_status(core), "warnings": [w.describe() for w in analysis.warnings]}
 
 
 def _write_files(target: Path, files: dict[str, bytes]) -> None:
