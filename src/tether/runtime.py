@@ -32,6 +32,7 @@ from tether.config import CONFIG_FILE, Settings
 from tether.errors import PolicyError
 from tether.identity.keys import KeyRing, load_master_key
 from tether.identity.svid import SvidVerifier, TrustBundles
+from tether.leader import Leadership
 from tether.policy.analysis import PolicyWarning, load_checked
 from tether.policy.engine import PolicyEngine
 from tether.replicas import Replica
@@ -127,8 +128,13 @@ class Core:
     broker: Broker
     #: Starlette routes the layers add (served next to the core API).
     routes: list[BaseRoute] = field(default_factory=list)
-    #: Jobs run by the reaper loop every couple of seconds, in a worker thread.
+    #: Cluster-wide jobs, run by the periodic loop every couple of seconds in a worker
+    #: thread, and only by the process holding the leader lease (``tether.leader``).
     periodic: list[Callable[[], object]] = field(default_factory=list)
+    #: Jobs every process runs for its own state (its audit chain's checkpoints).
+    node_periodic: list[Callable[[], object]] = field(default_factory=list)
+    #: This process's claim on the leader lease; ``None`` only in a bare core.
+    leadership: Leadership | None = None
     #: Called on shutdown, last added first.
     on_close: list[Callable[[], object]] = field(default_factory=list)
     #: This runtime's admin operations, by name (``server.admin``); filled by the layers.
@@ -176,7 +182,13 @@ class Core:
             )
         core = cls(settings, db, keys, audit, engine, catalog, bundles, svids, broker)
         core.on_close.append(replica.start())  # released last, after every layer stopped
+        core.leadership = Leadership(db, settings.node_id)
+        core.on_close.append(core.leadership.start())  # freed after the layers stopped their jobs
         return core
+
+    def is_leader(self) -> bool:
+        """Whether this process runs the cluster-wide periodic jobs now."""
+        return self.leadership is None or self.leadership.is_leader()
 
     def add_operations(self, table: Mapping[str, OpHandler]) -> None:
         """Add a layer's admin operations; a name two layers claim is a wiring bug."""

@@ -190,3 +190,46 @@ def test_tether_up_with_the_node_id_of_a_running_broker_exits_saying_what_to_cha
     out = " ".join((second.stdout + second.stderr).split())
     assert "node_id_in_use" in out and "node_id `node-1` is already live" in out
     assert "give each replica its own `node_id`" in out
+
+
+@_ON_POSTGRESQL
+def test_two_replicas_never_both_reap_the_same_lease(replicas, store_url, pg_server):
+    """Three replicas run a reaper pass at once over expired leases: only the leader-lease
+    holder scans for them, and every lease gets exactly one `credential.revoked`."""
+    import time
+
+    for rt in replicas:
+        rt.credentials.reaper.stop()
+    leaders = [rt for rt in replicas if rt.is_leader()]
+    assert len(leaders) == 1
+    grants = (Grant("read", "analytics.orders"),)
+    leases = []
+    for i in range(9):
+        rt = replicas[i % 3]
+        tok = rt.broker.open_task(AGENT, OpenTaskRequest("support.triage", "test", grants, 2)).token
+        cred = rt.broker.authorize(tok, AuthorizeRequest("read", "analytics.orders")).credential
+        assert cred is not None
+        leases.append(cred.lease_id)
+    deadline = time.monotonic() + 30
+    while True:  # bounded wait for the leases' own expiry (≤ the 2 s tasks')
+        with replicas[0].db.read() as conn:
+            if len(ls.expired_live(conn, time.time())) == len(leases):
+                break
+        assert time.monotonic() < deadline, "the leases did not expire"
+        time.sleep(0.1)
+    gate = threading.Barrier(3)
+
+    def reap(rt: Runtime) -> dict[str, int]:
+        gate.wait(10)
+        return rt.credentials.reaper.reap()
+
+    with capture_events() as events, ThreadPoolExecutor(3) as pool:
+        outs = dict(zip([rt.settings.node_id for rt in replicas], pool.map(reap, replicas), strict=True))
+        for rt in replicas:  # whatever a claim left for later
+            rt.credentials.reaper.process_revocations()
+    assert {n: o["expired"] for n, o in outs.items()} == {
+        rt.settings.node_id: (len(leases) if rt is leaders[0] else 0) for rt in replicas
+    }
+    revoked = [e.lease_id for e in events if e.type == "credential.revoked"]
+    assert sorted(revoked) == sorted(leases)
+    assert not tether_roles(pg_server)

@@ -32,6 +32,6 @@ def build(rt: Core) -> AuditLayer:
     # First in line: later filters (if any) only ever see masked payloads.
     rt.audit.filters.insert(0, masker)
     writer = CheckpointWriter(rt.db, rt.audit, rt.keys, rt.settings.audit, rt.settings.state_dir)
-    rt.periodic.append(writer.tick)
+    rt.node_periodic.append(writer.tick)  # this process's own chain: every process
     rt.on_close.append(lambda: writer.tick(force=True))
     return AuditLayer(masker, writer)

@@ -19,6 +19,12 @@ One pass (:meth:`Reaper.reap`):
    lease commit on SQLite);
 5. the revocation feed drops entries whose subject has expired anyway.
 
+Steps 2, 4 and 5, and step 1 for other replicas' leases, are scans of the whole store:
+with several workers or replicas only the process holding the leader lease
+(``tether.leader``, ``is_leader``) runs them. Step 3 is claimed lease by lease, so every
+process runs it (revocations start on the replica that ended the task), and step 1 for
+this node's own pending leases runs at its start, leader or not.
+
 A worker thread runs a pass at start (so a broken connector never blocks start-up),
 then sleeps until woken (a task ended, a mint failed) or a second passes.
 """
@@ -29,7 +35,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tether.audit import event as ev
@@ -50,8 +56,9 @@ SWEEP_INTERVAL = 30.0
 
 
 class Reaper:
-    def __init__(self, creds: Credentials) -> None:
+    def __init__(self, creds: Credentials, is_leader: Callable[[], bool] = lambda: True) -> None:
         self.creds = creds
+        self.is_leader = is_leader
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -67,14 +74,20 @@ class Reaper:
             c = self.creds
             now = c.clock()
             out = {"stale": 0, "expired": 0, "orphaned": 0, "revoked": 0, "failed": 0, "swept": 0}
+            leader = self.is_leader()
+            stale: list[ls.Lease] = []
+            expired: list[ls.Lease] = []
+            orphaned: list[ls.Lease] = []
             with c.db.read() as conn:
-                stale = ls.stale_pending(
-                    conn,
-                    node_id=None if self._started else c.node_id,
-                    older_than=now - c.settings.credentials.pending_timeout_seconds,
-                )
-                expired = ls.expired_live(conn, now)
-                orphaned = ls.live_of_ended_tasks(conn)
+                if leader or not self._started:
+                    stale = ls.stale_pending(
+                        conn,
+                        node_id=None if self._started else c.node_id,
+                        older_than=now - c.settings.credentials.pending_timeout_seconds,
+                    )
+                if leader:
+                    expired = ls.expired_live(conn, now)
+                    orphaned = ls.live_of_ended_tasks(conn)
             inflight = c.inflight_leases()
             stale = [x for x in stale if x.id not in inflight]
             for leases, reason, key in (
@@ -91,10 +104,11 @@ class Reaper:
             self._started = True
             done, failed = self.process_revocations()
             out["revoked"], out["failed"] = done, failed
-            if sweep or time.monotonic() - self._last_sweep >= SWEEP_INTERVAL:
+            if leader and (sweep or time.monotonic() - self._last_sweep >= SWEEP_INTERVAL):
                 out["swept"] = self.sweep()
                 self._last_sweep = time.monotonic()
-            c.feed.prune(now, keep_seconds=c.settings.limits.jwt_leeway_seconds + 300)
+            if leader:
+                c.feed.prune(now, keep_seconds=c.settings.limits.jwt_leeway_seconds + 300)
             self.passes += 1
             return out
 

@@ -61,7 +61,7 @@ def build(rt: Core) -> CredentialsRuntime:
     feed = Feed(rt.db)
     service = Credentials(s, rt.db, rt.audit, connectors, feed, clock=rt.broker.clock)
     service.catalog = rt.catalog
-    reaper = Reaper(service)
+    reaper = Reaper(service, rt.is_leader)  # the store-wide scans: one process at a time
     introspector = Introspector(rt, service)
     rt.broker.allow_hooks.append(service.on_allow)
     rt.broker.tasks_ended_hooks.append(service.on_tasks_ended)

@@ -3,7 +3,9 @@
 SIGHUP reloads the policy directory (the old set stays in force when the new one is
 invalid). SIGINT/SIGTERM stop cleanly. Under ``tether serve --workers N``
 (``tether.server.workers``) each worker runs this on a shared listening socket; only the
-primary one serves the admin socket and runs the periodic jobs, so none runs twice.
+primary one serves the admin socket. Every worker and replica runs the periodic loop;
+the cluster-wide jobs in it run only in the process holding the leader lease
+(``tether.leader``), so none runs twice, and another process takes over when it dies.
 """
 
 from __future__ import annotations
@@ -45,15 +47,26 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def reap_once(rt: Runtime) -> None:
-    """Expire due tasks, rotate the signing key when due, run the extensions' jobs."""
+def reap_once(rt: Runtime) -> bool:
+    """This process's own jobs (its chain's checkpoints); then, when it holds the leader
+    lease, the cluster-wide ones: expire due tasks, rotate the signing key when due, the
+    layers' jobs. Returns whether the cluster-wide jobs ran."""
+    for job in rt.node_periodic:
+        _run_job(job)
+    if not rt.is_leader():
+        return False
     rt.broker.expire_due()
     rt.keys.rotate_if_due()
     for job in rt.periodic:
-        try:
-            job()
-        except Exception:  # one failing job must not starve the others
-            log.exception("periodic job %r failed", job)
+        _run_job(job)
+    return True
+
+
+def _run_job(job: Callable[[], object]) -> None:
+    try:
+        job()
+    except Exception:  # one failing job must not starve the others
+        log.exception("periodic job %r failed", job)
 
 
 async def _reaper(rt: Runtime, stop: asyncio.Event) -> None:
@@ -76,7 +89,7 @@ async def serve(
     primary: bool = True,
 ) -> None:
     """Serve ``rt`` until stopped; on ``sock`` (already listening) when given. A worker
-    that is not ``primary`` serves HTTP only: no admin socket, no reaper."""
+    that is not ``primary`` serves no admin socket."""
     host, port = rt.settings.listen_host_port
     app = create_app(rt)
     limits = rt.settings.limits
@@ -118,7 +131,7 @@ async def serve(
     # The loop keeps only weak references to tasks: hold them until they finish.
     background: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGHUP, reload_policy)
-    reaper = asyncio.create_task(_reaper(rt, stop)) if primary else None
+    reaper = asyncio.create_task(_reaper(rt, stop))
     try:
         if on_ready is not None:
 
@@ -134,8 +147,7 @@ async def serve(
         await server.serve(sockets=[sock] if sock is not None else None)
     finally:
         stop.set()
-        if reaper is not None:
-            await reaper
+        await reaper
         if admin is not None:
             await admin.close()
         loop.remove_signal_handler(signal.SIGHUP)

@@ -99,3 +99,19 @@ secret_inventory = Table(
     Column("rotation_status", String(16), nullable=False),  # never | ok | failed | retire_failed
     Column("rotation_error", String(512)),
 )
+
+#: One row per cluster-wide job group: the replica that runs the periodic jobs (task
+#: expiry, key rotation, the reaper's scans, the role sweep) holds it until
+#: ``expires_at`` and renews it; ``epoch`` grows on every change of holder (a fencing
+#: number for logs and metrics). Added by schema revision 0005.
+leader_leases = Table(
+    "leader_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
