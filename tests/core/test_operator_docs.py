@@ -74,7 +74,12 @@ def test_every_setting_named_exists(doc):
     for span in TICKED.findall(text):
         span = span.split(" ", 1)[0].rstrip(",")
         head = span.split(".", 1)[0]
-        if span not in EVENT_TYPES and head in SECTIONS and re.fullmatch(r"[a-z_]+(\.[a-z_<>]+)+", span) and "<" not in span:
+        if (
+            span not in EVENT_TYPES
+            and head in SECTIONS
+            and re.fullmatch(r"[a-z_]+(\.[a-z_<>]+)+", span)
+            and "<" not in span
+        ):
             assert span in keys, f"{doc}: `{span}` is not a setting"
 
 
