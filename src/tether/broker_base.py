@@ -8,6 +8,7 @@ time, split so that each file holds one kind of use case.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -39,6 +40,12 @@ from tether.store.db import Database
 from tether.tokens import TaskTokenClaims, TaskTokens
 
 Clock = Callable[[], float]
+
+
+@functools.lru_cache(maxsize=4096)
+def _trust_domain(agent: str) -> str:
+    """Parsed once per agent id: every decision builds the principal from it."""
+    return parse_spiffe_id(agent).trust_domain
 
 
 def new_id(prefix: str) -> str:
@@ -172,7 +179,7 @@ class BrokerBase:
     ) -> PolicyPrincipal:
         return PolicyPrincipal(
             spiffe_id=agent,
-            trust_domain=parse_spiffe_id(agent).trust_domain,
+            trust_domain=_trust_domain(agent),
             attestation=attestation,
             tags=dict(tags or {}),
         )

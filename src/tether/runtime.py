@@ -234,6 +234,7 @@ class Core:
                 fn()
             except Exception:
                 log.exception("shutdown hook failed")
+        self.audit.close()
         self.db.dispose()
 
 

@@ -165,6 +165,10 @@ class AuditChain:
         self._seq = 0
         self._head = GENESIS_HASH
         self._loaded = False
+        # SQLite: the writer keeps one connection (units are serialized by ``_lock``), so
+        # a decision does not pay a pool checkout and return. PostgreSQL checks out each
+        # time, so the store's watchdog arms every use (``tether.store.deadline``).
+        self._held: Connection | None = None
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with each event this chain commits; returns a function that removes it."""
@@ -213,7 +217,7 @@ class AuditChain:
         connected = False
         try:
             try:
-                with self.db.engine.begin() as conn:
+                with self._transaction() as conn:
                     connected = True
                     if not self._loaded:
                         self._load_head(conn)
@@ -248,6 +252,40 @@ class AuditChain:
                 listeners = [*self._listeners, *_listeners]
             for listener in listeners:
                 listener(ev)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A transaction on this writer's connection (the caller holds ``_lock``)."""
+        if self.db.dialect != "sqlite":
+            with self.db.engine.begin() as conn:
+                yield conn
+            return
+        held = self._held
+        if held is None or held.closed or held.invalidated or held.engine is not self.db.engine:
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    held.close()
+            held = self._held = self.db.engine.connect()
+        conn = held
+        try:
+            with conn.begin():
+                yield conn
+        except SQLAlchemyError:
+            # A connection the store failed on is never reused: the next unit starts clean.
+            # (Any other error has been rolled back by ``begin`` and leaves it usable.)
+            self._held = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+    def close(self) -> None:
+        """Give back the held connection (before the engine is disposed)."""
+        with self._lock:
+            conn = self._held
+            self._held = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _advance(self, conn: Connection, u: Unit) -> None:
         now = time.time()

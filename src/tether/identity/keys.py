@@ -81,6 +81,8 @@ class SigningKey:
     created_at: float
     retires_at: float
     expires_at: float
+    #: Derived once: every token verification needs it.
+    public_key: ec.EllipticCurvePublicKey
 
 
 class KeyRing:
@@ -125,7 +127,13 @@ class KeyRing:
             existing = self._keys.get(m["kid"])
             priv = existing.private_key if existing else self._decrypt(m["kid"], m["private_enc"])
             keys[m["kid"]] = SigningKey(
-                m["kid"], priv, json.loads(m["public_jwk"]), m["created_at"], m["retires_at"], m["expires_at"]
+                m["kid"],
+                priv,
+                json.loads(m["public_jwk"]),
+                m["created_at"],
+                m["retires_at"],
+                m["expires_at"],
+                existing.public_key if existing else priv.public_key(),
             )
         with self._lock:
             self._keys = keys
@@ -203,7 +211,7 @@ class KeyRing:
             key = self._keys.get(kid)
         if key is None or key.expires_at <= time.time():
             return None
-        return key.private_key.public_key()
+        return key.public_key
 
     def verifying_keys(self) -> tuple[SigningKey, ...]:
         """Every key that still verifies, oldest first (what the bundles publish)."""
