@@ -50,7 +50,7 @@ from tether.policy.context import (
     risk_context,
 )
 from tether.policy.engine import PolicyRequest, PolicyResult
-from tether.store import repo
+from tether.store import raw, repo
 from tether.tokens import TaskTokenClaims
 
 #: When the current decision started (per thread and task), for its `latency_ms`.
@@ -229,7 +229,7 @@ class ActionDecisions(BrokerBase):
         if approval_used is None and not risk["first_use"] and not taints and not self.allow_hooks:
             return decision, None  # nothing to do: no savepoint (two statements) either
         try:
-            with u.conn.begin_nested():
+            with raw.savepoint(u.conn):
                 if approval_used is not None and not repo.set_approval_state(
                     u.conn,
                     approval_used.id,

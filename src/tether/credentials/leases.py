@@ -22,9 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, or_, select, update
 
 from tether.store import credentials_tables as ct
+from tether.store import raw
 
 
 class LeaseState(enum.StrEnum):
@@ -119,19 +120,23 @@ def _lease(row: Row[Any]) -> Lease:
     )
 
 
-# Minting is on the authorize hot path: statements are built once, parameters bound per
-# call (building `.values(...)` each time costs more than the write).
-_INSERT_LEASE = insert(ct.leases)
-_ACTIVATE = (
-    update(ct.leases)
-    .where(and_(ct.leases.c.id == bindparam("lid"), ct.leases.c.state == LeaseState.PENDING.value))
-    .values(state=LeaseState.ACTIVE.value, material=bindparam("mat"))
+# Both run on every minted credential, on the authorize hot path: raw driver statements
+# (``tether.store.raw``), since SQLAlchemy's per-statement work costs more than the write.
+_INSERT_LEASE_RAW = raw.statement(
+    "INSERT INTO credential_leases (id, task_id, root_task_id, agent, connector, audience, resource, "
+    "scope, issued_at, expires_at, state, revocation, node_id, material, attempts) VALUES (:id, "
+    ":task_id, :root_task_id, :agent, :connector, :audience, :resource, :scope, :issued_at, "
+    ":expires_at, :state, :revocation, :node_id, :material, 0)"
+)
+_ACTIVATE_RAW = raw.statement(
+    "UPDATE credential_leases SET state = 'active', material = :mat WHERE id = :lid AND state = 'pending'"
 )
 
 
 def insert_lease(conn: Connection, lease: Lease) -> None:
-    conn.execute(
-        _INSERT_LEASE,
+    raw.execute(
+        conn,
+        _INSERT_LEASE_RAW,
         {
             "id": lease.id,
             "task_id": lease.task_id,
@@ -147,9 +152,8 @@ def insert_lease(conn: Connection, lease: Lease) -> None:
             "revocation": lease.revocation.value,
             "node_id": lease.node_id,
             "material": json.dumps(lease.material, sort_keys=True),
-            "attempts": 0,
         },
-    )
+    ).close()
 
 
 def get_lease(conn: Connection, lease_id: str) -> Lease | None:
@@ -158,8 +162,9 @@ def get_lease(conn: Connection, lease_id: str) -> Lease | None:
 
 
 def activate(conn: Connection, lease_id: str, material: dict[str, Any]) -> bool:
-    res = conn.execute(_ACTIVATE, {"lid": lease_id, "mat": json.dumps(material, sort_keys=True)})
-    return res.rowcount == 1
+    return (
+        raw.rowcount(conn, _ACTIVATE_RAW, {"lid": lease_id, "mat": json.dumps(material, sort_keys=True)}) == 1
+    )
 
 
 def begin_revocation(conn: Connection, lease_ids: Sequence[str], reason: str, now: float) -> set[str]:

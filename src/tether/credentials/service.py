@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import update
 
 from tether import actions as act
 from tether.audit import event as ev
@@ -45,7 +45,7 @@ from tether.credentials.leases import Lease, LeaseState, Revocation
 from tether.errors import Conflict, NotFound, TetherError, Unavailable
 from tether.model import Decision, Task, TaskState
 from tether.store import credentials_tables as ct
-from tether.store import tables as t
+from tether.store import raw
 from tether.store.db import Database
 
 log = logging.getLogger("tether.credentials")
@@ -65,8 +65,11 @@ def lease_fields(lease: Lease) -> dict[str, Any]:
 
 # Locks the task row (PostgreSQL) so an issue and a revoke of one task cannot interleave;
 # built once because it runs on every minting allow.
-_LOCK_TASK = (
-    select(t.tasks.c.state, t.tasks.c.expires_at).where(t.tasks.c.id == bindparam("tid")).with_for_update()
+# The task row, locked until the minting transaction ends, so a close cannot commit between
+# this check and the lease insert (SQLite: the writer's BEGIN IMMEDIATE already excludes it).
+_LOCK_TASK_RAW = raw.Statement(
+    sqlite="SELECT state, expires_at FROM tasks WHERE id = :tid",
+    postgresql="SELECT state, expires_at FROM tasks WHERE id = %(tid)s FOR UPDATE",
 )
 
 
@@ -119,8 +122,8 @@ class Credentials:
         return sorted(set(found)) or [(act.CREDENTIAL_ISSUE, resource.id)]
 
     def _lock_task(self, u: Unit, task: Task, now: float) -> None:
-        row = u.conn.execute(_LOCK_TASK, {"tid": task.id}).first()
-        if row is None or row[0] != TaskState.ACTIVE.value or row[1] <= now:
+        row = raw.first(u.conn, _LOCK_TASK_RAW, {"tid": task.id})
+        if row is None or row["state"] != TaskState.ACTIVE.value or row["expires_at"] <= now:
             raise Conflict(f"task `{task.id}` is no longer active", code="task_not_active")
 
     def inflight_leases(self) -> set[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +91,23 @@ def rowcount(conn: Connection, stmt: Statement, params: Mapping[str, Any]) -> in
         return int(cur.rowcount)
     finally:
         cur.close()
+
+
+_SAVEPOINT = statement("SAVEPOINT tether_raw")
+_RELEASE = statement("RELEASE SAVEPOINT tether_raw")
+_ROLLBACK_TO = statement("ROLLBACK TO SAVEPOINT tether_raw")
+
+
+@contextlib.contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """``conn.begin_nested()`` in three driver statements: what the block wrote is undone
+    if it raises, and the enclosing transaction goes on. Not re-entrant (one name)."""
+    execute(conn, _SAVEPOINT, {}).close()
+    try:
+        yield
+    except BaseException:
+        # If the store itself is gone this raises instead (mapped to store_unavailable
+        # above, the block's error as its context): the transaction cannot commit anyway.
+        execute(conn, _ROLLBACK_TO, {}).close()
+        raise
+    execute(conn, _RELEASE, {}).close()
