@@ -41,20 +41,23 @@ def _b64d(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
+def parse_master_key(text: str, where: str = MASTER_KEY_ENV) -> bytes:
+    """32 bytes from their base64url text, or ``config_invalid`` naming ``where``."""
+    try:
+        key = _b64d(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f"`{where}` must be 32 bytes, base64url-encoded", code="config_invalid", field=where
+        )
+    return key
+
+
 def load_master_key(state_dir: Path, environ: dict[str, str] | None = None) -> bytes:
     env = os.environ if environ is None else environ
     if env.get(MASTER_KEY_ENV):
-        try:
-            key = _b64d(env[MASTER_KEY_ENV].strip())
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError(
-                f"`{MASTER_KEY_ENV}` must be 32 bytes, base64url-encoded",
-                code="config_invalid",
-                field=MASTER_KEY_ENV,
-            )
-        return key
+        return parse_master_key(env[MASTER_KEY_ENV])
     path = state_dir / MASTER_KEY_FILE
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
