@@ -14,7 +14,7 @@ NOSUPERUSER role (CREATEROLE, INHERIT) as docs/credentials.md prescribes:
    ``--rounds`` times) and the same number of raw connector mints at once: how many
    came back ``connector_failed``.
 
-    python bench/bench_revocation.py [--live 1000] [--n 200] [--rate 35] [--drain 1000]
+    python bench/bench_revocation.py [--live 1000] [--n 200] [--rate 35 --load-workers 8] [--drain 1000]
         [--replicas 3] [--concurrency 40 --rounds 5] [--parts bound,drain,concurrency]
 """
 
@@ -81,7 +81,84 @@ def _tree(rt: Runtime) -> tuple[str, list[dict]]:
     return root_id, creds
 
 
-def bench_bound(server, rt: Runtime, live: int, n: int, rate: float) -> None:
+class _Load:
+    """Open-loop background load: mint ``k`` is due at ``start + k / rate`` whatever earlier
+    mints took, run by the first free one of ``workers`` threads. (A fixed pair of threads
+    each waiting for its own open → mint → close caps the rate at 2 / latency: on a loaded
+    machine that, not the broker, was the limit.) Each iteration's steps are timed, so the
+    report can say whether the broker or the generator fell short."""
+
+    def __init__(self, rt: Runtime, rate: float, workers: int, stop: threading.Event, bg: dict) -> None:
+        self.rt, self.rate, self.stop, self.bg = rt, rate, stop, bg
+        self.lock = threading.Lock()
+        self.k = 0
+        self.t0 = 0.0
+        self.busy = self.max_busy = 0
+        self.steps: dict[str, list[float]] = {"open": [], "mint": [], "close": []}
+        self.late: list[float] = []
+        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        for th in self.threads:
+            th.start()
+
+    def join(self) -> None:
+        for th in self.threads:
+            th.join(30)
+
+    def _work(self) -> None:
+        rt = self.rt
+        while not self.stop.is_set():
+            with self.lock:
+                due = self.t0 + self.k / self.rate
+                self.k += 1
+            delay = due - time.monotonic()
+            if delay > 0 and self.stop.wait(delay):
+                return
+            with self.lock:
+                self.late.append(max(0.0, -delay))
+                self.busy += 1
+                self.max_busy = max(self.max_busy, self.busy)
+            try:
+                t = time.perf_counter()
+                task_id, tok = _open(rt)
+                t1 = time.perf_counter()
+                _mint(rt, tok)
+                t2 = time.perf_counter()
+                rt.broker.close_task(task_id, by="bench")
+                t3 = time.perf_counter()
+                with self.lock:
+                    self.bg["mints"] += 1
+                    for k, v in (("open", t1 - t), ("mint", t2 - t1), ("close", t3 - t2)):
+                        self.steps[k].append(v)
+            except Exception as exc:  # counted: a busy store under load is a finding, not a crash
+                with self.lock:
+                    self.bg["errors"] = self.bg.get("errors", 0) + 1
+                    self.bg["last_error"] = str(exc)[:120]
+            finally:
+                with self.lock:
+                    self.busy -= 1
+
+    def report(self, elapsed: float) -> None:
+        for k, xs in self.steps.items():
+            if xs:
+                _stats(f"background {k}", xs)
+        if self.late:
+            _stats("background start behind schedule", self.late)
+        achieved = self.bg["mints"] / elapsed
+        if achieved < 0.9 * self.rate:
+            who = (
+                "the broker (every worker was busy: more workers would only queue for its audit lock)"
+                if self.max_busy >= len(self.threads)
+                else "the generator (workers were idle)"
+            )
+            print(f"  ! background load {achieved:.1f}/s is below the {self.rate:g}/s target; limit: {who}")
+        if self.bg.get("errors"):
+            print(f"  background errors: {self.bg['errors']} (last: {self.bg['last_error']})")
+
+
+def bench_bound(server, rt: Runtime, live: int, n: int, rate: float, workers: int = 8) -> None:
     print("\n1. close acknowledged → every role of the tree refuses login and has no session")
     t0 = time.monotonic()
     for _ in range(live):
@@ -90,28 +167,10 @@ def bench_bound(server, rt: Runtime, live: int, n: int, rate: float) -> None:
         states = ls.count_by_state(conn)
     print(f"  {states.get('active', 0)} live leases (filled in {time.monotonic() - t0:.1f} s)")
     stop = threading.Event()
-    bg = {"mints": 0}
-
-    def background() -> None:
-        nxt = time.monotonic()
-        while not stop.is_set():
-            try:
-                task_id, tok = _open(rt)
-                _mint(rt, tok)
-                rt.broker.close_task(task_id, by="bench")
-                bg["mints"] += 1
-            except Exception as exc:  # counted: a busy store under load is a finding, not a crash
-                bg["errors"] = bg.get("errors", 0) + 1
-                bg["last_error"] = str(exc)[:120]
-            nxt += 2.0 / rate  # two workers share the rate
-            delay = nxt - time.monotonic()
-            if delay > 0:
-                stop.wait(delay)
-
-    workers = [threading.Thread(target=background, daemon=True) for _ in range(2)]
+    bg: dict = {"mints": 0}
+    load = _Load(rt, rate, workers, stop, bg)
     started = time.monotonic()
-    for w in workers:
-        w.start()
+    load.start()
     samples: list[float] = []
     probe = server.connect()
     try:
@@ -147,15 +206,15 @@ def bench_bound(server, rt: Runtime, live: int, n: int, rate: float) -> None:
             session.close()
     finally:
         stop.set()
-        for w in workers:
-            w.join(30)
+        load.join()
         probe.close()
     elapsed = time.monotonic() - started
     total_mints = bg["mints"] + 2 * n
     print(
-        f"  background: {bg['mints']} mint+close ({bg['mints'] / elapsed:.1f}/s); all mints "
-        f"{total_mints / elapsed:.1f}/s over {elapsed:.1f} s"
+        f"  background: {bg['mints']} open+mint+close ({bg['mints'] / elapsed:.1f} mints/s, target "
+        f"{rate:g}/s, {workers} workers); all mints {total_mints / elapsed:.1f}/s over {elapsed:.1f} s"
     )
+    load.report(elapsed)
     _stats("close → all roles of the tree cut", samples)
 
 
@@ -225,6 +284,7 @@ def main() -> None:
     ap.add_argument("--live", type=int, default=1000)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--rate", type=float, default=35.0)
+    ap.add_argument("--load-workers", type=int, default=8, help="threads sharing the --rate load")
     ap.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=40)
@@ -255,7 +315,7 @@ def main() -> None:
         rts = [Runtime.start(settings)]
         try:
             if "bound" in args.parts:
-                bench_bound(server, rts[0], args.live, args.n, args.rate)
+                bench_bound(server, rts[0], args.live, args.n, args.rate, args.load_workers)
             if args.store == "postgresql":
                 for i in range(1, args.replicas):
                     s = load_settings(

@@ -19,6 +19,7 @@ from tether.broker_base import (
     AllowHook,
     AuthorizeRequest,
     AuthorizeResult,
+    BatchProgress,
     Clock,
     IssuedCredential,
     OpenedTask,
@@ -390,23 +391,45 @@ class Broker(ActionDecisions):
         delegator: Delegator | None = None,
         everything: bool = False,
         by: str,
+        max_batches: int | None = None,
+        progress: BatchProgress | None = None,
     ) -> list[str]:
-        """The kill switch: revoke tasks (and their descendants) by task, agent, delegator or all."""
+        """The kill switch: revoke tasks (and their descendants) by task, agent, delegator or all.
+
+        Ended in committed batches of whole trees (see ``_end_tree``); ``max_batches`` stops
+        after that many, so a caller can report progress, and a second call ends the rest."""
+        roots = self.revoke_targets(task_id=task_id, agent=agent, delegator=delegator, everything=everything)
+        return self._end_tree(
+            roots,
+            TaskState.REVOKED,
+            by=by,
+            must_exist=bool(task_id),
+            max_batches=max_batches,
+            progress=progress,
+        )
+
+    def revoke_targets(
+        self,
+        *,
+        task_id: str | None = None,
+        agent: str | None = None,
+        delegator: Delegator | None = None,
+        everything: bool = False,
+    ) -> list[str]:
+        """The tasks a ``revoke`` would start from (active ones; parents before children)."""
         with self.db.read() as conn:
             if task_id:
-                roots = [task_id]
-            elif agent:
-                roots = [t.id for t in repo.active_tasks_of_agent(conn, agent)]
+                return [task_id]
+            if agent:
+                found = repo.active_tasks_of_agent(conn, agent)
             elif delegator:
-                roots = [
-                    t.id
-                    for t in repo.active_tasks_of_delegator(conn, delegator.subject, delegator.issuer or None)
-                ]
+                found = repo.active_tasks_of_delegator(conn, delegator.subject, delegator.issuer or None)
             elif everything:
-                roots = [t.id for t in repo.all_active_tasks(conn)]
+                found = repo.all_active_tasks(conn)
             else:
                 raise InvalidRequest("name a task, an agent, a delegator or all", code="invalid_request")
-        return self._end_tree(roots, TaskState.REVOKED, by=by, must_exist=bool(task_id))
+        # Parents first: a child is then ended with its tree and skipped as a root.
+        return [t.id for t in sorted(found, key=lambda t: (t.depth, t.created_at, t.id))]
 
     def expire_due(self) -> list[str]:
         """End every task past its expiry (and its descendants); run by the reaper."""
@@ -414,32 +437,6 @@ class Broker(ActionDecisions):
         with self.db.read() as conn:
             due = [t.id for t in repo.expired_active_roots(conn, now)]
         return self._end_tree(due, TaskState.EXPIRED, by="reaper", must_exist=False)
-
-    def _end_tree(self, roots: Sequence[str], state: TaskState, *, by: str, must_exist: bool) -> list[str]:
-        now = self.clock()
-        etype = {
-            TaskState.CLOSED: ev.TASK_CLOSED,
-            TaskState.EXPIRED: ev.TASK_EXPIRED,
-            TaskState.REVOKED: ev.TASK_REVOKED,
-        }[state]
-        ended: list[Task] = []
-        with self.audit.unit() as u:
-            seen: set[str] = set()
-            for root in roots:
-                tree = repo.subtree(u.conn, root)
-                if not tree and must_exist:
-                    raise NotFound(f"no task `{root}`", code="task_not_found")
-                live = [t for t in tree if t.state is TaskState.ACTIVE and t.id not in seen]
-                seen.update(t.id for t in tree)
-                # Descendants end with the same state; the payload names the task whose end
-                # caused theirs, so a trace shows the cascade.
-                repo.end_tasks(u.conn, [t.id for t in live], state, now)
-                for t in live:
-                    u.emit(etype, {"by": by, "cause_task_id": root, "state": state.value}, **audit_fields(t))
-                ended.extend(live)
-            for hook in self.tasks_ended_hooks:
-                hook(u, ended, state)
-        return [t.id for t in ended]
 
 
 def _replace_root(task: Task, root: str) -> Task:

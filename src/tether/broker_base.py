@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether import actions
+from tether.audit import event as ev
 from tether.audit.chain import AuditChain, Unit
 from tether.audit.event import canonical_json
 from tether.catalog import Catalog, Resource
 from tether.config import Settings
 from tether.errors import (
     InvalidRequest,
+    NotFound,
+    Unavailable,
 )
 from tether.identity.spiffe_id import parse_spiffe_id
 from tether.model import (
@@ -36,10 +39,19 @@ from tether.policy.context import (
     task_context_from_task,
 )
 from tether.policy.engine import PolicyEngine, PolicyPrincipal
+from tether.store import repo
 from tether.store.db import Database
 from tether.tokens import TaskTokenClaims, TaskTokens
 
 Clock = Callable[[], float]
+
+#: Kill switch and reaper batches (``Broker._end_tree``): the first size, the largest, and
+#: how often a batch the store cut is tried again, smaller.
+END_BATCH = 100
+END_BATCH_MAX = 1000
+END_BATCH_RETRIES = 3
+#: Called after each committed batch with (tasks ended so far, roots still to do).
+BatchProgress = Callable[[int, int], None]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -150,6 +162,93 @@ class BrokerBase:
         #: as ``binding(token, claims, proof)``; raises ``Unauthenticated``. Set by the identity
         #: layer; without it a bound token is refused (nothing could check its proof).
         self.token_binding: TokenBinding | None = None
+        #: Tasks per kill switch / reaper transaction; adapted to the store budget as it runs.
+        self.end_batch, self.end_batch_max = END_BATCH, END_BATCH_MAX
+
+    def _end_tree(
+        self,
+        roots: Sequence[str],
+        state: TaskState,
+        *,
+        by: str,
+        must_exist: bool,
+        max_batches: int | None = None,
+        progress: BatchProgress | None = None,
+    ) -> list[str]:
+        """End the trees under ``roots``, in committed batches of about ``self.end_batch`` tasks.
+
+        One transaction for a whole estate could outlast the store budget and end nothing;
+        batches each commit (tasks, events and lease revocations together), so an interrupted
+        run leaves whole trees ended and the rest active, and running it again ends the rest
+        (ending an ended task is a no-op). A tree is never split across batches. The size
+        adapts to the store budget: halved when a batch took over a quarter of it, or when
+        the store cut one (the cut batch rolled back and is tried again, smaller)."""
+        pending = list(roots)
+        ended: list[str] = []
+        seen: set[str] = set()
+        budget = self.db.timeout or 2.0
+        batches = retries = 0
+        while pending and (max_batches is None or batches < max_batches):
+            started = time.monotonic()
+            try:
+                done, used = self._end_batch(pending, state, by=by, must_exist=must_exist, seen=set(seen))
+            except Unavailable as exc:
+                if exc.code != "store_unavailable" or self.end_batch <= 1 or retries >= END_BATCH_RETRIES:
+                    raise
+                retries += 1
+                self.end_batch = max(1, self.end_batch // 2)
+                continue
+            took = time.monotonic() - started
+            for tree in done:
+                seen.update(tree[1])
+                ended.extend(tree[0])
+            pending = [r for r in pending[used:] if r not in seen]  # children ended with a parent
+            batches += 1
+            if took > budget / 4:
+                self.end_batch = max(1, self.end_batch // 2)
+            elif took < budget / 16:
+                self.end_batch = min(self.end_batch_max, self.end_batch * 2)
+            if progress is not None:
+                progress(len(ended), len(pending))
+        return ended
+
+    def _end_batch(
+        self, pending: Sequence[str], state: TaskState, *, by: str, must_exist: bool, seen: set[str]
+    ) -> tuple[list[tuple[list[str], list[str]]], int]:
+        """One transaction: trees from the front of ``pending`` until about ``end_batch`` tasks
+        are ended. Returns (ended ids, whole tree ids) per root, and how many roots it used."""
+        now = self.clock()
+        etype = {
+            TaskState.CLOSED: ev.TASK_CLOSED,
+            TaskState.EXPIRED: ev.TASK_EXPIRED,
+            TaskState.REVOKED: ev.TASK_REVOKED,
+        }[state]
+        ended: list[Task] = []
+        out: list[tuple[list[str], list[str]]] = []
+        used = 0
+        with self.audit.unit() as u:
+            for root in pending:
+                if len(ended) >= self.end_batch:
+                    break
+                used += 1
+                if root in seen:  # ended with its parent's tree
+                    out.append(([], []))
+                    continue
+                tree = repo.subtree(u.conn, root)
+                if not tree and must_exist:
+                    raise NotFound(f"no task `{root}`", code="task_not_found")
+                live = [t for t in tree if t.state is TaskState.ACTIVE and t.id not in seen]
+                seen.update(t.id for t in tree)
+                # Descendants end with the same state; the payload names the task whose end
+                # caused theirs, so a trace shows the cascade.
+                repo.end_tasks(u.conn, [t.id for t in live], state, now)
+                for t in live:
+                    u.emit(etype, {"by": by, "cause_task_id": root, "state": state.value}, **audit_fields(t))
+                ended.extend(live)
+                out.append(([t.id for t in live], [t.id for t in tree]))
+            for hook in self.tasks_ended_hooks:
+                hook(u, ended, state)
+        return out, used
 
     # -- validation ----------------------------------------------------------------------
     def _resource(self, resource_id: str, field_name: str = "resource") -> Resource:

@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.tree import Tree
 
-from tether.cli._common import admin_socket, console, json_option, output, print_rows, run, state_dir_option
+from tether.cli._common import (
+    admin_socket,
+    console,
+    err_console,
+    json_option,
+    output,
+    print_rows,
+    run,
+    state_dir_option,
+)
 from tether.server.admin import call
 
 
@@ -110,12 +120,37 @@ def revoke(
     everything: bool,
     as_json: bool,
 ) -> None:
-    """Revoke tasks now: their tokens stop working and their credentials are revoked."""
+    """Revoke tasks now: their tokens stop working and their credentials are revoked.
+
+    Tasks end in committed batches (whole trees), with progress; if interrupted, run the
+    same command again: it ends what is left."""
     if sum(bool(x) for x in (task_id, agent, delegator, everything)) != 1:
         raise click.UsageError("give exactly one of --task, --agent, --delegator or --all")
     args = {"task_id": task_id, "agent": agent, "delegator": delegator, "all": everything}
-    data = run(lambda: call(admin_socket(state_dir), "revoke", args), as_json)
+    if task_id:
+        data = run(lambda: call(admin_socket(state_dir), "revoke", args), as_json)
+    else:
+        data = run(lambda: _revoke_in_batches(state_dir, args, as_json), as_json)
     output(data, as_json, lambda d: console.print(f"[green]✓[/] revoked {len(d['revoked'])} task(s)"))
+
+
+def _revoke_in_batches(state_dir: Path, args: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """One admin call per batch, so each is bounded and progress shows between them."""
+    revoked: list[str] = []
+    batches = 0
+    with Progress(
+        TextColumn("revoking"), BarColumn(), MofNCompleteColumn(), console=err_console,
+        disable=as_json, transient=True,
+    ) as bar:  # fmt: skip
+        job = bar.add_task("revoke", total=None)
+        while True:
+            done = call(admin_socket(state_dir), "revoke", {**args, "max_batches": 1})
+            revoked.extend(done["revoked"])
+            batches += 1
+            bar.update(job, completed=len(revoked), total=len(revoked) + int(done["remaining"]))
+            if not done["remaining"] or not done["revoked"]:
+                break
+    return {"revoked": revoked, "batches": batches}
 
 
 def register(main: click.Group) -> None:

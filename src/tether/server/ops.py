@@ -72,17 +72,22 @@ def task_close(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
 
 @operation("revoke")
 def revoke(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    """``max_batches``: stop after that many committed batches and say how many trees remain
+    (the CLI calls again until none do, showing progress; an interrupted run is resumed)."""
     delegator = None
     if args.get("delegator"):
         delegator = Delegator(str(args["delegator"]), str(args.get("issuer") or ""))
-    ended = rt.broker.revoke(
-        task_id=args.get("task_id"),
-        agent=args.get("agent"),
-        delegator=delegator,
-        everything=bool(args.get("all")),
-        by=op.name,
-    )
-    return {"revoked": ended}
+    limit = args.get("max_batches")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidRequest("`max_batches` must be a positive integer", code="invalid_request",
+                             field="max_batches")  # fmt: skip
+    task_id, agent, everything = args.get("task_id"), args.get("agent"), bool(args.get("all"))
+    ended = rt.broker.revoke(task_id=task_id, agent=agent, delegator=delegator, everything=everything,
+                             by=op.name, max_batches=limit)  # fmt: skip
+    remaining = 0
+    if limit is not None and not task_id:
+        remaining = len(rt.broker.revoke_targets(agent=agent, delegator=delegator, everything=everything))
+    return {"revoked": ended, "remaining": remaining}
 
 
 @operation("policy.reload")
