@@ -13,7 +13,7 @@ import click
 from tether.cli._common import admin_socket, console, json_option, output, print_rows, run, state_dir_option
 from tether.errors import ConfigError, NotFound
 from tether.legacy.engine import fingerprint
-from tether.legacy.scan import Finding, scan, value_of
+from tether.legacy.scan import Finding, pg_login_of, scan, value_of
 from tether.server.admin import call
 
 
@@ -215,3 +215,184 @@ def register(group: click.Group) -> None:
 
         A failure before the switch leaves the previous secret working (exit 1, audited)."""
         rotate_cmd(state_dir, name, as_json)
+
+    register_pg(group)
+
+
+# -- shared PostgreSQL logins ------------------------------------------------------------------
+def pg_import_cmd(
+    state_dir: Path,
+    fp: str | None,
+    sources: tuple[Path, ...],
+    service: str,
+    login: str | None,
+    password_stdin: bool,
+    as_json: bool,
+) -> None:
+    def work() -> dict[str, Any]:
+        if bool(fp) == bool(login):
+            raise ConfigError(
+                "give a FINGERPRINT of a PostgreSQL URL from `tether secrets scan`, or --login",
+                code="invalid_arguments",
+                field="fingerprint",
+            )
+        args: dict[str, Any] = {"service": service, "login": login}
+        if password_stdin:
+            args["password"] = sys.stdin.readline().rstrip("\r\n")
+        if fp:
+            found = [f for f in scan(list(sources)).findings if f.fingerprint == fp] if sources else []
+            if not found:
+                raise NotFound(
+                    f"no finding `{fp}` under {', '.join(map(str, sources)) or 'no path'}; "
+                    "give the scanned paths with `--from`",
+                    code="finding_not_found",
+                )
+            f = found[0]
+            value = value_of(Path(f.root), f.path, f.line, f.fingerprint, f.commit)
+            user = value and pg_login_of(Path(f.root), f.path, f.line, value, f.commit)
+            if not value or not user:
+                raise NotFound(
+                    f"`{f.path}:{f.line}` holds no PostgreSQL URL with `{fp}` (anymore); scan again",
+                    code="finding_not_found",
+                )
+            args.update(
+                login=user,
+                password=value,
+                fingerprint=fp,
+                exposures=_exposures(found),
+                first_seen=min(x.first_seen for x in found),
+            )
+        done: dict[str, Any] = call(admin_socket(state_dir), "secrets.pg_import", args, timeout=120)
+        return done
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(
+            f"[green]✓[/] shared login {d['login']} of {d['service']} imported as {d['name']}"
+            + (" (the admin joined it to pass on what it owns)" if d["admin_joined"] else ""),
+            highlight=False,
+        )
+        for c in d["copies"]:
+            console.print(f"per-task roles for {c['resource']} get a copy of (within the task's actions):")
+            print_rows(
+                ("table", "privileges"),
+                [(t["table"], ", ".join(t["privileges"])) for t in c["tables"]],
+                ids=("table",),
+            )
+        _render_usage(d["usage"])
+        console.print(
+            f"next: move clients to per-task credentials, watch `tether secrets pg-usage {d['name']}`, "
+            f"then `tether secrets pg-retire {d['name']}`",
+            highlight=False,
+        )
+
+    output(run(work, as_json), as_json, render)
+
+
+def _render_usage(u: dict[str, Any]) -> None:
+    if not u["sessions"]:
+        console.print(f"no session uses {u['login']} right now")
+    else:
+        console.print(f"[yellow]{u['sessions']} session(s) still use {u['login']}:[/]", highlight=False)
+        print_rows(
+            ("database", "client", "application", "sessions", "since", "last active"),
+            [
+                (
+                    c["database"],
+                    c["client"],
+                    c["application"] or "-",
+                    str(c["sessions"]),
+                    _day(c["since"]),
+                    _day(c["last_active"]),
+                )
+                for c in u["clients"]
+            ],
+            ids=("client",),
+        )
+    st = u["statements"]
+    if st["available"]:
+        console.print(
+            f"pg_stat_statements: {st['calls']} call(s) of {st['statements']} statement(s) "
+            f"since {_day(st['since'])}",
+            highlight=False,
+        )
+    else:
+        console.print(f"[dim]pg_stat_statements: {st['reason']}[/]", highlight=False)
+    if u.get("hint"):
+        console.print(f"[yellow]note[/] {u['hint']}", highlight=False)
+
+
+def pg_usage_cmd(state_dir: Path, name: str, as_json: bool) -> None:
+    data = run(lambda: call(admin_socket(state_dir), "secrets.pg_usage", {"name": name}), as_json)
+
+    def render(d: dict[str, Any]) -> None:
+        _render_usage(d)
+        if d["safe_to_retire"]:
+            console.print(
+                f"[green]✓[/] no session now: `tether secrets pg-retire {d['name']}` (the statement "
+                "counts above, if any, show use between snapshots)",
+                highlight=False,
+            )
+
+    output(data, as_json, render)
+
+
+def pg_retire_cmd(state_dir: Path, name: str, force: bool, as_json: bool) -> None:
+    data = run(
+        lambda: call(admin_socket(state_dir), "secrets.pg_retire", {"name": name, "force": force}), as_json
+    )
+    output(
+        data,
+        as_json,
+        lambda d: console.print(
+            f"[green]✓[/] {d['login']} retired: NOLOGIN, its password replaced by one no one holds"
+            + (f"; {d['sessions_ended']} session(s) ended" if d["sessions_ended"] else ""),
+            highlight=False,
+        ),
+    )
+
+
+def register_pg(group: click.Group) -> None:
+    @group.command("pg-import")
+    @state_dir_option
+    @click.argument("fp", metavar="[FINGERPRINT]", required=False)
+    @click.option(
+        "--from",
+        "sources",
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="Paths scanned to find FINGERPRINT (a PostgreSQL URL with a password).",
+    )
+    @click.option("--service", required=True, help="Catalog service (connector `postgres`) of the database.")
+    @click.option("--login", help="Name the shared login instead of a FINGERPRINT.")
+    @click.option(
+        "--password-stdin", is_flag=True, help="With --login: read its password to check it logs in."
+    )
+    @json_option
+    def pg_import(**kw: Any) -> None:
+        """Import a shared PostgreSQL login: tasks then get their own short-lived roles with a copy
+        of its privileges (the catalog service names it: `options: {shared_login: LOGIN}`).
+
+        \b
+          tether secrets pg-import fp_… --from . --service billing-db
+          tether secrets pg-import --login billing_app --service billing-db
+        """
+        pg_import_cmd(**kw)
+
+    @group.command("pg-usage")
+    @state_dir_option
+    @click.argument("name")
+    @json_option
+    def pg_usage(state_dir: Path, name: str, as_json: bool) -> None:
+        """Who still uses shared login NAME: sessions by database, client and application_name
+        (pg_stat_activity), and statement counts where pg_stat_statements is loaded."""
+        pg_usage_cmd(state_dir, name, as_json)
+
+    @group.command("pg-retire")
+    @state_dir_option
+    @click.argument("name")
+    @click.option("--force", is_flag=True, help="Retire even with sessions open (they are ended).")
+    @json_option
+    def pg_retire(state_dir: Path, name: str, force: bool, as_json: bool) -> None:
+        """Retire shared login NAME: NOLOGIN and a password no one holds; refused while a session
+        uses it (unless --force). Its grants stay: per-task roles copy them."""
+        pg_retire_cmd(state_dir, name, force, as_json)

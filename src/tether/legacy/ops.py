@@ -8,14 +8,17 @@ and every import and rotation lands in the audit log.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from tether.audit import event as ev
 from tether.credentials.connectors.inject import secret_name
 from tether.credentials.secrets import MASK, check_name
 from tether.errors import Conflict, InvalidRequest, NotFound, TetherError
-from tether.legacy import inventory, rotate
+from tether.legacy import inventory, pgshared, rotate
 from tether.legacy.engine import fingerprint
 from tether.server.admin import OperationTable, Operator
 
@@ -87,6 +90,11 @@ def rotate_now(rt: Any, store: Any, name: str, by: str) -> dict[str, Any]:
     if row is None or not row["rotation"]:
         raise NotFound(f"secret `{name}` has no rotation configured; import it with `--rotate-…`",
                        code="rotation_not_configured")  # fmt: skip
+    if row["rotation"].get("kind") == "postgres-shared":
+        raise Conflict(
+            f"`{name}` is a shared PostgreSQL login: retire it with `tether secrets pg-retire {name}`",
+            code="rotation_not_configured",
+        )
     header, old = store.get(name)
     seen: list[str] = [old]
 
@@ -174,3 +182,190 @@ class _Watch:
 
     def retire(self, old: str, new: str) -> None:
         self._inner.retire(old, new)
+
+
+# -- shared PostgreSQL logins (`tether secrets pg-import|pg-usage|pg-retire`) ----------------
+_ALL_PRIVS = ["DELETE", "INSERT", "SELECT", "UPDATE"]
+
+
+def _pg(rt: Runtime) -> Any:
+    connector = rt.credentials.service.connectors.get("postgres")
+    if connector is None:
+        raise NotFound(
+            "the broker has no postgres connector: add `[credentials.postgres]` with the "
+            "service's admin connection to tether.toml",
+            code="connector_misconfigured",
+        )
+    return connector
+
+
+def _shared_resources(rt: Runtime, service: str, login: str) -> list[Any]:
+    res = rt.catalog.get(service)
+    if res is None or res.kind != "service":
+        raise NotFound(f"no service `{service}` in the catalog", code="unknown_service", field="service")
+    if res.connector != "postgres":
+        raise InvalidRequest(
+            f"service `{service}` uses connector `{res.connector}`, not `postgres`",
+            code="not_a_postgres_service",
+            field="service",
+        )
+    found = [
+        r
+        for r in rt.catalog.resources.values()
+        if r.service == service and r.options.get("shared_login") == login
+    ]
+    if not found:
+        raise Conflict(
+            f"the catalog does not hand out `{login}`'s privileges yet: add `shared_login: {login}` "
+            f"to the `options` of service `{service}` (or of its datasets) in "
+            f"{rt.settings.catalog_path.name} and restart the broker",
+            code="shared_login_not_in_catalog",
+            field="login",
+        )
+    return found
+
+
+def pg_name(service: str, login: str) -> str:
+    """The inventory name of a shared login (no value is stored under it)."""
+    return check_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"pg.{service}.{login}")[:128])
+
+
+@operation("secrets.pg_import")
+def secrets_pg_import(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    service, login = _arg(args, "service"), _arg(args, "login")
+    password = args.get("password") if isinstance(args.get("password"), str) else None
+    resources = _shared_resources(rt, service, login)
+    pg = _pg(rt)
+    if password and not pg.login_works(service, login, password):
+        raise Conflict(
+            f"the password found for `{login}` does not log in to `{service}`'s database: it may "
+            "already be rotated, or belong to another server",
+            code="shared_login_refused",
+        )
+
+    def prepare(conn: Any) -> dict[str, Any]:
+        info = pgshared.inspect_login(conn, login)
+        if not info["admin_member"]:
+            try:
+                pgshared.join_login(conn, login)
+            except psycopg.Error as exc:
+                raise Conflict(
+                    f"the admin could not become a member of `{login}` (sqlstate {exc.sqlstate}): "
+                    f"as a superuser run `GRANT {login} TO <admin> WITH ADMIN OPTION` "
+                    "(PostgreSQL 16+), then import again",
+                    code="connector_misconfigured",
+                ) from None
+        return info
+
+    info = pg.on_target(service, f"inspect `{login}`", prepare)
+    copies = []
+    for r in resources:
+        tables = sorted({str(t) for t in r.options.get("tables") or []})
+        schemas = sorted({str(s) for s in r.options.get("schemas") or []})
+        group, copy = pg.shared_group(service, login, _ALL_PRIVS, tables, schemas)
+        by_table: dict[str, list[str]] = {}
+        for schema, table, priv in copy:
+            by_table.setdefault(f"{schema}.{table}", []).append(priv)
+        copies.append(
+            {
+                "resource": r.id,
+                "group": group,
+                "tables": [{"table": k, "privileges": v} for k, v in sorted(by_table.items())],
+            }
+        )
+    report = pg.on_target(service, "read pg_stat_activity", lambda c: pgshared.usage(c, login))
+    name = pg_name(service, login)
+    fp = fingerprint(password) if password else ""
+    if args.get("fingerprint") not in (None, fp):
+        raise Conflict(
+            "the password does not match the finding's fingerprint; re-run the scan",
+            code="fingerprint_mismatch",
+        )
+    exposures = [e for e in args.get("exposures") or [] if isinstance(e, dict)]
+    spec = {"kind": "postgres-shared", "service": service, "login": login}
+    with rt.audit.unit() as u:
+        inventory.record_import(
+            u.conn,
+            name=name,
+            service=service,
+            kind="PostgreSQL shared login",
+            fingerprint=fp,
+            exposures=exposures,
+            first_seen=args.get("first_seen"),
+            rotation=spec,
+        )
+        u.emit(
+            ev.SECRET_IMPORTED,
+            {
+                "name": name,
+                "service": service,
+                "fingerprint": fp or None,
+                "by": op.name,
+                "exposures_live": sum(1 for e in exposures if e.get("live")),
+                "mode": "postgres-shared",
+                "login": login,
+                "sessions": report["sessions"],
+            },
+        )
+    return {
+        "name": name,
+        "service": service,
+        "login": login,
+        "fingerprint": fp or None,
+        "admin_joined": not info["admin_member"],
+        "copies": copies,
+        "usage": report,
+    }
+
+
+def _login_of(rt: Runtime, args: dict[str, Any]) -> tuple[str, str, str]:
+    name = check_name(_arg(args, "name"))
+    with rt.db.read() as conn:
+        row = inventory.get(conn, name)
+    spec = (row or {}).get("rotation") or {}
+    if spec.get("kind") != "postgres-shared":
+        raise NotFound(
+            f"no shared PostgreSQL login `{name}`; import it with `tether secrets pg-import`",
+            code="shared_login_not_found",
+            field="name",
+        )
+    return name, str(spec["service"]), str(spec["login"])
+
+
+@operation("secrets.pg_usage")
+def secrets_pg_usage(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    name, service, login = _login_of(rt, args)
+    report: dict[str, Any] = _pg(rt).on_target(
+        service, "read pg_stat_activity", lambda c: pgshared.usage(c, login)
+    )
+    blocker = pgshared.in_use(report)
+    return {**report, "name": name, "service": service, "safe_to_retire": blocker is None, "blocker": blocker}
+
+
+@operation("secrets.pg_retire")
+def secrets_pg_retire(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+    name, service, login = _login_of(rt, args)
+    force = args.get("force") is True
+    pg = _pg(rt)
+    report = pg.on_target(service, "read pg_stat_activity", lambda c: pgshared.usage(c, login))
+    blocker = pgshared.in_use(report)
+    if blocker and not force:
+        raise Conflict(
+            f"{blocker}: move them to the gateway first, or retire with --force (their sessions are ended)",
+            code="shared_login_in_use",
+        )
+    ended = pg.on_target(service, f"retire `{login}`", lambda c: pgshared.retire(c, login, terminate=force))
+    with rt.audit.unit() as u:
+        inventory.set_rotation(u.conn, name, "retired", None, None)
+        u.emit(
+            ev.SECRET_ROTATED,
+            {
+                "name": name,
+                "status": "retired",
+                "login": login,
+                "by": op.name,
+                "sessions_ended": ended,
+                "forced": force,
+            },
+        )
+    return {"name": name, "service": service, "login": login, "status": "retired", "sessions_ended": ended}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tether.legacy import sources
 from tether.legacy.engine import Engine, Hit, engine
@@ -249,6 +249,32 @@ def _collapse(occs: list[_Occ]) -> list[Finding]:
         ),
         key=lambda f: (f.root, f.path, f.line, f.kind),
     )
+
+
+_PG_LOGIN = re.compile(r"postgres(?:ql)?(?:\+\w+)?://([^:/\s@'\"]+):([^@\s/'\"]+)@")
+
+
+def pg_login_of(root: Path, path: str, line: int, password: str, commit: str | None = None) -> str | None:
+    """The user of the PostgreSQL URL on that line whose password is ``password``
+    (``tether secrets pg-import FINGERPRINT``), or None."""
+    text = _text_at(root, path, commit)
+    lines = (text or "").splitlines()
+    candidates = lines if commit else lines[line - 1 : line]
+    for ln in candidates:
+        for m in _PG_LOGIN.finditer(ln):
+            if unquote(m.group(2)) == password or m.group(2) == password:
+                return unquote(m.group(1))
+    return None
+
+
+def _text_at(root: Path, path: str, commit: str | None) -> str | None:
+    if commit:
+        return sources.show(root, commit, path)
+    p = (root / path) if root.is_dir() else root
+    try:
+        return sources.decode(p.read_bytes())
+    except OSError:
+        return None
 
 
 def value_of(root: Path, path: str, line: int, fp: str, commit: str | None = None) -> str | None:

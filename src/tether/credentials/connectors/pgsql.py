@@ -144,3 +144,74 @@ def drop(roles: Sequence[str]) -> sql.Composed:
             sql.SQL("COMMIT"),
         ]
     )
+
+
+# -- shared-login mode (``options.shared_login``) -------------------------------------------
+#: Table-like relations whose privileges a shared login's copy carries.
+_RELKINDS = "('r', 'p', 'v', 'm', 'f')"
+_TABLE_PRIVS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+
+#: One privilege of a copy: (schema, table, privilege).
+Held = tuple[str, str, str]
+
+
+def shared_privileges(
+    login: str, privs: Sequence[str], tables: Sequence[str], schemas: Sequence[str]
+) -> sql.Composed:
+    """(schema, table, privilege, admin may grant it) for every table privilege ``login``
+    holds — directly, through its memberships, as owner or through PUBLIC — among
+    ``privs``, on the catalog's ``tables``/``schemas`` (every non-system table when both
+    are empty). The copy a per-task role carries is exactly these rows."""
+    anywhere = not tables and not schemas
+    return sql.SQL(
+        "SELECT n.nspname, c.relname, p, "
+        "has_table_privilege(current_user, c.oid, p || ' WITH GRANT OPTION') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN unnest({privs}) AS p "
+        "WHERE c.relkind IN " + _RELKINDS + " AND n.nspname <> 'information_schema' "
+        "AND n.nspname NOT LIKE 'pg\\_%' AND has_table_privilege({login}, c.oid, p) "
+        "AND ({anywhere} OR n.nspname || '.' || c.relname = ANY({tables}) OR n.nspname = ANY({schemas})) "
+        "ORDER BY 1, 2, 3"
+    ).format(
+        privs=_array([p for p in privs if p in _TABLE_PRIVS]),
+        login=sql.Literal(login),
+        anywhere=sql.Literal(anywhere),
+        tables=_array(list(tables)) if tables else sql.SQL("ARRAY[]::text[]"),
+        schemas=_array(list(schemas)) if schemas else sql.SQL("ARRAY[]::text[]"),
+    )
+
+
+def shared_group_name(tag: str, service: str, login: str, copy: Sequence[Held]) -> str:
+    """The NOLOGIN role holding one copy of a shared login's privileges: a change to what
+    the login holds names a new group (roles minted before keep the copy they joined)."""
+    key = "\x00".join([tag, service, login, *("\x01".join(h) for h in copy)])
+    return "tether_s_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def shared_group_setup(group: str, comment: str, copy: Sequence[Held], *, create: bool) -> sql.Composed:
+    """Create the group (once) and grant it each privilege of the copy."""
+    g = sql.Identifier(group)
+    parts: list[sql.Composable] = []
+    if create:
+        parts.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(g))
+        parts.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(g, sql.Literal(comment)))
+    by_table: dict[tuple[str, str], list[str]] = {}
+    for schema, table, priv in copy:
+        if priv in _TABLE_PRIVS:  # the fixed list: privileges are spliced as keywords
+            by_table.setdefault((schema, table), []).append(priv)
+    for schema in sorted({s for s, _ in by_table}):
+        parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), g))
+    for (schema, table), ps in sorted(by_table.items()):
+        privs = sql.SQL(", ").join(sql.SQL(p) for p in ps)
+        parts.append(sql.SQL("GRANT {} ON TABLE {} TO {}").format(privs, sql.Identifier(schema, table), g))
+    return sql.SQL("; ").join(parts)
+
+
+def shared_missing(group: str, copy: Sequence[Held]) -> sql.Composed:
+    """One (schema.table, privilege) of the copy the group does not hold, or no row."""
+    rows = sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(sql.Identifier(s, t).as_string(None)), sql.Literal(p))
+        for s, t, p in copy
+    )
+    return sql.SQL(
+        "SELECT o, p FROM (VALUES {}) AS want(o, p) WHERE NOT has_table_privilege({}, o, p) LIMIT 1"
+    ).format(rows, sql.Literal(group))

@@ -7,6 +7,7 @@ Catalog options (on the service or the dataset)::
       schemas: [reporting]         # every table in the schema
       agent_host: db.internal      # what the agent connects to, when not the admin host
       agent_port: 5432
+      shared_login: billing_app    # grants copied from this legacy login (see shared_group)
 
 Grants live on a **group role** (``tether_g_…``, ``NOLOGIN``), one per (service,
 privileges, objects), set up once under an advisory lock and refreshed every minute;
@@ -116,6 +117,7 @@ class PostgresConnector:
         self._max_conn = max_connections
         self._groups: dict[str, float] = {}  # group role → when its grants were last applied
         self._groups_lock = threading.Lock()
+        self._shared: dict[str, tuple[float, str, list[pgsql.Held]]] = {}  # shared-login copies
 
     @property
     def tag(self) -> str:
@@ -192,6 +194,92 @@ class PostgresConnector:
             self._groups[group] = time.monotonic()
         return group
 
+    def shared_group(
+        self, service: str, login: str, privs: list[str], tables: list[str], schemas: list[str]
+    ) -> tuple[str, list[pgsql.Held]]:
+        """The group role carrying a copy of what the legacy ``login`` holds (``options.
+        shared_login``), within ``privs`` and the catalog's tables/schemas; and that copy.
+
+        Read from the server (``has_table_privilege``: direct grants, memberships, ownership,
+        PUBLIC) and re-applied every minute, so it follows what the login holds; retiring the
+        login (``NOLOGIN``) does not change it. The admin grants the copy itself: it needs
+        GRANT OPTION on each privilege, or membership in the owner (``tether secrets
+        pg-import`` sets that up)."""
+        key = "\x00".join([service, login, *privs, "|", *tables, "|", *schemas])
+        with self._groups_lock:
+            cached = self._shared.get(key)
+        if cached is not None and time.monotonic() - cached[0] < GROUP_REFRESH_S:
+            return cached[1], cached[2]
+
+        def setup(conn: psycopg.Connection[Any]) -> tuple[str, list[pgsql.Held]]:
+            with conn.transaction():
+                found = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
+                if found is None:
+                    raise Unavailable(
+                        f"the shared login `{login}` of `{service}` does not exist on its server",
+                        code="connector_misconfigured",
+                    )
+                if found[0]:
+                    raise Unavailable(
+                        f"the shared login `{login}` of `{service}` is a superuser: its "
+                        "privileges cannot be copied as grants",
+                        code="connector_misconfigured",
+                    )
+                rows = conn.execute(pgsql.shared_privileges(login, privs, tables, schemas)).fetchall()
+                copy = [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+                if not copy:
+                    raise Forbidden(
+                        f"the shared login `{login}` holds no {'/'.join(privs)} on the tables the "
+                        f"catalog names for `{service}`",
+                        code="no_privileges",
+                    )
+                stuck = [f"{r[2]} on {r[0]}.{r[1]}" for r in rows if not r[3]]
+                if stuck:
+                    raise Unavailable(
+                        f"the admin role of `{service}` cannot grant {stuck[0]} (held by "
+                        f"`{login}`); run `tether secrets pg-import` or give the admin GRANT OPTION",
+                        code="connector_misconfigured",
+                    )
+                group = pgsql.shared_group_name(self._tag, service, login, copy)
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", pgsql.ACL_LOCK)
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,)).fetchone()
+                comment = f"tether:{self._tag} shared {service} {login}"[:1000]
+                conn.execute(pgsql.shared_group_setup(group, comment, copy, create=exists is None))
+                missing = conn.execute(pgsql.shared_missing(group, copy)).fetchone()
+                if missing is not None:
+                    raise Unavailable(
+                        f"the admin role of `{service}` could not grant {missing[1]} on "
+                        f"`{missing[0]}`; run `tether connectors check`",
+                        code="connector_misconfigured",
+                    )
+                return group, copy
+
+        group, copy = self._run(service, f"copy the privileges of `{login}`", setup)
+        with self._groups_lock:
+            self._shared[key] = (time.monotonic(), group, copy)
+        return group, copy
+
+    def on_target(self, service: str, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``fn`` on a pooled admin connection to ``service``'s server; driver errors become
+        ``connector_failed`` naming ``what`` (the legacy-login import and report use it)."""
+        if service not in self._dsns:
+            raise Unavailable(
+                f"no `[credentials.postgres]` admin connection for `{service}`",
+                code="connector_misconfigured",
+            )
+        return self._run(service, what, fn)
+
+    def login_works(self, service: str, user: str, password: str) -> bool:
+        """Whether ``user``/``password`` logs in to ``service``'s database (same host as the admin)."""
+        info = conninfo_to_dict(self._dsns[service])
+        info.update(user=user, password=password, connect_timeout="5")
+        try:
+            with psycopg.connect(**info) as c:  # type: ignore[arg-type]
+                c.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return False
+        return True
+
     # -- the connector -------------------------------------------------------------------
     def plan(self, resource: Resource, lease_id: str) -> dict[str, Any]:
         return {"role": role_name(lease_id), "service": resource.service}
@@ -200,14 +288,18 @@ class PostgresConnector:
         res, lease = req.resource, req.lease
         tables = sorted({str(t) for t in res.options.get("tables") or []})
         schemas = sorted({str(s) for s in res.options.get("schemas") or []})
-        if not tables and not schemas:
+        shared = str(res.options.get("shared_login") or "")
+        if not tables and not schemas and not shared:
             raise Unavailable(
                 f"the catalog names no `tables` or `schemas` for `{res.id}`", code="connector_misconfigured"
             )
         privs = sorted({p for a in req.actions for p in _PRIVILEGES.get(a, ())})
         if not privs:
             raise Forbidden(f"no database privilege maps to `{', '.join(req.actions)}`", code="no_privileges")
-        group = self._group(res.service, privs, tables, schemas)
+        if shared:
+            group, _ = self.shared_group(res.service, shared, privs, tables, schemas)
+        else:
+            group = self._group(res.service, privs, tables, schemas)
         role = role_name(lease.id)
         password = secrets.token_urlsafe(24)
         until = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat()
