@@ -193,7 +193,9 @@ class BrokerBase:
             try:
                 done, used = self._end_batch(pending, state, by=by, must_exist=must_exist, seen=set(seen))
             except Unavailable as exc:
-                if exc.code != "store_unavailable" or self.end_batch <= 1 or retries >= END_BATCH_RETRIES:
+                # Only a batch of several trees can be made smaller (one tree is never split).
+                if (exc.code != "store_unavailable" or len(pending) < 2 or self.end_batch <= 1
+                        or retries >= END_BATCH_RETRIES):  # fmt: skip
                     raise
                 retries += 1
                 self.end_batch = max(1, self.end_batch // 2)
@@ -204,9 +206,10 @@ class BrokerBase:
                 ended.extend(tree[0])
             pending = [r for r in pending[used:] if r not in seen]  # children ended with a parent
             batches += 1
-            if took > budget / 4:
+            # One tree (a close, a small expiry pass) says nothing about batch sizes.
+            if used > 1 and took > budget / 4:
                 self.end_batch = max(1, self.end_batch // 2)
-            elif took < budget / 16:
+            elif used > 1 and took < budget / 16:
                 self.end_batch = min(self.end_batch_max, self.end_batch * 2)
             if progress is not None:
                 progress(len(ended), len(pending))

@@ -52,6 +52,9 @@ def legacy(pg_server: Any, target_db: str) -> Iterator[tuple[str, str]]:
         c.execute(f"GRANT SELECT ON notes TO {login}")
         c.execute("GRANT SELECT ON notes TO tether_admin WITH GRANT OPTION")
         c.execute("CREATE TABLE vault (id int)")
+        c.execute(
+            f"CREATE TABLE ledger (id serial primary key, amount int); ALTER TABLE ledger OWNER TO {login}"
+        )
         c.execute(f"GRANT SELECT ON payroll TO {login}")  # the admin may not pass this one on
     yield login, password
     with pg_server.connect() as c:
@@ -102,7 +105,10 @@ def rt(tmp_path, sqlite_url, domain, admin_url, legacy) -> Iterator[Runtime]:
         sqlite_url,
         domain,
         admin_url,
-        {"shared_login": legacy[0], "tables": ["public.orders", "public.notes", "public.vault"]},
+        {
+            "shared_login": legacy[0],
+            "tables": ["public.orders", "public.notes", "public.vault", "public.ledger"],
+        },
     )
     yield runtime
     runtime.close()
@@ -138,6 +144,8 @@ def test_per_task_roles_carry_a_copy_of_the_shared_logins_privileges(rt, legacy)
     out = ops.secrets_pg_import(rt, {"service": "legacydb", "login": login, "password": password}, OP)
     (copy,) = out["copies"]
     assert {t["table"]: t["privileges"] for t in copy["tables"]} == {
+        "public.ledger": ["DELETE", "INSERT", "SELECT", "UPDATE"],
+        "public.ledger_id_seq": ["USAGE"],  # or an insert into its serial column would fail
         "public.notes": ["SELECT"],
         "public.orders": ["DELETE", "INSERT", "SELECT", "UPDATE"],
     }
@@ -151,6 +159,7 @@ def test_per_task_roles_carry_a_copy_of_the_shared_logins_privileges(rt, legacy)
     assert not _can(reader["dsn"], f"SET ROLE {login}")  # a copy of its grants, not its membership
     _, writer = _credential(rt, "write")
     assert _can(writer["dsn"], "INSERT INTO orders VALUES (9, 1)")
+    assert _can(writer["dsn"], "INSERT INTO ledger (amount) VALUES (5)")
     assert not _can(writer["dsn"], "UPDATE notes SET body = 'x'")  # the login may not either
     rt.broker.close_task(task_id, by="test")
     wait_until(lambda: not _logs_in(reader["dsn"]), what="the closed task's role refused")
@@ -314,3 +323,23 @@ def test_scan_then_pg_import_usage_retire_through_the_cli(
         assert run("pg-retire", out["name"])["status"] == "retired"
         (row,) = [r for r in run("inventory") if r["name"] == out["name"]]
         assert row["rotation_status"] == "retired" and row["exposures_live"] == 1
+
+
+def test_connectors_check_names_shared_login_privileges_the_admin_cannot_pass_on(legacy, admin_url):
+    """`tether connectors check`: a shared login's copy the admin cannot grant fails with the fix."""
+    from tether.catalog import Resource
+    from tether.credentials.connectors.pgcheck import check_postgres
+
+    def entry(rid: str, **options: Any) -> Resource:
+        return Resource(rid, "dataset", "legacydb", 1, "prod", "internal", "o", "postgres", options)
+
+    rep = check_postgres("legacydb", admin_url, [entry("legacydb.notes", shared_login=legacy[0],
+                                                       tables=["public.notes"]),
+                                                 entry("legacydb.payroll", shared_login=legacy[0],
+                                                       tables=["public.payroll"]),
+                                                 entry("legacydb.ghost", shared_login="no_such_login")],
+                         probe=False)  # fmt: skip
+    found = [c for c in rep.to_dict()["checks"] if c["name"].startswith("shared login")]
+    assert [c["status"] for c in found] == ["ok", "fail", "fail"], found
+    assert "SELECT on public.payroll" in found[1]["detail"] and "pg-import" in found[1]["fix"]
+    assert "does not exist" in found[2]["detail"]

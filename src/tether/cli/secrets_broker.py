@@ -272,7 +272,10 @@ def pg_import_cmd(
             highlight=False,
         )
         for c in d["copies"]:
-            console.print(f"per-task roles for {c['resource']} get a copy of (within the task's actions):")
+            console.print(
+                f"per-task roles for {c['resource']} join {c['group']}, holding (within their actions):",
+                highlight=False,
+            )
             print_rows(
                 ("table", "privileges"),
                 [(t["table"], ", ".join(t["privileges"])) for t in c["tables"]],

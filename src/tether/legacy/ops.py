@@ -235,6 +235,12 @@ def secrets_pg_import(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     service, login = _arg(args, "service"), _arg(args, "login")
     password = args.get("password") if isinstance(args.get("password"), str) else None
     resources = _shared_resources(rt, service, login)
+    fp = fingerprint(password) if password else ""
+    if args.get("fingerprint") not in (None, fp):
+        raise Conflict(
+            "the password does not match the finding's fingerprint; re-run the scan",
+            code="fingerprint_mismatch",
+        )
     pg = _pg(rt)
     if password and not pg.login_works(service, login, password):
         raise Conflict(
@@ -275,12 +281,6 @@ def secrets_pg_import(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
         )
     report = pg.on_target(service, "read pg_stat_activity", lambda c: pgshared.usage(c, login))
     name = pg_name(service, login)
-    fp = fingerprint(password) if password else ""
-    if args.get("fingerprint") not in (None, fp):
-        raise Conflict(
-            "the password does not match the finding's fingerprint; re-run the scan",
-            code="fingerprint_mismatch",
-        )
     exposures = [e for e in args.get("exposures") or [] if isinstance(e, dict)]
     spec = {"kind": "postgres-shared", "service": service, "login": login}
     with rt.audit.unit() as u:

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from tether.catalog import Resource
+from tether.credentials.connectors import pgsql
 from tether.credentials.connectors.pgpool import with_timeouts
 from tether.credentials.connectors.postgres import libpq_dsn
 
@@ -134,6 +135,7 @@ def _checks(
             f"GRANT CONNECT ON DATABASE {_ident(db)} TO PUBLIC",
         )
     _objects(rep, conn, admin, resources)
+    _shared_logins(rep, conn, admin, resources)
     if probe:
         _probe(rep, conn)
 
@@ -149,7 +151,8 @@ def _objects(
         for s in res.options.get("schemas") or []:
             schemas.setdefault(str(s), []).append(res.id)
     if not tables and not schemas:
-        rep.add("catalog", WARN, "no catalog entry of this service names `tables` or `schemas`")
+        if not any(r.options.get("shared_login") for r in resources):
+            rep.add("catalog", WARN, "no catalog entry of this service names `tables` or `schemas`")
         return
     for schema in sorted(set(schemas) | {t.partition(".")[0] for t in tables if "." in t}):
         grantable, public = conn.execute(
@@ -246,3 +249,33 @@ def _probe(rep: TargetReport, conn: psycopg.Connection[Any]) -> None:
         rep.add("probe", OK, "created, joined, cut and dropped a role (rolled back)")
     finally:
         conn.execute("ROLLBACK")
+
+
+def _shared_logins(
+    rep: TargetReport, conn: psycopg.Connection[Any], admin: str, resources: Sequence[Resource]
+) -> None:
+    """Entries with ``shared_login``: the login exists, is no superuser, and every privilege
+    of its copy is one the admin may pass on."""
+    for res in resources:
+        login = str(res.options.get("shared_login") or "")
+        if not login:
+            continue
+        what = f"shared login {login}"
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
+        if row is None or row[0]:
+            why = "does not exist" if row is None else "is a superuser (its privileges are not grants)"
+            rep.add(what, FAIL, f"`{login}` (named by {res.id}) {why}", "fix the catalog entry")
+            continue
+        tables = sorted({str(t) for t in res.options.get("tables") or []})
+        schemas = sorted({str(x) for x in res.options.get("schemas") or []})
+        rows = conn.execute(
+            pgsql.shared_privileges(login, ["DELETE", "INSERT", "SELECT", "UPDATE"], tables, schemas)
+        ).fetchall()
+        stuck = [f"{r[2]} on {r[0]}.{r[1]}" for r in rows if not r[3]]
+        if not rows:
+            rep.add(what, WARN, f"`{login}` holds no table privilege {res.id} could copy")
+        elif stuck:
+            rep.add(what, FAIL, f"`{admin}` cannot pass on {stuck[0]} ({len(stuck)} in all)",
+                    f"tether secrets pg-import --login {login} --service {res.service}")  # fmt: skip
+        else:
+            rep.add(what, OK, f"{len(rows)} privilege(s) of `{login}` copied to per-task roles of {res.id}")

@@ -161,22 +161,40 @@ def shared_privileges(
     """(schema, table, privilege, admin may grant it) for every table privilege ``login``
     holds — directly, through its memberships, as owner or through PUBLIC — among
     ``privs``, on the catalog's ``tables``/``schemas`` (every non-system table when both
-    are empty). The copy a per-task role carries is exactly these rows."""
+    are empty). With INSERT or UPDATE, USAGE on the sequences those tables' serial/identity
+    columns draw from (when the login has it) comes too, or an insert would still fail.
+    The copy a per-task role carries is exactly these rows."""
     anywhere = not tables and not schemas
-    return sql.SQL(
-        "SELECT n.nspname, c.relname, p, "
-        "has_table_privilege(current_user, c.oid, p || ' WITH GRANT OPTION') "
-        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN unnest({privs}) AS p "
-        "WHERE c.relkind IN " + _RELKINDS + " AND n.nspname <> 'information_schema' "
-        "AND n.nspname NOT LIKE 'pg\\_%' AND has_table_privilege({login}, c.oid, p) "
-        "AND ({anywhere} OR n.nspname || '.' || c.relname = ANY({tables}) OR n.nspname = ANY({schemas})) "
-        "ORDER BY 1, 2, 3"
+    where = sql.SQL(
+        "n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' AND ({anywhere} OR "
+        "n.nspname || '.' || c.relname = ANY({tables}) OR n.nspname = ANY({schemas}))"
     ).format(
-        privs=_array([p for p in privs if p in _TABLE_PRIVS]),
-        login=sql.Literal(login),
         anywhere=sql.Literal(anywhere),
         tables=_array(list(tables)) if tables else sql.SQL("ARRAY[]::text[]"),
         schemas=_array(list(schemas)) if schemas else sql.SQL("ARRAY[]::text[]"),
+    )
+    login_l = sql.Literal(login)
+    parts = [
+        sql.SQL(
+            "SELECT n.nspname, c.relname, p, "
+            "has_table_privilege(current_user, c.oid, p || ' WITH GRANT OPTION') "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN unnest({privs}) AS p "
+            "WHERE c.relkind IN " + _RELKINDS + " AND {where} AND has_table_privilege({login}, c.oid, p)"
+        ).format(privs=_array([p for p in privs if p in _TABLE_PRIVS]), where=where, login=login_l)
+    ]
+    if {"INSERT", "UPDATE"} & set(privs):
+        parts.append(
+            sql.SQL(
+                "SELECT sn.nspname, s.relname, 'USAGE', "
+                "has_sequence_privilege(current_user, s.oid, 'USAGE WITH GRANT OPTION') "
+                "FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace "
+                "JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i') "
+                "JOIN pg_class c ON c.oid = d.refobjid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE s.relkind = 'S' AND {where} AND has_sequence_privilege({login}, s.oid, 'USAGE')"
+            ).format(where=where, login=login_l)
+        )
+    return sql.SQL("SELECT DISTINCT * FROM ({}) AS held ORDER BY 1, 2, 3").format(
+        sql.SQL(" UNION ALL ").join(parts)
     )
 
 
@@ -195,14 +213,19 @@ def shared_group_setup(group: str, comment: str, copy: Sequence[Held], *, create
         parts.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(g))
         parts.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(g, sql.Literal(comment)))
     by_table: dict[tuple[str, str], list[str]] = {}
+    sequences = []
     for schema, table, priv in copy:
         if priv in _TABLE_PRIVS:  # the fixed list: privileges are spliced as keywords
             by_table.setdefault((schema, table), []).append(priv)
-    for schema in sorted({s for s, _ in by_table}):
+        elif priv == "USAGE":
+            sequences.append((schema, table))
+    for schema in sorted({s for s, _ in [*by_table, *sequences]}):
         parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), g))
     for (schema, table), ps in sorted(by_table.items()):
         privs = sql.SQL(", ").join(sql.SQL(p) for p in ps)
         parts.append(sql.SQL("GRANT {} ON TABLE {} TO {}").format(privs, sql.Identifier(schema, table), g))
+    for schema, seq in sorted(sequences):
+        parts.append(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, seq), g))
     return sql.SQL("; ").join(parts)
 
 
@@ -213,5 +236,6 @@ def shared_missing(group: str, copy: Sequence[Held]) -> sql.Composed:
         for s, t, p in copy
     )
     return sql.SQL(
-        "SELECT o, p FROM (VALUES {}) AS want(o, p) WHERE NOT has_table_privilege({}, o, p) LIMIT 1"
-    ).format(rows, sql.Literal(group))
+        "SELECT o, p FROM (VALUES {rows}) AS want(o, p) WHERE NOT CASE WHEN p = 'USAGE' "
+        "THEN has_sequence_privilege({g}, o, p) ELSE has_table_privilege({g}, o, p) END LIMIT 1"
+    ).format(rows=rows, g=sql.Literal(group))
