@@ -186,11 +186,15 @@ def shared_privileges(
         parts.append(
             sql.SQL(
                 "SELECT sn.nspname, s.relname, 'USAGE', "
-                "has_sequence_privilege(current_user, s.oid, 'USAGE WITH GRANT OPTION') "
+                # has_sequence_privilege raises on anything but a sequence, and the planner may
+                # call it before the relkind test: every call is guarded.
+                "CASE WHEN s.relkind = 'S' "
+                "THEN has_sequence_privilege(current_user, s.oid, 'USAGE WITH GRANT OPTION') END "
                 "FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace "
                 "JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i') "
                 "JOIN pg_class c ON c.oid = d.refobjid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE s.relkind = 'S' AND {where} AND has_sequence_privilege({login}, s.oid, 'USAGE')"
+                "WHERE s.relkind = 'S' AND {where} "
+                "AND CASE WHEN s.relkind = 'S' THEN has_sequence_privilege({login}, s.oid, 'USAGE') END"
             ).format(where=where, login=login_l)
         )
     return sql.SQL("SELECT DISTINCT * FROM ({}) AS held ORDER BY 1, 2, 3").format(
