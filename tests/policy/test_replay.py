@@ -252,3 +252,25 @@ def test_decision_event_carries_the_input_cedar_saw(runtime):
     assert inp["context"]["task"]["intent"] == "support.triage"
     assert set(inp["context"]) == {"task", "risk", "request", "approval", "environment"}
     assert inp["context"]["environment"] == "prod"
+
+
+def test_a_tag_read_by_a_computed_key_is_never_left_out(settings, tmp_path):
+    """`hasTag(<expression>)` may read any tag: replay keeps every one and the flip is found."""
+    rt = Runtime.start(settings)
+    try:
+        wl = Workload(f"spiffe://{DOMAIN}/triage", DOMAIN, "jwt-svid")
+        opened = rt.broker.open_task(wl, OpenTaskRequest("support.triage", "x", SCOPE, 600))
+        # An argument named like the task id: no policy text can name it, only compute it.
+        named = _authorize(rt, opened.token, "tool:call", "tickets.comment", {opened.task.id: "1"})
+        _authorize(rt, opened.token, "tool:call", "tickets.comment", {"other": "1"})
+        cand = candidate_dir(
+            rt,
+            tmp_path,
+            '@id("computed")\nforbid (principal, action, resource)\n'
+            "when { context.call.hasTag(context.task.id) };",
+        )
+        code, report = replay(rt, str(cand))
+        assert code == 0, report
+        assert [e["decision_id"] for e in report["examples"]] == [named.decision.id]
+    finally:
+        rt.close()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cedarpy
+import orjson
 
 from tether.audit.event import REPLAYABLE_VERSION
 from tether.audit.masking import TYPED_MASK_KEY, is_typed_mask, mask_digest
@@ -42,6 +43,10 @@ __all__ = ["Recorded", "ReplayReport", "Replayer", "recorded_from_event"]
 
 BATCH = 512
 _CACHE = 4096  # entities handles kept (one per distinct agent + arguments)
+_RESULTS = 200_000  # answers kept (one per distinct request as policy can see it)
+_ANNOTATION = re.compile(r'@\w+\s*\(\s*"(?:[^"\\]|\\.)*"\s*\)')
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COMPUTED_TAG = re.compile(r"\b(?:get|has)Tag\s*\(\s*[^\s\")]")
 _CALL_UID = {"type": "Tether::Call", "id": "call"}
 _ARGS_UID = {"type": "Tether::Args", "id": "args"}
 MAX_EXAMPLES = 3
@@ -59,6 +64,8 @@ class Recorded:
     outcome: str
     policies: tuple[str, ...]
     input: Mapping[str, Any]
+    #: Some value of the input was masked (``_masked`` names a path under it).
+    masked: bool = True
 
 
 def recorded_from_event(
@@ -80,6 +87,7 @@ def recorded_from_event(
         str(payload.get("policy_outcome") or payload.get("outcome")),
         tuple(str(r.get("policy_id")) for r in payload.get("reasons") or () if isinstance(r, Mapping)),
         inp,
+        any(str(p).startswith("$.input") for p in payload.get("_masked") or ()),
     )
 
 
@@ -162,6 +170,13 @@ def _literals(texts: Iterable[str]) -> tuple[list[str], list[int]]:
     return strings, longs
 
 
+def _names(texts: Iterable[str]) -> frozenset[str]:
+    """Every name the candidate policies could read a context field by: identifiers and
+    words inside strings (``context["age_seconds"]``), annotations aside. Over-counting
+    only costs cache hits, never exactness."""
+    return frozenset(_WORD.findall(_ANNOTATION.sub("", "\n".join(texts))))
+
+
 class Replayer:
     """Decides recorded inputs with ``bundle`` over ``catalog``; reusable across batches."""
 
@@ -181,10 +196,17 @@ class Replayer:
         self.schema = schema
         self.catalog_version = catalog_version(catalog)
         self._base = cedarpy.Entities.from_json_str(catalog.entities_json(), schema)
+        policy_texts = list(policy_texts)
         self._known: dict[str, Any] = {}
         self._cache: dict[str, cedarpy.Entities] = {}
+        self._results: dict[str, PolicyResult] = {}
+        self._words = _names(policy_texts)
+        strings, longs = _literals(policy_texts)
+        #: Tag keys a policy can read; None when some tag key is computed, not a literal.
+        self._tag_names: frozenset[str] | None = (
+            None if any(_COMPUTED_TAG.search(t) for t in policy_texts) else frozenset(strings) | self._words
+        )
         if salt is not None:
-            strings, longs = _literals(policy_texts)
             for lit in (*strings, *longs, True, False):
                 self._known[mask_digest(salt, lit)] = lit
 
@@ -208,11 +230,19 @@ class Replayer:
             return [self._unmask(v, flags) for v in value]
         return value
 
-    def _build(self, inp: Mapping[str, Any]) -> tuple[str, str, dict[str, Any], bool] | None:
-        """(entities key, entities delta JSON, Cedar request, a masked value stayed
+    def _build(self, inp: Mapping[str, Any], masked: bool) -> tuple[str, str, dict[str, Any], bool] | None:
+        """(result key, entities delta JSON, Cedar request, a masked value stayed
         unresolved) of one record, or None when its resource is unknown to the catalog."""
         flags: list[bool] = []
-        inp = self._unmask(inp, flags)
+        if self._tag_names is not None:
+            # Tags no candidate policy can name are invisible to it: leave them out, so
+            # calls that differ only there share one entities handle and one answer.
+            inp = dict(inp)
+            inp["call"] = {k: v for k, v in inp["call"].items() if k in self._tag_names}
+            p = inp["principal"]
+            inp["principal"] = {**p, "tags": {k: v for k, v in p["tags"].items() if k in self._tag_names}}
+        if masked:
+            inp = self._unmask(inp, flags)
         resource = inp["resource"]
         entity = inp.get("resource_entity")
         if entity is None and self.catalog.get(str(resource["id"])) is None:
@@ -241,13 +271,15 @@ class Replayer:
             {
                 "uid": _ARGS_UID,
                 "attrs": {"paths": sorted(paths), "under": sorted(under or ()), "hosts": sorted(hosts)},
-                "tags": typed,
+                "tags": typed
+                if self._tag_names is None
+                else {k: v for k, v in typed.items() if k in self._tag_names},
                 "parents": [],
             },
         ]
         if entity is not None:
             delta.append(entity)
-        text = json.dumps(delta, sort_keys=True)
+        text = orjson.dumps(delta, option=orjson.OPT_SORT_KEYS).decode()
         context = dict(inp["context"])
         context["call"] = {"__entity": _CALL_UID}
         context["args"] = {"__entity": _ARGS_UID}
@@ -257,7 +289,14 @@ class Replayer:
             "resource": resource,
             "context": context,
         }
-        return text, text, request, bool(flags)
+        # Two requests that differ only in context fields no candidate policy names get
+        # the same answer (Cedar reads nothing else), so they share one result.
+        seen = {
+            k: ({f: v for f, v in sect.items() if f in self._words} if isinstance(sect, dict) else sect)
+            for k, sect in inp["context"].items()
+        }
+        key = text + orjson.dumps([inp["action"], resource, seen], option=orjson.OPT_SORT_KEYS).decode()
+        return key, text, request, bool(flags)
 
     def _entities(self, key: str, delta: str) -> cedarpy.Entities:
         handle = self._cache.get(key)
@@ -329,26 +368,40 @@ class Replayer:
 
     def _run(self, batch: list[Recorded], out: ReplayReport) -> None:
         """Decide ``batch``: records that share their entities (same agent, arguments)
-        go to Cedar together over one cached handle; notes are taken in record order."""
-        groups: dict[str, tuple[str, list[int], list[dict[str, Any]]]] = {}
+        go to Cedar together over one cached handle, a request already answered is not
+        asked again; notes are taken in record order."""
+        groups: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
+        waiting: dict[str, list[int]] = {}
         results: list[PolicyResult | None] = [None] * len(batch)
         inexact = [False] * len(batch)
         for i, rec in enumerate(batch):
             try:
-                built = self._build(rec.input)
+                built = self._build(rec.input, rec.masked)
             except (KeyError, TypeError, AttributeError):
                 continue  # left None: reported as malformed
             if built is None:
                 results[i] = PolicyResult(Outcome.DENY, (), self.bundle.version, "unknown_resource")
                 continue
-            key, delta, request, masked = built
-            inexact[i] = masked
-            group = groups.setdefault(key, (delta, [], []))
-            group[1].append(i)
-            group[2].append(request)
-        for key, (delta, where, requests) in groups.items():
-            for i, decided in zip(where, self._decide_batch(requests, key, delta), strict=True):
-                results[i] = decided
+            key, delta, request, unresolved = built
+            inexact[i] = unresolved
+            known = self._results.get(key)
+            if known is not None:
+                results[i] = known
+                continue
+            if key in waiting:
+                waiting[key].append(i)
+                continue
+            waiting[key] = [i]
+            keys, requests = groups.setdefault(delta, ([], []))
+            keys.append(key)
+            requests.append(request)
+        if len(self._results) > _RESULTS:
+            self._results.clear()
+        for delta, (keys, requests) in groups.items():
+            for key, decided in zip(keys, self._decide_batch(requests, delta, delta), strict=True):
+                self._results[key] = decided
+                for i in waiting[key]:
+                    results[i] = decided
         for i, rec in enumerate(batch):
             result = results[i]
             if result is None:
