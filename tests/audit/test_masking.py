@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from tether.audit import event as ev
 from tether.audit.export import to_jsonl, to_ocsf_lines
-from tether.audit.masking import MASK, Masker
+from tether.audit.masking import MASK, Masker, mask_digest
 from tether.audit.otel import JsonLinesSpanExporter, export_spans
 from tether.audit.verify import iter_chain
 from tether.broker import AuthorizeRequest, OpenTaskRequest
@@ -149,3 +149,37 @@ def test_short_registered_secret_is_refused():
     """Registering a tiny 'secret' would shred ordinary text: refused."""
     with pytest.raises(ValueError):
         Masker().register_secret("abc")
+
+
+def test_masked_values_in_a_decision_input_keep_their_type_and_a_salted_digest():
+    """Inside `input`, a masked leaf is {"$masked": type, "digest"}; outside, it is text as before."""
+    salt = b"s" * 32
+    m = Masker(paths=["arguments.ssn"], salt=salt)
+    out = m(
+        "decision",
+        {
+            "api_key": "abc123",
+            "input": {
+                "call": {"api_key": "abc123", "ssn": "123-45-6789", "n": "5"},
+                "principal": {"tags": {"pin_secret": 1234}},
+                "context": {"request": {"path": "/x?token=abcdefgh"}},
+            },
+        },
+    )
+    assert out["api_key"] == "[masked]"
+    call = out["input"]["call"]
+    assert call["api_key"] == {"$masked": "String", "digest": mask_digest(salt, "abc123")}
+    assert call["ssn"] == {"$masked": "String", "digest": mask_digest(salt, "123-45-6789")}
+    assert call["n"] == "5"
+    assert out["input"]["principal"]["tags"]["pin_secret"] == {
+        "$masked": "Long",
+        "digest": mask_digest(salt, 1234),
+    }
+    path = out["input"]["context"]["request"]["path"]
+    assert path == {"$masked": "String", "digest": mask_digest(salt, "/x?token=abcdefgh")}
+    assert "$.input.call.ssn" in out["_masked"]
+
+
+def test_mask_digests_depend_on_the_salt():
+    """Another deployment's key gives another digest: guesses cannot be hashed without it."""
+    assert mask_digest(b"a" * 32, "1234") != mask_digest(b"b" * 32, "1234")
