@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tether.config_console import ConsoleSettings
+from tether.config_ops import MetricsSettings
 from tether.errors import ConfigError
 
 CONFIG_FILE = "tether.toml"
@@ -364,6 +365,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property

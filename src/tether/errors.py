@@ -164,6 +164,7 @@ class ErrorCode(enum.StrEnum):
     MAPPING_INVALID = "mapping_invalid"
     MASTER_KEY_MISMATCH = "master_key_mismatch"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    METRICS_FORBIDDEN = "metrics_forbidden"
     MISSING_FIELD = "missing_field"
     MISSING_TOKEN = "missing_token"
     NOT_A_LEGACY_LOGIN = "not_a_legacy_login"

@@ -161,6 +161,8 @@ class AuditChain:
         self.chain_id = chain_id
         self.filters: list[PayloadFilter] = []
         self._listeners: list[Listener] = []
+        #: Called with the seconds each non-empty unit took to advance the chain head and commit.
+        self.append_hooks: list[Callable[[float], None]] = []
         self._lock = threading.Lock()
         self._seq = 0
         self._head = GENESIS_HASH
@@ -224,6 +226,7 @@ class AuditChain:
                     u = Unit(conn, self, self._seq, self._head)
                     yield u
                     if u.events:
+                        appended = time.perf_counter()
                         self._advance(conn, u)
             except TetherError as exc:
                 if exc.code == "audit_conflict":
@@ -239,12 +242,15 @@ class AuditChain:
                     or isinstance(exc, SATimeoutError)
                     or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
                 )
+                code = "store_unavailable" if lost else "audit_unavailable"
+                self.db.note_error(code)
                 raise Unavailable(
-                    "the audit log could not be written; the action is denied",
-                    code="store_unavailable" if lost else "audit_unavailable",
+                    "the audit log could not be written; the action is denied", code=code
                 ) from exc
             if u.events:
                 self._seq, self._head = u._seq, u._head
+                for hook in self.append_hooks:
+                    hook(time.perf_counter() - appended)
         finally:
             self._lock.release()
         for ev in u.events:

@@ -37,6 +37,7 @@ from tether.errors import (
 from tether.identity.dpop import DpopProof
 from tether.model import Task
 from tether.server.edge import CatchAll
+from tether.server.metrics import metrics_endpoint
 from tether.server.openapi import OPENAPI
 from tether.server.parsing import (
     check_fields,
@@ -342,6 +343,7 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
         Route("/healthz", g(api.healthz), methods=["GET"]),
         Route("/readyz", g(api.readyz), methods=["GET"]),
         Route("/openapi.json", g(api.openapi), methods=["GET"]),
+        Route("/metrics", g(metrics_endpoint), methods=["GET"]),
         *runtime.routes,
         *(extra_routes or []),
     ]

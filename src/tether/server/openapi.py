@@ -159,5 +159,17 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not"}},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text metrics (addresses in `metrics.allow` only)",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "403": {"description": "`metrics_forbidden`: the address is not in `metrics.allow`"},
+                },
+            }
+        },
     },
 }

@@ -12,7 +12,10 @@ What keeps N workers correct:
 * only worker 0 (the primary) runs the admin socket, the Workload API socket and the
   periodic jobs (expiry, key rotation, lease reaping), so none of them runs twice;
 * everything that must be shared already lives in the store: task state (read on every
-  decision), DPoP ``jti``s, approvals, leases, keys.
+  decision), DPoP ``jti``s, approvals, leases, keys;
+* metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before forking, so every
+  worker's counters land in files there and ``/metrics`` on any worker sums them all
+  (``tether.metrics``); it is removed when the parent exits.
 
 If any worker exits, the parent stops the others and exits with an error: a broker that
 silently lost its primary would stop reaping.
@@ -23,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -75,7 +80,18 @@ def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None]
     """Run ``workers`` broker processes until a signal stops them; the exit status."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"--workers must be 1-{MAX_WORKERS}")
+    from tether import metrics
+
     sock = listening_socket(*settings.listen_host_port)
+    metrics_dir = tempfile.mkdtemp(prefix="tether-metrics-")
+    metrics.enable_multiprocess(metrics_dir)
+    try:
+        return _run(settings, workers, sock, on_ready)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run(settings: Settings, workers: int, sock: socket.socket, on_ready: Callable[[], None] | None) -> int:
     children: dict[int, int] = {}
     for i in range(workers):
         pid = os.fork()

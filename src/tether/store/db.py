@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -59,6 +59,8 @@ class Database:
         tools that run long reads (exports) on purpose."""
         self.url = _normalize_url(url)
         self.timeout = None if timeout_ms is None else timeout_ms / 1000
+        #: Called with the error code of every store failure (the metrics count them).
+        self.error_hooks: list[Callable[[str], None]] = []
         self.watchdog: Watchdog | None = None
         try:
             if self.url.startswith("sqlite"):
@@ -126,9 +128,14 @@ class Database:
         except TetherError:
             raise
         except SQLAlchemyError as exc:
+            self.note_error("store_unavailable")
             raise Unavailable(
                 "the store is unavailable; retry later or check the database", code="store_unavailable"
             ) from exc
+
+    def note_error(self, code: str) -> None:
+        for hook in self.error_hooks:
+            hook(code)
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:

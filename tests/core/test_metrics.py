@@ -1,0 +1,173 @@
+"""`/metrics`: Prometheus text for allowed addresses only, fed from the audit chain and the
+store, summed over `--workers` processes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from conftest import Agent
+from tether.broker import OpenTaskRequest
+from tether.config import load_settings
+from tether.errors import ConfigError
+from tether.model import Grant, Workload
+from tether.runtime import Runtime
+from tether.server.app import create_app
+from tether.testing import TestTrustDomain, make_settings, prepare_state
+
+READ_Q = {"action": "read", "resource": "tickets.queue"}
+_SQLITE = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The sample ``name{labels}`` of a Prometheus text page (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+@pytest.fixture
+def local(runtime: Runtime):
+    """A client that connects from loopback (the default allow-list)."""
+    with TestClient(create_app(runtime), raise_server_exceptions=False, client=("127.0.0.1", 50000)) as c:
+        yield c
+
+
+@_SQLITE
+def test_decisions_are_counted_by_outcome_and_code_with_their_latency(local, runtime, domain):
+    """An allow and an out-of-scope deny move their counters and the latency histogram;
+    the store gauges show the open task and the chain's head age."""
+    before = local.get("/metrics").text
+    agent = Agent(local, domain, runtime, "orchestrator")
+    tok = agent.open([READ_Q]).json()["task_token"]
+    assert agent.authorize(tok, "read", "tickets.queue").json()["decision"] == "allow"
+    assert agent.authorize(tok, "read", "billing.invoices").json()["code"] == "out_of_scope"
+    r = local.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    after = r.text
+
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert delta("tether_decisions_total", outcome="allow", code="") == 1
+    assert delta("tether_decisions_total", outcome="deny", code="out_of_scope") == 1
+    assert delta("tether_decision_seconds_count") == 2
+    assert delta("tether_audit_append_seconds_count") >= 3  # open + two decisions
+    assert _value(after, "tether_tasks_open") == 1
+    assert _value(after, "tether_store_up") == 1
+    assert _value(after, "tether_leases", state="irrevocable") == 0
+    assert _value(after, "tether_approvals_pending") == 0
+    assert 'tether_audit_chain_head_age_seconds{chain="node-1"}' in after
+    assert _value(after, "tether_leader_epoch", holder="node-1") >= 1
+
+
+@_SQLITE
+def test_metrics_from_an_address_outside_the_allow_list_are_forbidden(runtime):
+    """A scraper not in `metrics.allow` gets 403 `metrics_forbidden`, and no numbers."""
+    with TestClient(create_app(runtime), client=("203.0.113.9", 4000)) as c:
+        r = c.get("/metrics")
+    assert r.status_code == 403 and r.json()["code"] == "metrics_forbidden"
+    assert "tether_" not in r.text
+    with TestClient(create_app(runtime)) as c:  # not an IP address at all: refused too
+        assert c.get("/metrics").json()["code"] == "metrics_forbidden"
+
+
+def test_an_allow_list_entry_that_is_not_a_network_is_refused_at_load(tmp_path):
+    """`metrics.allow = ["everyone"]` is a config error naming the field."""
+    with pytest.raises(ConfigError) as err:
+        make_settings(tmp_path / "s", overrides={"metrics": {"allow": ["everyone"]}})
+    assert err.value.details["field"] == "metrics.allow"
+
+
+def test_a_store_failure_reports_the_store_down_and_is_counted(tmp_path, monkeypatch):
+    """With the store gone a scrape still answers 200: `tether_store_up 0`, the error counted."""
+    rt = Runtime.start(make_settings(tmp_path / "s", overrides={"identity": {"workload_socket": ""}}))
+    try:
+        with TestClient(create_app(rt), client=("127.0.0.1", 1)) as c:
+            before = _value(c.get("/metrics").text, "tether_store_errors_total", code="store_unavailable")
+            from sqlalchemy import create_engine
+
+            monkeypatch.setattr(rt.db, "engine", create_engine("sqlite:////nonexistent/dir/x.db"))
+            r = c.get("/metrics")
+        assert r.status_code == 200
+        assert _value(r.text, "tether_store_up") == 0
+        assert _value(r.text, "tether_store_errors_total", code="store_unavailable") == before + 1
+    finally:
+        monkeypatch.undo()
+        rt.close()
+
+
+def test_two_workers_report_the_sum_of_both_workers_decisions(tmp_path: Path):
+    """`tether serve --workers 2`: every scrape, whichever worker answers it, counts the
+    decisions made on both workers."""
+    state = tmp_path / "state"
+    prepare_state(state, TestTrustDomain("support.example"), '\n[identity]\ndpop = "optional"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    tether = str(Path(sys.executable).parent / "tether")
+    proc = subprocess.Popen(
+        [tether, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    opener: Runtime | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)  # bounded poll for the workers to bind
+        overrides = {"node_id": "test-opener", "identity": {"workload_socket": "", "dpop": "optional"}}
+        opener = Runtime.start(load_settings(state, environ={}, overrides=overrides))
+        wl = Workload("spiffe://support.example/w", "support.example", "jwt-svid")
+        grants = (Grant("read", "tickets.queue"),)
+        tok = opener.broker.open_task(wl, OpenTaskRequest("support.triage", "w", grants, 600)).token
+        chains: set[str] = set()
+        n = 0
+        # New connections until both workers decided at least once (the kernel picks).
+        while len(chains) < 2 and n < 200:
+            with httpx.Client(base_url=url) as c:
+                r = c.post("/v1/authorize", json=READ_Q, headers={"Authorization": f"Bearer {tok}"})
+            assert r.json()["decision"] == "allow"
+            n += 1
+            with opener.db.read() as conn:
+                from sqlalchemy import text
+
+                q = text("SELECT DISTINCT chain FROM audit_events WHERE type = 'decision'")
+                chains = {row[0] for row in conn.execute(q)}
+        assert chains == {"node-1-w0", "node-1-w1"}
+        for _ in range(6):  # several scrapes, new connections: either worker may answer
+            with httpx.Client(base_url=url) as c:
+                page = c.get("/metrics").text
+            assert _value(page, "tether_decisions_total", outcome="allow", code="") == n
+    finally:
+        if opener is not None:
+            opener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stdout:
+            proc.stdout.close()
