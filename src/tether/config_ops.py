@@ -27,6 +27,7 @@ def _networks(value: Any, name: str) -> tuple[str, ...]:
 class MetricsSettings:
     """``[metrics]``: Prometheus text at ``/metrics`` on the API port."""
 
+    #: Serve ``/metrics`` at all (false: 404).
     enabled: bool = True
     #: Client addresses allowed to scrape (CIDR); everyone else gets 403 `metrics_forbidden`.
     #: Loopback only by default: counts of tasks, leases and decisions are not public.
