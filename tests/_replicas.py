@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,15 +86,25 @@ def _free_port() -> int:
 
 @contextmanager
 def replicas(
-    root: Path, store_url: str, domain: TestTrustDomain, n: int, *, config_extra: str = "", start: bool = True
+    root: Path,
+    store_url: str,
+    domain: TestTrustDomain,
+    n: int,
+    *,
+    config_extra: str = "",
+    prepare: Callable[[Path], None] | None = None,
+    start: bool = True,
 ) -> Iterator[list[ReplicaProc]]:
-    """``n`` replica processes (``rep-0``…), started and ready unless ``start`` is false;
-    all stopped on exit."""
+    """``n`` replica processes (``rep-0``…), started and ready unless ``start`` is false
+    (then call ``start()`` and ``wait_ready()`` on each); ``prepare`` edits each state
+    directory first; all stopped on exit."""
     master = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     reps: list[ReplicaProc] = []
     for i in range(n):
         state = root / f"rep-{i}"
         prepare_state(state, domain, '\n[identity]\ndpop = "optional"\nworkload_socket = ""\n' + config_extra)
+        if prepare is not None:
+            prepare(state)
         env = {
             **os.environ,
             "TETHER_STORE": store_url,

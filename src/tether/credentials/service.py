@@ -274,6 +274,7 @@ class Credentials:
 
     def task_event(self, task_id: str) -> None:
         """A task's end committed: cut its external credentials now (called after commit)."""
+        failpoints.hit("task.ended_before_cut")  # the replica tests: a crash mid-close
         with self._inflight_lock:
             pending = self._pending_cut.pop(task_id, None)
         if pending is not None:
