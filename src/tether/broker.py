@@ -137,6 +137,7 @@ class Broker(ActionDecisions):
             root_id="",
             depth=0,
             state=TaskState.ACTIVE,
+            act_chain=req.act_chain,
             cnf_jkt=req.cnf_jkt,
             attestation=workload.attestation,
             agent_attrs=dict(workload.attributes),

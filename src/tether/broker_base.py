@@ -77,6 +77,8 @@ class OpenTaskRequest:
     delegation: str | None = None
     delegator: Delegator | None = None
     cnf_jkt: str | None = None
+    #: RFC 8693 actors on whose behalf the agent acts (token exchange with an actor token).
+    act_chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,9 @@ class AuthorizeRequest:
     method: str = ""
     path: str = ""
     trace_id: str | None = None
+    #: The enforcement point's resource URI (RFC 8707) when it is an OAuth protected
+    #: resource; the token must be minted for it. Set only by enforcement points.
+    audience: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

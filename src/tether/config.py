@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 
 from tether.config_console import ConsoleSettings
 from tether.config_ops import MetricsSettings
+from tether.config_oauth import OAuthSettings
 from tether.errors import ConfigError
 
 CONFIG_FILE = "tether.toml"
@@ -366,6 +367,7 @@ class Settings:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    oauth: OAuthSettings = field(default_factory=OAuthSettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property

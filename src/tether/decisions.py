@@ -67,16 +67,16 @@ class ActionDecisions(BrokerBase):
                 "the task token is DPoP-bound and this broker cannot check proofs", code="dpop_unsupported"
             )
 
-    def verify_token(self, token: str, proof: Any = None) -> TaskTokenClaims:
+    def verify_token(self, token: str, proof: Any = None, audience: str | None = None) -> TaskTokenClaims:
         """Signature, claims and sender constraint (``proof``: a ``tether.identity.dpop.DpopProof``)."""
-        claims = self.tokens.verify(token, now=self.clock())
+        claims = self.tokens.verify(token, now=self.clock(), audience=audience)
         self._check_binding(token, claims, proof)
         return claims
 
     def authorize(self, token: str, req: AuthorizeRequest, proof: Any = None) -> AuthorizeResult:
         now = self.clock()
         try:
-            claims = self.tokens.verify(token, now=now)
+            claims = self.tokens.verify(token, now=now, audience=req.audience)
             self._check_binding(token, claims, proof)
         except Unauthenticated as exc:
             self._audit_rejected(exc, req)

@@ -129,6 +129,7 @@ class ErrorCode(enum.StrEnum):
     IDENTITY_UNAVAILABLE = "identity_unavailable"
     INTENT_MISMATCH = "intent_mismatch"
     INTENT_REQUIRED = "intent_required"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
     INTERNAL_ERROR = "internal_error"
     INVALID_ARGUMENTS = "invalid_arguments"
     INVALID_ATTRIBUTE = "invalid_attribute"

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from tether.gateway.pins import ToolPins
     from tether.identity.service import IdentityService
     from tether.identity.workload_api import WorkloadApi
+    from tether.oauth.server import OAuthServer
     from tether.server.admin import OpHandler
     from tether.server.console import Console
 
@@ -257,6 +258,8 @@ class Runtime(Core):
     http_gateway: HttpGateway | None
     #: The operator console under ``/console`` (``None`` when ``console.enabled`` is off).
     console: Console | None
+    #: The OAuth authorization server (``None`` unless ``oauth.enabled``).
+    oauth: OAuthServer | None = None
 
     @classmethod
     def start(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Runtime:
@@ -267,6 +270,7 @@ class Runtime(Core):
         from tether.credentials import wiring as credentials_wiring
         from tether.gateway import wiring as gateway_wiring
         from tether.identity import wiring as identity_wiring
+        from tether.oauth import wiring as oauth_wiring
         from tether.server import console as console_layer
         from tether.server import ops as server_ops
         from tether.server import policy_ops
@@ -282,6 +286,7 @@ class Runtime(Core):
             logs = audit_wiring.build(core)
             gw = gateway_wiring.build(core)
             console = console_layer.build(core)
+            oauth = oauth_wiring.build(core, ident.service, console)
         except BaseException:
             core.close()  # a layer that failed to build leaves no thread or socket behind
             raise
@@ -296,6 +301,7 @@ class Runtime(Core):
             pins=gw.pins,
             http_gateway=gw.http,
             console=console,
+            oauth=oauth,
         )
 
 

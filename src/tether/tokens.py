@@ -53,11 +53,13 @@ class TaskTokens:
         self._leeway = leeway
         self._max_bytes = max_bytes
 
-    def mint(self, task: Task, *, now: float) -> str:
+    def mint(self, task: Task, *, now: float, audience: str | None = None, client_id: str = "") -> str:
+        """The task's token; ``audience`` names one protected resource (RFC 8707) instead of
+        the broker, for OAuth access tokens that only that resource's gateway accepts."""
         key = self._keys.signing_key()
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "aud": self.audience,
+            "aud": audience or self.audience,
             "sub": task.agent,
             "txn": task.id,
             "jti": secrets.token_urlsafe(12),
@@ -79,16 +81,23 @@ class TaskTokens:
             claims["act"] = act
         if task.cnf_jkt:
             claims["cnf"] = {"jkt": task.cnf_jkt}
+        if client_id:
+            claims["client_id"] = client_id  # RFC 9068 §2.2: the OAuth client it was issued to
         return sign_jwt(claims, key.private_key, kid=key.kid, typ=TASK_TOKEN_TYP)
 
-    def verify(self, token: str, *, now: float) -> TaskTokenClaims:
-        """Signature, ``typ``, issuer, audience and expiry; raises ``Unauthenticated``."""
+    def verify(self, token: str, *, now: float, audience: str | None = None) -> TaskTokenClaims:
+        """Signature, ``typ``, issuer, audience and expiry; raises ``Unauthenticated``.
+
+        ``audience`` is the enforcement point's own resource URI when it has one (an OAuth
+        protected resource): then only tokens minted for exactly that resource pass, and a
+        token minted for a resource never passes where the broker's audience is expected.
+        """
 
         claims = verify_jwt(
             token,
             key_for=key_by_kid(self._keys.verification_key),
             algorithms=("ES256",),
-            audience=self.audience,
+            audience=audience or self.audience,
             issuer=self.issuer,
             typ=(TASK_TOKEN_TYP,),
             leeway=self._leeway,

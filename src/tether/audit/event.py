@@ -67,6 +67,9 @@ CONSOLE_SIGNIN = "console.signin"
 CONSOLE_ACTION = "console.action"
 CONSOLE_REFUSED = "console.refused"
 NOTIFY_FAILED = "notify.failed"
+# The OAuth front door: a consent, code or exchange granted; a request refused.
+OAUTH_GRANTED = "oauth.granted"
+OAUTH_REFUSED = "oauth.refused"
 # Legacy secrets brought under the broker (`tether secrets import|rotate`).
 SECRET_IMPORTED = "secret.imported"  # noqa: S105 (an event type)
 SECRET_ROTATED = "secret.rotated"  # noqa: S105 (an event type)
@@ -101,6 +104,8 @@ EVENT_TYPES = frozenset(
         CONSOLE_SIGNIN,
         CONSOLE_ACTION,
         CONSOLE_REFUSED,
+        OAUTH_GRANTED,
+        OAUTH_REFUSED,
         NOTIFY_FAILED,
         SECRET_IMPORTED,
         SECRET_ROTATED,

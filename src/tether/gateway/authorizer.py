@@ -172,9 +172,19 @@ class Authorizer(Protocol):
         ...
 
     async def visible(
-        self, token: str, action: str, resources: Sequence[str], proof: DpopProof | None = None
+        self,
+        token: str,
+        action: str,
+        resources: Sequence[str],
+        proof: DpopProof | None = None,
+        audience: str | None = None,
     ) -> frozenset[str]:
         """The resources this task could be allowed ``action`` on (no decision is recorded)."""
+        ...
+
+    async def check_token(self, token: str, audience: str | None) -> dict[str, Any]:
+        """The token's task (id, agent, scope, expiry) if it is good for ``audience`` now;
+        raises ``Unauthenticated`` otherwise (see :func:`tether.gateway.service.check_token`)."""
         ...
 
     async def record(
@@ -224,12 +234,20 @@ class LocalAuthorizer:
         return verdict_from_result(result)
 
     async def visible(
-        self, token: str, action: str, resources: Sequence[str], proof: DpopProof | None = None
+        self,
+        token: str,
+        action: str,
+        resources: Sequence[str],
+        proof: DpopProof | None = None,
+        audience: str | None = None,
     ) -> frozenset[str]:
         found = await anyio.to_thread.run_sync(
-            self._service.visible, self.rt, token, action, list(resources), proof
+            self._service.visible, self.rt, token, action, list(resources), proof, audience
         )
         return frozenset(found)
+
+    async def check_token(self, token: str, audience: str | None) -> dict[str, Any]:
+        return await self._call(self._service.check_token, self.rt, token, audience)
 
     async def record(
         self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
@@ -328,6 +346,8 @@ class RemoteAuthorizer:
         }
         if proof is not None and proof.present:
             body["dpop"] = _dpop(proof)
+        if req.audience:
+            body["audience"] = req.audience
         trace = f"00-{req.trace_id}-{'0' * 15}1-01" if req.trace_id else None
         doc = await self._post("/v1/gateway/authorize", body, token, trace)
         decision, cred = doc.get("decision"), doc.get("credential") or {}
@@ -344,13 +364,26 @@ class RemoteAuthorizer:
         )
 
     async def visible(
-        self, token: str, action: str, resources: Sequence[str], proof: DpopProof | None = None
+        self,
+        token: str,
+        action: str,
+        resources: Sequence[str],
+        proof: DpopProof | None = None,
+        audience: str | None = None,
     ) -> frozenset[str]:
         body: dict[str, Any] = {"action": action, "resources": list(resources)}
         if proof is not None and proof.present:
             body["dpop"] = _dpop(proof)
+        if audience:
+            body["audience"] = audience
         doc = await self._post("/v1/gateway/visible", body, token)
         return frozenset(str(r) for r in doc.get("resources") or ())
+
+    async def check_token(self, token: str, audience: str | None) -> dict[str, Any]:
+        doc = await self._post("/v1/gateway/token", {"audience": audience} if audience else {}, token)
+        if not isinstance(doc.get("task_id"), str) or not isinstance(doc.get("scope"), list):
+            raise Unavailable("the broker's answer was malformed", code="broker_unavailable")
+        return dict(doc)
 
     async def record(
         self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None

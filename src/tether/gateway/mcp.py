@@ -41,6 +41,7 @@ from tether.broker import AuthorizeRequest, args_digest
 from tether.errors import TetherError, Unauthenticated, Unavailable
 from tether.gateway.authorizer import Authorizer, Verdict, refusal_message, upstream_credential_headers
 from tether.gateway.http import continue_trace
+from tether.gateway.oauth_resource import OAuthFrontDoor, ProtectedResource
 from tether.gateway.pins import APPROVED
 from tether.gateway.upstream import CallHeaders, Upstream, UpstreamGone, open_session
 from tether.identity.dpop import DpopProof
@@ -95,8 +96,11 @@ class McpGateway:
         public_url: str = "",
         max_restarts: int = 3,
         backoff: float = 0.5,
+        resource: ProtectedResource | None = None,
     ) -> None:
         self.name = server
+        #: Set when this gateway is an OAuth protected resource: tokens must be minted for it.
+        self.resource = resource
         self.authorizer = authorizer
         self.task_token = task_token
         self.record_arguments = record_arguments
@@ -278,7 +282,13 @@ class McpGateway:
         app = self.server().streamable_http_app(
             streamable_http_path=path, stateless_http=True, json_response=True, host=host
         )
+        if self.resource is not None:
+            return OAuthFrontDoor(app, self.resource, self.authorizer)
         return RequireBearer(app)
+
+    @property
+    def audience(self) -> str | None:
+        return self.resource.resource if self.resource is not None else None
 
     def _credentials(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, DpopProof | None, str | None]:
         """(task token, DPoP proof, traceparent header) of the current request."""
@@ -314,7 +324,7 @@ class McpGateway:
             approved = {
                 f"{self.name}.{n}": t for n, t in self._tools.items() if self._states.get(n) == APPROVED
             }
-            visible = await self.authorizer.visible(token, ACTION, list(approved), proof)
+            visible = await self.authorizer.visible(token, ACTION, list(approved), proof, self.audience)
         except TetherError as exc:
             raise MCPError(
                 UNAUTHENTICATED if isinstance(exc, Unauthenticated) else types.INTERNAL_ERROR,
@@ -363,6 +373,7 @@ class McpGateway:
             method="tools/call",
             path=name,
             trace_id=trace,
+            audience=self.audience,
         )
         try:
             verdict = await self.authorizer.authorize(token, req, proof)

@@ -16,7 +16,7 @@ from tether import actions
 from tether.arguments import ArgSpec
 from tether.audit import event as ev
 from tether.audit.chain import AuditChain
-from tether.broker import Broker
+from tether.broker import AuthorizeRequest, Broker
 from tether.catalog import Catalog
 from tether.config import Settings
 from tether.errors import InvalidRequest, Unauthenticated
@@ -64,7 +64,12 @@ _PERMITS: weakref.WeakKeyDictionary[PolicyEngine, tuple[str, Catalog | None, Pol
 
 
 def visible(
-    rt: BrokerParts, token: str, action: str, resources: Sequence[str], proof: Any = None
+    rt: BrokerParts,
+    token: str,
+    action: str,
+    resources: Sequence[str],
+    proof: Any = None,
+    audience: str | None = None,
 ) -> list[str]:
     """The resources a task could be allowed ``action`` on, for filtering a tool list.
 
@@ -80,7 +85,7 @@ def visible(
     if len(resources) > _MAX_RESOURCES:
         raise InvalidRequest(f"at most {_MAX_RESOURCES} resources", code="invalid_field", field="resources")
     broker = rt.broker
-    claims = broker.verify_token(token, proof)
+    claims = broker.verify_token(token, proof, audience)
     now = broker.clock()
     with rt.db.read() as conn:
         task = repo.get_task(conn, claims.task_id)
@@ -118,6 +123,42 @@ def visible(
         if result.outcome is Outcome.ALLOW:
             out.append(rid)
     return out
+
+
+def check_token(rt: BrokerParts, token: str, audience: str | None) -> dict[str, Any]:
+    """Is this token good for a request to a protected resource right now: signature,
+    expiry, audience (``audience``: the resource's URI), and its task still active.
+
+    The OAuth front door of a gateway asks this before any MCP message is read, so that a
+    closed task's token is a ``401 invalid_token`` (which makes an OAuth client sign in
+    again) rather than a tool error. The sender constraint is not checked here: a DPoP
+    proof is single use, and the call's own decision checks it.
+    """
+    broker = rt.broker
+    try:
+        claims = broker.tokens.verify(token, now=broker.clock(), audience=audience)
+    except Unauthenticated as exc:
+        broker._audit_rejected(exc, broker_request(audience))
+        raise
+    with rt.db.read() as conn:
+        task = repo.get_task(conn, claims.task_id)
+    if task is None or task.agent != claims.agent or not task.is_active(broker.clock()):
+        dead = Unauthenticated(
+            "the task of this token is closed, expired or revoked; sign in again", code="task_not_active"
+        )
+        broker._audit_rejected(dead, broker_request(audience), task)
+        raise dead
+    return {
+        "task_id": task.id,
+        "agent": task.agent,
+        "scope": [g.to_dict() for g in task.scope],
+        "expires_at": task.expires_at,
+    }
+
+
+def broker_request(audience: str | None) -> AuthorizeRequest:
+    """The request an audit record of a refused token names: the resource it was sent to."""
+    return AuthorizeRequest(action="token:check", resource=(audience or "")[:256], audience=audience)
 
 
 def _permits_engine(rt: BrokerParts) -> PolicyEngine:

@@ -11,7 +11,7 @@ The enforcer is checked before anything else so the API is no oracle to stranger
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,10 +141,14 @@ class EnforcerApi:
         token = bearer(request)
         try:
             doc = await request.app.state.api.body(request)
-            req = parse_authorize(doc, trace_id=trace_id(request), extra_fields=("dpop",))
+            req = parse_authorize(doc, trace_id=trace_id(request), extra_fields=("dpop", "audience"))
+            # Only a configured enforcement point may name its resource: it restricts which
+            # tokens pass (an OAuth access token is minted for exactly one resource).
+            audience = req_str(doc, "audience", max_len=2048, required=False) or None
         except InvalidRequest as bad:  # a forged task token is recorded whatever the body holds
             await run_in_threadpool(self.rt.broker.refuse_body, token, bad)
             raise
+        req = replace(req, audience=audience)
         proof = _proof(doc.get("dpop"))
         result = await run_in_threadpool(self.rt.broker.authorize, token, req, proof)
         body: dict[str, Any] = {"decision": result.decision.to_dict(), "task": task_fields(result.task)}
@@ -160,7 +164,7 @@ class EnforcerApi:
     async def visible(self, request: Request) -> Response:
         _, doc = await self._doc(request)
         token = bearer(request)
-        check_fields(doc, ("action", "resources", "dpop"))
+        check_fields(doc, ("action", "resources", "dpop", "audience"))
         resources = doc.get("resources")
         if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
             raise InvalidRequest(
@@ -173,8 +177,17 @@ class EnforcerApi:
             req_str(doc, "action", max_len=64),
             resources,
             _proof(doc.get("dpop")),
+            req_str(doc, "audience", max_len=2048, required=False) or None,
         )
         return JSONResponse({"resources": found})
+
+    async def token(self, request: Request) -> Response:
+        _, doc = await self._doc(request)
+        token = bearer(request)
+        check_fields(doc, ("audience",))
+        audience = req_str(doc, "audience", max_len=2048, required=False) or None
+        found = await run_in_threadpool(service.check_token, self.rt, token, audience)
+        return JSONResponse(found, headers={"cache-control": "no-store"})
 
     async def calls(self, request: Request) -> Response:
         enforcer, doc = await self._doc(request)
@@ -228,6 +241,7 @@ def build(rt: Core) -> GatewayLayer:
         [
             Route("/v1/gateway/authorize", guarded(api.authorize), methods=["POST"]),
             Route("/v1/gateway/visible", guarded(api.visible), methods=["POST"]),
+            Route("/v1/gateway/token", guarded(api.token), methods=["POST"]),
             Route("/v1/gateway/calls", guarded(api.calls), methods=["POST"]),
             Route("/v1/gateway/tools", guarded(api.tools), methods=["POST"]),
             Route("/v1/gateway/arguments", guarded(api.arguments), methods=["POST"]),
