@@ -75,6 +75,9 @@ class OAuthSettings:
     #: Longest task lifetime a consent can grant (also capped by ``tasks.max_ttl_seconds``).
     max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME
     code_ttl_seconds: int = 60
+    #: Access tokens from a consent live this long (at most the task); refresh tokens,
+    #: rotated on each use, carry the client to the task's end.
+    access_token_ttl_seconds: int = 900
     #: Client ID Metadata Documents: https ``client_id`` URLs whose JSON document is fetched.
     client_metadata_documents: bool = True
     cimd_max_bytes: int = 5120
@@ -101,6 +104,7 @@ class OAuthSettings:
         for name, lo, hi in (
             ("max_lifetime_seconds", 60, 30 * 24 * 3600),
             ("code_ttl_seconds", 10, 600),
+            ("access_token_ttl_seconds", 30, 24 * 3600),
             ("cimd_max_bytes", 256, 65536),
         ):
             value = getattr(self, name)

@@ -53,9 +53,18 @@ class TaskTokens:
         self._leeway = leeway
         self._max_bytes = max_bytes
 
-    def mint(self, task: Task, *, now: float, audience: str | None = None, client_id: str = "") -> str:
+    def mint(
+        self,
+        task: Task,
+        *,
+        now: float,
+        audience: str | None = None,
+        client_id: str = "",
+        expires_at: float | None = None,
+    ) -> str:
         """The task's token; ``audience`` names one protected resource (RFC 8707) instead of
-        the broker, for OAuth access tokens that only that resource's gateway accepts."""
+        the broker, for OAuth access tokens that only that resource's gateway accepts.
+        ``expires_at`` shortens it (never past the task's own expiry)."""
         key = self._keys.signing_key()
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -64,7 +73,7 @@ class TaskTokens:
             "txn": task.id,
             "jti": secrets.token_urlsafe(12),
             "iat": int(now),
-            "exp": int(task.expires_at),
+            "exp": int(min(task.expires_at, expires_at or task.expires_at)),
             "scope": scope_string(task),
             "req_wl": task.agent,
             "tctx": {

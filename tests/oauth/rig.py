@@ -49,6 +49,11 @@ POLICY = """
 forbid (principal, action == Tether::Action::"task:open", resource)
 when { principal.attestation == "oauth-client" && context.task.intent != "support.triage" };
 
+@id("triage-opens-nothing-on-billing")
+@reason("support.triage tasks never hold billing grants")
+forbid (principal, action == Tether::Action::"task:open", resource in Tether::Service::"billing")
+when { context.task.intent == "support.triage" };
+
 @id("oauth-time-open")
 permit (principal, action == Tether::Action::"task:open", resource in Tether::Service::"time")
 when { context.task.intent == "support.triage" };

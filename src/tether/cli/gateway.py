@@ -218,6 +218,15 @@ def http(
     show_default=True,
     help="stdio upstream: restarts before the gateway gives up and exits non-zero.",
 )
+@click.option(
+    "--oauth-resource",
+    help="http: serve as an OAuth protected resource with this URI (as in `[[oauth.resources]]`); "
+    "only access tokens minted for it pass (docs/oauth.md).",
+)
+@click.option(
+    "--authorization-server",
+    help="With --oauth-resource: the broker's OAuth issuer, named in the resource metadata.",
+)
 @broker_option
 @svid_option
 @identity_options
@@ -235,6 +244,8 @@ def mcp(
     record_arguments: bool,
     call_timeout: float,
     max_restarts: int,
+    oauth_resource: str | None,
+    authorization_server: str | None,
     broker: str,
     svid_file: Path | None,
     state_dir: Path,
@@ -257,6 +268,7 @@ def mcp(
 
     from tether.gateway.authorizer import RemoteAuthorizer
     from tether.gateway.mcp import McpGateway, Upstream, UpstreamGone
+    from tether.gateway.oauth_resource import ProtectedResource
     from tether.gateway.session import parse_scope, session_task
     from tether.sdk.svid import WorkloadApiSvid
 
@@ -277,6 +289,19 @@ def mcp(
         lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
     )
     authorizer = run(lambda: RemoteAuthorizer(broker, identity))
+    resource = None
+    if oauth_resource:
+        if transport != "http" or not authorization_server:
+            run(
+                lambda: _raise(
+                    InvalidRequest(
+                        "`--oauth-resource` needs `--transport http` and `--authorization-server`",
+                        code="invalid_field",
+                        field="oauth_resource",
+                    )
+                )
+            )
+        resource = ProtectedResource(oauth_resource, (str(authorization_server),), server)
     gw = McpGateway(
         server,
         authorizer,
@@ -284,6 +309,7 @@ def mcp(
         record_arguments=record_arguments,
         call_timeout=call_timeout,
         max_restarts=max_restarts,
+        resource=resource,
     )
 
     async def serve_stdio() -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -231,4 +232,70 @@ class ReplayedCode(OAuthError):
 
     def __init__(self, grant: CodeGrant) -> None:
         super().__init__("invalid_grant", "the code was already used; the task it opened is revoked")
+        self.grant = grant
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshGrant:
+    task_id: str
+    client_id: str
+    resource: str
+    expires_at: float  # the task's expiry: a refresh token never outlives its task
+
+
+class RefreshTokens:
+    """Refresh tokens, rotated on every use (OAuth 2.1 §4.3.1): each is good once, and a used
+    one presented again means two parties hold the chain, so its task is revoked."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._live: dict[str, RefreshGrant] = {}
+        self._spent: dict[str, RefreshGrant] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()  # the store never holds the token itself
+
+    def issue(self, grant: RefreshGrant) -> str:
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        with self._lock:
+            for book in (self._live, self._spent):
+                for k in [k for k, g in book.items() if g.expires_at <= now]:
+                    del book[k]
+            self._live[self._key(token)] = grant
+        return token
+
+    def find(self, token: str) -> RefreshGrant | None:
+        """The live grant of a refresh token, without using it (for revocation)."""
+        with self._lock:
+            return self._live.get(self._key(token))
+
+    def use(self, token: str | None, *, client_id: str, resource: str | None) -> RefreshGrant:
+        if not token or len(token) > 256:
+            raise OAuthError("invalid_request", "`refresh_token` is required")
+        key, now = self._key(token), self._clock()
+        with self._lock:
+            grant = self._live.pop(key, None)
+            if grant is None:
+                spent = self._spent.get(key)
+                if spent is not None:
+                    raise ReplayedRefresh(spent)
+                raise OAuthError("invalid_grant", "the refresh token is unknown, expired or already used")
+            self._spent[key] = grant
+        if grant.expires_at <= now:
+            raise OAuthError("invalid_grant", "the refresh token expired with its task")
+        if not hmac.compare_digest(grant.client_id, client_id):
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        if resource and resource != grant.resource:
+            raise OAuthError("invalid_target", "`resource` differs from the one this token was issued for")
+        return grant
+
+
+class ReplayedRefresh(OAuthError):
+    """A rotated-away refresh token presented again: its task is revoked."""
+
+    def __init__(self, grant: RefreshGrant) -> None:
+        super().__init__("invalid_grant", "the refresh token was already used; its task is revoked")
         self.grant = grant

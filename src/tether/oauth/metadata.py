@@ -47,7 +47,7 @@ def authorization_server_metadata(issuer: str, *, cimd: bool, scopes: Sequence[s
         "revocation_endpoint": endpoint(issuer, "/oauth/revoke"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", TOKEN_EXCHANGE],
+        "grant_types_supported": ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
         "code_challenge_methods_supported": ["S256"],
         # Public clients (PKCE) only: an MCP client on a laptop cannot keep a secret.
         "token_endpoint_auth_methods_supported": ["none"],

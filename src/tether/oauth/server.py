@@ -24,7 +24,7 @@ from tether.oauth import exchange
 from tether.oauth.cimd import CimdFetcher
 from tether.oauth.clients import Clients
 from tether.oauth.errors import OAuthError
-from tether.oauth.grants import Codes, ReplayedCode
+from tether.oauth.grants import Codes, RefreshGrant, RefreshTokens, ReplayedCode, ReplayedRefresh
 from tether.oauth.metadata import TOKEN_EXCHANGE, authorization_server_metadata, issuer_for
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class OAuthServer:
         )
         self.clients = Clients(self.settings, self.fetcher)
         self.codes = Codes(self.settings.code_ttl_seconds, clock=rt.broker.clock)
+        self.refresh_tokens = RefreshTokens(clock=rt.broker.clock)
 
     @property
     def max_lifetime(self) -> int:
@@ -129,6 +130,8 @@ class OAuthServer:
             grant_type = form.get("grant_type", "")
             if grant_type == "authorization_code":
                 body = await run_in_threadpool(self._code_grant, form)
+            elif grant_type == "refresh_token":
+                body = await run_in_threadpool(self._refresh_grant, form)
             elif grant_type == TOKEN_EXCHANGE:
                 body = await run_in_threadpool(exchange.exchange, self, form)
             elif not grant_type:
@@ -154,26 +157,46 @@ class OAuthServer:
             # Someone else may hold the first token: end the task it opened (RFC 6749 §4.1.2).
             self.rt.broker.revoke(task_id=replay.grant.task_id, by=f"oauth:code-replay:{client.client_id}")
             raise
+        return self._issue(grant.task_id, client.client_id, grant.resource, "token")
+
+    def _refresh_grant(self, form: dict[str, str]) -> dict[str, Any]:
+        client = self.clients.get(form.get("client_id"))
         try:
-            task, _ = self.rt.broker.get_task(grant.task_id)
+            grant = self.refresh_tokens.use(
+                form.get("refresh_token"), client_id=client.client_id, resource=form.get("resource")
+            )
+        except ReplayedRefresh as replay:
+            self.rt.broker.revoke(task_id=replay.grant.task_id, by=f"oauth:refresh-replay:{client.client_id}")
+            raise
+        return self._issue(grant.task_id, client.client_id, grant.resource, "refresh")
+
+    def _issue(self, task_id: str, client_id: str, resource: str, what: str) -> dict[str, Any]:
+        """An access token for the task (short-lived, for one resource) and the next refresh token."""
+        try:
+            task, _ = self.rt.broker.get_task(task_id)
         except TetherError:
-            raise OAuthError("invalid_grant", "the task of this code is gone") from None
+            raise OAuthError("invalid_grant", "the task of this grant is gone") from None
         now = self.rt.broker.clock()
         if not task.is_active(now):
-            raise OAuthError("invalid_grant", "the task of this code is no longer active")
-        token = self.rt.broker.tokens.mint(task, now=now, audience=grant.resource, client_id=client.client_id)
+            raise OAuthError("invalid_grant", "the task of this grant is closed, expired or revoked")
+        expires = min(task.expires_at, now + self.settings.access_token_ttl_seconds)
+        token = self.rt.broker.tokens.mint(
+            task, now=now, audience=resource, client_id=client_id, expires_at=expires
+        )
+        refresh = self.refresh_tokens.issue(RefreshGrant(task.id, client_id, resource, task.expires_at))
         self.audit(
             ev.OAUTH_GRANTED,
-            "token",
-            client_id=client.client_id,
+            what,
+            client_id=client_id,
             task_id=task.id,
-            resource=grant.resource,
-            expires_at=task.expires_at,
+            resource=resource,
+            expires_at=expires,
         )
         return {
             "access_token": token,
             "token_type": "Bearer",
-            "expires_in": max(1, int(task.expires_at - now)),
+            "expires_in": max(1, int(expires - now)),
+            "refresh_token": refresh,
             "scope": " ".join(f"{g.action}@{g.resource}" for g in task.scope),
         }
 
@@ -190,24 +213,34 @@ class OAuthServer:
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "`token` is required")
-        aud = peek_audience(token, self.rt.settings.limits.max_token_bytes)
-        audiences = {r.uri for r in self.settings.resource_list} | {self.rt.settings.broker_audience}
-        if not isinstance(aud, str) or aud not in audiences:
-            return  # RFC 7009 §2.2: an invalid token is no error (nothing to revoke)
         broker = self.rt.broker
-        try:
-            verified = broker.tokens.verify(token, now=broker.clock(), audience=aud)
-        except Unauthenticated:
-            return
-        issued_to = verified.raw.get("client_id")
-        if isinstance(issued_to, str) and issued_to != form.get("client_id"):
+        refresh = self.refresh_tokens.find(token)
+        issued_to: str | None
+        if refresh is not None:
+            task_id, issued_to, agent = refresh.task_id, refresh.client_id, ""
+        else:
+            aud = peek_audience(token, self.rt.settings.limits.max_token_bytes)
+            audiences = {r.uri for r in self.settings.resource_list} | {self.rt.settings.broker_audience}
+            if not isinstance(aud, str) or aud not in audiences:
+                return  # RFC 7009 §2.2: an invalid token is no error (nothing to revoke)
+            try:
+                verified = broker.tokens.verify(token, now=broker.clock(), audience=aud)
+            except Unauthenticated:
+                return
+            raw = verified.raw.get("client_id")
+            task_id, issued_to, agent = (
+                verified.task_id,
+                raw if isinstance(raw, str) else None,
+                verified.agent,
+            )
+        if issued_to is not None and issued_to != form.get("client_id"):
             raise OAuthError("invalid_client", "the token was issued to another client")
-        by = f"oauth-client:{issued_to}" if isinstance(issued_to, str) else f"token-holder:{verified.agent}"
+        by = f"oauth-client:{issued_to}" if issued_to is not None else f"token-holder:{agent}"
         try:
-            closed = broker.close_task(verified.task_id, by=by)
+            closed = broker.close_task(task_id, by=by)
         except TetherError:
             closed = []  # already gone: revocation is idempotent
-        self.audit(ev.OAUTH_GRANTED, "revoke", task_id=verified.task_id, closed=closed, client_id=issued_to)
+        self.audit(ev.OAUTH_GRANTED, "revoke", task_id=task_id, closed=closed, client_id=issued_to)
 
 
 def unavailable(exc: Unavailable) -> OAuthError:
