@@ -7,7 +7,7 @@ these, built by the same loader. Lists of tables (``[[oauth.clients]]``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,8 +52,11 @@ def _table(raw: Any, name: str, known: tuple[str, ...]) -> dict[str, Any]:
 class OAuthClientConfig:
     """One pre-registered client (``[[oauth.clients]]``): a public client using PKCE."""
 
+    #: The client's id (not an https URL: those are Client ID Metadata Documents).
     client_id: str
+    #: Shown on the consent page.
     name: str
+    #: Matched exactly; a loopback IP literal (http://127.0.0.1/...) matches on any port.
     redirect_uris: tuple[str, ...]
 
 
@@ -61,36 +64,40 @@ class OAuthClientConfig:
 class OAuthResource:
     """One protected resource (``[[oauth.resources]]``): an MCP gateway in front of ``server``."""
 
-    uri: str  # the resource indicator clients send (RFC 8707), e.g. https://mcp.example/mcp
-    server: str  # the catalog service behind it: grants are `tool:call` on it and its tools
+    #: The resource indicator clients send (RFC 8707), e.g. https://mcp.example/mcp.
+    uri: str
+    #: The catalog service behind it: grants are `tool:call` on it and its tools.
+    server: str
 
 
 @dataclass(frozen=True, slots=True)
 class OAuthSettings:
     """``[oauth]``: authorization code + PKCE for MCP clients, token exchange for agents."""
 
+    #: Serve the authorization server (needs the console: consent is given by a signed-in human).
     enabled: bool = False
     #: The issuer identifier (RFC 8414); empty: the console's public URL with a ``/``.
     issuer: str = ""
     #: Longest task lifetime a consent can grant (also capped by ``tasks.max_ttl_seconds``).
     max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME
+    #: How long an authorization code may wait to be redeemed (it is good once).
     code_ttl_seconds: int = 60
     #: Access tokens from a consent live this long (at most the task); refresh tokens,
     #: rotated on each use, carry the client to the task's end.
     access_token_ttl_seconds: int = 900
     #: Client ID Metadata Documents: https ``client_id`` URLs whose JSON document is fetched.
     client_metadata_documents: bool = True
+    #: The largest metadata document read, and the wall time a fetch may take in total.
     cimd_max_bytes: int = 5120
     cimd_timeout_seconds: float = 3.0
     #: Test rigs only: let CIMD fetches reach loopback and private addresses.
     cimd_allow_private: bool = False
     #: A PEM CA bundle for CIMD fetches (test rigs with their own CA); empty: the system's.
     cimd_ca_file: str = ""
-    clients: Any = ()
-    resources: Any = ()
-    #: Built from ``clients`` and ``resources``; read these.
-    client_list: tuple[OAuthClientConfig, ...] = field(default=(), init=False)
-    resource_list: tuple[OAuthResource, ...] = field(default=(), init=False)
+    #: Pre-registered clients (``[[oauth.clients]]``).
+    clients: tuple[OAuthClientConfig, ...] = ()
+    #: Protected resources tokens are issued for (``[[oauth.resources]]``).
+    resources: tuple[OAuthResource, ...] = ()
 
     def __post_init__(self) -> None:
         enabled: Any = self.enabled
@@ -112,15 +119,18 @@ class OAuthSettings:
                 raise _bad(f"oauth.{name}", f"must be an integer between {lo} and {hi}")
         if not 0.1 <= float(self.cimd_timeout_seconds) <= 30:
             raise _bad("oauth.cimd_timeout_seconds", "must be between 0.1 and 30")
-        object.__setattr__(self, "client_list", self._clients())
-        object.__setattr__(self, "resource_list", self._resources())
+        object.__setattr__(self, "clients", self._clients())
+        object.__setattr__(self, "resources", self._resources())
 
     def _clients(self) -> tuple[OAuthClientConfig, ...]:
-        if not isinstance(self.clients, list | tuple):
+        value: Any = self.clients
+        if not isinstance(value, list | tuple):
             raise _bad("oauth.clients", "must be a list of tables ([[oauth.clients]])")
         out: list[OAuthClientConfig] = []
-        for i, raw in enumerate(self.clients):
+        for i, raw in enumerate(value):
             where = f"oauth.clients[{i}]"
+            if isinstance(raw, OAuthClientConfig):
+                raw = {"client_id": raw.client_id, "name": raw.name, "redirect_uris": list(raw.redirect_uris)}
             t = _table(raw, where, ("client_id", "name", "redirect_uris"))
             cid = t.get("client_id")
             if not isinstance(cid, str) or not 1 <= len(cid) <= 200 or cid.startswith("https://"):
@@ -140,11 +150,14 @@ class OAuthSettings:
         return tuple(out)
 
     def _resources(self) -> tuple[OAuthResource, ...]:
-        if not isinstance(self.resources, list | tuple):
+        value: Any = self.resources
+        if not isinstance(value, list | tuple):
             raise _bad("oauth.resources", "must be a list of tables ([[oauth.resources]])")
         out: list[OAuthResource] = []
-        for i, raw in enumerate(self.resources):
+        for i, raw in enumerate(value):
             where = f"oauth.resources[{i}]"
+            if isinstance(raw, OAuthResource):
+                raw = {"uri": raw.uri, "server": raw.server}
             t = _table(raw, where, ("uri", "server"))
             uri, server = t.get("uri"), t.get("server")
             if not isinstance(uri, str):
@@ -160,7 +173,7 @@ class OAuthSettings:
         return tuple(out)
 
     def resource(self, uri: str) -> OAuthResource | None:
-        return next((r for r in self.resource_list if r.uri == uri), None)
+        return next((r for r in self.resources if r.uri == uri), None)
 
     def client(self, client_id: str) -> OAuthClientConfig | None:
-        return next((c for c in self.client_list if c.client_id == client_id), None)
+        return next((c for c in self.clients if c.client_id == client_id), None)

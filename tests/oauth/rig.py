@@ -69,10 +69,14 @@ when { principal.attestation == "oauth-client" };
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def bound_socket() -> socket.socket:
+    """A listening socket on a free loopback port, kept open and handed to uvicorn (no race
+    between choosing a port and binding it)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    return s
 
 
 def oauth_config(idp: str, broker_port: int, gateway_port: int, extra: str = "") -> str:
@@ -123,7 +127,8 @@ class Stack:
 
 @contextlib.contextmanager
 def oauth_stack(tmp: Path, domain: TestTrustDomain, *, oauth_extra: str = "") -> Iterator[Stack]:
-    bport, gport = free_port(), free_port()
+    bsock, gsock = bound_socket(), bound_socket()
+    bport, gport = bsock.getsockname()[1], gsock.getsockname()[1]
     callback = f"http://127.0.0.1:{bport}/console/auth/callback"
     with TestOidcIssuer(users=USERS, client_id="tether-console", redirect_uris=[callback]) as idp:
         settings = make_settings(
@@ -150,12 +155,12 @@ def oauth_stack(tmp: Path, domain: TestTrustDomain, *, oauth_extra: str = "") ->
         async def serve() -> None:
             async with gateway.connect(TIME):
                 servers = [
-                    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-                    for app, port in ((create_app(rt), bport), (gateway.http_app(), gport))
+                    uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+                    for app in (create_app(rt), gateway.http_app())
                 ]
                 async with anyio.create_task_group() as tg:
-                    for s in servers:
-                        tg.start_soon(s.serve)
+                    for s, sock in zip(servers, (bsock, gsock), strict=True):
+                        tg.start_soon(lambda s=s, sock=sock: s.serve(sockets=[sock]))
                     with anyio.fail_after(30):
                         while not all(s.started for s in servers):
                             await anyio.sleep(0.01)
@@ -181,6 +186,8 @@ def oauth_stack(tmp: Path, domain: TestTrustDomain, *, oauth_extra: str = "") ->
             stop.set()
             thread.join(timeout=30)
             rt.close()
+            bsock.close()
+            gsock.close()
 
 
 class _Forms(HTMLParser):

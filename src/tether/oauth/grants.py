@@ -70,8 +70,8 @@ def pick_resource(settings: OAuthSettings, value: str | None) -> OAuthResource:
                 "invalid_target", f"`{value[:200]}` is not a resource this server issues tokens for"
             )
         return found
-    if len(settings.resource_list) == 1:
-        return settings.resource_list[0]
+    if len(settings.resources) == 1:
+        return settings.resources[0]
     raise OAuthError("invalid_target", "name the protected resource with `resource` (RFC 8707)")
 
 

@@ -119,7 +119,7 @@ class OAuthServer:
 
     # -- endpoints -------------------------------------------------------------------------
     async def metadata(self, request: Request) -> Response:
-        scopes = [f"tool:call@{r.server}" for r in self.settings.resource_list]
+        scopes = [f"tool:call@{r.server}" for r in self.settings.resources]
         doc = authorization_server_metadata(self.issuer, cimd=self.fetcher is not None, scopes=scopes)
         return JSONResponse(doc, headers={"Cache-Control": "max-age=300", "Access-Control-Allow-Origin": "*"})
 
@@ -220,7 +220,7 @@ class OAuthServer:
             task_id, issued_to, agent = refresh.task_id, refresh.client_id, ""
         else:
             aud = peek_audience(token, self.rt.settings.limits.max_token_bytes)
-            audiences = {r.uri for r in self.settings.resource_list} | {self.rt.settings.broker_audience}
+            audiences = {r.uri for r in self.settings.resources} | {self.rt.settings.broker_audience}
             if not isinstance(aud, str) or aud not in audiences:
                 return  # RFC 7009 §2.2: an invalid token is no error (nothing to revoke)
             try:
