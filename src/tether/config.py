@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tether.config_console import ConsoleSettings
-from tether.config_ops import MetricsSettings
 from tether.config_oauth import OAuthSettings
+from tether.config_ops import MetricsSettings
 from tether.errors import ConfigError
 
 CONFIG_FILE = "tether.toml"
