@@ -15,8 +15,13 @@ from tether.errors import ErrorCode, TetherError, error_class, http_status
 from tether.sdk.errors import error_from_response
 
 SRC = Path(tether.__file__).parent
-# `code="x"` arguments, `"code": "x"` bodies and `_CODE = "x"` constants in the source.
-_LITERALS = re.compile(r'''(?:\bcode=|"code":\s*|_CODE\s*=\s*|default_code\s*=\s*)"([a-z_.]+)"''')
+# `code="x"` arguments, `"code": "x"` bodies and `_CODE = "x"` constants in the source, and
+# the helpers that take the code first (`_fail("x", …)` of the JWT and DPoP verifiers, the
+# raw protocol answers `raw_json_response(400, "x", …)`) or last (`_refuse(…, "x")`).
+_LITERALS = re.compile(
+    r'''(?:\bcode=|"code":\s*|_CODE\s*=\s*|default_code\s*=\s*|\b_fail\(\s*|raw_json_response\(\d+,\s*)"([a-z_.]+)"'''
+    r"""|\b_refuse\([^()\n]*,\s*"([a-z_.]+)"\)"""
+)
 
 HTTP_CLASSES = [
     errors.InvalidRequest,
@@ -37,8 +42,9 @@ def test_every_code_in_the_source_is_an_error_code():
     unknown = {}
     for path in SRC.rglob("*.py"):
         for m in _LITERALS.finditer(path.read_text()):
-            if m.group(1) not in ErrorCode._value2member_map_:
-                unknown.setdefault(m.group(1), str(path.relative_to(SRC)))
+            code = m.group(1) or m.group(2)
+            if code not in ErrorCode._value2member_map_:
+                unknown.setdefault(code, str(path.relative_to(SRC)))
     assert unknown == {}, f"add these to tether.errors.ErrorCode: {unknown}"
 
 
