@@ -107,13 +107,23 @@ def _toml(value: Any) -> str:
     return f"`{value}`"
 
 
+#: Sample values a validated list accepts (CIDRs, algorithms, …): the probe needs valid ones.
+_SAMPLES = (("a", "b"), ("10.0.0.0/8", "10.1.0.0/16"), ("RS256", "ES256"), ("openid", "email"))
+
+
 def _list_env_form(cls: type, name: str) -> str:
     """How the environment spells this list: probed on the real parser, not assumed."""
-    try:
-        built = cls(**{name: "a,b"})
-    except Exception:
-        return "a JSON list"
-    return "comma-separated" if tuple(getattr(built, name)) == ("a", "b") else "a JSON list"
+    import json
+
+    for pair in _SAMPLES:
+        for text, form in ((",".join(pair), "comma-separated"), (json.dumps(list(pair)), "a JSON list")):
+            try:
+                built = cls(**{name: text})
+            except Exception:  # noqa: S112 - a refused sample only means: try the next form
+                continue
+            if tuple(getattr(built, name)) == pair:
+                return form
+    return "see its section"
 
 
 def settings_keys(cls: type = Settings, prefix: str = "", env: str | None = "TETHER_") -> Iterator[Key]:

@@ -141,6 +141,7 @@ def test_pod_environment_names_real_settings(tmp_path):
     mounts = {m["mountPath"] for m in _pod()["containers"][0]["volumeMounts"]}
     assert str(s.policy_path) in mounts and str(s.catalog_path.parent) in mounts
     assert s.identity.workload_socket == ""
+    assert "10.0.0.0/8" in s.metrics.allow  # the pod network may scrape /metrics
 
 
 def test_configmaps_hold_the_shipped_examples():
