@@ -274,3 +274,55 @@ def test_a_tag_read_by_a_computed_key_is_never_left_out(settings, tmp_path):
         assert [e["decision_id"] for e in report["examples"]] == [named.decision.id]
     finally:
         rt.close()
+
+
+def test_replay_prints_a_readable_report(settings, tmp_path):
+    """Without --json: the flips, the groups and the example decisions are printed."""
+    rt = Runtime.start(settings)
+    try:
+        rec = record(rt)
+        res = CliRunner().invoke(
+            main,
+            [
+                "policy",
+                "replay",
+                str(candidate_dir(rt, tmp_path)),
+                "--state-dir",
+                str(rt.settings.state_dir),
+                "--store",
+                rt.settings.store_url,
+            ],
+            env={"COLUMNS": "240"},
+        )
+        assert res.exit_code == 0, res.output
+        assert "3 flips" in res.output and "1 not replayable: decided before policy" in res.output
+        assert rec.ids["comment"] in res.output and "no-comments" in res.output
+    finally:
+        rt.close()
+
+
+@pytest.mark.parametrize("command", ["replay", "shadow", "promote"])
+def test_policy_change_commands_have_help(command):
+    """`tether policy replay|shadow|promote --help` explains the command."""
+    res = CliRunner().invoke(main, ["policy", command, "--help"])
+    assert res.exit_code == 0 and "Usage:" in res.output and len(res.output) > 200
+
+
+def test_replay_of_a_missing_sqlite_store_creates_nothing(runtime, tmp_path):
+    """A store path that does not exist is an error with a code, and no empty file appears."""
+    missing = tmp_path / "none.db"
+    res = CliRunner().invoke(
+        main,
+        [
+            "policy",
+            "replay",
+            str(runtime.settings.policy_path),
+            "--state-dir",
+            str(runtime.settings.state_dir),
+            "--store",
+            f"sqlite:///{missing}",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 1 and json.loads(res.output)["error"]["code"] == "store_unavailable"
+    assert not missing.exists()

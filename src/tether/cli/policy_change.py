@@ -20,6 +20,7 @@ from tether.audit.query import parse_time
 from tether.catalog import load_catalog
 from tether.cli._common import admin_socket, console, err_console, json_option, output, run, state_dir_option
 from tether.config import Settings, load_settings
+from tether.errors import Unavailable
 from tether.identity.keys import MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key
 from tether.policy import load_schema
 from tether.policy.analysis import load_checked
@@ -53,6 +54,10 @@ def _records(db: Database, since: float, until: float | None) -> Iterator[Record
         )
         for v, payload, decision_id, agent in rows:
             yield recorded_from_event(int(v), orjson.loads(payload), decision_id, agent)
+
+
+def _no_store(url: str) -> None:
+    raise Unavailable(f"no store at `{url}`; pass `--store URL` or `--state-dir`", code="store_unavailable")
 
 
 def _count(db: Database, since: float, until: float | None) -> int:
@@ -164,7 +169,11 @@ def replay(
     start = run(lambda: parse_time(since), as_json)
     end = run(lambda: parse_time(until, field="until"), as_json) if until else None
     replayer = Replayer(bundle, catalog, schema, salt=_salt(settings), policy_texts=bundle.sources.values())
-    db = Database(settings.store_url)
+    url = settings.store_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        # Opening it would create an empty database: replay never writes.
+        run(lambda: _no_store(url), as_json)
+    db = Database(url)
     try:
         total = run(lambda: _count(db, start, end), as_json)
         report = ReplayReport(bundle.version, replayer.catalog_version)
