@@ -292,7 +292,6 @@ def test_replay_prints_a_readable_report(settings, tmp_path):
                 "--store",
                 rt.settings.store_url,
             ],
-            env={"COLUMNS": "240"},
         )
         assert res.exit_code == 0, res.output
         assert "3 flips" in res.output and "1 not replayable: decided before policy" in res.output

@@ -98,15 +98,15 @@ def _render(d: dict[str, Any]) -> None:
         console.print("[green]✓[/] no decision changes")
         return
     console.print(f"[red]{d['flips']} flips[/]: " + ", ".join(f"{k} {n}" for k, n in d["by_kind"].items()))
-    t1 = Table("policy", "flips", "kinds", "example decisions", title="by policy")
+    t1 = _table("by policy", "policy", "flips", "kinds", "example decisions")
     for g in d["by_policy"]:
         t1.add_row(g["policy"], str(g["count"]), _kinds(g), "\n".join(g["examples"]))
     console.print(t1)
-    t2 = Table("agent", "intent", "flips", "kinds", "example decisions", title="by agent and intent")
+    t2 = _table("by agent and intent", "agent", "intent", "flips", "kinds", "example decisions")
     for g in d["by_agent_intent"]:
         t2.add_row(g["agent"], g["intent"], str(g["count"]), _kinds(g), "\n".join(g["examples"]))
     console.print(t2)
-    t3 = Table("decision", "change", "action on resource", "recorded by", "candidate by", title="examples")
+    t3 = _table("examples", "decision", "change", "action on resource", "recorded by", "candidate by")
     for e in d["examples"]:
         t3.add_row(
             e["decision_id"],
@@ -116,6 +116,14 @@ def _render(d: dict[str, Any]) -> None:
             ", ".join(e["candidate"]["policies"]) or "-",
         )
     console.print(t3)
+
+
+def _table(title: str, *columns: str) -> Table:
+    t = Table(title=title)
+    for name in columns:
+        # Decision ids are copied into the next command: never cut them.
+        t.add_column(name, no_wrap=name in ("decision", "example decisions"), overflow="fold")
+    return t
 
 
 def _kinds(g: dict[str, Any]) -> str:
