@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 from tether.config_console import ConsoleSettings
 from tether.config_oauth import OAuthSettings
-from tether.config_ops import MetricsSettings
+from tether.config_ops import MetricsSettings, TlsSettings
 from tether.errors import ConfigError
 
 CONFIG_FILE = "tether.toml"
@@ -368,6 +368,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property
@@ -402,6 +403,10 @@ class Settings:
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def resolve(self, value: str) -> Path:
+        """A path setting: absolute, or relative to the state directory."""
+        return self._resolve(value)
 
     def _resolve(self, value: str) -> Path:
         p = Path(value)

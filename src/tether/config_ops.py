@@ -45,3 +45,38 @@ class MetricsSettings:
         except ValueError:
             return False
         return any(addr in ipaddress.ip_network(n, strict=False) for n in self.allow)
+
+
+_CLIENT_CERT = ("none", "optional", "required")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``[tls]``: HTTPS on the API port (``tether.server.tls``). Both files or neither."""
+
+    #: PEM certificate chain (leaf first), relative to the state directory. Re-read on SIGHUP.
+    cert_file: str = ""
+    #: PEM private key of the certificate. Re-read on SIGHUP.
+    key_file: str = ""
+    #: PEM CA bundle that client certificates must chain to (enforcers' mTLS).
+    client_ca_file: str = ""
+    #: `none`, `optional` (checked when presented) or `required` (no certificate, no connection).
+    client_cert: str = "none"
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise _bad(
+                "tls.key_file" if self.cert_file else "tls.cert_file", "is needed with the other TLS file"
+            )
+        if self.client_cert not in _CLIENT_CERT:
+            raise _bad(
+                "tls.client_cert", f"must be one of {', '.join(_CLIENT_CERT)}, got `{self.client_cert}`"
+            )
+        if self.client_cert != "none" and not self.client_ca_file:
+            raise _bad("tls.client_ca_file", "is needed to check client certificates")
+        if self.client_ca_file and not self.cert_file:
+            raise _bad("tls.cert_file", "is needed: client certificates are checked over TLS only")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)

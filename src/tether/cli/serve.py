@@ -32,6 +32,12 @@ def init(state_dir: Path, force: bool, as_json: bool) -> None:
 def _serve(state_dir: Path, store: str | None, listen: str | None, workers: int = 1) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = run(lambda: load_settings(state_dir, overrides={"store": store, "listen": listen}))
+    from tether.server.tls import files as tls_files
+
+    tls = tls_files(settings)
+    if tls is not None:
+        run(tls.context)  # a wrong certificate or key is reported before anything starts
+    scheme = "https" if tls is not None else "http"
     # Before anything touches the state directory's sockets or store: one broker per state dir.
     lock = run(lambda: claim(settings.state_dir, settings.listen))
     if workers > 1:
@@ -39,7 +45,8 @@ def _serve(state_dir: Path, store: str | None, listen: str | None, workers: int 
 
         def announce() -> None:
             console.print(
-                f"[green]✓[/] tether listening on [bold]http://{settings.listen}[/] with {workers} workers "
+                f"[green]✓[/] tether listening on [bold]{scheme}://{settings.listen}[/] "
+                f"with {workers} workers "
                 f"(environment [bold]{settings.environment}[/])"
             )
             console.print(f"  admin socket {settings.admin_socket}   stop with Ctrl-C")
@@ -59,7 +66,7 @@ def _serve(state_dir: Path, store: str | None, listen: str | None, workers: int 
 
     def ready() -> None:
         console.print(
-            f"[green]✓[/] tether listening on [bold]http://{settings.listen}[/] "
+            f"[green]✓[/] tether listening on [bold]{scheme}://{settings.listen}[/] "
             f"(environment [bold]{settings.environment}[/], store {rt.db.dialect}, "
             f"policy {rt.engine.bundle.version})"
         )

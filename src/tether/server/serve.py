@@ -1,7 +1,8 @@
 """Run a broker: the HTTP API, the admin socket and the reaper, in one asyncio loop.
 
 SIGHUP reloads the policy directory (the old set stays in force when the new one is
-invalid). SIGINT/SIGTERM stop cleanly. Under ``tether serve --workers N``
+invalid) and, with ``[tls]``, the certificate and key (``tether.server.tls``).
+SIGINT/SIGTERM stop cleanly. Under ``tether serve --workers N``
 (``tether.server.workers``) each worker runs this on a shared listening socket; only the
 primary one serves the admin socket. Every worker and replica runs the periodic loop;
 the cluster-wide jobs in it run only in the process holding the leader lease
@@ -24,6 +25,7 @@ from tether.runtime import Runtime
 from tether.server.admin import AdminServer
 from tether.server.app import create_app
 from tether.server.protocol import bounded_protocol
+from tether.server.tls import files as tls_files
 
 log = logging.getLogger("tether")
 
@@ -93,6 +95,8 @@ async def serve(
     host, port = rt.settings.listen_host_port
     app = create_app(rt)
     limits = rt.settings.limits
+    tls = tls_files(rt.settings)
+    ssl_context = tls.context() if tls is not None else None  # a wrong file fails before listening
     config = uvicorn.Config(
         app,
         host=host,
@@ -109,7 +113,14 @@ async def serve(
         h11_max_incomplete_event_size=limits.max_header_bytes,
         server_header=False,
         date_header=False,
+        # Named so uvicorn marks requests `https`; the context it would build is replaced
+        # below by ours, which SIGHUP reloads in place.
+        ssl_certfile=str(tls.cert) if tls is not None else None,
+        ssl_keyfile=str(tls.key) if tls is not None else None,
     )
+    config.load()
+    if ssl_context is not None:
+        config.ssl = ssl_context
     server = _Server(config)
     admin = AdminServer(rt, rt.settings.admin_socket) if primary else None
     if admin is not None:
@@ -119,6 +130,8 @@ async def serve(
 
     def reload_policy() -> None:
         async def run() -> None:
+            if tls is not None and ssl_context is not None:
+                await asyncio.to_thread(tls.reload, ssl_context)
             try:
                 version = await asyncio.to_thread(rt.reload_policy)
                 log.warning("policy reloaded: %s", version)
