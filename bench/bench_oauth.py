@@ -8,7 +8,11 @@ resource (access token minted for its resource URI), which checks each request's
 task with the broker before the MCP layer reads it. The client posts JSON-RPC `tools/call`
 sequentially on one keep-alive connection per gateway, alternating blocks.
 
-Run: ``python bench/bench_oauth.py [-n 300]``.
+It also times the work the front door adds, in-process and without HTTP: the broker's
+token-and-task check (``tether.gateway.service.check_token``), the figure that stays
+readable on a loaded machine, where end-to-end HTTP latency is mostly waiting for a core.
+
+Run: ``python bench/bench_oauth.py [-n 300] [--blocks 3]``.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import httpx
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stats import emit, summary, table
+from _stats import emit, measure, summary, table
 
 from tether.broker import OpenTaskRequest
+from tether.gateway import service
 from tether.gateway.authorizer import LocalAuthorizer
 from tether.gateway.mcp import McpGateway, Upstream
 from tether.gateway.oauth_resource import ProtectedResource
@@ -133,6 +138,7 @@ def main() -> None:
             wl, OpenTaskRequest("support.triage", "bench", (Grant("tool:call", "time"),), 3600)
         )
         access = rt.broker.tokens.mint(opened.task, now=time.time(), audience=oauth_url)
+        check = measure(lambda: service.check_token(rt, access, oauth_url), args.n)
         plain: list[float] = []
         oauth: list[float] = []
         with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
@@ -145,7 +151,11 @@ def main() -> None:
         rt.close()
     table(
         f"MCP tools/call over Streamable HTTP, sequential, n={args.n}",
-        [("task token (plain gateway)", plain), ("OAuth access token (protected resource)", oauth)],
+        [
+            ("task token (plain gateway)", plain),
+            ("OAuth access token (protected resource)", oauth),
+            ("  the front door's own check, in-process (no HTTP)", check),
+        ],
     )
     (p50, p99), (o50, o99) = summary(plain), summary(oauth)
     emit(

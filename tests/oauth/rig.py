@@ -34,6 +34,7 @@ CLIENT_ID = "mcp-desktop"
 USERS = {
     "alice": {"email": "alice@example.com", "groups": ["staff"]},
     "nobody": {"email": "nobody@example.com", "groups": []},
+    "ci-runner": {"email": "ci@example.com", "groups": []},
 }
 CATALOG_SERVICES = """
   - {id: time, sensitivity: public, environment: prod, egress: internal, owner: team-platform}
@@ -79,7 +80,7 @@ def bound_socket() -> socket.socket:
     return s
 
 
-def oauth_config(idp: str, broker_port: int, gateway_port: int, extra: str = "") -> str:
+def oauth_config(idp: str, broker_port: int, gateway_port: int, extra: str = "", tables: str = "") -> str:
     return f"""
 [console]
 public_url = "http://127.0.0.1:{broker_port}"
@@ -104,6 +105,7 @@ redirect_uris = ["http://127.0.0.1/callback"]
 [[oauth.resources]]
 uri = "http://127.0.0.1:{gateway_port}/mcp"
 server = "time"
+{tables.replace("IDP", idp)}
 """
 
 
@@ -126,7 +128,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def oauth_stack(tmp: Path, domain: TestTrustDomain, *, oauth_extra: str = "") -> Iterator[Stack]:
+def oauth_stack(
+    tmp: Path, domain: TestTrustDomain, *, oauth_extra: str = "", tables: str = ""
+) -> Iterator[Stack]:
+    """``tables``: more TOML tables for the broker's config (``IDP`` is the test issuer's URL)."""
     bsock, gsock = bound_socket(), bound_socket()
     bport, gport = bsock.getsockname()[1], gsock.getsockname()[1]
     callback = f"http://127.0.0.1:{bport}/console/auth/callback"
@@ -136,7 +141,7 @@ def oauth_stack(tmp: Path, domain: TestTrustDomain, *, oauth_extra: str = "") ->
             store_url=f"sqlite:///{tmp / 'tether.db'}",
             domain=domain,
             overrides={"environment": "prod", "listen": f"127.0.0.1:{bport}"},
-            config_extra=oauth_config(idp.issuer, bport, gport, oauth_extra),
+            config_extra=oauth_config(idp.issuer, bport, gport, oauth_extra, tables),
         )
         catalog = settings.catalog_path.read_text()
         catalog = catalog.replace(

@@ -4,6 +4,7 @@ RFC 7009 revocation, and RFC 8693 token exchange through a generic OAuth library
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -14,10 +15,10 @@ from authlib.integrations.base_client import OAuthError as AuthlibError
 from authlib.integrations.httpx_client import OAuth2Client
 
 from tether.audit.chain import capture_events
-from tether.identity.jwt import ANY, verify_jwt
+from tether.identity.jwt import ANY, sign_jwt, verify_jwt
 from tether.model import TaskState
 from tether.oauth import pkce
-from tether.oauth.metadata import JWT_TOKEN_TYPE, TOKEN_EXCHANGE
+from tether.oauth.metadata import ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE
 from tether.testing import TestTrustDomain
 
 from .rig import CLIENT_ID, Browser, Stack, oauth_stack, parse_page
@@ -28,9 +29,20 @@ VERIFIER = "verifier-" + "x" * 40
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
 
 
+# CI jobs proven by an OIDC token (here: the test issuer) are workloads too.
+OIDC_WORKLOADS = """
+[[identity.oidc_issuers]]
+issuer = "IDP"
+audience = "tether-broker"
+spiffe_id = "spiffe://{trust_domain}/ci/{sub}"
+subjects = ["ci-*"]
+algorithms = ["ES256"]
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with oauth_stack(tmp_path_factory.mktemp("as"), DOMAIN) as s:
+    with oauth_stack(tmp_path_factory.mktemp("as"), DOMAIN, tables=OIDC_WORKLOADS) as s:
         yield s
 
 
@@ -375,6 +387,34 @@ def test_token_exchange_with_a_generic_oauth_library(stack: Stack):
     assert claims["sub"] == DOMAIN.spiffe_id("billing-bot")
     assert claims["act"] == {"sub": DOMAIN.spiffe_id("orchestrator")}  # RFC 8693 §4.1
     assert mcp_list(stack, token["access_token"]).status_code == 200
+
+
+def test_token_exchange_with_an_oidc_subject_token(stack: Stack):
+    """RFC 8693 with an OIDC token of a configured issuer (a CI job) as `subject_token`."""
+    now = int(time.time())
+    id_token = sign_jwt(
+        {"iss": stack.idp.issuer, "sub": "ci-runner", "aud": "tether-broker", "iat": now, "exp": now + 120},
+        stack.idp.key,
+        kid=stack.idp.kid,
+        typ="JWT",
+    )
+    token = exchange(
+        stack,
+        subject_token=id_token,
+        subject_token_type=ID_TOKEN_TYPE,
+        scope="tool:call@time",
+        intent="support.triage",
+    )
+    claims = verify_jwt(
+        token["access_token"],
+        key_for=lambda h, c: stack.rt.keys.verification_key(h["kid"]),
+        algorithms=("ES256",),
+        audience=stack.rt.settings.broker_audience,  # no resource named: a task token for the broker
+        issuer=ANY,
+        typ=None,
+        leeway=5,
+    )
+    assert claims["sub"] == f"spiffe://{stack.rt.settings.trust_domain}/ci/ci-runner"
 
 
 @pytest.mark.parametrize(

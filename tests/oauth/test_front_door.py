@@ -105,3 +105,18 @@ def test_forged_token_is_invalid_token(stack: Stack):
     head, body, sig = token.split(".")
     r = call(stack, f"{head}.{body}.{sig[:-4]}AAAA")
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_iss_mismatch_is_refused_by_a_stock_client(stack: Stack):
+    """RFC 9207: our metadata advertises `iss`, so a client refuses a response with another or none."""
+    from mcp.client.auth.exceptions import OAuthFlowError
+    from mcp.client.auth.utils import validate_authorization_response_iss
+    from mcp.shared.auth import OAuthMetadata
+
+    meta = OAuthMetadata.model_validate(
+        httpx.get(stack.broker_url + "/.well-known/oauth-authorization-server").json()
+    )
+    validate_authorization_response_iss(stack.issuer, meta)  # what our redirects carry
+    for forged in ("https://evil.example/", None):
+        with pytest.raises(OAuthFlowError):
+            validate_authorization_response_iss(forged, meta)
