@@ -81,6 +81,30 @@ def _tree(rt: Runtime) -> tuple[str, list[dict]]:
     return root_id, creds
 
 
+class _TimedLock:
+    """Stands in for the audit chain's lock to measure how long each unit holds it: when the
+    lock is busy nearly all the time, it (not the generator) caps one replica's rate."""
+
+    def __init__(self, inner: threading.Lock) -> None:
+        self.inner, self.held, self.since = inner, [], 0.0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        ok = self.inner.acquire(blocking, timeout)
+        if ok:
+            self.since = time.perf_counter()
+        return ok
+
+    def release(self) -> None:
+        self.held.append(time.perf_counter() - self.since)
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _Load:
     """Open-loop background load: mint ``k`` is due at ``start + k / rate`` whatever earlier
     mints took, run by the first free one of ``workers`` threads. (A fixed pair of threads
@@ -99,6 +123,8 @@ class _Load:
         self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
 
     def start(self) -> None:
+        self.lock_timer = _TimedLock(self.rt.audit._lock)
+        self.rt.audit._lock = self.lock_timer  # type: ignore[assignment]
         self.t0 = time.monotonic()
         for th in self.threads:
             th.start()
@@ -106,6 +132,7 @@ class _Load:
     def join(self) -> None:
         for th in self.threads:
             th.join(30)
+        self.rt.audit._lock = self.lock_timer.inner
 
     def _work(self) -> None:
         rt = self.rt
@@ -146,6 +173,15 @@ class _Load:
                 _stats(f"background {k}", xs)
         if self.late:
             _stats("background start behind schedule", self.late)
+        held = self.lock_timer.held
+        if held:
+            _stats("audit lock held per unit (all units)", held)
+            busy = sum(held) / elapsed
+            print(
+                f"  audit lock busy {busy * 100:.0f}% of the run ({len(held) / elapsed:.0f} units/s; "
+                f"at 100% it would allow ~{len(held) / elapsed / max(busy, 1e-9):.0f} units/s, "
+                f"3 per background mint)"
+            )
         achieved = self.bg["mints"] / elapsed
         if achieved < 0.9 * self.rate:
             who = (

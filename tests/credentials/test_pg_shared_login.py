@@ -192,6 +192,8 @@ def test_usage_report_names_who_still_uses_the_login_and_retire_waits_for_them(
     finally:
         cron.close()
     wait_until(lambda: ops.secrets_pg_usage(rt, {"name": name}, OP)["safe_to_retire"], what="session gone")
+    (seen,) = ops.secrets_pg_usage(rt, {"name": name}, OP)["seen"]  # gone now, but remembered
+    assert (seen["application"], seen["client"], seen["sessions_max"]) == ("billing-cron", "local socket", 1)
     with capture_events() as events:
         done = ops.secrets_pg_retire(rt, {"name": name}, OP)
     assert done["status"] == "retired" and done["sessions_ended"] == 0
@@ -343,3 +345,23 @@ def test_connectors_check_names_shared_login_privileges_the_admin_cannot_pass_on
     assert [c["status"] for c in found] == ["ok", "fail", "fail"], found
     assert "SELECT on public.payroll" in found[1]["detail"] and "pg-import" in found[1]["fix"]
     assert "does not exist" in found[2]["detail"]
+
+
+def test_sampler_remembers_who_connected_between_reports(rt, legacy, pg_server, target_db):
+    """The minute job records each client seen with the login; a retired login is no longer sampled."""
+    from tether.legacy import inventory
+
+    login, password = legacy
+    name = ops.secrets_pg_import(rt, {"service": "legacydb", "login": login}, OP)["name"]
+    job = ops.sample_shared_logins(rt)
+    with psycopg.connect(
+        pg_server.conninfo(target_db, user=login), password=password, application_name="nightly"
+    ):
+        job()
+    with rt.db.read() as conn:
+        (seen,) = inventory.sightings(conn, name)
+        assert seen["application"] == "nightly" and seen["last_seen"] >= seen["first_seen"]
+        assert [w["name"] for w in inventory.shared_logins(conn)] == [name]
+    ops.secrets_pg_retire(rt, {"name": name}, OP)
+    with rt.db.read() as conn:
+        assert inventory.shared_logins(conn) == []

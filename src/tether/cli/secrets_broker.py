@@ -329,6 +329,27 @@ def pg_usage_cmd(state_dir: Path, name: str, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         _render_usage(d)
+        if d["seen"]:
+            console.print(
+                f"seen with {d['login']} (sampled every {d['sample_every_s']:.0f} s since "
+                f"{_day(d['sampled_since'])}):",
+                highlight=False,
+            )
+            print_rows(
+                ("database", "client", "application", "first seen", "last seen", "max sessions"),
+                [
+                    (
+                        x["database"],
+                        x["client"],
+                        x["application"] or "-",
+                        _day(x["first_seen"]),
+                        _day(x["last_seen"]),
+                        str(x["sessions_max"]),
+                    )
+                    for x in d["seen"]
+                ],
+                ids=("client",),
+            )
         if d["safe_to_retire"]:
             console.print(
                 f"[green]✓[/] no session now: `tether secrets pg-retire {d['name']}` (the statement "

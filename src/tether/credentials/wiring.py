@@ -84,6 +84,7 @@ def build(rt: Core) -> CredentialsRuntime:
     rt.add_operations(ops.OPERATIONS)
     rt.add_operations(legacy_ops.OPERATIONS)
     rt.periodic.append(legacy_ops.scheduled_rotation(rt, secrets))  # `tether secrets import --rotate-every`
+    rt.periodic.append(legacy_ops.sample_shared_logins(rt))  # `tether secrets pg-usage` history
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
     stop_listen = threading.Event()
     listener = feed.listen(stop_listen)

@@ -117,3 +117,54 @@ def listing(conn: Connection, now: float | None = None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+_seen = ct.legacy_sightings
+
+
+def record_sightings(conn: Connection, name: str, clients: list[dict[str, Any]], now: float) -> None:
+    """Fold one ``pg_stat_activity`` snapshot (``pgshared.usage()["clients"]``) into the history."""
+    for c in clients:
+        key = {
+            "name": name,
+            "database": c["database"][:128],
+            "client": c["client"][:256],
+            "application": c["application"][:256],
+        }
+        where = [getattr(_seen.c, k) == v for k, v in key.items()]
+        row = conn.execute(select(_seen.c.sessions_max).where(*where)).first()
+        if row is None:
+            conn.execute(
+                insert(_seen).values(**key, first_seen=now, last_seen=now, sessions_max=c["sessions"])
+            )
+        else:
+            conn.execute(
+                update(_seen)
+                .where(*where)
+                .values(last_seen=now, sessions_max=max(int(row[0]), c["sessions"]))
+            )
+
+
+def sightings(conn: Connection, name: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(_seen).where(_seen.c.name == name).order_by(_seen.c.last_seen.desc())
+    ).mappings()
+    return [{k: v for k, v in r.items() if k != "name"} for r in rows]
+
+
+def shared_logins(conn: Connection) -> list[dict[str, Any]]:
+    """Imported shared PostgreSQL logins not yet retired (what the sampler watches)."""
+    rows = conn.execute(select(_inv).where(_inv.c.rotation_status != "retired")).mappings()
+    out = []
+    for r in rows:
+        spec = json.loads(r["rotation"]) if r["rotation"] else {}
+        if spec.get("kind") == "postgres-shared":
+            out.append(
+                {
+                    "name": r["name"],
+                    "service": spec["service"],
+                    "login": spec["login"],
+                    "since": r["imported_at"],
+                }
+            )
+    return out

@@ -294,6 +294,7 @@ def secrets_pg_import(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
             first_seen=args.get("first_seen"),
             rotation=spec,
         )
+        inventory.record_sightings(u.conn, name, report["clients"], time.time())
         u.emit(
             ev.SECRET_IMPORTED,
             {
@@ -335,11 +336,58 @@ def _login_of(rt: Runtime, args: dict[str, Any]) -> tuple[str, str, str]:
 @operation("secrets.pg_usage")
 def secrets_pg_usage(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     name, service, login = _login_of(rt, args)
+    report = _sample(rt, name, service, login)
+    with rt.db.read() as conn:
+        seen = inventory.sightings(conn, name)
+        since = (inventory.get(conn, name) or {}).get("imported_at")
+    blocker = pgshared.in_use(report)
+    return {
+        **report,
+        "name": name,
+        "service": service,
+        "safe_to_retire": blocker is None,
+        "blocker": blocker,
+        "seen": seen,
+        "sampled_since": since,
+        "sample_every_s": SAMPLE_SECONDS,
+    }
+
+
+SAMPLE_SECONDS = 60.0
+
+
+def _sample(rt: Runtime, name: str, service: str, login: str) -> dict[str, Any]:
+    """One ``pg_stat_activity`` snapshot of ``login``, folded into its sighting history."""
     report: dict[str, Any] = _pg(rt).on_target(
         service, "read pg_stat_activity", lambda c: pgshared.usage(c, login)
     )
-    blocker = pgshared.in_use(report)
-    return {**report, "name": name, "service": service, "safe_to_retire": blocker is None, "blocker": blocker}
+    if report["clients"]:
+        with rt.db.begin() as conn:
+            inventory.record_sightings(conn, name, report["clients"], time.time())
+    return report
+
+
+def sample_shared_logins(rt: Any) -> Any:
+    """A periodic job (``rt.periodic``): each minute, who is connected with each imported shared
+    login that is not retired yet. Gives ``pg-usage`` a history without server logs; a target
+    that cannot be read is skipped (and logged) until the next minute."""
+    log = logging.getLogger("tether.legacy")
+    state = {"next": 0.0}
+
+    def job() -> None:
+        now = time.monotonic()
+        if now < state["next"]:
+            return
+        state["next"] = now + SAMPLE_SECONDS
+        with rt.db.read() as conn:
+            watched = inventory.shared_logins(conn)
+        for w in watched:
+            try:
+                _sample(rt, w["name"], w["service"], w["login"])
+            except TetherError as exc:
+                log.warning("could not sample the sessions of %s: %s", w["name"], exc.code)
+
+    return job
 
 
 @operation("secrets.pg_retire")

@@ -115,3 +115,17 @@ leader_leases = Table(
     Column("acquired_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+# Who was seen using an imported shared PostgreSQL login (`tether secrets pg-usage`): sampled
+# from pg_stat_activity each minute, so the report covers more than the moment it is asked.
+legacy_sightings = Table(
+    "legacy_sightings",
+    metadata,
+    Column("name", String(128), primary_key=True),  # the `secret_inventory` name
+    Column("database", String(128), primary_key=True),
+    Column("client", String(256), primary_key=True),
+    Column("application", String(256), primary_key=True),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("sessions_max", Integer, nullable=False),
+)
