@@ -4,8 +4,8 @@ Against a throwaway PostgreSQL server (tests/_pg.py), with the connector's admin
 NOSUPERUSER role (CREATEROLE, INHERIT) as docs/credentials.md prescribes:
 
 1. **bound** — with ``--live`` live leases and a background load of ``--rate`` mints/s
-   (each background task is opened, minted and closed, so cleanup runs too) on ONE
-   replica: for ``--n`` task trees (a root and a delegated child, one role each, one
+   (each background task is opened, mints ``--mints-per-task`` roles and is closed, so
+   cleanup runs too) on ONE replica: for ``--n`` task trees (a root and a delegated child, one role each, one
    session open), the time from ``close_task`` returning to *every role of the tree has
    rolcanlogin = false and no row in pg_stat_activity*, polled on a superuser connection;
 2. **drain** — every live lease revoked at once with the cleanup stopped, then the time
@@ -14,7 +14,8 @@ NOSUPERUSER role (CREATEROLE, INHERIT) as docs/credentials.md prescribes:
    ``--rounds`` times) and the same number of raw connector mints at once: how many
    came back ``connector_failed``.
 
-    python bench/bench_revocation.py [--live 1000] [--n 200] [--rate 35 --load-workers 8] [--drain 1000]
+    python bench/bench_revocation.py [--live 1000] [--n 200] [--rate 35 --load-workers 8
+        --mints-per-task 3] [--drain 1000]
         [--replicas 3] [--concurrency 40 --rounds 5] [--parts bound,drain,concurrency]
 """
 
@@ -112,8 +113,10 @@ class _Load:
     machine that, not the broker, was the limit.) Each iteration's steps are timed, so the
     report can say whether the broker or the generator fell short."""
 
-    def __init__(self, rt: Runtime, rate: float, workers: int, stop: threading.Event, bg: dict) -> None:
-        self.rt, self.rate, self.stop, self.bg = rt, rate, stop, bg
+    def __init__(
+        self, rt: Runtime, rate: float, workers: int, stop: threading.Event, bg: dict, per_task: int = 1
+    ) -> None:
+        self.rt, self.rate, self.stop, self.bg, self.per_task = rt, rate, stop, bg, per_task
         self.lock = threading.Lock()
         self.k = 0
         self.t0 = 0.0
@@ -138,7 +141,7 @@ class _Load:
         rt = self.rt
         while not self.stop.is_set():
             with self.lock:
-                due = self.t0 + self.k / self.rate
+                due = self.t0 + self.k * self.per_task / self.rate  # `rate` counts mints
                 self.k += 1
             delay = due - time.monotonic()
             if delay > 0 and self.stop.wait(delay):
@@ -151,12 +154,13 @@ class _Load:
                 t = time.perf_counter()
                 task_id, tok = _open(rt)
                 t1 = time.perf_counter()
-                _mint(rt, tok)
+                for _ in range(self.per_task):
+                    _mint(rt, tok)
                 t2 = time.perf_counter()
                 rt.broker.close_task(task_id, by="bench")
                 t3 = time.perf_counter()
                 with self.lock:
-                    self.bg["mints"] += 1
+                    self.bg["mints"] += self.per_task
                     for k, v in (("open", t1 - t), ("mint", t2 - t1), ("close", t3 - t2)):
                         self.steps[k].append(v)
             except Exception as exc:  # counted: a busy store under load is a finding, not a crash
@@ -180,7 +184,7 @@ class _Load:
             print(
                 f"  audit lock busy {busy * 100:.0f}% of the run ({len(held) / elapsed:.0f} units/s; "
                 f"at 100% it would allow ~{len(held) / elapsed / max(busy, 1e-9):.0f} units/s, "
-                f"3 per background mint)"
+                f"2 + --mints-per-task per background task)"
             )
         achieved = self.bg["mints"] / elapsed
         if achieved < 0.9 * self.rate:
@@ -194,7 +198,9 @@ class _Load:
             print(f"  background errors: {self.bg['errors']} (last: {self.bg['last_error']})")
 
 
-def bench_bound(server, rt: Runtime, live: int, n: int, rate: float, workers: int = 8) -> None:
+def bench_bound(
+    server, rt: Runtime, live: int, n: int, rate: float, workers: int = 8, per_task: int = 3
+) -> None:
     print("\n1. close acknowledged → every role of the tree refuses login and has no session")
     t0 = time.monotonic()
     for _ in range(live):
@@ -204,7 +210,7 @@ def bench_bound(server, rt: Runtime, live: int, n: int, rate: float, workers: in
     print(f"  {states.get('active', 0)} live leases (filled in {time.monotonic() - t0:.1f} s)")
     stop = threading.Event()
     bg: dict = {"mints": 0}
-    load = _Load(rt, rate, workers, stop, bg)
+    load = _Load(rt, rate, workers, stop, bg, per_task)
     started = time.monotonic()
     load.start()
     samples: list[float] = []
@@ -247,8 +253,9 @@ def bench_bound(server, rt: Runtime, live: int, n: int, rate: float, workers: in
     elapsed = time.monotonic() - started
     total_mints = bg["mints"] + 2 * n
     print(
-        f"  background: {bg['mints']} open+mint+close ({bg['mints'] / elapsed:.1f} mints/s, target "
-        f"{rate:g}/s, {workers} workers); all mints {total_mints / elapsed:.1f}/s over {elapsed:.1f} s"
+        f"  background: {bg['mints']} mints in tasks of {per_task} ({bg['mints'] / elapsed:.1f} mints/s, "
+        f"{bg['mints'] / per_task / elapsed:.1f} tasks opened+closed/s, target {rate:g} mints/s, {workers} "
+        f"workers); all mints {total_mints / elapsed:.1f}/s over {elapsed:.1f} s"
     )
     load.report(elapsed)
     _stats("close → all roles of the tree cut", samples)
@@ -321,6 +328,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--rate", type=float, default=35.0)
     ap.add_argument("--load-workers", type=int, default=8, help="threads sharing the --rate load")
+    ap.add_argument(
+        "--mints-per-task",
+        type=int,
+        default=3,
+        help="background tasks each mint this many roles before closing (an agent's task "
+        "makes several calls); every role is still cut and dropped",
+    )
     ap.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=40)
@@ -351,7 +365,9 @@ def main() -> None:
         rts = [Runtime.start(settings)]
         try:
             if "bound" in args.parts:
-                bench_bound(server, rts[0], args.live, args.n, args.rate, args.load_workers)
+                bench_bound(
+                    server, rts[0], args.live, args.n, args.rate, args.load_workers, args.mints_per_task
+                )
             if args.store == "postgresql":
                 for i in range(1, args.replicas):
                     s = load_settings(
