@@ -252,3 +252,17 @@ def test_config_names_the_bad_field():
     with pytest.raises(ConfigError) as exc:
         OAuthSettings(enabled=True)
     assert exc.value.details["field"] == "oauth.resources"
+
+
+def test_oauth_refuses_several_workers(tmp_path):
+    """Codes live in one process: `tether serve --workers 2` with OAuth refuses to start."""
+    from dataclasses import replace
+
+    from tether.server.workers import serve_workers
+    from tether.testing import make_settings
+
+    base = make_settings(tmp_path / "state")
+    oauth = OAuthSettings(enabled=True, resources=[{"uri": "https://m.example/mcp", "server": "time"}])
+    with pytest.raises(ConfigError) as exc:
+        serve_workers(replace(base, oauth=oauth), 2)
+    assert exc.value.details["field"] == "oauth.enabled"

@@ -37,6 +37,7 @@ from dataclasses import replace
 from types import FrameType
 
 from tether.config import Settings
+from tether.errors import ConfigError
 
 log = logging.getLogger("tether")
 
@@ -80,6 +81,14 @@ def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None]
     """Run ``workers`` broker processes until a signal stops them; the exit status."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"--workers must be 1-{MAX_WORKERS}")
+    if workers > 1 and settings.oauth.enabled:
+        # Authorization codes and refresh tokens live in the issuing process (docs/oauth.md):
+        # a code redeemed at another worker would be refused. Refuse to start instead.
+        raise ConfigError(
+            "`oauth.enabled` keeps authorization codes in one process; serve it with one worker",
+            code="config_invalid",
+            field="oauth.enabled",
+        )
     from tether import metrics
 
     sock = listening_socket(*settings.listen_host_port)
