@@ -303,7 +303,9 @@ class Replayer:
         if handle is None:
             if len(self._cache) >= _CACHE:
                 self._cache.clear()
-            handle = self._cache[key] = self._base.with_added_json_str(delta, self.schema)
+            # As the live engine adds its delta: without the schema (which also makes
+            # every later evaluation over the handle several times faster in cedarpy).
+            handle = self._cache[key] = self._base.with_added_json_str(delta)
         return handle
 
     # -- deciding ------------------------------------------------------------------------
