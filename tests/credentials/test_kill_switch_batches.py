@@ -128,6 +128,8 @@ def test_interrupted_kill_switch_leaves_whole_trees_and_a_rerun_finishes(runtime
 
 def test_batch_cut_by_the_store_is_retried_smaller(runtime):
     """A batch the store cuts rolls back and is retried at half the size; nothing is lost."""
+    # The cut is injected (a hook raising the store's own `store_unavailable` inside the batch's
+    # transaction): a real watchdog cut needs a frozen server, which the store tests cover.
     trees = _estate(runtime)
     _pin(runtime, 24)
     cuts, done = {"n": 0}, [0]

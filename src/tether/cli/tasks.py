@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +144,19 @@ def _revoke_in_batches(state_dir: Path, args: dict[str, Any], as_json: bool) -> 
         disable=as_json, transient=True,
     ) as bar:  # fmt: skip
         job = bar.add_task("revoke", total=None)
-        while True:
-            done = call(admin_socket(state_dir), "revoke", {**args, "max_batches": 1})
-            revoked.extend(done["revoked"])
-            batches += 1
-            bar.update(job, completed=len(revoked), total=len(revoked) + int(done["remaining"]))
-            if not done["remaining"] or not done["revoked"]:
-                break
+        try:
+            while True:
+                done = call(admin_socket(state_dir), "revoke", {**args, "max_batches": 1})
+                revoked.extend(done["revoked"])
+                batches += 1
+                bar.update(job, completed=len(revoked), total=len(revoked) + int(done["remaining"]))
+                if not done["remaining"] or not done["revoked"]:
+                    break
+        except KeyboardInterrupt:
+            bar.stop()
+            err_console.print(f"interrupted after {len(revoked)} task(s) in {batches} committed batch(es); "
+                              "run the same command again to revoke the rest")  # fmt: skip
+            sys.exit(130)
     return {"revoked": revoked, "batches": batches}
 
 
