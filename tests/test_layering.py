@@ -33,6 +33,7 @@ RULES: dict[str, str] = {
     "tether.identity.spiffe_id": "kernel",
     "tether.config_console": "kernel",
     "tether.config_ops": "kernel",
+    "tether.tracing": "kernel",
     "tether.config_oauth": "kernel",
     "tether.store": "store",
     "tether.policy": "domain",

@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 from tether.config_console import ConsoleSettings
 from tether.config_oauth import OAuthSettings
-from tether.config_ops import MetricsSettings, TlsSettings
+from tether.config_ops import MetricsSettings, TlsSettings, TracingSettings
 from tether.errors import ConfigError
 
 CONFIG_FILE = "tether.toml"
@@ -369,6 +369,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     # Derived values: everything that has a computed default is read through these.
     @property

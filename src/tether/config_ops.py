@@ -80,3 +80,13 @@ class TlsSettings:
     @property
     def enabled(self) -> bool:
         return bool(self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """``[tracing]``: OpenTelemetry spans of the request path (``tether.tracing``)."""
+
+    #: OTLP/HTTP traces endpoint (e.g. `http://collector:4318/v1/traces`). Empty: no tracing.
+    otlp_endpoint: str = ""
+    #: `service.name` of the spans; the node id is added as `service.instance.id`.
+    service_name: str = "tether"

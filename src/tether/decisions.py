@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tether import actions
+from tether import actions, tracing
 from tether.audit import event as ev
 from tether.audit.chain import Unit
 from tether.broker_base import (
@@ -135,7 +135,8 @@ class ActionDecisions(BrokerBase):
         digest = args_digest(req.arguments)
         decision_id = new_id("dec")
         with self.audit.unit() as u:
-            found = repo.get_task_and_taint(u.conn, claims.task_id)
+            with tracing.span("tether.store.task"):
+                found = repo.get_task_and_taint(u.conn, claims.task_id)
             task, taint = found if found else (None, -1)
             if task is None or task.agent != claims.agent:
                 raise Unauthenticated("the task token names no task of this agent", code="token_unknown_task")
@@ -190,10 +191,16 @@ class ActionDecisions(BrokerBase):
             # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
             "max_sensitivity_read": max(0, taint),
         }
-        decision, approval_used, policy = self._decide(u, task, resource, req, risk, digest, decision_id, now)
+        with tracing.span("tether.policy"):
+            decision, approval_used, policy = self._decide(
+                u, task, resource, req, risk, digest, decision_id, now
+            )
         credential = None
         if decision.allowed:
-            decision, credential = self._on_allow(u, task, resource, req, decision, risk, approval_used, now)
+            with tracing.span("tether.connector"):
+                decision, credential = self._on_allow(
+                    u, task, resource, req, decision, risk, approval_used, now
+                )
         self._emit_decision(
             u,
             task,
@@ -404,6 +411,7 @@ class ActionDecisions(BrokerBase):
             payload["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         if decision.code:
             payload["code"] = decision.code
+        tracing.annotate({"tether.decision": decision.outcome.value, "tether.code": decision.code or ""})
         if decision.approval_id:
             payload["approval_id"] = decision.approval_id
         if approval_used:

@@ -265,7 +265,7 @@ class Runtime(Core):
     def start(cls, settings: Settings, *, clock: Clock | None = None, **bundle_options: Any) -> Runtime:
         # Imported here, not at the top: each layer's wiring imports the core's types, and
         # the composition root is the only module allowed to see every layer.
-        from tether import metrics
+        from tether import metrics, tracing
         from tether.audit import wiring as audit_wiring
         from tether.credentials import wiring as credentials_wiring
         from tether.gateway import wiring as gateway_wiring
@@ -278,6 +278,9 @@ class Runtime(Core):
         core = Core.build(settings, clock=clock, **bundle_options)
         try:
             metrics.install(core)  # counters fed from the audit chain and the store's errors
+            stop_tracing = tracing.install(settings)  # OTLP export of request spans, when configured
+            if stop_tracing is not None:
+                core.on_close.append(stop_tracing)
             core.add_operations(server_ops.OPERATIONS)
             core.add_operations(policy_ops.OPERATIONS)
             policy_ops.start_shadow(core)  # `[policy] shadow`: a bad directory refuses to start

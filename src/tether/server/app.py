@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tether import tracing
 from tether.broker import OpenTaskRequest
 from tether.errors import (
     Forbidden,
@@ -338,7 +339,7 @@ def create_app(runtime: Runtime, extra_routes: list[Route] | None = None) -> Sta
         Route("/v1/tasks/{task_id}", g(api.get_task), methods=["GET"]),
         Route("/v1/tasks/{task_id}/delegations", g(api.delegate), methods=["POST"]),
         Route("/v1/tasks/{task_id}/close", g(api.close), methods=["POST"]),
-        Route("/v1/authorize", g(api.authorize), methods=["POST"]),
+        Route("/v1/authorize", tracing.traced("tether.authorize", g(api.authorize)), methods=["POST"]),
         Route("/.well-known/jwks.json", g(api.jwks), methods=["GET"]),
         Route("/healthz", g(api.healthz), methods=["GET"]),
         Route("/readyz", g(api.readyz), methods=["GET"]),
