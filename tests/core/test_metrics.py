@@ -106,7 +106,8 @@ def test_a_store_failure_reports_the_store_down_and_is_counted(tmp_path, monkeyp
             r = c.get("/metrics")
         assert r.status_code == 200
         assert _value(r.text, "tether_store_up") == 0
-        assert _value(r.text, "tether_store_errors_total", code="store_unavailable") == before + 1
+        # At least this scrape's failure (the heartbeat and reaper threads may meet the broken store too).
+        assert _value(r.text, "tether_store_errors_total", code="store_unavailable") >= before + 1
     finally:
         monkeypatch.undo()
         rt.close()
