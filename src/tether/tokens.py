@@ -61,10 +61,12 @@ class TaskTokens:
         audience: str | None = None,
         client_id: str = "",
         expires_at: float | None = None,
+        jkt: str | None = None,
     ) -> str:
         """The task's token; ``audience`` names one protected resource (RFC 8707) instead of
         the broker, for OAuth access tokens that only that resource's gateway accepts.
-        ``expires_at`` shortens it (never past the task's own expiry)."""
+        ``expires_at`` shortens it (never past the task's own expiry); ``jkt`` binds this
+        token to a DPoP key (RFC 9449) when the task itself was opened without one."""
         key = self._keys.signing_key()
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -88,8 +90,8 @@ class TaskTokens:
         act = act_claim(task.act_chain)
         if act:
             claims["act"] = act
-        if task.cnf_jkt:
-            claims["cnf"] = {"jkt": task.cnf_jkt}
+        if task.cnf_jkt or jkt:
+            claims["cnf"] = {"jkt": task.cnf_jkt or jkt}
         if client_id:
             claims["client_id"] = client_id  # RFC 9068 §2.2: the OAuth client it was issued to
         return sign_jwt(claims, key.private_key, kid=key.kid, typ=TASK_TOKEN_TYP)

@@ -13,8 +13,10 @@ import httpx
 import pytest
 from authlib.integrations.base_client import OAuthError as AuthlibError
 from authlib.integrations.httpx_client import OAuth2Client
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tether.audit.chain import capture_events
+from tether.identity.dpop import make_proof, thumbprint
 from tether.identity.jwt import ANY, sign_jwt, verify_jwt
 from tether.model import TaskState
 from tether.oauth import pkce
@@ -77,11 +79,13 @@ def code_for(stack: Stack) -> str:
         browser.close()
 
 
-def token_request(stack: Stack, **form: str) -> httpx.Response:
-    return httpx.post(stack.broker_url + "/oauth/token", data=form)
+def token_request(stack: Stack, headers: dict[str, str] | None = None, **form: str) -> httpx.Response:
+    return httpx.post(stack.broker_url + "/oauth/token", data=form, headers=headers)
 
 
-def redeem(stack: Stack, the_code: str, **change: str) -> httpx.Response:
+def redeem(
+    stack: Stack, the_code: str, headers: dict[str, str] | None = None, **change: str
+) -> httpx.Response:
     form = {
         "grant_type": "authorization_code",
         "code": the_code,
@@ -91,7 +95,7 @@ def redeem(stack: Stack, the_code: str, **change: str) -> httpx.Response:
         "resource": stack.gateway_url,
     }
     form.update(change)
-    return token_request(stack, **form)
+    return token_request(stack, headers, **form)
 
 
 def sent_back(resp: httpx.Response) -> dict[str, str]:
@@ -446,3 +450,57 @@ def test_bad_token_exchange(stack: Stack, change, error):
         exchange(stack, **{k: v for k, v in params.items() if v})
     assert exc.value.error == error
     assert error in refusals(events)
+
+
+def test_dpop_bound_tokens_when_the_client_offers_a_proof(stack: Stack):
+    """RFC 9449: a proof at the token endpoint binds the access and refresh tokens to its key."""
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    token_url = stack.broker_url + "/oauth/token"
+    body = redeem(stack, code_for(stack), {"DPoP": make_proof(key, "POST", token_url)}).json()
+    assert body["token_type"] == "DPoP"
+    claims = verify_jwt(
+        body["access_token"],
+        key_for=lambda h, c: stack.rt.keys.verification_key(h["kid"]),
+        algorithms=("ES256",),
+        audience=stack.gateway_url,
+        issuer=ANY,
+        typ=None,
+        leeway=5,
+    )
+    assert claims["cnf"]["jkt"] == thumbprint(key)
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "get_current_time", "arguments": {"timezone": "Europe/Paris"}},
+    }
+    auth = {**MCP_HEADERS, "authorization": f"DPoP {body['access_token']}"}
+    bound = httpx.post(
+        stack.gateway_url,
+        json=call,
+        headers={
+            **auth,
+            "DPoP": make_proof(key, "POST", stack.gateway_url, access_token=body["access_token"]),
+        },
+    )
+    assert bound.status_code == 200 and bound.json()["result"]["isError"] is False, bound.text
+    stolen = httpx.post(stack.gateway_url, json=call, headers=auth)  # the token alone is not enough
+    assert stolen.json()["result"]["isError"] is True
+    assert stolen.json()["result"]["_meta"]["tether"]["code"] == "dpop_proof_missing"
+    wrong = token_request(
+        stack,
+        {"DPoP": make_proof(other, "POST", token_url)},
+        grant_type="refresh_token",
+        refresh_token=body["refresh_token"],
+        client_id=CLIENT_ID,
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_dpop_proof"
+
+
+def test_bad_dpop_proof_at_the_token_endpoint_keeps_the_code(stack: Stack):
+    """A proof for another URL is invalid_dpop_proof, and the code is not spent by it."""
+    code = code_for(stack)
+    key = ec.generate_private_key(ec.SECP256R1())
+    bad = redeem(stack, code, {"DPoP": make_proof(key, "POST", "https://elsewhere.example/token")})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_dpop_proof"
+    assert redeem(stack, code).status_code == 200

@@ -22,6 +22,7 @@ ERRORS: dict[str, int] = {
     "invalid_scope": 400,
     "invalid_target": 400,
     "access_denied": 403,
+    "invalid_dpop_proof": 400,  # RFC 9449 §5
     "server_error": 503,
     "temporarily_unavailable": 503,
 }

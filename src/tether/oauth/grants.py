@@ -241,6 +241,7 @@ class RefreshGrant:
     client_id: str
     resource: str
     expires_at: float  # the task's expiry: a refresh token never outlives its task
+    jkt: str | None = None  # RFC 9449 §5: a public client's refresh token is bound to its DPoP key
 
 
 class RefreshTokens:

@@ -55,6 +55,7 @@ def authorization_server_metadata(issuer: str, *, cimd: bool, scopes: Sequence[s
         "scopes_supported": list(scopes),
         "authorization_response_iss_parameter_supported": True,
         "client_id_metadata_document_supported": cimd,
+        "dpop_signing_alg_values_supported": ["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256"],
     }
 
 

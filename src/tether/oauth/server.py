@@ -20,12 +20,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from tether.audit import event as ev
 from tether.config_oauth import OAuthSettings
 from tether.errors import TetherError, Unauthenticated, Unavailable
+from tether.identity.dpop import DpopProof
 from tether.oauth import exchange
 from tether.oauth.cimd import CimdFetcher
 from tether.oauth.clients import Clients
 from tether.oauth.errors import OAuthError
 from tether.oauth.grants import Codes, RefreshGrant, RefreshTokens, ReplayedCode, ReplayedRefresh
-from tether.oauth.metadata import TOKEN_EXCHANGE, authorization_server_metadata, issuer_for
+from tether.oauth.metadata import TOKEN_EXCHANGE, authorization_server_metadata, endpoint, issuer_for
 
 if TYPE_CHECKING:
     from tether.identity.service import IdentityService
@@ -123,15 +124,30 @@ class OAuthServer:
         doc = authorization_server_metadata(self.issuer, cimd=self.fetcher is not None, scopes=scopes)
         return JSONResponse(doc, headers={"Cache-Control": "max-age=300", "Access-Control-Allow-Origin": "*"})
 
+    def _dpop(self, request: Request) -> DpopProof:
+        """The token request's DPoP proof (RFC 9449 §5), bound to the advertised token endpoint."""
+        values = request.headers.getlist("dpop")
+        return DpopProof(
+            values[0] if values else None, "POST", endpoint(self.issuer, "/oauth/token"), len(values)
+        )
+
+    def _bind(self, proof: DpopProof) -> str | None:
+        """The DPoP key the new tokens are bound to (None: bearer, where the broker allows it)."""
+        try:
+            return self.identity.bind_at_open(proof)
+        except Unauthenticated as exc:
+            raise OAuthError("invalid_dpop_proof", f"{exc.message} ({exc.code})") from None
+
     async def token(self, request: Request) -> Response:
         grant_type = ""
         try:
             form = await read_form(request)
             grant_type = form.get("grant_type", "")
+            proof = self._dpop(request)
             if grant_type == "authorization_code":
-                body = await run_in_threadpool(self._code_grant, form)
+                body = await run_in_threadpool(self._code_grant, form, proof)
             elif grant_type == "refresh_token":
-                body = await run_in_threadpool(self._refresh_grant, form)
+                body = await run_in_threadpool(self._refresh_grant, form, proof)
             elif grant_type == TOKEN_EXCHANGE:
                 body = await run_in_threadpool(exchange.exchange, self, form)
             elif not grant_type:
@@ -143,8 +159,9 @@ class OAuthServer:
             return self.error_response(exc)
         return JSONResponse(body, headers=NO_STORE)
 
-    def _code_grant(self, form: dict[str, str]) -> dict[str, Any]:
+    def _code_grant(self, form: dict[str, str], proof: DpopProof) -> dict[str, Any]:
         client = self.clients.get(form.get("client_id"))
+        jkt = self._bind(proof)  # before the code is spent: a bad proof leaves it usable
         try:
             grant = self.codes.redeem(
                 form.get("code"),
@@ -157,10 +174,11 @@ class OAuthServer:
             # Someone else may hold the first token: end the task it opened (RFC 6749 §4.1.2).
             self.rt.broker.revoke(task_id=replay.grant.task_id, by=f"oauth:code-replay:{client.client_id}")
             raise
-        return self._issue(grant.task_id, client.client_id, grant.resource, "token")
+        return self._issue(grant.task_id, client.client_id, grant.resource, "token", jkt)
 
-    def _refresh_grant(self, form: dict[str, str]) -> dict[str, Any]:
+    def _refresh_grant(self, form: dict[str, str], proof: DpopProof) -> dict[str, Any]:
         client = self.clients.get(form.get("client_id"))
+        jkt = self._bind(proof)
         try:
             grant = self.refresh_tokens.use(
                 form.get("refresh_token"), client_id=client.client_id, resource=form.get("resource")
@@ -168,9 +186,13 @@ class OAuthServer:
         except ReplayedRefresh as replay:
             self.rt.broker.revoke(task_id=replay.grant.task_id, by=f"oauth:refresh-replay:{client.client_id}")
             raise
-        return self._issue(grant.task_id, client.client_id, grant.resource, "refresh")
+        if grant.jkt is not None and jkt != grant.jkt:
+            raise OAuthError("invalid_dpop_proof", "this refresh token is bound to another DPoP key")
+        return self._issue(grant.task_id, client.client_id, grant.resource, "refresh", jkt)
 
-    def _issue(self, task_id: str, client_id: str, resource: str, what: str) -> dict[str, Any]:
+    def _issue(
+        self, task_id: str, client_id: str, resource: str, what: str, jkt: str | None
+    ) -> dict[str, Any]:
         """An access token for the task (short-lived, for one resource) and the next refresh token."""
         try:
             task, _ = self.rt.broker.get_task(task_id)
@@ -181,9 +203,9 @@ class OAuthServer:
             raise OAuthError("invalid_grant", "the task of this grant is closed, expired or revoked")
         expires = min(task.expires_at, now + self.settings.access_token_ttl_seconds)
         token = self.rt.broker.tokens.mint(
-            task, now=now, audience=resource, client_id=client_id, expires_at=expires
+            task, now=now, audience=resource, client_id=client_id, expires_at=expires, jkt=jkt
         )
-        refresh = self.refresh_tokens.issue(RefreshGrant(task.id, client_id, resource, task.expires_at))
+        refresh = self.refresh_tokens.issue(RefreshGrant(task.id, client_id, resource, task.expires_at, jkt))
         self.audit(
             ev.OAUTH_GRANTED,
             what,
@@ -191,10 +213,11 @@ class OAuthServer:
             task_id=task.id,
             resource=resource,
             expires_at=expires,
+            sender_constrained=jkt is not None,
         )
         return {
             "access_token": token,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": max(1, int(expires - now)),
             "refresh_token": refresh,
             "scope": " ".join(f"{g.action}@{g.resource}" for g in task.scope),
