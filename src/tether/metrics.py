@@ -87,6 +87,12 @@ class Metrics:
             ["gateway", "service", "outcome"],
         )
         self.store_errors = Counter("tether_store_errors", "Store failures, by error code.", ["code"])
+        self.shadow_divergences = Counter(
+            "tether_policy_shadow_divergences",
+            "Decisions the shadow policy set would have decided otherwise, by kind (allow→deny, …).",
+            ["kind"],
+        )
+        self.shadow_errors = Counter("tether_policy_shadow_errors", "Shadow policy evaluations that failed.")
         self._children: dict[tuple[str, str], Any] = {}
         self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -122,6 +128,10 @@ class Metrics:
                 self.revocation_lag_seconds.observe(max(0.0, e.ts - ended))
         elif t == ev.CREDENTIAL_IRREVOCABLE:
             self.irrevocable.inc()
+        elif t == ev.POLICY_SHADOW_DIVERGED:
+            self.shadow_divergences.labels(str(e.payload.get("kind", ""))[:32]).inc()
+        elif t == ev.POLICY_SHADOW_ERROR:
+            self.shadow_errors.inc()
 
     def _on_call(self, p: dict[str, Any]) -> None:
         gateway = str(p.get("gateway", ""))[:16]

@@ -163,3 +163,23 @@ def _open(rt: Runtime) -> str:
 
     wl = Workload(f"spiffe://{DOMAIN}/triage", DOMAIN, "jwt-svid")
     return rt.broker.open_task(wl, OpenTaskRequest("support.triage", "x", SCOPE, 600)).token
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_shadow_divergences_are_counted_in_metrics(runtime, tmp_path):
+    """`/metrics` counts `policy.shadow_diverged` events by kind."""
+    from starlette.testclient import TestClient
+
+    from tether.server.app import create_app
+
+    def value(text: str, kind: str) -> float:
+        line = f'tether_policy_shadow_divergences_total{{kind="{kind}"}} '
+        return sum(float(x.split(" ")[-1]) for x in text.splitlines() if x.startswith(line))
+
+    with TestClient(create_app(runtime), client=("127.0.0.1", 50000)) as c:
+        before = c.get("/metrics").text
+        op(runtime, "policy.shadow", directory=str(candidate_dir(runtime, tmp_path)))
+        record(runtime)
+        after = c.get("/metrics").text
+    assert value(after, "allow→deny") - value(before, "allow→deny") == 1
+    assert value(after, "deny→allow") - value(before, "deny→allow") == 1
