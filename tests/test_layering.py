@@ -52,6 +52,7 @@ RULES: dict[str, str] = {
     "tether.broker": "broker",
     "tether.broker_base": "broker",
     "tether.decisions": "broker",
+    "tether.drift": "broker",
     "tether.credentials.introspection": "broker",
     "tether.oauth": "broker",
     "tether.oauth.server": "edge",

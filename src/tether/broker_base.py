@@ -22,6 +22,7 @@ from tether.audit.chain import AuditChain, Unit
 from tether.audit.event import canonical_json
 from tether.catalog import Catalog, Resource
 from tether.config import Settings
+from tether.drift import Drift
 from tether.errors import (
     InvalidRequest,
     NotFound,
@@ -167,6 +168,8 @@ class BrokerBase:
         #: as ``binding(token, claims, proof)``; raises ``Unauthenticated``. Set by the identity
         #: layer; without it a bound token is refused (nothing could check its proof).
         self.token_binding: TokenBinding | None = None
+        #: The drift risk signal: baselines learnt from closed tasks (tether.drift).
+        self.drift = Drift(db, audit, clock)
         #: Tasks per kill switch / reaper transaction; adapted to the store budget as it runs.
         self.end_batch, self.end_batch_max = END_BATCH, END_BATCH_MAX
 

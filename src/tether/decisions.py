@@ -185,12 +185,13 @@ class ActionDecisions(BrokerBase):
             )
             self._emit_decision(u, task, req, decision, digest, {})
             return AuthorizeResult(decision, task)
-        risk = {
+        risk: dict[str, Any] = {
             "calls_last_minute": repo.calls_since(u.conn, task.id, now - 60),
             "first_use": repo.is_first_use(u.conn, task.agent, resource.id),
             # -1 in the store means "nothing read yet"; policy sees the public floor, 0.
             "max_sensitivity_read": max(0, taint),
         }
+        risk["drift"] = self.drift.signal(u.conn, task, req.action, resource.id, risk["calls_last_minute"])
         with tracing.span("tether.policy"):
             decision, approval_used, policy = self._decide(
                 u, task, resource, req, risk, digest, decision_id, now

@@ -257,3 +257,24 @@ def test_sign_in_is_audited_naming_the_uid(client, runtime):
         sign_in(client, runtime)
     signin = [e for e in events if e.type == ev.CONSOLE_SIGNIN]
     assert signin and signin[0].payload["human"].startswith(f"uid:{os.getuid()}")
+
+
+def test_task_page_shows_drift_from_the_baseline(operator, agent):
+    """The task page says cold start until three tasks closed, then names the action new for the intent."""
+    queue, customers = (
+        {"action": "read", "resource": "tickets.queue"},
+        {"action": "read", "resource": "crm.customers"},
+    )
+    first = agent.open([queue]).json()
+    assert "Cold start: 0 of 3" in operator.get(f"/console/tasks/{first['task_id']}").text
+    for _ in range(3):
+        t = agent.open([queue]).json()
+        agent.authorize(t["task_token"], "read", "tickets.queue")
+        agent.client.post(
+            f"/v1/tasks/{t['task_id']}/close", headers={"Authorization": f"Bearer {t['task_token']}"}
+        )
+    task = agent.open([queue, customers]).json()
+    assert agent.authorize(task["task_token"], "read", "crm.customers").json()["decision"] == "allow"
+    page = operator.get(f"/console/tasks/{task['task_id']}").text
+    drift = page[page.index("<h2>Drift</h2>") : page.index("<h2>Leases</h2>")]
+    assert "Highest drift score <strong>60</strong>" in drift and "<td>crm.customers</td>" in drift

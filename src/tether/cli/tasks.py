@@ -73,7 +73,7 @@ def list_(state_dir: Path, state: str | None, agent: str | None, as_json: bool) 
 @click.argument("task_id")
 @json_option
 def show(state_dir: Path, task_id: str, as_json: bool) -> None:
-    """Show a task: state, scope, parent and children."""
+    """Show a task: state, scope, parent, children and drift from its baseline."""
     data = run(lambda: call(admin_socket(state_dir), "task.show", {"task_id": task_id}), as_json)
 
     def render(d: dict[str, Any]) -> None:
@@ -91,9 +91,27 @@ def show(state_dir: Path, task_id: str, as_json: bool) -> None:
             kids = tree.add("children")
             for c in d["children"]:
                 kids.add(f"{c['task_id']} {c['agent']} {c['state']}")
+        if d.get("drift"):
+            _drift(tree, d["drift"])
         console.print(tree)
 
     output(data, as_json, render)
+
+
+def _drift(tree: Tree, drift: dict[str, Any]) -> None:
+    base = drift["baseline"]
+    if base["cold_start"]:
+        head = f"drift: cold start ({base['tasks']} of {base['min_tasks']} closed tasks learnt), scores 0"
+        tree.add(head)
+        return
+    style = "red" if drift["max_score"] >= 60 else "yellow" if drift["max_score"] else "green"
+    node = tree.add(
+        f"drift [{style}]max score {drift['max_score']}[/] over {drift['scored_decisions']} decisions; "
+        f"baseline of {base['tasks']} closed tasks, {len(base['pairs'])} actions, "
+        f"peak {base['peak_per_minute']}/min"
+    )
+    for n in drift["new_actions"]:
+        node.add(f"[red]new for this intent[/] {n['action']} → {n['resource']}")
 
 
 @task.command("close")

@@ -21,6 +21,7 @@ __all__ = [
     "action_context",
     "approval_context",
     "context_from_mapping",
+    "drift_context",
     "grant_context",
     "lifecycle_context",
     "request_context",
@@ -34,6 +35,7 @@ __all__ = [
 LIFECYCLE_ACTIONS = frozenset({"task:open", "task:delegate"})
 
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_DRIFT_FIELDS = frozenset({"score", "new_action_for_intent", "cold_start", "baseline_tasks"})
 _CODE = "context_invalid"
 
 Record = dict[str, Any]
@@ -101,14 +103,40 @@ def task_context_from_task(task: Task, now: float, *, root_agent: str | None = N
     )
 
 
+def drift_context(
+    *, score: int = 0, new_action_for_intent: bool = False, cold_start: bool = True, baseline_tasks: int = 0
+) -> Record:
+    """``DriftContext`` (see :mod:`tether.policy.drift`); the default is a cold start."""
+    if not 0 <= _long("risk.drift.score", score) <= 100:
+        raise InvalidRequest("`risk.drift.score` must be 0-100", code=_CODE, field="risk.drift.score")
+    return {
+        "score": score,
+        "new_action_for_intent": _bool("risk.drift.new_action_for_intent", new_action_for_intent),
+        "cold_start": _bool("risk.drift.cold_start", cold_start),
+        "baseline_tasks": _long("risk.drift.baseline_tasks", baseline_tasks),
+    }
+
+
 def risk_context(
-    *, calls_last_minute: int = 0, first_use: bool = False, max_sensitivity_read: int = 0
+    *,
+    calls_last_minute: int = 0,
+    first_use: bool = False,
+    max_sensitivity_read: int = 0,
+    drift: Mapping[str, Any] | None = None,
 ) -> Record:
     """``RiskContext``; the defaults mean "no signal", not "safe"."""
+    if drift is not None and not isinstance(drift, Mapping):
+        raise InvalidRequest("`risk.drift` must be a mapping", code=_CODE, field="risk.drift")
+    unknown = sorted(set(drift or {}) - _DRIFT_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field `risk.drift.{unknown[0]}`", code=_CODE, field=f"risk.drift.{unknown[0]}"
+        )
     return {
         "calls_last_minute": _long("risk.calls_last_minute", calls_last_minute),
         "first_use": _bool("risk.first_use", first_use),
         "max_sensitivity_read": _long("risk.max_sensitivity_read", max_sensitivity_read),
+        "drift": drift_context(**(drift or {})),
     }
 
 
@@ -174,7 +202,7 @@ def _section(partial: Mapping[str, Any], name: str, allowed: frozenset[str]) -> 
 _TASK_FIELDS = frozenset(
     {"id", "intent", "depth", "age_seconds", "remaining_seconds", "delegator", "root_agent"}
 )
-_RISK_FIELDS = frozenset({"calls_last_minute", "first_use", "max_sensitivity_read"})
+_RISK_FIELDS = frozenset({"calls_last_minute", "first_use", "max_sensitivity_read", "drift"})
 _REQUEST_FIELDS = frozenset({"method", "path"})
 _APPROVAL_FIELDS = frozenset({"granted"})
 _GRANT_FIELDS = frozenset({"action", "ttl_seconds", "child_agent"})

@@ -35,6 +35,7 @@ from tether.audit.event import REPLAYABLE_VERSION
 from tether.audit.masking import TYPED_MASK_KEY, is_typed_mask, mask_digest
 from tether.catalog import Catalog
 from tether.model import Outcome
+from tether.policy.drift import cold_drift
 from tether.policy.engine import NO_PERMIT, POLICY_ERROR, PolicyResult, catalog_version, interpret
 from tether.policy.loader import PolicyBundle
 from tether.policy.shadow import flip_kind
@@ -281,6 +282,10 @@ class Replayer:
             delta.append(entity)
         text = orjson.dumps(delta, option=orjson.OPT_SORT_KEYS).decode()
         context = dict(inp["context"])
+        risk = context.get("risk")
+        if isinstance(risk, dict) and "drift" not in risk:
+            # Recorded before the drift signal existed: policy then saw no baseline at all.
+            context["risk"] = {**risk, "drift": cold_drift()}
         context["call"] = {"__entity": _CALL_UID}
         context["args"] = {"__entity": _ARGS_UID}
         request = {

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.audit.verify import verify_chains
 from tether.catalog import load_catalog
+from tether.drift import task_drift
 from tether.errors import InvalidRequest, TetherError
 from tether.model import Approval, Delegator
 from tether.server.admin import OperationTable, Operator
@@ -62,7 +63,10 @@ def task_list(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
 @operation("task.show")
 def task_show(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     task, children = rt.broker.get_task(_str_arg(args, "task_id"))
-    return task_view(task, children)
+    view = task_view(task, children)
+    with rt.db.read() as conn:
+        view["drift"] = task_drift(conn, task)
+    return view
 
 
 @operation("task.close")

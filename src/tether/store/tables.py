@@ -106,6 +106,26 @@ resource_uses = Table(
     Column("first_at", Float, nullable=False),
 )
 
+# Drift baselines (tether.policy.drift): what the closed tasks of one (agent, intent) did.
+drift_profiles = Table(
+    "drift_profiles",
+    metadata,
+    Column("agent", String(2048), primary_key=True),
+    Column("intent", String(64), primary_key=True),
+    Column("tasks", Integer, nullable=False),
+    Column("peak_per_minute", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+drift_pairs = Table(
+    "drift_pairs",
+    metadata,
+    Column("agent", String(2048), primary_key=True),
+    Column("intent", String(64), primary_key=True),
+    Column("action", String(64), primary_key=True),
+    Column("resource", String(256), primary_key=True),
+    Column("tasks", Integer, nullable=False),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,

@@ -19,6 +19,7 @@ from tether.audit.query import EventFilter, search
 from tether.audit.trace import Trace, build_trace
 from tether.audit.verify import row_to_event
 from tether.credentials import leases as ls
+from tether.drift import task_drift
 from tether.errors import NotFound
 from tether.model import Approval, Task, TaskState
 from tether.store import repo
@@ -47,6 +48,7 @@ class TaskPage:
     tree: list[Task]  # the whole tree of the task's root, parents first
     leases: list[ls.Lease]
     trace: Trace | None
+    drift: dict[str, Any] = field(default_factory=dict)  # tether.drift.task_drift
 
 
 def task_page(conn: Connection, task_id: str) -> TaskPage:
@@ -58,7 +60,8 @@ def task_page(conn: Connection, task_id: str) -> TaskPage:
         trace: Trace | None = build_trace(conn, task.root_id)
     except NotFound:
         trace = None
-    return TaskPage(task, tree, ls.list_leases(conn, task_id=task.id, limit=MAX_ROWS), trace)
+    leases = ls.list_leases(conn, task_id=task.id, limit=MAX_ROWS)
+    return TaskPage(task, tree, leases, trace, task_drift(conn, task))
 
 
 @dataclass
