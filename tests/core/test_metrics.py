@@ -15,7 +15,6 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import Agent
 from tether.broker import OpenTaskRequest
 from tether.config import load_settings
 from tether.errors import ConfigError
@@ -49,11 +48,11 @@ def local(runtime: Runtime):
 
 
 @_SQLITE
-def test_decisions_are_counted_by_outcome_and_code_with_their_latency(local, runtime, domain):
+def test_decisions_are_counted_by_outcome_and_code_with_their_latency(local, runtime, domain, make_agent):
     """An allow and an out-of-scope deny move their counters and the latency histogram;
     the store gauges show the open task and the chain's head age."""
     before = local.get("/metrics").text
-    agent = Agent(local, domain, runtime, "orchestrator")
+    agent = type(make_agent("orchestrator"))(local, domain, runtime, "orchestrator")  # over `local`
     tok = agent.open([READ_Q]).json()["task_token"]
     assert agent.authorize(tok, "read", "tickets.queue").json()["decision"] == "allow"
     assert agent.authorize(tok, "read", "billing.invoices").json()["code"] == "out_of_scope"

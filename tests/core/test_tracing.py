@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from starlette.testclient import TestClient
 
-from conftest import Agent
 from tether import tracing
-from tether.server.app import create_app
 from tether.testing import make_settings
 
 _SQLITE = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -28,19 +25,18 @@ def spans(runtime):
 
 @_SQLITE
 def test_authorize_is_one_server_span_joined_to_the_callers_trace_with_its_steps_as_children(
-    spans, runtime, domain
+    spans, runtime, client, make_agent
 ):
     """The authorize span continues the caller's `traceparent`; the task read, the policy
     decision and the connector's mint are its children; the outcome is an attribute."""
-    with TestClient(create_app(runtime)) as c:
-        agent = Agent(c, domain, runtime, "orchestrator")
-        tok = agent.open([{"action": "read", "resource": "tickets.queue"}]).json()["task_token"]
-        spans.clear()
-        r = c.post(
-            "/v1/authorize",
-            json={"action": "read", "resource": "tickets.queue"},
-            headers={"Authorization": f"Bearer {tok}", "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
-        )
+    agent = make_agent("orchestrator")
+    tok = agent.open([{"action": "read", "resource": "tickets.queue"}]).json()["task_token"]
+    spans.clear()
+    r = client.post(
+        "/v1/authorize",
+        json={"action": "read", "resource": "tickets.queue"},
+        headers={"Authorization": f"Bearer {tok}", "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
+    )
     assert r.json()["decision"] == "allow"
     by_name = {s.name: s for s in spans.get_finished_spans()}
     root = by_name["tether.authorize"]
@@ -54,13 +50,12 @@ def test_authorize_is_one_server_span_joined_to_the_callers_trace_with_its_steps
 
 
 @_SQLITE
-def test_a_deny_is_marked_on_the_span_with_its_code(spans, runtime, domain):
+def test_a_deny_is_marked_on_the_span_with_its_code(spans, make_agent):
     """An out-of-scope deny: the span says `deny` and `out_of_scope`, and no connector span."""
-    with TestClient(create_app(runtime)) as c:
-        agent = Agent(c, domain, runtime, "orchestrator")
-        tok = agent.open([{"action": "read", "resource": "tickets.queue"}]).json()["task_token"]
-        spans.clear()
-        assert agent.authorize(tok, "read", "billing.invoices").json()["code"] == "out_of_scope"
+    agent = make_agent("orchestrator")
+    tok = agent.open([{"action": "read", "resource": "tickets.queue"}]).json()["task_token"]
+    spans.clear()
+    assert agent.authorize(tok, "read", "billing.invoices").json()["code"] == "out_of_scope"
     by_name = {s.name: s for s in spans.get_finished_spans()}
     assert by_name["tether.authorize"].attributes["tether.code"] == "out_of_scope"
     assert "tether.connector" not in by_name
