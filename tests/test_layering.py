@@ -6,7 +6,8 @@
     domain   policy, identity, credentials, audit, catalog, tokens, actions, arguments,
              replicas, legacy (secret scanning)
     store    store
-    kernel   errors, model, config, config_console, linesocket, identity.spiffe_id
+    kernel   errors, model, config, config_console, linesocket, identity.spiffe_id, wire (the
+             HTTP API's body models; pydantic, no web framework)
     client   sdk: imports only itself and the kernel's errors, model and linesocket
 
 Every import counts, including ones inside functions and under ``TYPE_CHECKING``: a
@@ -35,6 +36,7 @@ RULES: dict[str, str] = {
     "tether.config_ops": "kernel",
     "tether.tracing": "kernel",
     "tether.config_oauth": "kernel",
+    "tether.wire": "kernel",
     "tether.store": "store",
     "tether.policy": "domain",
     "tether.identity": "domain",

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 import anyio.to_thread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tether import actions
@@ -34,8 +34,10 @@ from tether.broker import AuthorizeRequest
 from tether.credentials.introspection import Introspector
 from tether.credentials.service import Credentials
 from tether.errors import Forbidden, InvalidRequest, PayloadTooLarge, TetherError, TooManyRequests
-from tether.server.app import bearer, guarded, json_body, trace_id
-from tether.server.parsing import check_fields, header_int, query_int, req_str
+from tether.server.app import bearer, guarded, json_body, reply, trace_id
+from tether.server.parsing import header_int, query_int
+from tether.wire import models as w
+from tether.wire.validate import parse
 
 if TYPE_CHECKING:
     from tether.runtime import Core
@@ -144,8 +146,7 @@ class CredentialsApi:
         except InvalidRequest as bad:  # a forged token is recorded whatever the body holds
             await run_in_threadpool(self.rt.broker.refuse_body, token, bad)
             raise
-        check_fields(doc, ("resource",))
-        resource_id = req_str(doc, "resource")
+        resource_id = parse(w.CredentialRequest, doc).resource
         resource = self.rt.catalog.get(resource_id)
         if resource is not None and resource.connector is None:
             raise InvalidRequest(
@@ -166,7 +167,7 @@ class CredentialsApi:
             **(result.credential.for_agent or {}),
             "decision_id": result.decision.id,
         }
-        return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
+        return reply(w.CredentialIssued, body, 201, headers={"Cache-Control": "no-store"})
 
     async def introspect(self, request: Request) -> Response:
         await run_in_threadpool(self._workload, request)
@@ -175,7 +176,7 @@ class CredentialsApi:
         if not token:
             raise InvalidRequest("missing parameter `token`", code="missing_field", field="token")
         body = await run_in_threadpool(self.introspector.introspect, token)
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return reply(w.Introspection, body, headers={"Cache-Control": "no-store"})
 
     async def revoke_token(self, request: Request) -> Response:
         caller = bearer(request)
@@ -204,7 +205,7 @@ class CredentialsApi:
         else:
             with self._waiting(caller):
                 events, cursor = await self._long_poll(since, float(wait), limit)
-        return JSONResponse({"events": [e.to_dict() for e in events], "cursor": cursor})
+        return reply(w.Revocations, {"events": [e.to_dict() for e in events], "cursor": cursor})
 
     async def _long_poll(self, since: int, wait: float, limit: int) -> tuple[list[Any], int]:
         """The feed after ``since``, waiting up to ``wait`` s on the event loop, not a thread:

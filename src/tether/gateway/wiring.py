@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from tether.audit import event as ev
@@ -31,8 +31,10 @@ from tether.gateway.routes import load_routes
 from tether.identity.dpop import DpopProof
 from tether.identity.spiffe_id import parse_spiffe_id
 from tether.server.admin import OperationTable, Operator
-from tether.server.app import bearer, guarded, trace_id
-from tether.server.parsing import check_fields, parse_authorize, req_str
+from tether.server.app import bearer, guarded, reply, trace_id
+from tether.server.parsing import authorize_request
+from tether.wire import models as w
+from tether.wire.validate import parse
 
 if TYPE_CHECKING:
     from tether.runtime import Core, Runtime
@@ -63,22 +65,11 @@ def _enforcers(rt: Core) -> frozenset[str]:
     return frozenset(out)
 
 
-def _proof(raw: Any) -> DpopProof | None:
+def _proof(raw: w.DpopProofBody | None) -> DpopProof | None:
     """The agent's DPoP proof as the gateway received it: checked against the gateway's URL."""
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("`dpop` must be an object", code="invalid_field", field="dpop")
-    check_fields(raw, ("proof", "method", "url", "count"), "dpop.")
-    count = raw.get("count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 16:
-        raise InvalidRequest("`dpop.count` must be a small integer", code="invalid_field", field="dpop.count")
-    return DpopProof(
-        proof=req_str(raw, "proof", max_len=8192),
-        method=req_str(raw, "method", max_len=16),
-        url=req_str(raw, "url", max_len=4096),
-        count=count,
-    )
+    return DpopProof(proof=raw.proof, method=raw.method, url=raw.url, count=raw.count)
 
 
 class EnforcerApi:
@@ -141,95 +132,74 @@ class EnforcerApi:
         token = bearer(request)
         try:
             doc = await request.app.state.api.body(request)
-            req = parse_authorize(doc, trace_id=trace_id(request), extra_fields=("dpop", "audience"))
-            # Only a configured enforcement point may name its resource: it restricts which
-            # tokens pass (an OAuth access token is minted for exactly one resource).
-            audience = req_str(doc, "audience", max_len=2048, required=False) or None
+            body = parse(w.EnforcerAuthorizeRequest, doc)
         except InvalidRequest as bad:  # a forged task token is recorded whatever the body holds
             await run_in_threadpool(self.rt.broker.refuse_body, token, bad)
             raise
-        req = replace(req, audience=audience)
-        proof = _proof(doc.get("dpop"))
-        result = await run_in_threadpool(self.rt.broker.authorize, token, req, proof)
-        body: dict[str, Any] = {"decision": result.decision.to_dict(), "task": task_fields(result.task)}
+        # Only a configured enforcement point may name its resource (`audience`): it restricts
+        # which tokens pass (an OAuth access token is minted for exactly one resource).
+        req = replace(authorize_request(body, trace_id=trace_id(request)), audience=body.audience or None)
+        result = await run_in_threadpool(self.rt.broker.authorize, token, req, _proof(body.dpop))
+        answer: dict[str, Any] = {"decision": result.decision.to_dict(), "task": task_fields(result.task)}
         if result.credential is not None:
             c = result.credential
-            body["credential"] = {
+            answer["credential"] = {
                 "lease_id": c.lease_id,
                 "for_agent": c.for_agent,
                 "for_enforcer": c.for_enforcer,
             }
-        return JSONResponse(body, headers={"cache-control": "no-store"})
+        return reply(w.EnforcerAuthorizeResponse, answer, headers={"cache-control": "no-store"})
 
     async def visible(self, request: Request) -> Response:
         _, doc = await self._doc(request)
         token = bearer(request)
-        check_fields(doc, ("action", "resources", "dpop", "audience"))
-        resources = doc.get("resources")
-        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
-            raise InvalidRequest(
-                "`resources` must be a list of catalog ids", code="invalid_field", field="resources"
-            )
+        body = parse(w.VisibleRequest, doc)
         found = await run_in_threadpool(
             service.visible,
             self.rt,
             token,
-            req_str(doc, "action", max_len=64),
-            resources,
-            _proof(doc.get("dpop")),
-            req_str(doc, "audience", max_len=2048, required=False) or None,
+            body.action,
+            list(body.resources),
+            _proof(body.dpop),
+            body.audience or None,
         )
-        return JSONResponse({"resources": found})
+        return reply(w.VisibleResponse, {"resources": found})
 
     async def token(self, request: Request) -> Response:
         _, doc = await self._doc(request)
         token = bearer(request)
-        check_fields(doc, ("audience",))
-        audience = req_str(doc, "audience", max_len=2048, required=False) or None
-        found = await run_in_threadpool(service.check_token, self.rt, token, audience)
-        return JSONResponse(found, headers={"cache-control": "no-store"})
+        body = parse(w.TokenCheckRequest, doc)
+        found = await run_in_threadpool(service.check_token, self.rt, token, body.audience or None)
+        return reply(w.TokenChecked, found, headers={"cache-control": "no-store"})
 
     async def calls(self, request: Request) -> Response:
         enforcer, doc = await self._doc(request)
-        check_fields(doc, ("type", "task", "decision_id", "lease_id", "trace_id", "payload"))
-        payload, task = doc.get("payload") or {}, doc.get("task") or {}
-        if not isinstance(payload, dict) or not isinstance(task, dict):
-            raise InvalidRequest("`payload` and `task` must be objects", code="invalid_field")
+        body = parse(w.CallRecord, doc)
         await run_in_threadpool(
             service.record_call,
             self.rt,
-            req_str(doc, "type", max_len=48),
-            task,
-            req_str(doc, "decision_id", max_len=64, required=False) or None,
-            req_str(doc, "lease_id", max_len=64, required=False) or None,
-            req_str(doc, "trace_id", max_len=64, required=False) or None,
-            payload,
+            body.type,
+            body.task or {},
+            body.decision_id or None,
+            body.lease_id or None,
+            body.trace_id or None,
+            body.payload or {},
             enforcer,
         )
-        return JSONResponse({"recorded": True})
+        return reply(w.CallRecorded, {"recorded": True})
 
     async def arguments(self, request: Request) -> Response:
         _, doc = await self._doc(request)
-        check_fields(doc, ("resources",))
-        resources = doc.get("resources")
-        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
-            raise InvalidRequest(
-                "`resources` must be a list of catalog ids", code="invalid_field", field="resources"
-            )
-        found = service.tool_arguments(self.rt, resources)
-        body = {rid: {n: spec.to_dict() for n, spec in specs.items()} for rid, specs in found.items()}
-        return JSONResponse({"arguments": body})
+        body = parse(w.ArgumentsRequest, doc)
+        found = service.tool_arguments(self.rt, list(body.resources))
+        view = {rid: {n: spec.to_dict() for n, spec in specs.items()} for rid, specs in found.items()}
+        return reply(w.ArgumentsResponse, {"arguments": view})
 
     async def tools(self, request: Request) -> Response:
         _, doc = await self._doc(request)
-        check_fields(doc, ("server", "tools"))
-        tools = doc.get("tools")
-        if not isinstance(tools, dict) or not all(isinstance(v, dict) for v in tools.values()):
-            raise InvalidRequest(
-                "`tools` must map tool names to definitions", code="invalid_field", field="tools"
-            )
-        states = await run_in_threadpool(self.pins.observe, req_str(doc, "server", max_len=128), tools)
-        return JSONResponse({"states": states})
+        body = parse(w.ToolsRequest, doc)
+        states = await run_in_threadpool(self.pins.observe, body.server, dict(body.tools))
+        return reply(w.ToolsResponse, {"states": states})
 
 
 def build(rt: Core) -> GatewayLayer:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from tether.errors import ConfigError, Unauthenticated, Unavailable
+from tether.sdk import _wire as wire
 from tether.sdk.dpop import make_proof, new_key
 from tether.sdk.errors import error_from_response
 from tether.sdk.local import WORKLOAD_SOCKET, local_broker  # noqa: F401  (re-exported)
@@ -95,22 +96,16 @@ class _Base:
         on_behalf_of: str | None,
         delegation: Delegation | str | None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {}
-        if delegation is not None:
-            body["delegation"] = delegation.id if isinstance(delegation, Delegation) else delegation
-        elif not intent:
+        if delegation is None and not intent:
             raise ConfigError("name the task's `intent` (or redeem a `delegation`)", code="intent_required")
-        if intent:
-            body["intent"] = intent
-        if description:
-            body["description"] = description
-        if scope is not None:
-            body["scope"] = grants(scope)
-        if ttl is not None:
-            body["ttl_seconds"] = ttl_seconds(ttl)
-        if on_behalf_of:
-            body["delegator_token"] = on_behalf_of
-        return body
+        return wire.OpenTaskRequest(
+            intent=intent or None,
+            description=description or None,
+            scope=grants(scope) if scope is not None else None,
+            ttl_seconds=ttl_seconds(ttl) if ttl is not None else None,
+            delegation=(delegation.id if isinstance(delegation, Delegation) else delegation) or None,
+            delegator_token=on_behalf_of or None,
+        ).to_wire()
 
     @staticmethod
     def _decode(response: httpx.Response) -> dict[str, Any]:

@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from tether.errors import ErrorCode, Forbidden, TetherError, Unavailable, error_class
 from tether.model import Reason
+from tether.sdk import _wire as wire
 
 __all__ = ["ApprovalRequired", "ApprovalTimeout", "Denied", "NoActiveTask", "error_from_response"]
 
@@ -89,17 +89,15 @@ class NoActiveTask(Forbidden):
 def error_from_response(response: httpx.Response) -> TetherError:
     """Turn a broker error response into the matching ``TetherError`` with the broker's code."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, Mapping) or not isinstance(body.get("code"), str):
+        body = wire.ErrorBody.from_wire(response.json())
+    except (ValueError, wire.WireError):
         return Unavailable(
             f"the broker answered HTTP {response.status_code} without an error body; check the broker URL",
             code=ErrorCode.BAD_BROKER_RESPONSE,
             status=response.status_code,
         )
-    code = str(body["code"])
-    message = str(body.get("message") or code)
-    details = {k: v for k, v in body.items() if k not in ("code", "message")}
+    details = dict(body.extra)
+    if body.field is not None:
+        details["field"] = body.field
     # The broker's status → class mapping, reversed (one table in ``tether.errors``).
-    return error_class(response.status_code)(message, code=code, **details)
+    return error_class(response.status_code)(body.message or body.code, code=body.code, **details)

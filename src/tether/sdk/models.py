@@ -1,4 +1,10 @@
-"""What the broker answers, as typed records (the JSON shapes of ``/openapi.json``)."""
+"""What the broker answers, as typed records.
+
+The wire shapes themselves are the generated records of ``tether.sdk._wire`` (made from
+the broker's wire models, the ones ``/openapi.json`` publishes); these classes add what
+a caller wants on top — properties, ``explain()``, secrets kept out of ``repr`` — and turn
+an unreadable answer into a fail-closed ``Unavailable``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from tether.errors import InvalidRequest, Unavailable
+from tether.errors import ErrorCode, InvalidRequest, Unavailable
 from tether.model import Grant, Outcome, Reason
+from tether.sdk import _wire as wire
 
 __all__ = ["Credential", "Decision", "Delegation", "GrantLike", "grants", "ttl_seconds"]
 
@@ -16,22 +23,27 @@ __all__ = ["Credential", "Decision", "Delegation", "GrantLike", "grants", "ttl_s
 GrantLike = Grant | tuple[str, str] | Mapping[str, str]
 
 
-def grants(scope: Iterable[GrantLike]) -> list[dict[str, str]]:
+def grants(scope: Iterable[GrantLike]) -> tuple[wire.Grant, ...]:
     out = []
     for i, g in enumerate(scope):
         if isinstance(g, Grant):
-            out.append(g.to_dict())
+            out.append(wire.Grant(g.action, g.resource))
         elif isinstance(g, tuple) and len(g) == 2:
-            out.append({"action": str(g[0]), "resource": str(g[1])})
+            out.append(wire.Grant(str(g[0]), str(g[1])))
         elif isinstance(g, Mapping) and set(g) == {"action", "resource"}:
-            out.append({"action": str(g["action"]), "resource": str(g["resource"])})
+            out.append(wire.Grant(str(g["action"]), str(g["resource"])))
         else:
             raise InvalidRequest(
                 f"`scope[{i}]` must be (action, resource), a Grant or {{action, resource}}",
                 code="invalid_scope",
                 field=f"scope[{i}]",
             )
-    return out
+    return tuple(out)
+
+
+def unreadable(what: str) -> Unavailable:
+    """Fail closed: an answer the client cannot read is never an allow."""
+    return Unavailable(f"the broker's {what} could not be read", code=ErrorCode.BAD_BROKER_RESPONSE)
 
 
 def ttl_seconds(ttl: int | float | timedelta) -> int:
@@ -95,24 +107,17 @@ class Decision:
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Decision:
         try:
-            outcome = Outcome(body["decision"])
-            decision_id = str(body["decision_id"])
-            reasons = tuple(
-                Reason(str(r.get("policy_id", "")), str(r.get("message", "")))
-                for r in body.get("reasons") or ()
-            )
-        except (KeyError, ValueError, AttributeError, TypeError) as exc:
-            # Fail closed: an answer we cannot read is never an allow.
-            raise Unavailable("the broker's decision could not be read", code="bad_broker_response") from exc
-        cred = body.get("credential")
+            d = wire.AuthorizeResponse.from_wire(body)
+        except wire.WireError as exc:
+            raise unreadable("decision") from exc
         return cls(
-            outcome,
-            decision_id,
-            reasons,
-            str(body.get("policy_version", "")),
-            body.get("approval_id"),
-            body.get("code"),
-            Credential.parse(cred) if isinstance(cred, Mapping) else None,
+            Outcome(d.decision),
+            d.decision_id,
+            tuple(Reason(r.policy_id, r.message) for r in d.reasons),
+            d.policy_version,
+            d.approval_id,
+            d.code,
+            Credential.parse(d.credential) if d.credential is not None else None,
         )
 
 
@@ -128,10 +133,14 @@ class Delegation:
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Delegation:
+        try:
+            d = wire.DelegationOffered.from_wire(body)
+        except wire.WireError as exc:
+            raise unreadable("delegation") from exc
         return cls(
-            str(body["delegation"]),
-            str(body["child"]),
-            float(body["expires_at"]),
-            tuple(Grant(g["action"], g["resource"]) for g in body.get("scope") or ()),
-            int(body["ttl_seconds"]),
+            d.delegation,
+            d.child,
+            d.expires_at,
+            tuple(Grant(g.action, g.resource) for g in d.scope),
+            d.ttl_seconds,
         )

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from tether.errors import Forbidden, Unavailable
 from tether.model import Grant, Outcome
+from tether.sdk import _wire as wire
 from tether.sdk.errors import ApprovalRequired, ApprovalTimeout, Denied, NoActiveTask
-from tether.sdk.models import Credential, Decision, Delegation, GrantLike, grants, ttl_seconds
+from tether.sdk.models import Credential, Decision, Delegation, GrantLike, grants, ttl_seconds, unreadable
 
 if TYPE_CHECKING:
     from tether.sdk.client import AsyncClient, Client
@@ -81,12 +82,19 @@ def _poll_intervals(deadline: float) -> Iterator[float]:
 def _authorize_body(
     action: str, resource: str, arguments: Mapping[str, Any] | None, method: str | None, path: str | None
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"action": action, "resource": resource}
-    if arguments:
-        body["arguments"] = dict(arguments)
-    if method or path:
-        body["context"] = {k: v for k, v in (("method", method), ("path", path)) if v}
-    return body
+    context = wire.RequestContext(method or None, path or None) if method or path else None
+    return wire.AuthorizeRequestBody(
+        action, resource, dict(arguments) if arguments else None, context
+    ).to_wire()
+
+
+def _closed_ids(body: Mapping[str, Any]) -> list[str]:
+    """The ids a close ended. The close itself succeeded (a 2xx): an answer this client
+    cannot read only loses the list, it must not turn a finished ``with`` block into an error."""
+    try:
+        return list(wire.TaskClosed.from_wire(body).closed)
+    except wire.WireError:
+        return []
 
 
 def _timeout_error(exc: ApprovalRequired, waited: float) -> ApprovalTimeout:
@@ -103,16 +111,15 @@ def _timeout_error(exc: ApprovalRequired, waited: float) -> ApprovalTimeout:
 class _TaskBase:
     def __init__(self, body: Mapping[str, Any]) -> None:
         try:
-            self.id: str = str(body["task_id"])
-            self.token: str = str(body["task_token"])
-            self.expires_at: float = float(body["expires_at"])
-            self.scope: tuple[Grant, ...] = tuple(Grant(g["action"], g["resource"]) for g in body["scope"])
-            self.depth: int = int(body.get("depth") or 0)
-            self.parent_id: str | None = body.get("parent_id")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Unavailable(
-                "the broker's task answer could not be read", code="bad_broker_response"
-            ) from exc
+            opened = wire.TaskOpened.from_wire(body)
+        except wire.WireError as exc:
+            raise unreadable("task answer") from exc
+        self.id: str = opened.task_id
+        self.token: str = opened.task_token
+        self.expires_at: float = opened.expires_at
+        self.scope: tuple[Grant, ...] = tuple(Grant(g.action, g.resource) for g in opened.scope)
+        self.depth: int = opened.depth
+        self.parent_id: str | None = opened.parent_id
         self.closed = False
         self._ctx_tokens: list[contextvars.Token[Task | AsyncTask | None]] = []
 
@@ -189,7 +196,7 @@ class Task(_TaskBase):
 
     def delegate(self, child: str, scope: Iterable[GrantLike], ttl: int | float | timedelta) -> Delegation:
         """Offer part of this task to ``child`` (a SPIFFE ID), redeemed with ``client.task(delegation=…)``."""
-        body = {"child": child, "scope": grants(scope), "ttl_seconds": ttl_seconds(ttl)}
+        body = wire.DelegateRequest(child, grants(scope), ttl_seconds(ttl)).to_wire()
         return Delegation.parse(
             self.client._call("POST", f"/v1/tasks/{self.id}/delegations", token=self.token, json=body)
         )
@@ -201,7 +208,7 @@ class Task(_TaskBase):
         """Close this task and every task it delegated to; returns the ids closed."""
         body = self.client._call("POST", f"/v1/tasks/{self.id}/close", token=self.token, json={})
         self.closed = True
-        return [str(t) for t in body.get("closed") or ()]
+        return _closed_ids(body)
 
     @contextlib.contextmanager
     def bind(self) -> Iterator[Task]:
@@ -313,7 +320,7 @@ class AsyncTask(_TaskBase):
     async def delegate(
         self, child: str, scope: Iterable[GrantLike], ttl: int | float | timedelta
     ) -> Delegation:
-        body = {"child": child, "scope": grants(scope), "ttl_seconds": ttl_seconds(ttl)}
+        body = wire.DelegateRequest(child, grants(scope), ttl_seconds(ttl)).to_wire()
         return Delegation.parse(
             await self.client._call("POST", f"/v1/tasks/{self.id}/delegations", token=self.token, json=body)
         )
@@ -324,7 +331,7 @@ class AsyncTask(_TaskBase):
     async def close(self) -> list[str]:
         body = await self.client._call("POST", f"/v1/tasks/{self.id}/close", token=self.token, json={})
         self.closed = True
-        return [str(t) for t in body.get("closed") or ()]
+        return _closed_ids(body)
 
     @contextlib.contextmanager
     def bind(self) -> Iterator[AsyncTask]:

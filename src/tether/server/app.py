@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from starlette.routing import Route
 from tether import tracing
 from tether.broker import OpenTaskRequest
 from tether.errors import (
+    ErrorCode,
     Forbidden,
     HeadersTooLarge,
     InvalidRequest,
@@ -39,16 +41,10 @@ from tether.identity.dpop import DpopProof
 from tether.model import Task
 from tether.server.edge import CatchAll
 from tether.server.metrics import metrics_endpoint
-from tether.server.openapi import OPENAPI
-from tether.server.parsing import (
-    check_fields,
-    header_int,
-    parse_authorize,
-    parse_json_object,
-    parse_scope,
-    req_int,
-    req_str,
-)
+from tether.server.openapi import document as openapi_document
+from tether.server.parsing import authorize_request, grants, header_int, parse_json_object
+from tether.wire import models as w
+from tether.wire.validate import parse, render_json
 
 if TYPE_CHECKING:
     from tether.runtime import Runtime
@@ -59,6 +55,13 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 Handler = Callable[[Request], Awaitable[Response]]
 #: Longest path plus query string a request may have (no route needs more than a few hundred).
 MAX_TARGET_BYTES = 8192
+
+
+def reply(
+    model: type[BaseModel], view: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An answer rendered through its wire model (the shape ``/openapi.json`` documents)."""
+    return Response(render_json(model, view), status, headers, media_type="application/json")
 
 
 def error_response(exc: TetherError) -> JSONResponse:
@@ -158,20 +161,25 @@ class Api:
             # A forged credential is refused (and recorded) as such whatever the body holds.
             await run_in_threadpool(self._authenticate, token)
             raise
-        check_fields(doc, ("intent", "description", "scope", "ttl_seconds", "delegation", "delegator_token"))
-        delegation = req_str(doc, "delegation", required=False) or None
-        delegator_token = (
-            req_str(doc, "delegator_token", max_len=self.rt.settings.limits.max_token_bytes, required=False)
-            or None
-        )
+        body = parse(w.OpenTaskRequest, doc)
+        delegation = body.delegation or None
+        if body.intent is None and delegation is None:
+            raise InvalidRequest("missing field `intent`", code=ErrorCode.MISSING_FIELD, field="intent")
+        limit = self.rt.settings.limits.max_token_bytes
+        if body.delegator_token is not None and len(body.delegator_token) > limit:
+            raise InvalidRequest(
+                f"`delegator_token` is longer than {limit} characters",
+                code=ErrorCode.INVALID_FIELD,
+                field="delegator_token",
+            )
+        delegator_token = body.delegator_token or None
         proof = dpop_proof(request, self.rt.settings.identity.public_url)
-        scope = parse_scope(doc["scope"]) if "scope" in doc else None
         req = OpenTaskRequest(
-            intent=req_str(doc, "intent", max_len=64, required=delegation is None) or None,
-            description=req_str(doc, "description", max_len=2000, required=False),
-            scope=scope,
-            ttl_seconds=req_int(
-                doc, "ttl_seconds", lo=1, hi=30 * 24 * 3600, default=self.rt.settings.tasks.max_ttl_seconds
+            intent=body.intent or None,
+            description=body.description or "",
+            scope=grants(body.scope) if body.scope is not None else None,
+            ttl_seconds=(
+                body.ttl_seconds if body.ttl_seconds is not None else self.rt.settings.tasks.max_ttl_seconds
             ),
             delegation=delegation,
         )
@@ -186,17 +194,15 @@ class Api:
             return self.rt.broker.open_task(workload, replace(req, delegator=delegator, cnf_jkt=jkt))
 
         opened = await run_in_threadpool(run)
-        return JSONResponse(
-            {
-                "task_id": opened.task.id,
-                "task_token": opened.token,
-                "expires_at": opened.task.expires_at,
-                "scope": [g.to_dict() for g in opened.task.scope],
-                "depth": opened.task.depth,
-                "parent_id": opened.task.parent_id,
-            },
-            status_code=201,
-        )
+        view = {
+            "task_id": opened.task.id,
+            "task_token": opened.token,
+            "expires_at": opened.task.expires_at,
+            "scope": [g.to_dict() for g in opened.task.scope],
+            "depth": opened.task.depth,
+            "parent_id": opened.task.parent_id,
+        }
+        return reply(w.TaskOpened, view, 201)
 
     async def get_task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -211,16 +217,13 @@ class Api:
                 raise Forbidden("this token may not read that task", code="token_task_mismatch")
             return task_view(task, children)
 
-        return JSONResponse(await run_in_threadpool(run))
+        return reply(w.TaskView, await run_in_threadpool(run))
 
     async def delegate(self, request: Request) -> Response:
         token = bearer(request)
         proof = dpop_proof(request, self.rt.settings.identity.public_url)
-        doc = await self.body(request)
-        check_fields(doc, ("child", "scope", "ttl_seconds"))
-        child = req_str(doc, "child", max_len=2048)
-        scope = parse_scope(doc.get("scope"))
-        ttl = req_int(doc, "ttl_seconds", lo=1, hi=30 * 24 * 3600)
+        body = parse(w.DelegateRequest, await self.body(request))
+        child, scope, ttl = body.child, grants(body.scope), body.ttl_seconds
         task_id = request.path_params["task_id"]
 
         def run() -> Any:
@@ -228,16 +231,14 @@ class Api:
             return self.rt.broker.delegate(claims, task_id, child, scope, ttl)
 
         d = await run_in_threadpool(run)
-        return JSONResponse(
-            {
-                "delegation": d.id,
-                "child": d.child_agent,
-                "expires_at": d.expires_at,
-                "scope": [g.to_dict() for g in d.scope],
-                "ttl_seconds": d.ttl_seconds,
-            },
-            status_code=201,
-        )
+        view = {
+            "delegation": d.id,
+            "child": d.child_agent,
+            "expires_at": d.expires_at,
+            "scope": [g.to_dict() for g in d.scope],
+            "ttl_seconds": d.ttl_seconds,
+        }
+        return reply(w.DelegationOffered, view, 201)
 
     async def close(self, request: Request) -> Response:
         token = bearer(request)
@@ -249,41 +250,42 @@ class Api:
             return self.rt.broker.close_task(task_id, by=claims.agent, claims=claims)
 
         closed = await run_in_threadpool(run)
-        return JSONResponse({"task_id": task_id, "closed": closed})
+        return reply(w.TaskClosed, {"task_id": task_id, "closed": closed})
 
     async def authorize(self, request: Request) -> Response:
         token = bearer(request)
         proof = dpop_proof(request, self.rt.settings.identity.public_url)
         try:
-            req = parse_authorize(await self.body(request), trace_id=trace_id(request))
+            body = parse(w.AuthorizeRequestBody, await self.body(request))
         except InvalidRequest as bad:
             # A forged token is refused and recorded as forged, whatever the body holds.
             await run_in_threadpool(self.rt.broker.refuse_body, token, bad)
             raise
+        req = authorize_request(body, trace_id=trace_id(request))
         if self.rt.db.dialect == "sqlite":
             # A few hundred microseconds of CPU and a local commit: cheaper on the loop than
             # a round trip through a worker thread. PostgreSQL waits on the network: thread.
             result = self.rt.broker.authorize(token, req, proof)
         else:
             result = await run_in_threadpool(self.rt.broker.authorize, token, req, proof)
-        body = result.decision.to_dict()
+        answer = result.decision.to_dict()
         if result.credential is not None and result.credential.for_agent is not None:
-            body["credential"] = {"lease_id": result.credential.lease_id, **result.credential.for_agent}
-        return JSONResponse(body)
+            answer["credential"] = {"lease_id": result.credential.lease_id, **result.credential.for_agent}
+        return reply(w.AuthorizeResponse, answer)
 
     async def jwks(self, request: Request) -> Response:
-        return JSONResponse(self.rt.keys.jwks(), headers={"Cache-Control": "max-age=60"})
+        return reply(w.Jwks, self.rt.keys.jwks(), headers={"Cache-Control": "max-age=60"})
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return reply(w.Health, {"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
         ok = await run_in_threadpool(self.rt.db.ping)
         body = {"status": "ok" if ok else "unavailable", "policy_version": self.rt.engine.bundle.version}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return reply(w.Readiness, body, 200 if ok else 503)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+        return JSONResponse(openapi_document())
 
 
 def guarded(handler: Handler) -> Handler:

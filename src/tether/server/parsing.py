@@ -12,6 +12,10 @@ the field at fault) unless the rest of the broker can hold it without surprise:
 * Integers in query strings and headers are ASCII digits only: ``"²".isdigit()`` is true
   but ``int("²")`` fails, so ``str.isdigit`` is never the check.
 * A query parameter appears at most once.
+
+The shape of a decoded body (fields, types, bounds) is checked by its wire model
+(``tether.wire``), which refuses with the same codes (``unknown_field``, ``missing_field``,
+``invalid_field``, ``invalid_scope``).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from tether.broker import AuthorizeRequest
 from tether.errors import InvalidRequest
 from tether.model import Grant
+from tether.wire import models as w
+from tether.wire.validate import parse
 
 #: Deepest nesting a JSON body may have (objects and arrays); far above any real body.
 MAX_DEPTH = 32
@@ -198,51 +204,28 @@ def req_int(doc: Mapping[str, Any], key: str, *, lo: int, hi: int, default: int 
     return value
 
 
-def parse_scope(value: Any, key: str = "scope") -> tuple[Grant, ...]:
-    if not isinstance(value, list) or len(value) > 100:
-        raise InvalidRequest(
-            f"`{key}` must be a list of at most 100 {{action, resource}} objects",
-            code="invalid_scope",
-            field=key,
-        )
-    grants = []
-    for i, item in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"`{where}` must be an object", code="invalid_scope", field=where)
-        check_fields(item, ("action", "resource"), f"{where}.")
-        grants.append(Grant(req_str(item, "action", max_len=64), req_str(item, "resource")))
-    return tuple(grants)
+def grants(scope: Sequence[w.Grant]) -> tuple[Grant, ...]:
+    return tuple(Grant(g.action, g.resource) for g in scope)
 
 
-def parse_arguments(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest("`arguments` must be an object", code="invalid_field", field="arguments")
-    if len(value) > 64:
-        raise InvalidRequest("`arguments` may hold at most 64 keys", code="invalid_field", field="arguments")
-    return value
+def parse_scope(value: Any) -> tuple[Grant, ...]:
+    """A ``scope`` value (a list of ``{action, resource}``), through the wire model."""
+    return grants(parse(w.DelegateRequest, {"child": "-", "scope": value, "ttl_seconds": 1}).scope)
 
 
-AUTHORIZE_FIELDS = ("action", "resource", "arguments", "context")
-
-
-def parse_authorize(
-    doc: Mapping[str, Any], *, trace_id: str | None, extra_fields: Collection[str] = ()
-) -> AuthorizeRequest:
-    """An authorize body — ``{action, resource, arguments?, context?: {method, path}}`` —
-    as the agent API and the enforcer API both accept it (plus ``extra_fields``)."""
-    check_fields(doc, (*AUTHORIZE_FIELDS, *extra_fields))
-    ctx = doc.get("context") or {}
-    if not isinstance(ctx, dict):
-        raise InvalidRequest("`context` must be an object", code="invalid_field", field="context")
-    check_fields(ctx, ("method", "path"), "context.")
+def authorize_request(body: w.AuthorizeRequestBody, *, trace_id: str | None) -> AuthorizeRequest:
+    """The broker's request for a parsed authorize body (agent API and enforcer API alike)."""
+    ctx = body.context
     return AuthorizeRequest(
-        action=req_str(doc, "action", max_len=64),
-        resource=req_str(doc, "resource"),
-        arguments=parse_arguments(doc.get("arguments")),
-        method=req_str(ctx, "method", max_len=16, required=False),
-        path=req_str(ctx, "path", max_len=4096, required=False),
+        action=body.action,
+        resource=body.resource,
+        arguments=body.arguments or {},
+        method=(ctx.method or "") if ctx is not None else "",
+        path=(ctx.path or "") if ctx is not None else "",
         trace_id=trace_id,
     )
+
+
+def parse_authorize(doc: Any, *, trace_id: str | None) -> AuthorizeRequest:
+    """An authorize body — ``{action, resource, arguments?, context?: {method, path}}``."""
+    return authorize_request(parse(w.AuthorizeRequestBody, doc), trace_id=trace_id)
