@@ -201,6 +201,10 @@ def test_answers_match_their_documented_schemas(served, agent, domain, runtime, 
     r = c.call("post", "/v1/tasks", json={**body, "scope": None}, headers=svid)
     assert (r.status_code, r.json()["code"]) == (400, "invalid_scope")
     assert c.call("post", "/v1/tasks", json=body).status_code == 401
+    # The documented bound is the largest any configuration allows; the configured one holds.
+    too_long = "x" * (runtime.settings.limits.max_token_bytes + 1)
+    r = c.call("post", "/v1/tasks", json={**body, "delegator_token": too_long}, headers=svid)
+    assert (r.status_code, r.json()["field"]) == (400, "delegator_token")
     r = c.call("post", "/v1/authorize", json={"action": 1, "resource": "x"}, headers=task)
     assert (r.status_code, r.json()["code"], r.json()["field"]) == (400, "invalid_field", "action")
     # The edge's own refusals (405, 404) answer the same error body.
@@ -287,6 +291,48 @@ def test_strict_decoding_is_kept_in_front_of_the_models(served, agent, raw):
     tok = agent.open([READ_Q]).json()["task_token"]
     r = Checked(served).call("post", "/v1/authorize", content=raw, headers={**_bearer(tok), **JSON})
     assert (r.status_code, r.json()["code"]) == (400, "malformed_json")
+
+
+@pytest.mark.parametrize(
+    "model, doc, code, field",
+    [
+        ("OpenTaskRequest", {"intent": "x", "scope": None}, "invalid_scope", "scope"),
+        ("OpenTaskRequest", {"intent": "x", "ttl_seconds": None}, "missing_field", "ttl_seconds"),
+        ("OpenTaskRequest", {"intent": "x", "ttl_seconds": "60"}, "invalid_field", "ttl_seconds"),
+        ("OpenTaskRequest", {"intent": "x", "ttl_seconds": True}, "invalid_field", "ttl_seconds"),
+        (
+            "OpenTaskRequest",
+            {"intent": "x", "scope": [{"action": "read"}]},
+            "missing_field",
+            "scope[0].resource",
+        ),
+        ("OpenTaskRequest", {"intent": "x", "scope": [READ_Q] * 101}, "invalid_scope", "scope"),
+        ("DelegateRequest", {"child": "c", "ttl_seconds": 60}, "invalid_scope", "scope"),
+        (
+            "DelegateRequest",
+            {"child": "c", "scope": [{**READ_Q, "x": 1}], "ttl_seconds": 1},
+            "unknown_field",
+            "scope[0].x",
+        ),
+        ("AuthorizeRequestBody", {**READ_Q, "context": {"sudo": 1}}, "unknown_field", "context.sudo"),
+        (
+            "AuthorizeRequestBody",
+            {**READ_Q, "arguments": {str(i): i for i in range(65)}},
+            "invalid_field",
+            "arguments",
+        ),
+        ("AuthorizeRequestBody", {"action": "a" * 65, "resource": "r"}, "invalid_field", "action"),
+    ],
+)
+def test_models_refuse_what_the_hand_parser_refused(model, doc, code, field):
+    """Strict as before: null is not "absent", no coercion, bounds hold, fields named by path."""
+    from tether.errors import InvalidRequest
+    from tether.wire import models as m
+    from tether.wire.validate import parse
+
+    with pytest.raises(InvalidRequest) as exc:
+        parse(getattr(m, model), doc)
+    assert (exc.value.code, exc.value.details["field"]) == (code, field)
 
 
 # -- the client's records -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from tether.errors import ErrorCode
 from tether.wire import models as m
 
 Security = Literal["svid", "task", "task+enforcer", "enforcer", "svid-or-task"]
@@ -379,7 +380,13 @@ def _schemas() -> dict[str, Any]:
         [(model, "validation") for model in sorted(models, key=lambda x: x.__name__)],
         ref_template="#/components/schemas/{model}",
     )
-    return dict(sorted(top.get("$defs", {}).items()))
+    defs = dict(top.get("$defs", {}))
+    defs["ErrorCode"] = {
+        "type": "string",
+        "enum": [c.value for c in ErrorCode],
+        "description": "the error codes this version names (`ErrorBody.code`; the set may grow)",
+    }
+    return dict(sorted(defs.items()))
 
 
 @cache
@@ -390,7 +397,16 @@ def document() -> dict[str, Any]:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Tether broker API", "version": "1"},
+        "info": {
+            "title": "Tether broker API",
+            "version": "1",
+            "description": (
+                "Every error is an `ErrorBody` with a stable `code`. Request bodies are strict: "
+                "unknown fields, duplicate keys, NaN and integers beyond ±(2^53-1) are refused "
+                "(400). Not part of this API: the operators' console (HTML, under `/console`) "
+                "and the in-process HTTP gateway (under `gateway.http_mount`)."
+            ),
+        },
         "components": {
             "securitySchemes": {
                 "svid": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT-SVID"},

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from tether.errors import ErrorCode
 from tether.model import Outcome, TaskState
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
@@ -75,7 +74,12 @@ class ErrorBody(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    code: ErrorCode
+    # An open set: `ErrorCode` (also in the document) lists the codes this version names,
+    # a few layers pass theirs as strings (`dpop_invalid`), and a client must accept a
+    # code it has never seen (by its HTTP status) rather than fail on it.
+    code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)] = Field(
+        description="stable and machine-readable; `ErrorCode` lists the known ones (the set may grow)"
+    )
     message: str
     field: str | None = Field(default=None, description="the request field at fault")
 
