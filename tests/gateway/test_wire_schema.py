@@ -262,12 +262,12 @@ def test_answers_match_their_documented_schemas(served, agent, domain, runtime, 
     r = c.call("post", "/v1/gateway/tools", json={"server": "demo", "tools": tools}, headers=gw)
     assert r.status_code == 200, r.text
 
+    r = c.call("post", "/v1/gateway/token", json={}, headers=gw)
+    assert r.status_code == 200 and r.json()["task_id"] == task_id, r.text
     r = c.call("post", f"/v1/tasks/{task_id}/close", headers=task)
     assert r.status_code == 200 and task_id in r.json()["closed"]
     assert c.call("post", "/v1/revoke-token", data={"token": tok}, headers=svid).status_code == 200
 
-    r = c.call("post", "/v1/gateway/token", json={}, headers=gw)
-    assert r.status_code == 200 and r.json()["task_id"] == task_id, r.text
     assert c.call("get", "/metrics").status_code in (200, 404)
 
     answered = {(p, m) for p, m, s in c.seen if s < 300}
