@@ -183,3 +183,22 @@ def test_masked_values_in_a_decision_input_keep_their_type_and_a_salted_digest()
 def test_mask_digests_depend_on_the_salt():
     """Another deployment's key gives another digest: guesses cannot be hashed without it."""
     assert mask_digest(b"a" * 32, "1234") != mask_digest(b"b" * 32, "1234")
+
+
+def test_secret_registered_after_its_text_was_seen_clean_is_still_masked():
+    """The masker remembers strings that needed no masking; registering a secret forgets
+    them, so a value seen clean before its registration is masked from then on."""
+    masker = Masker()
+    leaked = "hunter2-upstream-key"
+    assert masker("decision", {"note": leaked})["note"] == leaked  # not a secret yet: kept
+    masker.register_secret(leaked)
+    assert masker("decision", {"note": leaked})["note"] == MASK
+
+
+def test_default_pattern_is_applied_to_a_string_seen_before_in_another_field():
+    """A string remembered as clean in one place is clean everywhere; a secret-looking
+    key still masks it (the key rule does not depend on the value)."""
+    masker = Masker()
+    value = "plain-value-123456"
+    assert masker("decision", {"note": value})["note"] == value
+    assert masker("decision", {"password": value})["password"] == MASK

@@ -31,6 +31,7 @@ equality with a policy literal or another masked value. Path rules that start wi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -109,6 +110,16 @@ def _parse_path(path: str) -> tuple[str, ...]:
     return tuple(part for part in p.strip(".").split(".") if part)
 
 
+_CLEAN_MAX = 8192  # clean strings remembered per masker
+_CLEAN_MAX_LEN = 256  # longer strings are rarely repeated: not worth keeping
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    """Whether a payload key names a secret (keys repeat from event to event)."""
+    return _SECRET_KEY.search(key) is not None
+
+
 class Masker:
     """A payload filter; thread-safe (registered secrets may change while events flow)."""
 
@@ -137,6 +148,11 @@ class Masker:
         self._patterns = [re.compile(p) for p in (*DEFAULT_PATTERNS, *patterns)]
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._secrets_re: re.Pattern[str] | None = None
+        # Strings already found to need no masking under the current patterns and secrets
+        # (most payload strings repeat: actions, resources, outcomes). Replaced, never
+        # edited, when the registered secrets change, so a walk that started before keeps
+        # filling its own, discarded copy. Only clean strings are kept: no secret lingers.
+        self._clean: dict[str, None] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -175,13 +191,14 @@ class Masker:
         # Longest first so a secret that contains another is masked whole.
         ordered = sorted(self._secrets, key=len, reverse=True)
         self._secrets_re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._clean = {}
 
     # -- the filter --------------------------------------------------------------------------
     def __call__(self, _type: str, payload: dict[str, Any]) -> dict[str, Any]:
         masked: list[str] = []
         with self._lock:
-            secrets_re = self._secrets_re
-        out: dict[str, Any] = self._walk(payload, (), masked, secrets_re, 0, False)
+            secrets_re, clean = self._secrets_re, self._clean
+        out: dict[str, Any] = self._walk(payload, (), masked, secrets_re, 0, False, clean)
         for path in self._paths:
             out = self._mask_path(out, path, (), masked)
         if masked:
@@ -198,6 +215,7 @@ class Masker:
         secrets_re: re.Pattern[str] | None,
         depth: int,
         typed: bool,
+        clean: dict[str, None],
     ) -> Any:
         if depth > _MAX_DEPTH:
             masked.append(_fmt(path))
@@ -209,12 +227,12 @@ class Masker:
                 key = str(k)
                 if key == MASKED_KEY and not path:
                     out[key] = v
-                elif _SECRET_KEY.search(key) or (headers and key.lower() in self._headers):
+                elif _secret_key(key) or (headers and key.lower() in self._headers):
                     out[key] = self.typed_mask(v) if typed else MASK
                     masked.append(_fmt((*path, key)))
                 else:
                     inner = typed or (not path and key == INPUT_KEY)
-                    out[key] = self._walk(v, (*path, key), masked, secrets_re, depth + 1, inner)
+                    out[key] = self._walk(v, (*path, key), masked, secrets_re, depth + 1, inner, clean)
             return out
         if isinstance(value, list | tuple):
             headers = bool(path) and path[-1].lower().endswith("headers")
@@ -230,9 +248,11 @@ class Masker:
                     items.append([v[0], self.typed_mask(v[1]) if typed else MASK])
                     masked.append(_fmt((*path, str(i))))
                 else:
-                    items.append(self._walk(v, (*path, str(i)), masked, secrets_re, depth + 1, typed))
+                    items.append(self._walk(v, (*path, str(i)), masked, secrets_re, depth + 1, typed, clean))
             return items
         if isinstance(value, str):
+            if value in clean:
+                return value
             new = value
             for pattern in self._patterns:
                 new = pattern.sub(MASK, new)
@@ -242,6 +262,10 @@ class Masker:
                 masked.append(_fmt(path))
                 # In a decision input a partly masked string would replay as another value.
                 return self.typed_mask(value) if typed else new
+            if len(value) <= _CLEAN_MAX_LEN:
+                if len(clean) >= _CLEAN_MAX:
+                    clean.clear()
+                clean[value] = None
             return new
         return value
 
