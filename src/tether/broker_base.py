@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tether import actions
@@ -29,6 +28,10 @@ from tether.errors import (
     Unavailable,
 )
 from tether.identity.spiffe_id import parse_spiffe_id
+
+# The action request and the minted credential are kernel records (``tether.model``), so
+# the credentials layer takes them without importing the broker; re-exported for callers.
+from tether.model import AuthorizeRequest as AuthorizeRequest
 from tether.model import (
     Decision,
     Delegator,
@@ -36,12 +39,14 @@ from tether.model import (
     Task,
     TaskState,
 )
+from tether.model import IssuedCredential as IssuedCredential
+from tether.model import new_id as new_id
 from tether.policy.context import (
     task_context_from_task,
 )
 from tether.policy.engine import PolicyEngine, PolicyPrincipal
+from tether.seams import CredentialIssuer, Store
 from tether.store import repo
-from tether.store.db import Database
 from tether.tokens import TaskTokenClaims, TaskTokens
 
 Clock = Callable[[], float]
@@ -59,10 +64,6 @@ BatchProgress = Callable[[int, int], None]
 def _trust_domain(agent: str) -> str:
     """Parsed once per agent id: every decision builds the principal from it."""
     return parse_spiffe_id(agent).trust_domain
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(16)}"
 
 
 def args_digest(arguments: Mapping[str, Any]) -> str:
@@ -86,34 +87,6 @@ class OpenTaskRequest:
 class OpenedTask:
     task: Task
     token: str
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizeRequest:
-    action: str
-    resource: str
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-    method: str = ""
-    path: str = ""
-    trace_id: str | None = None
-    #: The enforcement point's resource URI (RFC 8707) when it is an OAuth protected
-    #: resource; the token must be minted for it. Set only by enforcement points.
-    audience: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedCredential:
-    """What a connector minted for one allowed action.
-
-    ``for_agent`` may be returned to the agent (a short-lived access token, a database
-    login); ``for_enforcer`` only ever reaches an enforcement point (an upstream secret
-    to inject) and is never serialized towards the agent or the audit log.
-    """
-
-    lease_id: str
-    # Secret material never goes through repr: a logged result must not leak it.
-    for_agent: Mapping[str, Any] | None = field(default=None, repr=False)
-    for_enforcer: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +120,7 @@ class BrokerBase:
     def __init__(
         self,
         settings: Settings,
-        db: Database,
+        db: Store,
         audit: AuditChain,
         engine: PolicyEngine,
         catalog: Catalog,
@@ -260,6 +233,11 @@ class BrokerBase:
             for hook in self.tasks_ended_hooks:
                 hook(u, ended, state)
         return out, used
+
+    def attach_credentials(self, issuer: CredentialIssuer) -> None:
+        """Mint through ``issuer`` on allow, and revoke through it when tasks end."""
+        self.allow_hooks.append(issuer.on_allow)
+        self.tasks_ended_hooks.append(issuer.on_tasks_ended)
 
     # -- validation ----------------------------------------------------------------------
     def _resource(self, resource_id: str, field_name: str = "resource") -> Resource:

@@ -22,9 +22,9 @@ from tether.audit.chain import AuditChain
 from tether.audit.event import Event
 from tether.model import Task, TaskState
 from tether.policy.drift import Baseline, BaselineCache, drift_signal, profile_of
+from tether.seams import Store
 from tether.store import drift as store
 from tether.store import repo
-from tether.store.db import Database
 
 __all__ = ["Drift", "task_drift"]
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 class Drift:
     def __init__(
-        self, db: Database, audit: AuditChain, clock: Callable[[], float], *, refresh_seconds: float = 60.0
+        self, db: Store, audit: AuditChain, clock: Callable[[], float], *, refresh_seconds: float = 60.0
     ) -> None:
         self._db = db
         self._clock = clock

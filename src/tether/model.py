@@ -7,6 +7,7 @@ Timestamps are POSIX seconds (float) in UTC so that comparisons never cross time
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,3 +161,38 @@ class Approval:
     expires_at: float
     decided_by: str | None = None
     decided_at: float | None = None
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random identifier, ``<prefix>_<128 bits, url-safe>`` (tasks, leases, decisions)."""
+    return f"{prefix}_{secrets.token_urlsafe(16)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeRequest:
+    """One action an enforcement point asks the broker about, within a task."""
+
+    action: str
+    resource: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    method: str = ""
+    path: str = ""
+    trace_id: str | None = None
+    #: The enforcement point's resource URI (RFC 8707) when it is an OAuth protected
+    #: resource; the token must be minted for it. Set only by enforcement points.
+    audience: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """What a connector minted for one allowed action.
+
+    ``for_agent`` may be returned to the agent (a short-lived access token, a database
+    login); ``for_enforcer`` only ever reaches an enforcement point (an upstream secret
+    to inject) and is never serialized towards the agent or the audit log.
+    """
+
+    lease_id: str
+    # Secret material never goes through repr: a logged result must not leak it.
+    for_agent: Mapping[str, Any] | None = field(default=None, repr=False)
+    for_enforcer: Mapping[str, Any] | None = field(default=None, repr=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tether.credentials import leases as ls
 from tether.credentials.connectors.jwt import ACCESS_TOKEN_TYP
@@ -22,16 +22,14 @@ from tether.credentials.service import Credentials
 from tether.errors import NotFound, TetherError
 from tether.identity.jwt import ANY, verify_jwt
 from tether.model import TaskState
+from tether.seams import BrokerParts
 from tether.store import repo
-
-if TYPE_CHECKING:
-    from tether.runtime import Core
 
 INACTIVE: dict[str, Any] = {"active": False}
 
 
 class Introspector:
-    def __init__(self, rt: Core, creds: Credentials) -> None:
+    def __init__(self, rt: BrokerParts, creds: Credentials) -> None:
         self.rt = rt
         self.creds = creds
 

@@ -33,7 +33,6 @@ from sqlalchemy import update
 from tether import actions as act
 from tether.audit import event as ev
 from tether.audit.chain import AuditChain, Unit
-from tether.broker import AuthorizeRequest, IssuedCredential, new_id
 from tether.catalog import Catalog, Resource
 from tether.config import Settings
 from tether.credentials import failpoints
@@ -43,7 +42,7 @@ from tether.credentials.connectors.base import Connector, MintRequest
 from tether.credentials.cut import Cutter
 from tether.credentials.leases import Lease, LeaseState, Revocation
 from tether.errors import Conflict, NotFound, TetherError, Unavailable
-from tether.model import Decision, Task, TaskState
+from tether.model import AuthorizeRequest, Decision, IssuedCredential, Task, TaskState, new_id
 from tether.store import credentials_tables as ct
 from tether.store import raw
 from tether.store.db import Database

@@ -63,8 +63,7 @@ def build(rt: Core) -> CredentialsRuntime:
     service.catalog = rt.catalog
     reaper = Reaper(service, rt.is_leader)  # the store-wide scans: one process at a time
     introspector = Introspector(rt, service)
-    rt.broker.allow_hooks.append(service.on_allow)
-    rt.broker.tasks_ended_hooks.append(service.on_tasks_ended)
+    rt.broker.attach_credentials(service)
     rt.audit.filters.append(secrets.mask)
 
     def on_event(e: Event) -> None:

@@ -39,7 +39,7 @@ from tether.model import Task
 
 if TYPE_CHECKING:
     from tether.gateway.pins import ToolPins
-    from tether.gateway.service import BrokerParts
+    from tether.seams import BrokerParts
 
 T = TypeVar("T")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import cedarpy
 
 from tether import actions
 from tether.arguments import ArgSpec
 from tether.audit import event as ev
-from tether.audit.chain import AuditChain
-from tether.broker import AuthorizeRequest, Broker
 from tether.catalog import Catalog
-from tether.config import Settings
 from tether.errors import InvalidRequest, Unauthenticated
 from tether.identity.spiffe_id import parse_spiffe_id
-from tether.model import Grant, Outcome
+from tether.model import AuthorizeRequest, Grant, Outcome
 from tether.policy.context import (
     action_context,
     approval_context,
@@ -31,29 +28,12 @@ from tether.policy.context import (
 )
 from tether.policy.engine import PolicyEngine, PolicyPrincipal, PolicyRequest
 from tether.policy.loader import PolicyBundle
+from tether.seams import BrokerParts
 from tether.store import repo
-from tether.store.db import Database
 
 #: Event types an enforcement point may append; nothing else goes through this door.
 CALL_EVENTS = frozenset({ev.CALL_FORWARDED, ev.CALL_RESULT})
 _MAX_RESOURCES = 512
-
-
-class BrokerParts(Protocol):
-    """What the enforcement-point use cases need of a broker (``runtime.Core`` has it)."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def db(self) -> Database: ...
-    @property
-    def audit(self) -> AuditChain: ...
-    @property
-    def engine(self) -> PolicyEngine: ...
-    @property
-    def catalog(self) -> Catalog: ...
-    @property
-    def broker(self) -> Broker: ...
 
 
 # The permits-only engine of each broker engine, rebuilt when the policy set or catalog

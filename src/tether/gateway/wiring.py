@@ -21,7 +21,6 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from tether.audit import event as ev
-from tether.broker_base import new_id
 from tether.errors import ConfigError, Forbidden, InvalidRequest, TetherError, Unauthenticated
 from tether.gateway import service
 from tether.gateway.authorizer import LocalAuthorizer, task_fields
@@ -30,6 +29,7 @@ from tether.gateway.pins import ToolPins
 from tether.gateway.routes import load_routes
 from tether.identity.dpop import DpopProof
 from tether.identity.spiffe_id import parse_spiffe_id
+from tether.model import new_id
 from tether.server.admin import OperationTable, Operator
 from tether.server.app import bearer, guarded, reply, trace_id
 from tether.server.parsing import authorize_request
