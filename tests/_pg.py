@@ -50,7 +50,7 @@ local   all   all           scram-sha-256
 """
 
 
-def _worker() -> str:
+def worker_tag() -> str:
     """``gw0_``… under pytest-xdist, ``""`` in a serial run."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     return f"{worker}_" if worker.isalnum() else ""
@@ -145,7 +145,7 @@ class PgServer:
     def create_database(self, name: str | None = None, template: str = TEMPLATE_DB) -> str:
         """Create an empty database (copied from ``template``) and return its name."""
         if name is None:
-            name = f"t{_worker()}{os.getpid()}_{next(self._db_counter):05d}"
+            name = f"t{worker_tag()}{os.getpid()}_{next(self._db_counter):05d}"
         with self.connect() as conn:
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -273,7 +273,7 @@ def running_server(port: int | None = None) -> Iterator[PgServer]:
     # /tmp keeps the socket path well under the ~107-byte sun_path limit.
     parent = "/tmp" if os.path.isdir("/tmp") else None
     # One server per pytest-xdist worker (gw0, gw1, …): the worker id names its directory.
-    base = Path(tempfile.mkdtemp(prefix=f"tether-pg-{_worker()}", dir=parent))
+    base = Path(tempfile.mkdtemp(prefix=f"tether-pg-{worker_tag()}", dir=parent))
     server = PgServer(bindir=bindir, base_dir=base, port=port)
     try:
         server.socket_dir.mkdir()

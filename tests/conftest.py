@@ -7,7 +7,12 @@ Fixtures
   pg_create_database  factory: ``pg_create_database() -> name``; dropped after the test
   pg_url              SQLAlchemy URL of a fresh, empty PostgreSQL database for this test
   store_url           parametrized ``sqlite`` / ``postgresql``: every store-backed test
-                      runs against both backends
+                      runs against both backends. For a test that starts a broker through
+                      ``runtime`` the store is already at the schema's head (see below)
+  schema_sqlite /     a SQLite file / a PostgreSQL database migrated once per session (per
+  schema_pg           xdist worker); ``runtime`` starts on a copy instead of migrating an
+                      empty store (alembic on PostgreSQL costs about a second per test).
+                      Migrations themselves are pinned by tests/store on empty stores
   domain              a test SPIFFE trust domain (``support.example``) that signs SVIDs
   settings / runtime  a broker state dir with the example catalog and policies (environment
                       ``prod``) on ``store_url``, and a started ``Runtime``
@@ -22,15 +27,18 @@ When the server binaries are missing they are skipped, unless ``CI`` or
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from tether.runtime import Runtime
 from tether.server.app import create_app
+from tether.store.db import Database
 from tether.testing import TEST_STORE_TIMEOUT_MS, TestTrustDomain, make_settings
 
 try:  # tests/ may or may not become a package; support both import styles.
@@ -86,8 +94,8 @@ def pg_create_database(pg_server: _pg.PgServer) -> Iterator[Callable[..., str]]:
     """Factory for fresh databases (from the template); all dropped after the test."""
     created: list[str] = []
 
-    def create(name: str | None = None) -> str:
-        created.append(pg_server.create_database(name))
+    def create(name: str | None = None, template: str = _pg.TEMPLATE_DB) -> str:
+        created.append(pg_server.create_database(name, template=template))
         return created[-1]
 
     yield create
@@ -99,6 +107,28 @@ def pg_create_database(pg_server: _pg.PgServer) -> Iterator[Callable[..., str]]:
 def pg_url(pg_server: _pg.PgServer, pg_create_database: Callable[..., str]) -> str:
     """SQLAlchemy URL of a fresh PostgreSQL database private to this test."""
     return pg_server.url(pg_create_database())
+
+
+@pytest.fixture(scope="session")
+def schema_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store at the schema's head, migrated once per session; copy it, never open it."""
+    path = tmp_path_factory.mktemp("schema") / "tether.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    db.dispose()
+    # The last connection's close checkpoints the WAL: the main file holds everything.
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
+@pytest.fixture(scope="session")
+def schema_pg(pg_server: _pg.PgServer) -> str:
+    """A PostgreSQL database at the schema's head, migrated once per session: a template."""
+    name = pg_server.create_database(f"schema_{_pg.worker_tag()}{os.getpid()}")
+    db = Database(pg_server.url(name))
+    db.migrate()
+    db.dispose()  # CREATE DATABASE … TEMPLATE needs it without connections
+    return name
 
 
 @pytest.fixture
@@ -115,9 +145,24 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
 )
 def store_url(request: pytest.FixtureRequest) -> str:
     """A storage URL for each backend; tests using it run once per backend."""
+    if request.param == "postgresql" and "runtime" in request.fixturenames:
+        # A broker migrates at start; give it a copy of the migrated schema instead.
+        pg_server: _pg.PgServer = request.getfixturevalue("pg_server")
+        create: Callable[..., str] = request.getfixturevalue("pg_create_database")
+        return pg_server.url(create(template=request.getfixturevalue("schema_pg")))
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     url: str = request.getfixturevalue(fixture)
     return url
+
+
+def _sqlite_at_head(url: str, request: pytest.FixtureRequest) -> None:
+    """A SQLite store that does not exist yet starts as a copy of the migrated schema."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)
+    if not path.exists() and path.parent.is_dir():
+        shutil.copyfile(request.getfixturevalue("schema_sqlite"), path)
 
 
 # -- broker fixtures -----------------------------------------------------------------
@@ -141,7 +186,8 @@ def settings(tmp_path: Path, store_url: str, domain: TestTrustDomain) -> Any:
 
 
 @pytest.fixture
-def runtime(settings: Any) -> Iterator[Runtime]:
+def runtime(settings: Any, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    _sqlite_at_head(settings.store_url, request)
     rt = Runtime.start(settings)
     yield rt
     rt.close()

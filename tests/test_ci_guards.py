@@ -18,9 +18,13 @@ def _pytest(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProc
     (tmp_path / "test_probe.py").write_text(source)
     # An empty ini file keeps the repo's pyproject (addopts, filterwarnings) out of the probe.
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    # Only xdist: the probe needs no other plugin, and importing every installed one
+    # (schemathesis, langsmith, …) in the runner and each worker costs seconds apiece.
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist", *args, str(tmp_path)],
         cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,

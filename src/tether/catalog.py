@@ -217,7 +217,8 @@ def load_catalog(path: Path) -> Catalog:
     except OSError as exc:
         raise ConfigError(f"cannot read catalog `{path}`: {exc.strerror}", code="catalog_invalid") from exc
     try:
-        doc = yaml.safe_load(text)
+        # The safe loader, in C when PyYAML was built with libyaml (every broker start reads this).
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}", code="catalog_invalid") from exc
     return parse_catalog(doc, str(path))

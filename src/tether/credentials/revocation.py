@@ -173,7 +173,8 @@ class Feed:
                         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                         self.notify()  # anything committed while we were not listening
                         while not stop.is_set():
-                            for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            # A short wait: close() joins this thread, so it must notice `stop` soon.
+                            for _ in conn.notifies(timeout=0.2, stop_after=1):
                                 self.notify()
                 except Exception as exc:  # reconnect; followers still poll meanwhile
                     log.warning("revocation LISTEN failed: %s", type(exc).__name__)

@@ -257,6 +257,10 @@ class WorkloadApiServer:
     def close(self) -> None:
         self._stop.set()
         if self._sock is not None:
+            # shutdown() wakes the accept() blocked in the serving thread at once (close()
+            # alone would leave it waiting for its timeout).
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
