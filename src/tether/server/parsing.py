@@ -26,9 +26,8 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from tether.broker import AuthorizeRequest
 from tether.errors import InvalidRequest
-from tether.model import Grant
+from tether.model import AuthorizeRequest, Grant
 from tether.wire import models as w
 from tether.wire.validate import parse
 
