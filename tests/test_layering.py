@@ -1,11 +1,11 @@
 """Imports follow the layering of docs/architecture.md: no module imports a layer above it.
 
-    edge     cli, server, gateway, demo, testing, runtime (the composition root), and each
+    edge     cli, server, gateway, demo, testing, config_docs, runtime (the composition root), and each
              layer's HTTP routes / admin operations / wiring modules
     broker   broker, broker_base, decisions, credentials.introspection, seams (the
              protocols the broker and the edge are typed against)
     domain   policy, identity, credentials, audit, catalog, tokens, actions, arguments,
-             replicas, legacy (secret scanning)
+             replicas, leader (the periodic jobs' lease), legacy (secret scanning)
     store    store
     kernel   errors, model, config, config_console, linesocket, identity.spiffe_id, wire (the
              HTTP API's body models; pydantic, no web framework)
@@ -39,6 +39,7 @@ RULES: dict[str, str] = {
     "tether.tracing": "kernel",
     "tether.config_oauth": "kernel",
     "tether.wire": "kernel",
+    "tether.config_docs": "edge",  # generates docs/configuration.md; nothing imports it
     "tether.store": "store",
     "tether.policy": "domain",
     "tether.identity": "domain",
@@ -87,7 +88,9 @@ CLIENT_MAY_IMPORT = ("tether", "tether.errors", "tether.model", "tether.linesock
 def layer(module: str) -> str:
     best = ""
     for prefix in RULES:
-        if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+        # The package root names itself only: a new top-level module must be placed.
+        nested = prefix != "tether" and module.startswith(prefix + ".")
+        if (module == prefix or nested) and len(prefix) > len(best):
             best = prefix
     return RULES[best] if best else "unknown"
 

@@ -13,7 +13,10 @@ import tether.cli
 from tether.cli import _COMMANDS, main
 
 #: Modules whose register() adds to a group of another module, not to `tether` itself.
-SUBGROUP_MODULES = {"secrets_broker"}  # `tether secrets import|rotate|inventory`
+SUBGROUP_MODULES = {
+    "secrets_broker",  # `tether secrets import|rotate|inventory`
+    "store_backup",  # `tether store backup|restore|check`
+}
 
 
 def test_every_command_group_module_is_in_the_table():
