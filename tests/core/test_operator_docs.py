@@ -43,8 +43,10 @@ def _resolve(cmdline: str) -> tuple[click.Command, list[str]]:
     words = shlex.split(cmdline.replace("…", "X").replace("|", " "), posix=True)[1:]
     cmd: click.Command = main
     rest = list(words)
-    while rest and isinstance(cmd, click.Group) and rest[0] in cmd.commands:
-        cmd = cmd.commands[rest.pop(0)]
+    # get_command, not .commands: `tether` imports a command's module on first use.
+    while rest and isinstance(cmd, click.Group) and (sub := cmd.get_command(click.Context(cmd), rest[0])):
+        cmd = sub
+        rest.pop(0)
     assert cmd is not main, f"`{cmdline}`: no such command"
     assert not isinstance(cmd, click.Group) or not rest or rest[0].startswith("-"), (
         f"`{cmdline}`: `{rest[0]}` is not a subcommand of `{cmd.name}`"
