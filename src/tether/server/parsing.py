@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tether.errors import InvalidRequest
@@ -167,40 +167,6 @@ def header_int(headers: Any, name: str, *, lo: int, hi: int) -> int | None:
     if len(values) > 1:
         raise InvalidRequest(f"header `{name}` given more than once", code="invalid_header", field=name)
     return parse_uint(values[0].strip(), name, lo=lo, hi=hi, code="invalid_header")
-
-
-def check_fields(doc: Mapping[str, Any], allowed: Collection[str], where: str = "") -> None:
-    for key in doc:
-        if key not in allowed:
-            raise InvalidRequest(
-                f"unknown field `{where}{key[:64]}`", code="unknown_field", field=f"{where}{key[:64]}"
-            )
-
-
-def req_str(
-    doc: Mapping[str, Any], key: str, *, max_len: int = 256, required: bool = True, default: str = ""
-) -> str:
-    value = doc.get(key)
-    if value is None:
-        if required:
-            raise InvalidRequest(f"missing field `{key}`", code="missing_field", field=key)
-        return default
-    if not isinstance(value, str):
-        raise InvalidRequest(f"`{key}` must be a string", code="invalid_field", field=key)
-    if len(value) > max_len:
-        raise InvalidRequest(f"`{key}` is longer than {max_len} characters", code="invalid_field", field=key)
-    return value
-
-
-def req_int(doc: Mapping[str, Any], key: str, *, lo: int, hi: int, default: int | None = None) -> int:
-    value = doc.get(key, default)
-    if value is None:
-        raise InvalidRequest(f"missing field `{key}`", code="missing_field", field=key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"`{key}` must be an integer", code="invalid_field", field=key)
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"`{key}` must be between {lo} and {hi}", code="invalid_field", field=key)
-    return value
 
 
 def grants(scope: Sequence[w.Grant]) -> tuple[Grant, ...]:
