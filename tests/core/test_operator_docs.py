@@ -13,7 +13,7 @@ from tether import config_docs
 from tether.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ["operations.md", "policy.md", "catalog.md", "troubleshooting.md", "threat-model.md"]
+DOCS = ["operations.md", "policy.md", "catalog.md", "troubleshooting.md", "threat-model.md", "tls.md"]
 TICKED = re.compile(r"`([^`\n]+)`")
 SECTIONS = {k.name.split(".")[0] for k in config_docs.settings_keys() if "." in k.name}
 

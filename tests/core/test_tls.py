@@ -3,8 +3,6 @@ CA made here; certificate reload on SIGHUP keeps open connections; optional mTLS
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
 import socket
 import ssl
@@ -15,71 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from _tls import Ca, trusting
 from tether.errors import ConfigError
 from tether.testing import make_settings, prepare_state
-
-
-class Ca:
-    """A throwaway certificate authority that issues server and client certificates."""
-
-    def __init__(self, name: str) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, cn: str, *, server: bool) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-            )
-        cert = b.sign(self.key, hashes.SHA256())
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def _trusting(ca: Ca, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata=ca.pem().decode())
-    if client is not None:
-        ctx.load_cert_chain(*client)
-    return ctx
 
 
 def _serve(state: Path, port: int) -> subprocess.Popen[bytes]:
@@ -142,10 +79,10 @@ def test_sighup_reloads_the_certificate_and_keeps_open_connections(tmp_path):
     url = f"https://127.0.0.1:{port}"
     proc = _serve(state, port)
     try:
-        _wait(url, _trusting(ca1), proc)
+        _wait(url, trusting(ca1), proc)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-        kept = httpx.Client(verify=_trusting(ca1), timeout=10)
+        kept = httpx.Client(verify=trusting(ca1), timeout=10)
         assert kept.get(url + "/healthz").status_code == 200
         cert, key = ca2.issue("127.0.0.1", server=True)
         (state / "tls.crt").write_bytes(cert)
@@ -154,7 +91,7 @@ def test_sighup_reloads_the_certificate_and_keeps_open_connections(tmp_path):
         deadline = time.monotonic() + 30
         while True:  # until a new handshake presents the CA-two certificate
             try:
-                if httpx.get(url + "/healthz", verify=_trusting(ca2), timeout=2).status_code == 200:
+                if httpx.get(url + "/healthz", verify=trusting(ca2), timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -162,7 +99,7 @@ def test_sighup_reloads_the_certificate_and_keeps_open_connections(tmp_path):
             time.sleep(0.05)  # bounded poll for the reload thread
         assert kept.get(url + "/healthz").status_code == 200  # the old connection was not dropped
         with pytest.raises(httpx.TransportError):  # a new connection: CA one no longer fits
-            httpx.get(url + "/healthz", verify=_trusting(ca1), timeout=5)
+            httpx.get(url + "/healthz", verify=trusting(ca1), timeout=5)
         kept.close()
     finally:
         _stop(proc)
@@ -185,11 +122,11 @@ def test_a_client_without_a_certificate_is_refused_when_client_certs_are_require
     url = f"https://127.0.0.1:{port}"
     proc = _serve(state, port)
     try:
-        _wait(url, _trusting(server_ca, paths["good"]), proc)
-        for ctx in (_trusting(server_ca), _trusting(server_ca, paths["rogue"])):
+        _wait(url, trusting(server_ca, paths["good"]), proc)
+        for ctx in (trusting(server_ca), trusting(server_ca, paths["rogue"])):
             with pytest.raises(httpx.TransportError):
                 httpx.get(url + "/healthz", verify=ctx, timeout=5)
-        assert httpx.get(url + "/healthz", verify=_trusting(server_ca, paths["good"])).status_code == 200
+        assert httpx.get(url + "/healthz", verify=trusting(server_ca, paths["good"])).status_code == 200
     finally:
         _stop(proc)
 

@@ -6,6 +6,12 @@ from the local Workload API by default (renewed before it expires), or from
 ``--svid-file`` (re-read on every call so a rotating file works). To run the HTTP
 gateway inside the broker's own process instead, set ``[gateway] http_routes`` in
 ``tether.toml`` (see docs/gateways.md).
+
+Both serve HTTPS themselves with ``--tls-cert``/``--tls-key`` (optionally checking client
+certificates against ``--tls-client-ca``), reloaded on SIGHUP as the broker's are
+(``tether.server.tls``, docs/tls.md). ``tether gateway http --workers N`` runs N processes
+on one listening socket (``tether.server.workers.supervise``); each has its own broker
+client and connection pools.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import socket as socketlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +27,16 @@ from pathlib import Path
 import click
 
 from tether.cli._common import console, err_console, run, state_dir_option
-from tether.config import Limits
+from tether.cli._gateway_serving import (
+    broker_tls,
+    broker_tls_options,
+    gateway_tls,
+    remote_authorizer,
+    serve_http,
+    server_config,
+    tls_options,
+)
 from tether.errors import InvalidRequest, Unauthenticated
-from tether.server.http_protocol import uvicorn_options
 
 
 def identity_source(
@@ -79,6 +93,8 @@ broker_option = click.option(
     show_default=True,
     help="The broker's URL.",
 )
+
+
 svid_option = click.option(
     "--svid-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -127,13 +143,30 @@ def gateway() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )
 @click.option("--listen", help="HOST:PORT; overrides `gateway.listen` in the routes file.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Gateway processes sharing the listening socket (one per core).",
+)
+@tls_options
 @broker_option
+@broker_tls_options
 @svid_option
 @identity_options
 def http(
     config: Path,
     listen: str | None,
+    workers: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    tls_client_cert: str,
     broker: str,
+    broker_ca: Path | None,
+    broker_client_cert: Path | None,
+    broker_client_key: Path | None,
     svid_file: Path | None,
     state_dir: Path,
     workload_socket: Path | None,
@@ -145,35 +178,46 @@ def http(
     Agents send their task token as `Authorization: Bearer …`; allowed requests go to the
     upstream with the connector's credential instead, denied ones get a JSON 403.
     """
-    import uvicorn
-
-    from tether.gateway.authorizer import RemoteAuthorizer
     from tether.gateway.http import HttpGateway
     from tether.gateway.routes import load_routes
+    from tether.server.http_protocol import run as run_loop
 
     table = run(lambda: load_routes(config))
     host, _, port = (listen or table.options.listen).rpartition(":")
     if not port.isdigit():
         run(lambda: _raise(InvalidRequest("`--listen` must be HOST:PORT", code="invalid_listen")))
-    identity, _, _ = run(
-        lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
-    )
-    authorizer = run(lambda: RemoteAuthorizer(broker, identity))
-    app = HttpGateway(table, authorizer)
+    host = host.strip("[]")
+    tls = gateway_tls(tls_cert, tls_key, tls_client_ca, tls_client_cert)
+    client = broker_tls(broker_ca, broker_client_cert, broker_client_key)
+
+    def identity() -> Callable[[], str]:
+        found: tuple[Callable[[], str], str, Path] = run(
+            lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
+        )
+        return found[0]
+
+    identity()  # a wrong identity setting stops the gateway before it listens
+
+    def serve(sock: socketlib.socket | None) -> None:
+        # Built in the process that serves: an SVID cache and a broker client's
+        # connections are not shared across a fork.
+        authorizer, on_hup = run(lambda: remote_authorizer(broker, identity(), client))
+        app = HttpGateway(table, authorizer)
+        run_loop(serve_http(server_config(app, host, int(port), tls), tls, sock, on_hup))
+
+    scheme = "https" if tls is not None else "http"
+    shown = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     console.print(
-        f"[green]✓[/] http gateway on [bold]http://{host}:{port}[/] → broker {broker} "
-        f"({len(table.routes)} routes from {config})"
+        f"[green]✓[/] http gateway on [bold]{scheme}://{shown}[/] → broker {broker} "
+        f"({len(table.routes)} routes from {config}" + (f", {workers} workers" if workers > 1 else "") + ")"
     )
-    uvicorn.run(
-        app,
-        host=host.strip("[]"),
-        port=int(port),
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        **uvicorn_options(Limits().max_header_bytes),
-    )
+    if workers == 1:
+        serve(None)
+        return
+    from tether.server.workers import listening_socket, supervise
+
+    sock = run(lambda: listening_socket(host, int(port)))
+    raise SystemExit(supervise(workers, lambda _i: serve(sock), sock))
 
 
 @gateway.command("mcp")
@@ -227,7 +271,9 @@ def http(
     "--authorization-server",
     help="With --oauth-resource: the broker's OAuth issuer, named in the resource metadata.",
 )
+@tls_options
 @broker_option
+@broker_tls_options
 @svid_option
 @identity_options
 def mcp(
@@ -246,7 +292,14 @@ def mcp(
     max_restarts: int,
     oauth_resource: str | None,
     authorization_server: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    tls_client_cert: str,
     broker: str,
+    broker_ca: Path | None,
+    broker_client_cert: Path | None,
+    broker_client_key: Path | None,
     svid_file: Path | None,
     state_dir: Path,
     workload_socket: Path | None,
@@ -266,7 +319,6 @@ def mcp(
     """
     import anyio
 
-    from tether.gateway.authorizer import RemoteAuthorizer
     from tether.gateway.mcp import McpGateway, Upstream, UpstreamGone
     from tether.gateway.oauth_resource import ProtectedResource
     from tether.gateway.session import parse_scope, session_task
@@ -284,11 +336,23 @@ def mcp(
             )
         )
     grants = run(lambda: parse_scope(scope)) if session else []
+    tls = gateway_tls(tls_cert, tls_key, tls_client_ca, tls_client_cert)
+    if tls is not None and transport != "http":
+        run(
+            lambda: _raise(
+                InvalidRequest(
+                    "`--tls-cert` needs `--transport http` (over stdio there is no network)",
+                    code="invalid_field",
+                    field="tls_cert",
+                )
+            )
+        )
     upstream = run(lambda: Upstream(command=shlex.split(upstream_cmd or ""), url=upstream_url or ""))
     identity, broker_audience, socket = run(
         lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
     )
-    authorizer = run(lambda: RemoteAuthorizer(broker, identity))
+    client = broker_tls(broker_ca, broker_client_cert, broker_client_key)
+    authorizer, on_hup = run(lambda: remote_authorizer(broker, identity, client))
     resource = None
     if oauth_resource:
         if transport != "http" or not authorization_server:
@@ -331,18 +395,11 @@ def mcp(
             elif transport == "stdio":
                 await serve_stdio()
             else:
-                import uvicorn
-
                 host, _, port = listen.rpartition(":")
-                err_console.print(f"[green]✓[/] mcp gateway for `{server}` on http://{listen}/mcp")
-                config = uvicorn.Config(
-                    gw.http_app(host=host),
-                    host=host,
-                    port=int(port),
-                    log_level="warning",
-                    **uvicorn_options(Limits().max_header_bytes),
-                )
-                await uvicorn.Server(config).serve()
+                scheme = "https" if tls is not None else "http"
+                err_console.print(f"[green]✓[/] mcp gateway for `{server}` on {scheme}://{listen}/mcp")
+                config = server_config(gw.http_app(host=host), host, int(port), tls)
+                await serve_http(config, tls, on_hup=on_hup)
         await authorizer.aclose()
 
     if not logging.getLogger().handlers:  # stdout is the MCP channel: logs go to stderr

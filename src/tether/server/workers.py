@@ -66,13 +66,9 @@ def _worker(settings: Settings, index: int, sock: socket.socket, on_ready: Calla
     from tether.server.http_protocol import run as run_loop
     from tether.server.serve import serve
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
     rt = Runtime.start(worker_settings(settings, index))
     try:
         run_loop(serve(rt, on_ready=on_ready if index == 0 else None, sock=sock, primary=index == 0))
-    except KeyboardInterrupt:
-        pass
     finally:
         rt.close()
 
@@ -101,13 +97,28 @@ def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None]
 
 
 def _run(settings: Settings, workers: int, sock: socket.socket, on_ready: Callable[[], None] | None) -> int:
+    return supervise(workers, lambda i: _worker(settings, i, sock, on_ready), sock)
+
+
+def supervise(workers: int, run_worker: Callable[[int], None], sock: socket.socket) -> int:
+    """Fork ``workers`` processes each running ``run_worker(index)`` on the listening
+    ``sock`` (closed here once they hold it), forward SIGHUP/SIGINT/SIGTERM to all of
+    them, and stop the others when one exits; the exit status. Used by ``tether serve``
+    and ``tether gateway http --workers``."""
     children: dict[int, int] = {}
     for i in range(workers):
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
             code = 0
             try:
-                _worker(settings, i, sock, on_ready)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                # Until the worker's own SIGHUP handler is in place (it reads the files it
+                # would reload as it starts), a forwarded reload must not kill it.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                run_worker(i)
+            except KeyboardInterrupt:
+                pass
             except BaseException:
                 log.exception("worker %d failed", i)
                 code = 1
