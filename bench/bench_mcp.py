@@ -4,7 +4,10 @@ The upstream is a real MCP server (`mcp-server-time`, stdio subprocess). Direct:
 `mcp` ClientSession on its stdio. Through the gateway: a ClientSession talking to the
 gateway's MCP server (in memory, as an agent framework embedding it would), which
 authorizes in-process (SQLite: decision + audit commit + call record) and forwards on its
-own stdio session to an identical upstream. Both call `get_current_time` sequentially.
+own stdio session to an identical upstream. Both call `get_current_time` sequentially,
+in alternating blocks. Besides wall time it prints the CPU time this process spends per
+call (the gateway, its broker and the agent's session all run here; each upstream is its
+own process), which a loaded machine disturbs much less than wall time.
 
 Run: ``python bench/bench_mcp.py [-n 300]``.
 """
@@ -12,6 +15,8 @@ Run: ``python bench/bench_mcp.py [-n 300]``.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -62,20 +67,27 @@ def start(tmp: Path) -> tuple[Runtime, str]:
     return rt, token
 
 
-async def timed(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
+async def timed(call: Callable[[], Awaitable[object]], n: int, cpu: list[float]) -> list[float]:
+    """Wall time per call (µs); appends this block's CPU time per call (µs) to ``cpu``."""
     for _ in range(30):
         await call()
     out = []
+    c0 = time.process_time_ns()
     for _ in range(n):
         t0 = time.perf_counter_ns()
         await call()
         out.append((time.perf_counter_ns() - t0) / 1000)
+    cpu.append((time.process_time_ns() - c0) / 1000 / n)
     return out
 
 
-async def run(rt: Runtime, token: str, n: int, blocks: int = 3) -> tuple[list[float], list[float]]:
+async def run(
+    rt: Runtime, token: str, n: int, blocks: int = 3
+) -> tuple[list[float], list[float], list[float], list[float]]:
     direct: list[float] = []
     through: list[float] = []
+    direct_cpu: list[float] = []
+    through_cpu: list[float] = []
     gateway = McpGateway("time", LocalAuthorizer(rt), task_token=token)
     params = StdioServerParameters(command=COMMAND[0], args=COMMAND[1:])
     async with (
@@ -97,24 +109,32 @@ async def run(rt: Runtime, token: str, n: int, blocks: int = 3) -> tuple[list[fl
                     return result
 
                 for _ in range(blocks):  # alternate, so both see the same load
-                    direct += await timed(lambda: plain.call_tool("get_current_time", ARGS), n // blocks)
-                    through += await timed(via_gateway, n // blocks)
+                    direct += await timed(
+                        lambda: plain.call_tool("get_current_time", ARGS), n // blocks, direct_cpu
+                    )
+                    through += await timed(via_gateway, n // blocks, through_cpu)
             tg.cancel_scope.cancel()
-    return direct, through
+    return direct, through, direct_cpu, through_cpu
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=300)
+    ap.add_argument("--blocks", type=int, default=3, help="alternating blocks of each path")
     args = ap.parse_args()
     rt, token = start(Path(tempfile.mkdtemp(prefix="tether-bench-mcp-")))
     try:
-        direct, through = anyio.run(run, rt, token, args.n)
+        direct, through, direct_cpu, through_cpu = anyio.run(run, rt, token, args.n, args.blocks)
     finally:
         rt.close()
     table(
         f"MCP tools/call, sequential, n={args.n}",
         [("upstream directly (stdio)", direct), ("through the MCP gateway (in-process broker)", through)],
+    )
+    dc, gc = statistics.median(direct_cpu), statistics.median(through_cpu)
+    print(
+        f"CPU time of this process per call: direct {dc:.0f} µs, through the gateway {gc:.0f} µs "
+        f"(+{gc - dc:.0f} µs); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     (d50, d99), (g50, g99) = summary(direct), summary(through)
     emit(

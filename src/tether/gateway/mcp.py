@@ -253,10 +253,15 @@ class McpGateway:
         except Exception:
             log.exception("could not record the blocked call of %s", name)
 
+    def _current(self) -> bool:
+        return not self._stale and time.monotonic() - self._fetched <= self.refresh_seconds
+
     async def _fresh(self) -> None:
+        if self.session is not None and self._current():
+            return  # the common case, without a timeout scope or the lock (a refresh sets both)
         await self._live_session()
         async with self._lock:
-            if self._stale or time.monotonic() - self._fetched > self.refresh_seconds:
+            if not self._current():
                 try:
                     await self.refresh()
                 except MCPError as exc:
@@ -269,12 +274,11 @@ class McpGateway:
 
     # -- the agent's side -----------------------------------------------------------------
     def server(self) -> Server[Any]:
-        return Server(
-            f"tether-gateway:{self.name}",
-            version="1",
-            on_list_tools=self.list_tools,
-            on_call_tool=self.call_tool,
-        )
+        """The agent-facing server: the SDK's, with ``tools/call`` over a stream answered
+        by :mod:`tether.gateway.mcp_stream` (Streamable HTTP keeps the SDK's path)."""
+        from tether.gateway.mcp_stream import GatewayServer
+
+        return GatewayServer(self)
 
     def http_app(self, path: str = "/mcp", host: str = "127.0.0.1") -> Any:
         """The Streamable HTTP app for agents. Stateless: each request carries its own task
@@ -290,9 +294,9 @@ class McpGateway:
     def audience(self) -> str | None:
         return self.resource.resource if self.resource is not None else None
 
-    def _credentials(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, DpopProof | None, str | None]:
-        """(task token, DPoP proof, traceparent header) of the current request."""
-        request = ctx.request
+    def _credentials(self, request: Any) -> tuple[str, DpopProof | None, str | None]:
+        """(task token, DPoP proof, traceparent header) of the current request: the HTTP
+        request the SDK hands over, or ``None`` on a stream (stdio, in memory)."""
         headers = getattr(request, "headers", None)
         trace = headers.get("traceparent") if headers is not None else None
         if self.task_token is not None:
@@ -317,7 +321,7 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         try:
-            token, proof, _ = self._credentials(ctx)
+            token, proof, _ = self._credentials(ctx.request)
             await self._fresh()
             if any(v != APPROVED for v in self._states.values()):
                 await self._recheck_states()  # an approval shows in the very next list
@@ -336,10 +340,15 @@ class McpGateway:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        name, arguments = params.name, dict(params.arguments or {})
+        return await self.handle_call(params.name, dict(params.arguments or {}), ctx.request)
+
+    async def handle_call(self, name: str, arguments: dict[str, Any], request: Any) -> types.CallToolResult:
+        """Decide, argument-check, forward and audit one ``tools/call``: the one path every
+        call takes, from the SDK's handler (HTTP) or the stream fast path
+        (:mod:`tether.gateway.mcp_stream`). ``request`` is the HTTP request, if any."""
         resource = f"{self.name}.{name}"
         try:
-            token, proof, traceparent = self._credentials(ctx)
+            token, proof, traceparent = self._credentials(request)
             await self._fresh()
         except TetherError as exc:
             return _result(exc.code, exc.message)
@@ -405,7 +414,7 @@ class McpGateway:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            session = await self._live_session()
+            session = self.session or await self._live_session()
             with anyio.fail_after(self.call_timeout):
                 if self.local_upstream:
                     result = await session.call_tool(name, arguments)

@@ -1,0 +1,30 @@
+"""A small stdio MCP server for the stream tests: `echo` answers at once, `hold` answers
+only once the file it names exists (bounded), so a test controls when a call finishes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("hold")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Say it back."""
+    return text
+
+
+@server.tool()
+async def hold(gate: str) -> str:
+    """Answer once `gate` exists (at most 30 s)."""
+    with anyio.move_on_after(30):
+        while not Path(gate).exists():
+            await anyio.sleep(0.01)
+    return "released"
+
+
+if __name__ == "__main__":
+    server.run("stdio")
