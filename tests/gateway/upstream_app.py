@@ -2,8 +2,10 @@
 
 Run as ``python upstream_app.py PORT``. ``GET /_seen`` (called directly, not through
 the gateway) returns every request recorded so far: method, path, query, headers, body
-size. Special paths: ``/big?n=N`` answers N bytes, ``/slow?s=S`` answers after S
-seconds, ``/cookie`` sets a cookie and names a hop-by-hop header in ``Connection``.
+size, and the client's port (which connection it came on). Special paths: ``/big?n=N``
+answers N bytes, ``/chunks?n=N`` answers N pieces of 1 KiB without a length (chunked),
+``/close`` answers with ``Connection: close``, ``/slow?s=S`` answers after S seconds,
+``/cookie`` sets a cookie and names a hop-by-hop header in ``Connection``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,17 @@ async def app(scope, receive, send):
                 "query": scope["query_string"].decode(),
                 "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
                 "body_bytes": len(body),
+                "client_port": (scope.get("client") or ("", 0))[1],
             }
         )
+        if path == "/chunks":
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for _ in range(int(query["n"][0])):
+                await send({"type": "http.response.body", "body": b"c" * 1024, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if path == "/close":
+            headers.append((b"connection", b"close"))
         if path == "/big":
             out = b"x" * int(query["n"][0])
         elif path == "/slow":

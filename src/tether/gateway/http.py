@@ -6,8 +6,8 @@ arguments), and only on ``allow`` forward it with the credential the connector m
 The agent's own ``Authorization`` never leaves the gateway; hop-by-hop headers, cookies
 and anything the ``Connection`` header names are dropped both ways.
 
-Bodies stream in both directions through one pooled ``httpx.AsyncClient`` (HTTP/1.1
-keep-alive to upstreams), counted against the configured limits. The W3C
+Bodies stream in both directions through one pool of HTTP/1.1 keep-alive connections
+(:mod:`tether.gateway.http_client`), counted against the configured limits. The W3C
 ``traceparent`` is continued (same trace id, a new span id for the gateway's hop) and
 its trace id recorded with the decision and the call. Each forwarded call is an audit
 event (``call.forwarded``) linked to its decision id: method, route, upstream status,
@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import anyio
-import httpx
 from starlette.types import Receive, Scope, Send
 
 from tether.audit import event as ev
@@ -41,6 +40,13 @@ from tether.errors import (
     http_status,
 )
 from tether.gateway.authorizer import Authorizer, Verdict, refusal_message, upstream_credential_headers
+from tether.gateway.http_client import (
+    Origin,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from tether.gateway.routes import Route, RouteTable, Rule
 from tether.identity.dpop import DpopProof
 
@@ -50,38 +56,96 @@ log = logging.getLogger("tether.gateway.http")
 #: RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see.
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
     }
 )
 #: Never forwarded upstream: the agent's credentials and what the gateway sets itself.
 _DROP_REQUEST = HOP_BY_HOP | {
-    "authorization",
-    "dpop",
-    "cookie",
-    "host",
-    "content-length",
-    "x-tether-enforcer",
-    "traceparent",
-    "tracestate",
+    b"authorization",
+    b"dpop",
+    b"cookie",
+    b"host",
+    b"content-length",
+    b"x-tether-enforcer",
+    b"traceparent",
+    b"tracestate",
 }
 #: Never returned to the agent: upstream sessions are not the agent's to hold.
-_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length"}
+_DROP_RESPONSE = HOP_BY_HOP | {b"set-cookie", b"set-cookie2", b"content-length"}
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _BAD_RAW_PATH = re.compile(r"%2f|%5c|%00|\\|%2e", re.IGNORECASE)
 _RECORD_LIMIT = 64 * 1024
+#: A request body up to this size is read whole before it is forwarded (one write upstream).
+_BUFFER_BYTES = 64 * 1024
 APPROVAL_POLL_SECONDS = 1.0
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _TooLargeAnswer(Exception):
+    """The upstream's answer is over the limit and nothing of it was relayed yet."""
+
+
+class _Exchange:
+    """The bytes of one forwarded call: counted against the limits, kept for the record
+    when the route records bodies."""
+
+    def __init__(self, record: bool, request_limit: int, response_limit: int) -> None:
+        self.record = record
+        self.request_limit, self.response_limit = request_limit, response_limit
+        self.request_bytes = self.response_bytes = 0
+        self.recorded_request, self.recorded_response = bytearray(), bytearray()
+
+    def _count_request(self, chunk: bytes) -> None:
+        self.request_bytes += len(chunk)
+        if self.request_bytes > self.request_limit:
+            raise _BodyTooLarge
+        if self.record and len(self.recorded_request) < _RECORD_LIMIT:
+            self.recorded_request += chunk[: _RECORD_LIMIT - len(self.recorded_request)]
+
+    def count_response(self, chunk: bytes) -> None:
+        self.response_bytes += len(chunk)
+        if self.response_bytes > self.response_limit:
+            raise _BodyTooLarge
+        if self.record and len(self.recorded_response) < _RECORD_LIMIT:
+            self.recorded_response += chunk[: _RECORD_LIMIT - len(self.recorded_response)]
+
+    async def _next(self, receive: Any) -> tuple[bytes, bool]:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise anyio.get_cancelled_exc_class()()
+        chunk: bytes = msg.get("body", b"")
+        self._count_request(chunk)
+        return chunk, bool(msg.get("more_body", False))
+
+    async def read_request(self, receive: Any) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """The request body: whole when it ends within :data:`_BUFFER_BYTES` (sent with
+        its head in one write), else that much and a stream of the rest."""
+        first, more = bytearray(), True
+        while more and len(first) < _BUFFER_BYTES:
+            chunk, more = await self._next(receive)
+            first += chunk
+        if not more:
+            return bytes(first), None
+
+        async def rest() -> AsyncIterator[bytes]:
+            more = True
+            while more:
+                chunk, more = await self._next(receive)
+                if chunk:
+                    yield chunk
+
+        return bytes(first), rest()
 
 
 def continue_trace(header: str | None) -> tuple[str, str]:
@@ -94,25 +158,26 @@ def continue_trace(header: str | None) -> tuple[str, str]:
     return trace, f"00-{trace}-{secrets.token_hex(8)}-{flags}"
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[str]:
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     """Headers a sender marked as hop-by-hop in its ``Connection`` header (RFC 9110 §7.6.1)."""
-    out: set[str] = set()
+    out: set[bytes] = set()
     for k, v in headers:
         if k.lower() == b"connection":
-            out.update(t.strip().lower() for t in v.decode("latin-1").split(",") if t.strip())
+            out.update(t.strip().lower() for t in v.split(b",") if t.strip())
     return out
 
 
-def forward_headers(raw: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> list[tuple[str, str]]:
-    drop = _DROP_REQUEST | _connection_tokens(raw) | set(extra)
-    out = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
-    return [(k, v) for k, v in out if k not in drop] + list(extra.items())
+def forward_headers(raw: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """The agent's headers as the upstream gets them: without hop-by-hop headers, the
+    agent's credentials and what the gateway sets itself, plus ``extra``."""
+    drop = _DROP_REQUEST | _connection_tokens(raw) | {k.encode("latin-1") for k in extra}
+    out = [(k.lower(), v) for k, v in raw if k.lower() not in drop]
+    return out + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
 
 
-def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
-    raw = list(headers.raw)
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     drop = _DROP_RESPONSE | _connection_tokens(raw)
-    return [(k.lower(), v) for k, v in raw if k.decode("latin-1").lower() not in drop]
+    return [(k.lower(), v) for k, v in raw if k.lower() not in drop]
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
@@ -161,36 +226,22 @@ def query_arguments(params: dict[str, str], query: bytes) -> dict[str, Any]:
 
 
 class HttpGateway:
-    """An ASGI application. ``transport`` replaces the network in tests and benchmarks."""
+    """An ASGI application: the reverse proxy of one route table."""
 
-    def __init__(
-        self, table: RouteTable, authorizer: Authorizer, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, table: RouteTable, authorizer: Authorizer) -> None:
         self.table = table
         self.options = table.options
         self.authorizer = authorizer
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            o = self.options
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(o.timeout_seconds, connect=o.connect_timeout_seconds),
-                limits=httpx.Limits(
-                    max_connections=o.max_connections, max_keepalive_connections=o.max_connections
-                ),
-                follow_redirects=False,
-                trust_env=False,
-                transport=self._transport,
-            )
-        return self._client
+        o = self.options
+        self.pool = UpstreamPool(
+            max_connections=o.max_connections,
+            connect_timeout=o.connect_timeout_seconds,
+            timeout=o.timeout_seconds,
+        )
+        self._origins = {r.upstream: Origin.parse(r.upstream) for r in table.routes}
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.pool.aclose()
         await self.authorizer.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -310,63 +361,52 @@ class HttpGateway:
         trace: str,
     ) -> None:
         extra = {**route.headers, **upstream_credential_headers(verdict), "traceparent": traceparent}
+        origin = self._origins[route.upstream]
         query = scope.get("query_string") or b""
-        url = route.upstream + rest_raw + ("?" + query.decode("latin-1") if query else "")
+        target = origin.base_path + rest_raw + ("?" + query.decode("latin-1") if query else "")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        has_body = (
-            _header(headers, b"content-length") not in (None, "0")
-            or _header(headers, b"transfer-encoding") is not None
-        )
-        sent = {"request": 0, "response": 0}
-        recorded: dict[str, bytearray] = {"request": bytearray(), "response": bytearray()}
-        limit = self.options.max_request_bytes
-
-        async def body() -> AsyncIterator[bytes]:
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    raise anyio.get_cancelled_exc_class()()
-                chunk = msg.get("body", b"")
-                sent["request"] += len(chunk)
-                if sent["request"] > limit:
-                    raise _BodyTooLarge
-                if route.record_bodies and len(recorded["request"]) < _RECORD_LIMIT:
-                    recorded["request"] += chunk[: _RECORD_LIMIT - len(recorded["request"])]
-                if chunk:
-                    yield chunk
-                if not msg.get("more_body", False):
-                    return
-
+        length = _header(headers, b"content-length")
+        has_body = length not in (None, "0") or _header(headers, b"transfer-encoding") is not None
+        io = _Exchange(route.record_bodies, self.options.max_request_bytes, self.options.max_response_bytes)
         started = time.perf_counter()
         status, outcome = 0, "ok"
         try:
-            request = self.client.build_request(
-                scope["method"],
-                url,
-                headers=forward_headers(headers, extra),
-                content=body() if has_body else None,
-            )
             try:
-                resp = await self.client.send(request, stream=True)
+                body, stream = await io.read_request(receive) if has_body else (None, None)
+                resp = await self.pool.request(
+                    origin,
+                    scope["method"],
+                    target,
+                    forward_headers(headers, extra),
+                    body,
+                    stream,
+                    int(length) if stream is not None and length is not None else None,
+                )
             except _BodyTooLarge:
                 outcome = "request_too_large"
+                limit = io.request_limit
                 raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit) from None
-            except httpx.TimeoutException:
+            except UpstreamTimeout:
                 outcome = "upstream_timeout"
                 raise GatewayTimeout("the upstream did not answer in time", code="upstream_timeout") from None
-            except (httpx.HTTPError, OSError):
+            except UpstreamError:
                 outcome = "upstream_unavailable"
                 raise BadGateway("the upstream could not be reached", code="upstream_unavailable") from None
             try:
-                status = resp.status_code
-                keep = recorded["response"] if route.record_bodies else None
-                await self._relay(send, resp, verdict, sent, keep)
-            except (httpx.HTTPError, _BodyTooLarge) as exc:
+                status = resp.status
+                await self._relay(send, resp, verdict, io)
+            except _TooLargeAnswer:
+                outcome = "response_too_large"
+                limit = io.response_limit
+                raise BadGateway(
+                    f"the upstream response exceeds {limit} bytes", code="upstream_response_too_large"
+                ) from None
+            except (UpstreamError, _BodyTooLarge) as exc:
                 # The status line is out: all that is left is cutting the connection.
                 outcome = "response_too_large" if isinstance(exc, _BodyTooLarge) else "upstream_broken"
                 raise
             finally:
-                await resp.aclose()
+                resp.release()
         finally:
             payload: dict[str, Any] = {
                 "gateway": "http",
@@ -379,41 +419,35 @@ class HttpGateway:
                 "resource": rule.resource,
                 "upstream_status": status,
                 "outcome": outcome,
-                "request_bytes": sent["request"],
-                "response_bytes": sent["response"],
+                "request_bytes": io.request_bytes,
+                "response_bytes": io.response_bytes,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             }
             if route.record_bodies:
-                payload["request_body"] = recorded["request"].decode("utf-8", "replace")
-                payload["response_body"] = recorded["response"].decode("utf-8", "replace")
+                payload["request_body"] = io.recorded_request.decode("utf-8", "replace")
+                payload["response_body"] = io.recorded_response.decode("utf-8", "replace")
             await self._record(verdict, payload, trace)
 
-    async def _relay(
-        self,
-        send: Any,
-        resp: httpx.Response,
-        verdict: Verdict,
-        sent: dict[str, int],
-        record: bytearray | None,
-    ) -> None:
-        limit = self.options.max_response_bytes
-        length = resp.headers.get("content-length")
+    async def _relay(self, send: Any, resp: UpstreamResponse, verdict: Verdict, io: _Exchange) -> None:
+        limit = io.response_limit
+        length = _header(resp.headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise BadGateway(
-                f"the upstream response exceeds {limit} bytes", code="upstream_response_too_large"
-            )
+            raise _TooLargeAnswer
+        whole = resp.read_buffered() if resp.complete else None
+        if whole is not None and len(whole) > limit:
+            raise _TooLargeAnswer
         out = response_headers(resp.headers)
         if length is not None and length.isdigit():
             out.append((b"content-length", length.encode()))
         if verdict.decision_id:
             out.append((b"x-tether-decision-id", verdict.decision_id.encode()))
-        await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
-        async for chunk in resp.aiter_raw():
-            sent["response"] += len(chunk)
-            if sent["response"] > limit:
-                raise _BodyTooLarge
-            if record is not None and len(record) < _RECORD_LIMIT:
-                record += chunk[: _RECORD_LIMIT - len(record)]
+        await send({"type": "http.response.start", "status": resp.status, "headers": out})
+        if whole is not None:  # the usual small answer, already whole: one body message
+            io.count_response(whole)
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
+            return
+        async for chunk in resp.chunks():
+            io.count_response(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -41,13 +41,17 @@ def bounded_httptools(max_header_bytes: int) -> type[asyncio.Protocol]:
         _head_bytes = 0
 
         def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._head_bytes += len(data)
-                if self._head_bytes > max_header_bytes + 8192:  # + request line and framing
-                    self.transport.write(_431)
-                    self.transport.close()
-                    return
+            if not self._in_head:
+                super().data_received(data)
+                return
+            self._head_bytes += len(data)
             super().data_received(data)
+            # Checked after parsing: a read that completes the head also carries the start
+            # of the body, which is not head bytes. A head still incomplete is over the bound.
+            over = self._head_bytes > max_header_bytes + 8192  # + request line and framing
+            if self._in_head and over and not self.transport.is_closing():
+                self.transport.write(_431)
+                self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._in_head, self._head_bytes = False, 0
