@@ -185,7 +185,8 @@ def _tree_rows(conn: Connection, root_id: str) -> Iterator[tuple[Event, bool]]:
     the database (as in ``verify``'s fast pass); a row it cannot vouch for is re-checked
     with ``row_hash``, which has the last word.
     """
-    from tether.audit.verify import SQL_BODY_AFTER_TS, SQL_BODY_BEFORE_TS, fast_intact
+    from tether.audit.rangescan import SQL_BODY_AFTER_TS, SQL_BODY_BEFORE_TS
+    from tether.audit.verify import fast_intact
 
     raw = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
     rows: Iterable[Any]

@@ -5,12 +5,12 @@ only the previous hash, one look-ahead row and the chain's checkpoints are kept,
 memory stays constant whatever the size of the log. Hashes are recomputed from the
 stored payload text (``event.row_hash``) without parsing it.
 
-On SQLite a fast pass runs first: the database itself assembles each row's canonical
-body (``json_quote`` escapes strings exactly as ``row_hash`` does; a test pins it) as
-bytes around the float ``ts``, which Python formats, so Python only hashes and compares.
-A row that passes it is intact by construction (its bytes hash to the stored hash);
-the first row that does not — or anything unexpected — hands over to the exact walk
-below from that seq on, which re-checks and classifies with ``row_hash``.
+A fast pass runs first (``tether.audit.fastpass``): the database itself assembles each
+row's canonical body (SQLite: Python then hashes; PostgreSQL: the server hashes too), in
+seq ranges verified at the same time and then joined at their boundaries. A row that
+passes it is intact by construction (its bytes hash to the stored hash); the first row
+that does not — or anything unexpected — hands over to the exact walk below from that
+seq on, which re-checks and classifies with ``row_hash``.
 
 Kinds of break, each reported at the seq where it shows:
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +40,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from tether.audit.checkpoint import Checkpoint, store_jwks, stored_checkpoints, verify_checkpoint
-from tether.audit.event import GENESIS_HASH, Event, row_hash
+from tether.audit.event import Event, row_hash
+from tether.audit.fastpass import MIN_RANGE, default_workers, fast_prefix
 from tether.store import tables as t
 from tether.store.db import Database
 
@@ -145,64 +145,12 @@ def _rows(conn: Connection, chain: str, batch: int = 20000, after: int = 0) -> I
         last = rows[-1][0]
 
 
-# ``row_hash``'s layout, assembled by SQLite around ``ts`` (a NULL anywhere makes the whole
-# piece NULL, which the fast pass treats as "look closer"). Keep in step with row_hash.
-SQL_BODY_BEFORE_TS = (
-    "CAST('{\"agent\":'||json_quote(agent)||',\"chain\":'||json_quote(chain)"
-    "||',\"decision_id\":'||json_quote(decision_id)||',\"delegator\":'||json_quote(delegator)"
-    "||',\"lease_id\":'||json_quote(lease_id)||',\"parent_task_id\":'||json_quote(parent_task_id)"
-    "||',\"payload\":'||payload||',\"prev_hash\":'||json_quote(prev_hash)"
-    "||',\"root_task_id\":'||json_quote(root_task_id)||',\"seq\":'||seq"
-    "||',\"task_id\":'||json_quote(task_id)||',\"trace_id\":'||json_quote(trace_id)||',\"ts\":'"
-    " AS BLOB)"
-)
-SQL_BODY_AFTER_TS = "CAST(',\"type\":'||json_quote(type)||',\"v\":'||v||'}' AS BLOB)"
-# Built from the constants above only; every value is a bound parameter.
-_FAST_SQLITE = (
-    f"SELECT seq, prev_hash, hash, {SQL_BODY_BEFORE_TS}, ts, {SQL_BODY_AFTER_TS} "  # noqa: S608
-    "FROM audit_events WHERE chain = ? AND seq > ? ORDER BY seq"
-)
-
-
 def fast_intact(before: bytes | None, ts: Any, after: bytes | None, stored: str) -> bool:
     """True when the SQL-assembled body hashes to ``stored`` (then the row is intact);
     False means "not vouched for": ask ``row_hash``."""
     if before is None or after is None or type(ts) is not float:
         return False
     return hashlib.sha256(before + float.__repr__(ts).encode() + after).hexdigest() == stored
-
-
-def fast_prefix(
-    conn: Connection, chain: str, at_seq: Mapping[int, Sequence[Checkpoint]] | None = None
-) -> tuple[int, str]:
-    """``(n, hash of event n)``: the longest run of events 1..n that verifies (links,
-    hashes, checkpoints), found by the fast SQLite pass; ``(0, GENESIS_HASH)`` elsewhere."""
-    if conn.dialect.name != "sqlite":
-        return 0, GENESIS_HASH
-    raw = conn.connection.driver_connection
-    if not isinstance(raw, sqlite3.Connection):
-        return 0, GENESIS_HASH
-    conn.exec_driver_sql("SELECT 1")  # make sure the snapshot's read transaction has begun
-    sha256, fmt = hashlib.sha256, float.__repr__
-    cps = at_seq or {}
-    count, prev = 0, GENESIS_HASH
-    cur = raw.cursor()
-    try:
-        cur.execute(_FAST_SQLITE, (chain, 0))
-        while rows := cur.fetchmany(2000):  # the cursor steps the query: memory stays flat
-            for seq, prev_hash, h, pre, ts, post in rows:
-                if seq != count + 1 or prev_hash != prev or type(ts) is not float:
-                    return count, prev
-                if sha256(pre + fmt(ts).encode() + post).hexdigest() != h:
-                    return count, prev
-                if seq in cps and any(cp.hash != h for cp in cps[seq]):
-                    return count, prev
-                count, prev = seq, h
-    except (sqlite3.Error, TypeError):  # no JSON1, a NULL piece, a non-text column: look closer
-        return count, prev
-    finally:
-        cur.close()
-    return count, prev
 
 
 def _hash_as(r: Row, seq: int) -> str:
@@ -265,15 +213,20 @@ def verify_chain(
     chain: str,
     head: tuple[int, str] | None,
     checkpoints: Sequence[tuple[Checkpoint, bool]] = (),
+    *,
+    workers: int = 1,
+    min_range: int = MIN_RANGE,
 ) -> tuple[int, list[Break]]:
     """Verify one chain against its head and (authentic) checkpoints; ``(events, breaks)``.
 
     ``checkpoints`` pairs each checkpoint with ``external`` (kept outside the database).
+    ``workers``: how many seq ranges (of at least ``min_range`` events) the fast pass
+    verifies at the same time.
     """
     at_seq: dict[int, list[Checkpoint]] = {}
     for cp, _ext in checkpoints:
         at_seq.setdefault(cp.seq, []).append(cp)
-    count, prev = fast_prefix(conn, chain, at_seq)
+    count, prev = fast_prefix(conn, chain, at_seq, workers=workers, min_range=min_range)
     expected = count + 1
     rows = _rows(conn, chain, after=count)
     for r in rows:
@@ -334,11 +287,14 @@ def verify_chains(
     *,
     external: Iterable[Checkpoint] = (),
     jwks: Mapping[str, Mapping[str, Any]] | None = None,
+    workers: int = 1,
+    min_range: int = MIN_RANGE,
 ) -> VerifyReport:
     """Verify every chain in the store, its stored checkpoints and ``external`` ones.
 
     ``jwks`` (kid → public JWK) overrides the keys in the store: pass the broker's
-    published JWKS when the store itself is under suspicion.
+    published JWKS when the store itself is under suspicion. ``workers``: see
+    ``verify_chain`` (more than one opens connections of its own beside ``conn``).
     """
     report = VerifyReport()
     keys = dict(jwks) if jwks is not None else store_jwks(conn)
@@ -374,7 +330,9 @@ def verify_chains(
                         ),
                     )
                 )
-        count, breaks = verify_chain(conn, chain, heads.get(chain), good)
+        count, breaks = verify_chain(
+            conn, chain, heads.get(chain), good, workers=workers, min_range=min_range
+        )
         report.chains[chain] = count
         report.checkpoints += len(good)
         report.breaks.extend(sorted([*sig_breaks, *breaks], key=lambda b: b.seq))
@@ -395,6 +353,8 @@ def snapshot(db: Database) -> Iterator[Connection]:
         yield conn.execution_options(**opts)
 
 
-def verify_database(db: Database, **kwargs: Any) -> VerifyReport:
+def verify_database(db: Database, *, workers: int | None = None, **kwargs: Any) -> VerifyReport:
+    """``verify_chains`` on one snapshot of ``db``; long chains are verified in
+    ``workers`` ranges at once (default: the cores here, at most 4)."""
     with snapshot(db) as conn:
-        return verify_chains(conn, **kwargs)
+        return verify_chains(conn, workers=default_workers() if workers is None else workers, **kwargs)
