@@ -6,11 +6,13 @@ agent entity, the ``Call`` and ``Args`` entities, the context — against a cand
 bundle and catalog, and compares the outcome with the recorded one. Pure: events come in
 as plain mappings, nothing is written anywhere.
 
-Speed: a decision's entities are the catalog's plus its agent, ``Call`` and ``Args``, as
-in the live engine. Handles are cached by that delta, and the decisions of a batch that
-share one (same agent, same arguments) go to ``cedarpy.is_authorized_batch`` together.
-(One handle holding many decisions' entities under distinct ids was measured slower:
-cedarpy's per-request cost grows with the size of the entity set.)
+Speed: Cedar is asked once per distinct request *as the candidate can see it* (the key
+of :mod:`tether.policy.replay_view`); a decision whose key was answered before takes that
+answer. The requests Cedar is asked about carry the catalog's entities plus their agent,
+``Call`` and ``Args``, as in the live engine; handles are cached by that delta, and the
+requests of a batch that share one go to ``cedarpy.is_authorized_batch`` together. (One
+handle holding many decisions' entities under distinct ids was measured slower: cedarpy's
+per-request cost grows with the size of the entity set.)
 
 Masked values (``{"$masked": type, "digest": …}``) are resolved against the literals of
 the candidate policies: a digest equal to a literal's (same salt) means the value was
@@ -38,6 +40,7 @@ from tether.model import Outcome
 from tether.policy.drift import cold_drift
 from tether.policy.engine import NO_PERMIT, POLICY_ERROR, PolicyResult, catalog_version, interpret
 from tether.policy.loader import PolicyBundle
+from tether.policy.replay_view import View
 from tether.policy.shadow import flip_kind
 
 __all__ = ["Recorded", "ReplayReport", "Replayer", "recorded_from_event"]
@@ -45,9 +48,6 @@ __all__ = ["Recorded", "ReplayReport", "Replayer", "recorded_from_event"]
 BATCH = 512
 _CACHE = 4096  # entities handles kept (one per distinct agent + arguments)
 _RESULTS = 200_000  # answers kept (one per distinct request as policy can see it)
-_ANNOTATION = re.compile(r'@\w+\s*\(\s*"(?:[^"\\]|\\.)*"\s*\)')
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_COMPUTED_TAG = re.compile(r"\b(?:get|has)Tag\s*\(\s*[^\s\")]")
 _CALL_UID = {"type": "Tether::Call", "id": "call"}
 _ARGS_UID = {"type": "Tether::Args", "id": "args"}
 MAX_EXAMPLES = 3
@@ -171,13 +171,6 @@ def _literals(texts: Iterable[str]) -> tuple[list[str], list[int]]:
     return strings, longs
 
 
-def _names(texts: Iterable[str]) -> frozenset[str]:
-    """Every name the candidate policies could read a context field by: identifiers and
-    words inside strings (``context["age_seconds"]``), annotations aside. Over-counting
-    only costs cache hits, never exactness."""
-    return frozenset(_WORD.findall(_ANNOTATION.sub("", "\n".join(texts))))
-
-
 class Replayer:
     """Decides recorded inputs with ``bundle`` over ``catalog``; reusable across batches."""
 
@@ -189,27 +182,30 @@ class Replayer:
         *,
         salt: bytes | None = None,
         policy_texts: Iterable[str] = (),
+        view: View | None = None,
     ) -> None:
         """``salt`` is the audit digest salt (``None``: masked values stay unresolved);
-        ``policy_texts`` the candidate's Cedar sources, searched for literals."""
+        ``policy_texts`` the candidate's Cedar sources, searched for literals; ``view``
+        what of an input the answer cache keys on (default: what ``bundle`` can see;
+        :meth:`View.whole` asks Cedar once per distinct input)."""
         self.bundle = bundle
         self.catalog = catalog
         self.schema = schema
         self.catalog_version = catalog_version(catalog)
         self._base = cedarpy.Entities.from_json_str(catalog.entities_json(), schema)
-        policy_texts = list(policy_texts)
         self._known: dict[str, Any] = {}
         self._cache: dict[str, cedarpy.Entities] = {}
-        self._results: dict[str, PolicyResult] = {}
-        self._words = _names(policy_texts)
-        strings, longs = _literals(policy_texts)
+        #: Answers by the input as the candidate can see it (with: a masked value stayed unresolved).
+        self._results: dict[str, tuple[PolicyResult, bool]] = {}
+        self.view = view if view is not None else View.of(bundle.sources.values())
         #: Tag keys a policy can read; None when some tag key is computed, not a literal.
-        self._tag_names: frozenset[str] | None = (
-            None if any(_COMPUTED_TAG.search(t) for t in policy_texts) else frozenset(strings) | self._words
-        )
+        self._tag_names = self.view.tag_names
+        strings, longs = _literals(policy_texts)
         if salt is not None:
             for lit in (*strings, *longs, True, False):
                 self._known[mask_digest(salt, lit)] = lit
+        #: Cedar evaluations asked (the rest were answered from the cache).
+        self.evaluated = 0
 
     # -- rebuilding one request ----------------------------------------------------------
     def _unmask(self, value: Any, flags: list[bool]) -> Any:
@@ -231,17 +227,18 @@ class Replayer:
             return [self._unmask(v, flags) for v in value]
         return value
 
-    def _build(self, inp: Mapping[str, Any], masked: bool) -> tuple[str, str, dict[str, Any], bool] | None:
-        """(result key, entities delta JSON, Cedar request, a masked value stayed
-        unresolved) of one record, or None when its resource is unknown to the catalog."""
+    def _build(self, inp: Mapping[str, Any], masked: bool) -> tuple[str, dict[str, Any], bool] | None:
+        """(entities delta JSON, Cedar request, a masked value stayed unresolved) of one
+        record, or None when its resource is unknown to the catalog."""
         flags: list[bool] = []
-        if self._tag_names is not None:
+        names = self._tag_names
+        if names is not None:
             # Tags no candidate policy can name are invisible to it: leave them out, so
-            # calls that differ only there share one entities handle and one answer.
+            # calls that differ only there share one entities handle.
             inp = dict(inp)
-            inp["call"] = {k: v for k, v in inp["call"].items() if k in self._tag_names}
+            inp["call"] = {k: v for k, v in inp["call"].items() if k in names}
             p = inp["principal"]
-            inp["principal"] = {**p, "tags": {k: v for k, v in p["tags"].items() if k in self._tag_names}}
+            inp["principal"] = {**p, "tags": {k: v for k, v in p["tags"].items() if k in names}}
         if masked:
             inp = self._unmask(inp, flags)
         resource = inp["resource"]
@@ -250,10 +247,11 @@ class Replayer:
             return None
         p = inp["principal"]
         agent_uid = {"type": "Tether::Agent", "id": p["id"]}
-        typed: Mapping[str, Any] = inp["args"]
         paths: set[str] = set()
         hosts: set[str] = set()
         under: set[str] | None = None
+        # The Args attributes come from every typed argument, named by a policy or not.
+        typed: Mapping[str, Any] = inp["args"]
         for arg in typed.values():
             hosts.update(arg.get("hosts", ()))
             if arg.get("kind") == "path":
@@ -272,9 +270,7 @@ class Replayer:
             {
                 "uid": _ARGS_UID,
                 "attrs": {"paths": sorted(paths), "under": sorted(under or ()), "hosts": sorted(hosts)},
-                "tags": typed
-                if self._tag_names is None
-                else {k: v for k, v in typed.items() if k in self._tag_names},
+                "tags": typed if names is None else {k: v for k, v in typed.items() if k in names},
                 "parents": [],
             },
         ]
@@ -294,14 +290,7 @@ class Replayer:
             "resource": resource,
             "context": context,
         }
-        # Two requests that differ only in context fields no candidate policy names get
-        # the same answer (Cedar reads nothing else), so they share one result.
-        seen = {
-            k: ({f: v for f, v in sect.items() if f in self._words} if isinstance(sect, dict) else sect)
-            for k, sect in inp["context"].items()
-        }
-        key = text + orjson.dumps([inp["action"], resource, seen], option=orjson.OPT_SORT_KEYS).decode()
-        return key, text, request, bool(flags)
+        return text, request, bool(flags)
 
     def _entities(self, key: str, delta: str) -> cedarpy.Entities:
         handle = self._cache.get(key)
@@ -374,47 +363,53 @@ class Replayer:
         return out
 
     def _run(self, batch: list[Recorded], out: ReplayReport) -> None:
-        """Decide ``batch``: records that share their entities (same agent, arguments)
-        go to Cedar together over one cached handle, a request already answered is not
-        asked again; notes are taken in record order."""
-        groups: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
-        waiting: dict[str, list[int]] = {}
-        results: list[PolicyResult | None] = [None] * len(batch)
-        inexact = [False] * len(batch)
-        for i, rec in enumerate(batch):
+        """Decide ``batch``: a request already answered (as the candidate can see it, see
+        :mod:`tether.policy.replay_view`) is not asked again; the others go to Cedar
+        grouped by their entities; notes are taken in record order."""
+        if len(self._results) > _RESULTS:
+            self._results.clear()
+        results = self._results
+        groups: dict[str, tuple[list[str], list[dict[str, Any]], list[bool]]] = {}
+        keys: list[str | None] = []
+        key_of = self.view.key
+        for rec in batch:
+            try:
+                key: str | None = key_of(rec.input)
+            except (KeyError, TypeError, AttributeError):
+                key = None  # reported as malformed
+            keys.append(key)
+            if key is None or key in results:
+                continue
             try:
                 built = self._build(rec.input, rec.masked)
             except (KeyError, TypeError, AttributeError):
-                continue  # left None: reported as malformed
+                keys[-1] = None
+                continue
             if built is None:
-                results[i] = PolicyResult(Outcome.DENY, (), self.bundle.version, "unknown_resource")
+                results[key] = (
+                    PolicyResult(Outcome.DENY, (), self.bundle.version, "unknown_resource"),
+                    False,
+                )
                 continue
-            key, delta, request, unresolved = built
-            inexact[i] = unresolved
-            known = self._results.get(key)
-            if known is not None:
-                results[i] = known
-                continue
-            if key in waiting:
-                waiting[key].append(i)
-                continue
-            waiting[key] = [i]
-            keys, requests = groups.setdefault(delta, ([], []))
-            keys.append(key)
-            requests.append(request)
-        if len(self._results) > _RESULTS:
-            self._results.clear()
-        for delta, (keys, requests) in groups.items():
-            for key, decided in zip(keys, self._decide_batch(requests, delta, delta), strict=True):
-                self._results[key] = decided
-                for i in waiting[key]:
-                    results[i] = decided
-        for i, rec in enumerate(batch):
-            result = results[i]
-            if result is None:
+            delta, request, unresolved = built
+            # Held until decided below, so a later record of this batch with the same key
+            # is not built again.
+            results[key] = (_PENDING, unresolved)
+            group = groups.setdefault(delta, ([], [], []))
+            group[0].append(key)
+            group[1].append(request)
+            group[2].append(unresolved)
+        for delta, (gkeys, requests, flags) in groups.items():
+            decided = self._decide_batch(requests, delta, delta)
+            self.evaluated += len(requests)
+            for key, result, unresolved in zip(gkeys, decided, flags, strict=True):
+                results[key] = (result, unresolved)
+        for rec, key in zip(batch, keys, strict=True):
+            if key is None:
                 out.note_skip("malformed_input")
             else:
-                self._note(out, rec, result, inexact[i])
+                result, unresolved = results[key]
+                self._note(out, rec, result, unresolved)
 
     def _note(self, out: ReplayReport, rec: Recorded, result: PolicyResult, inexact: bool) -> None:
         out.decisions += 1
@@ -449,3 +444,4 @@ class Replayer:
 
 
 _MISSING = object()
+_PENDING = PolicyResult(Outcome.DENY, (), "", "pending")
