@@ -285,6 +285,7 @@ class ErrorCode(enum.StrEnum):
     UPSTREAM_RESPONSE_TOO_LARGE = "upstream_response_too_large"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    WORKER_UNREACHABLE = "worker_unreachable"
     WORKLOAD_API_UNAVAILABLE = "workload_api_unavailable"
     WORKLOAD_SOCKET_UNAVAILABLE = "workload_socket_unavailable"
 

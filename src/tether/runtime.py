@@ -198,17 +198,24 @@ class Core:
             raise ValueError(f"admin operations defined twice: {clash}")
         self.operations.update(table)
 
-    def reload_policy(self, *, strict: bool = False) -> str:
+    def reload_policy(self, *, strict: bool = False, expect_version: str | None = None) -> str:
         """Reload the policy directory; on error the old set stays and the failure is audited.
 
         The new set is analyzed first (tether.policy.analysis): warnings are logged and
-        recorded in the `policy.loaded` event; with ``strict`` they refuse the set.
+        recorded in the `policy.loaded` event; with ``strict`` they refuse the set. With
+        ``expect_version`` (the set another worker just put in force) a directory that
+        reads as anything else is refused too, so workers never settle on different sets.
         """
         old = self.engine.bundle.version
         try:
             bundle, analysis = load_checked(
                 self.settings.policy_path, self.engine.schema, self.engine.catalog, strict=strict
             )
+            if expect_version is not None and bundle.version != expect_version:
+                raise PolicyError(
+                    f"the policy directory changed during the reload: it now reads as {bundle.version}, "
+                    f"not {expect_version}; run the reload again"
+                )
             self.engine.set_bundle(bundle)
         except PolicyError as exc:
             log.error("policy reload failed, keeping %s: %s", old, exc.message)

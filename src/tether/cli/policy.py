@@ -120,6 +120,8 @@ def reload(strict: bool, state_dir: Path, as_json: bool) -> None:
 
     Analysis warnings are printed (and recorded in the audit log); --strict refuses them.
     The catalog is read at start only: when it changed, this says that a restart is needed.
+    Under `tether serve --workers N` every worker reloads; this says how many did, and
+    exits 1 when one did not.
     """
     data = run(lambda: call(admin_socket(state_dir), "policy.reload", {"strict": strict}), as_json)
 
@@ -128,11 +130,21 @@ def reload(strict: bool, state_dir: Path, as_json: bool) -> None:
             where = f"{w['file']}:{w['line']}:{w['column']}"
             line = "[yellow]![/] " + escape(f"{where}: {w['message']} [{w['kind']}]")
             console.print(line, highlight=False, soft_wrap=True)
-        console.print(f"[green]✓[/] policy {d['policy_version']} in force")
+        workers = d.get("workers")
+        on = f" on {workers['applied']} of {workers['total']} workers" if workers else ""
+        mark = "[green]✓[/]" if not workers or workers["applied"] == workers["total"] else "[red]✗[/]"
+        console.print(f"{mark} policy {d['policy_version']} in force{on}")
+        for r in (workers or {}).get("results", []):
+            if "error" in r:
+                console.print(f"[red]✗[/] worker {r['worker']}: " + escape(str(r["error"].get("message"))),
+                              highlight=False, soft_wrap=True)  # fmt: skip
         if d.get("restart_needed"):
             console.print(f"[yellow]![/] {d['message']}", highlight=False, soft_wrap=True)
 
     output(data, as_json, render)
+    workers = data.get("workers")
+    if workers and workers["applied"] < workers["total"]:
+        raise SystemExit(1)  # some workers still enforce the old set: the reload is not done
 
 
 def register(main: click.Group) -> None:

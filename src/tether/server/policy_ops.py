@@ -5,10 +5,15 @@ as a reload validates, so a bad directory is refused with the same message) or t
 away; ``policy.promote`` makes the shadow set the enforced one by writing its files into
 the policy directory and running the ordinary reload — if that reload refuses, the old
 files are put back and the old set stays in force. Every change is an audit event.
+
+Under ``tether serve --workers N`` the admin socket reaches worker 0 only;
+:func:`across_workers` makes these operations (and ``policy.reload``) reach every worker
+and say how many applied them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +27,9 @@ from tether.server.admin import OperationTable, Operator
 
 if TYPE_CHECKING:
     from tether.runtime import Core, Runtime
+    from tether.server.worker_peers import PeerHandler, WorkerPeers
+
+log = logging.getLogger("tether")
 
 OPERATIONS = OperationTable()
 operation = OPERATIONS.operation
@@ -149,3 +157,100 @@ def policy_shadow(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
 @operation("policy.promote")
 def policy_promote(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     return promote(rt, by=op.name)
+
+
+# -- across the workers of `tether serve --workers N` (tether.server.worker_peers) ---------
+
+
+def _peer_reload(rt: Runtime, args: dict[str, Any]) -> dict[str, Any]:
+    """A worker other than 0: put in force the set worker 0 just did (the same version, or
+    nothing: ``Runtime.reload_policy``'s ``expect_version``)."""
+    version = rt.reload_policy(strict=args.get("strict") is True, expect_version=str(args["expect_version"]))
+    if args.get("clear_shadow") is True:  # a promotion: the shadow set is the enforced one now
+        rt.engine.clear_shadow()
+    return {"pid": os.getpid(), "policy_version": version}
+
+
+def _peer_shadow(rt: Runtime, args: dict[str, Any]) -> dict[str, Any]:
+    directory = args.get("directory")
+    if directory is not None:
+        set_shadow(rt, None if directory == "off" else Path(str(directory)), by=str(args.get("by", "")))
+    return {"pid": os.getpid(), **shadow_status(rt)}
+
+
+PEER_OPERATIONS: dict[str, PeerHandler] = {"policy.reload": _peer_reload, "policy.shadow": _peer_shadow}
+
+
+def _report(local: dict[str, Any], answers: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """``{"total", "applied", "results"}``: worker 0's ``local`` and the others' answers; a
+    worker counts as applied when it answered with worker 0's value of ``key``."""
+    results = [{"worker": 0, "pid": os.getpid(), key: local[key]}]
+    for a in answers:
+        if not a.get("ok"):
+            results.append({"worker": a["worker"], "error": a.get("error")})
+        elif a["result"].get(key) != local[key]:
+            message = f"worker {a['worker']} has {a['result'].get(key)}, worker 0 {local[key]}"
+            code = "shadow_changed" if key == "shadow_version" else "policy_invalid"
+            results.append({"worker": a["worker"], "pid": a["result"].get("pid"),
+                            "error": {"code": code, "message": message}})  # fmt: skip
+        else:
+            results.append({"worker": a["worker"], "pid": a["result"].get("pid"), key: a["result"][key]})
+    applied = sum(1 for r in results if "error" not in r)
+    if applied < len(results):
+        log.error("policy change applied on %d of %d workers: %s", applied, len(results), results)
+    return {"total": len(results), "applied": applied, "results": results}
+
+
+def _sum_counters(views: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {"evaluated": 0, "diverged": 0, "by_kind": {}, "errors": 0}
+    for c in views:
+        for k in ("evaluated", "diverged", "errors"):
+            total[k] += int(c.get(k, 0))
+        for kind, n in (c.get("by_kind") or {}).items():
+            total["by_kind"][kind] = total["by_kind"].get(kind, 0) + int(n)
+    total["by_kind"] = dict(sorted(total["by_kind"].items()))
+    return total
+
+
+def across_workers(rt: Runtime, peers: WorkerPeers) -> None:
+    """Worker 0 of ``--workers N``: ``policy.reload``, ``policy.promote`` and
+    ``policy.shadow`` change every worker, not only the one serving the admin socket.
+
+    Worker 0 applies the change first, so a candidate that does not validate is refused
+    there and reaches no worker: the old set stays in force everywhere. The others then
+    put in force exactly worker 0's version (a directory that changed in between is
+    refused, not loaded). The reply says how many workers applied it (``workers``)."""
+    ops = rt.operations
+    local_reload, local_promote, local_shadow = (
+        ops["policy.reload"],
+        ops["policy.promote"],
+        ops["policy.shadow"],
+    )
+
+    def reload(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+        result = dict(local_reload(rt, args, op))
+        answers = peers.broadcast(
+            "policy.reload",
+            {"strict": args.get("strict") is True, "expect_version": result["policy_version"]},
+        )
+        result["workers"] = _report(result, answers, "policy_version")
+        return result
+
+    def promote(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+        result = dict(local_promote(rt, args, op))
+        answers = peers.broadcast(
+            "policy.reload", {"expect_version": result["policy_version"], "clear_shadow": True}
+        )
+        result["workers"] = _report(result, answers, "policy_version")
+        return result
+
+    def shadow(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
+        result = dict(local_shadow(rt, args, op))
+        directory = args.get("directory")
+        answers = peers.broadcast("policy.shadow", {"directory": directory, "by": op.name})
+        result["workers"] = _report(result, answers, "shadow_version")
+        views = [result["counters"], *(a["result"]["counters"] for a in answers if a.get("ok"))]
+        result["counters"] = _sum_counters(views)
+        return result
+
+    ops["policy.reload"], ops["policy.promote"], ops["policy.shadow"] = reload, promote, shadow

@@ -9,8 +9,14 @@ What keeps N workers correct:
 
 * each worker is its own audit writer: node id ``<node_id>-w<i>``, its own hash chain,
   claimed like a replica's (``Replica.claim`` refuses a duplicate);
-* only worker 0 (the primary) runs the admin socket, the Workload API socket and the
-  periodic jobs (expiry, key rotation, lease reaping), so none of them runs twice;
+* only worker 0 (the primary) runs the admin socket and the Workload API socket; the
+  periodic jobs run in the holder of the leader lease (``tether.leader``), so none runs
+  twice;
+* an admin change held in each worker's memory (``tether policy reload``, ``promote``,
+  ``shadow``) reaches worker 0 first, which passes it on to the others over their peer
+  sockets and reports how many applied it (``tether.server.worker_peers``,
+  ``tether.server.policy_ops.across_workers``); SIGHUP to the parent reaches every worker
+  directly;
 * everything that must be shared already lives in the store: task state (read on every
   decision), DPoP ``jti``s, approvals, leases, keys;
 * metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before forking, so every
@@ -34,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 
 from tether.config import Settings
@@ -61,15 +68,32 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return replace(settings, node_id=f"{settings.node_id[:60]}-w{index}", identity=ident)
 
 
-def _worker(settings: Settings, index: int, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
+def _worker(
+    settings: Settings,
+    index: int,
+    workers: int,
+    sock: socket.socket,
+    peers_dir: Path,
+    on_ready: Callable[[], None] | None,
+) -> None:
     from tether.runtime import Runtime
     from tether.server.http_protocol import run as run_loop
+    from tether.server.policy_ops import PEER_OPERATIONS, across_workers
     from tether.server.serve import serve
+    from tether.server.worker_peers import PeerServer, WorkerPeers
 
     rt = Runtime.start(worker_settings(settings, index))
+    peer: PeerServer | None = None
     try:
+        if index == 0:  # the admin socket's worker: policy changes go on to the others
+            across_workers(rt, WorkerPeers(peers_dir, workers))
+        else:
+            peer = PeerServer(rt, peers_dir, index, PEER_OPERATIONS)
+            peer.start()
         run_loop(serve(rt, on_ready=on_ready if index == 0 else None, sock=sock, primary=index == 0))
     finally:
+        if peer is not None:
+            peer.close()
         rt.close()
 
 
@@ -89,15 +113,13 @@ def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None]
 
     sock = listening_socket(*settings.listen_host_port)
     metrics_dir = tempfile.mkdtemp(prefix="tether-metrics-")
+    peers_dir = Path(tempfile.mkdtemp(prefix="tether-workers-"))  # 0700: the peer sockets
     metrics.enable_multiprocess(metrics_dir)
     try:
-        return _run(settings, workers, sock, on_ready)
+        return supervise(workers, lambda i: _worker(settings, i, workers, sock, peers_dir, on_ready), sock)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _run(settings: Settings, workers: int, sock: socket.socket, on_ready: Callable[[], None] | None) -> int:
-    return supervise(workers, lambda i: _worker(settings, i, sock, on_ready), sock)
+        shutil.rmtree(peers_dir, ignore_errors=True)
 
 
 def supervise(workers: int, run_worker: Callable[[int], None], sock: socket.socket) -> int:
