@@ -14,6 +14,8 @@ an :class:`~tether.errors.Unavailable` and nothing is forwarded.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from tether.model import Task
 
 if TYPE_CHECKING:
     from tether.gateway.pins import ToolPins
+    from tether.gateway.service import CallRecord
     from tether.seams import BrokerParts
 
 T = TypeVar("T")
@@ -206,12 +209,97 @@ class Authorizer(Protocol):
     async def aclose(self) -> None: ...
 
 
+class CallLog:
+    """Group commit of call records: those that arrive together share one audit unit.
+
+    A record is appended to a batch and its caller waits until the batch has committed,
+    so ``record`` returns only once the event is in the store, as with one unit per
+    record. The batch is written on the next turn of the event loop (SQLite, on the loop
+    itself) or as soon as the writer thread is free (PostgreSQL), so it never waits for
+    company: under load the records of concurrent calls share a transaction, a lone call
+    pays what it did before. If a batch fails, each of its records is tried alone, so one
+    record that cannot be written never costs the others theirs.
+
+    (Call records follow the decision that let the call through, which was committed on
+    its own before anything was forwarded: see docs/architecture.md on the audit unit.)
+    """
+
+    def __init__(self, write: Callable[[Sequence[CallRecord]], None], inline: bool) -> None:
+        self._write = write
+        self._inline = inline
+        self._pending: list[tuple[CallRecord, asyncio.Future[None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = False  # a batch is being written (scheduled, or in the writer thread)
+        self._task: asyncio.Task[None] | None = None
+
+    async def append(self, record: CallRecord) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (a test client's): nothing pending carries over
+            self._loop, self._pending, self._busy = loop, [], False
+        fut = loop.create_future()
+        self._pending.append((record, fut))
+        if not self._busy:
+            self._busy = True
+            if self._inline:
+                loop.call_soon(self._flush_inline)
+            else:
+                self._task = loop.create_task(self._flush_threaded())
+        await fut
+
+    def _take(self) -> list[tuple[CallRecord, asyncio.Future[None]]]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _flush_inline(self) -> None:
+        self._busy = False
+        batch = self._take()
+        if batch:
+            self._settle(batch, self._outcomes(batch))
+
+    async def _flush_threaded(self) -> None:
+        try:
+            while batch := self._take():
+                outcomes = await anyio.to_thread.run_sync(self._outcomes, batch)
+                self._settle(batch, outcomes)
+        finally:
+            self._busy = False
+
+    def _outcomes(self, batch: list[tuple[CallRecord, asyncio.Future[None]]]) -> list[BaseException | None]:
+        try:
+            self._write([r for r, _ in batch])
+            return [None] * len(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        out: list[BaseException | None] = []
+        for r, _ in batch:
+            try:
+                self._write([r])
+                out.append(None)
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    @staticmethod
+    def _settle(
+        batch: list[tuple[CallRecord, asyncio.Future[None]]], outcomes: list[BaseException | None]
+    ) -> None:
+        for (_, fut), exc in zip(batch, outcomes, strict=True):
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+
 class LocalAuthorizer:
     """In the broker's process: direct calls.
 
     On SQLite a decision is a few hundred microseconds of CPU and one local commit, less
     than handing it to a worker thread and back costs, so it runs on the event loop; on
-    PostgreSQL (network round trips) it runs in a worker thread.
+    PostgreSQL (network round trips) it runs in a worker thread. Call records are group
+    committed (:class:`CallLog`).
     """
 
     def __init__(self, runtime: BrokerParts, pins: ToolPins | None = None) -> None:
@@ -223,6 +311,7 @@ class LocalAuthorizer:
         # Pins live in the store: another ``ToolPins`` over the same chain sees the same pins.
         self.pins = pins if pins is not None else ToolPins(runtime.audit, runtime.broker.clock)
         self._inline = getattr(runtime.db, "dialect", "") == "sqlite"
+        self.calls = CallLog(functools.partial(service.append_calls, runtime), self._inline)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._inline:
@@ -252,16 +341,10 @@ class LocalAuthorizer:
     async def record(
         self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
     ) -> None:
-        await self._call(
-            self._service.record_call,
-            self.rt,
-            type_,
-            verdict.task,
-            verdict.decision_id,
-            verdict.lease_id,
-            trace_id,
-            dict(payload),
+        record = self._service.call_record(
+            type_, verdict.task, verdict.decision_id, verdict.lease_id, trace_id, dict(payload)
         )
+        await self.calls.append(record)
 
     async def observe_tools(
         self, server: str, definitions: Mapping[str, Mapping[str, Any]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
@@ -181,6 +182,55 @@ def tool_arguments(rt: Any, resources: Sequence[str]) -> dict[str, dict[str, Arg
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One forwarded call's audit event, checked and ready to append."""
+
+    type: str
+    fields: Mapping[str, Any]  # task_id, root_task_id, parent_task_id, agent
+    decision_id: str | None
+    lease_id: str | None
+    trace_id: str | None
+    payload: dict[str, Any]
+
+
+def call_record(
+    type_: str,
+    task: Mapping[str, Any] | None,
+    decision_id: str | None,
+    lease_id: str | None,
+    trace_id: str | None,
+    payload: dict[str, Any],
+    enforcer: str | None = None,
+) -> CallRecord:
+    """Check one call record as an enforcement point sent it (``InvalidRequest`` if it is bad)."""
+    if type_ not in CALL_EVENTS:
+        raise InvalidRequest(f"`{type_}` is not a call event", code="invalid_field", field="type")
+    fields: dict[str, Any] = {}
+    for key in ("task_id", "root_task_id", "parent_task_id", "agent"):
+        value = (task or {}).get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"`task.{key}` must be a string", code="invalid_field", field=f"task.{key}")
+        fields[key] = value
+    if enforcer:
+        payload = {**payload, "enforcer": enforcer}
+    return CallRecord(type_, fields, decision_id, lease_id, trace_id, payload)
+
+
+def append_calls(rt: BrokerParts, records: Sequence[CallRecord]) -> None:
+    """Append call records in one audit unit: all of them commit, or none."""
+    with rt.audit.unit() as u:
+        for r in records:
+            u.emit(
+                r.type,
+                r.payload,
+                decision_id=r.decision_id,
+                lease_id=r.lease_id,
+                trace_id=r.trace_id,
+                **r.fields,
+            )
+
+
 def record_call(
     rt: BrokerParts,
     type_: str,
@@ -192,15 +242,4 @@ def record_call(
     enforcer: str | None = None,
 ) -> None:
     """Append the record of one forwarded call, linked to the decision that let it through."""
-    if type_ not in CALL_EVENTS:
-        raise InvalidRequest(f"`{type_}` is not a call event", code="invalid_field", field="type")
-    fields: dict[str, Any] = {}
-    for key in ("task_id", "root_task_id", "parent_task_id", "agent"):
-        value = (task or {}).get(key)
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"`task.{key}` must be a string", code="invalid_field", field=f"task.{key}")
-        fields[key] = value
-    if enforcer:
-        payload = {**payload, "enforcer": enforcer}
-    with rt.audit.unit() as u:
-        u.emit(type_, payload, decision_id=decision_id, lease_id=lease_id, trace_id=trace_id, **fields)
+    append_calls(rt, [call_record(type_, task, decision_id, lease_id, trace_id, payload, enforcer)])
