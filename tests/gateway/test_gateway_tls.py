@@ -161,6 +161,22 @@ def test_a_bad_pair_on_sighup_keeps_the_old_certificate(tmp_path):
     assert "TLS reload refused" in out
 
 
+def test_sighup_does_not_stop_a_gateway_without_tls(tmp_path):
+    """`systemctl reload` on a plain-HTTP gateway: nothing to re-read, and it goes on serving."""
+    port = free_port()
+    proc = _http_gateway(tmp_path, port)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/nothing", timeout=60)
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(10):  # a bounded window after the signal
+            assert httpx.get(f"http://127.0.0.1:{port}/nothing", timeout=5).status_code == 404
+            time.sleep(0.1)
+        assert proc.poll() is None
+    finally:
+        code, out = _stop(proc)
+    assert code == 0 and "no certificate files to reload" in out, out
+
+
 def test_http_gateway_requiring_client_certificates_refuses_a_client_without_one(tmp_path):
     """`--tls-client-cert required`: no client certificate, or one from another CA, gets no
     connection; a certificate from `--tls-client-ca` gets through."""

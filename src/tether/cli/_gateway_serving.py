@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket as socketlib
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     import uvicorn
 
     from tether.gateway.authorizer import RemoteAuthorizer
+
+log = logging.getLogger("tether")
 
 
 def broker_tls_options(fn: Callable[..., None]) -> Callable[..., None]:
@@ -155,7 +158,7 @@ async def serve_http(
     end the process with it). With TLS, SIGHUP re-reads the certificate files into the
     live context: open connections keep their session, new handshakes get the new
     certificate (``tether.server.tls``); ``on_hup`` (the client certificate towards the
-    broker) is re-read too."""
+    broker) is re-read too. Without either, SIGHUP is logged and otherwise ignored."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -176,14 +179,15 @@ async def serve_http(
         jobs.append(lambda: tls.reload(live))
 
     def reload() -> None:
+        if not jobs:  # nothing to re-read; a reload (`systemctl reload`) must not stop it
+            log.warning("SIGHUP: no certificate files to reload")
         for job in jobs:
             future = loop.run_in_executor(None, job)
             background.add(future)
             future.add_done_callback(background.discard)
 
-    if jobs:
-        handled.append(signal.SIGHUP)
-        loop.add_signal_handler(signal.SIGHUP, reload)
+    handled.append(signal.SIGHUP)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await server.serve(sockets=[sock] if sock is not None else None)
     finally:
