@@ -1,5 +1,6 @@
 """A small stdio MCP server for the stream tests: `echo` answers at once, `hold` answers
-only once the file it names exists (bounded), so a test controls when a call finishes."""
+only once the file it names exists (bounded), so a test controls when a call finishes; a
+`hold` cancelled by its client (`notifications/cancelled`) leaves `<gate>.cancelled`."""
 
 from __future__ import annotations
 
@@ -20,9 +21,13 @@ def echo(text: str) -> str:
 @server.tool()
 async def hold(gate: str) -> str:
     """Answer once `gate` exists (at most 30 s)."""
-    with anyio.move_on_after(30):
-        while not Path(gate).exists():
-            await anyio.sleep(0.01)
+    try:
+        with anyio.move_on_after(30):
+            while not Path(gate).exists():
+                await anyio.sleep(0.01)
+    except anyio.get_cancelled_exc_class():
+        Path(gate + ".cancelled").touch()
+        raise
     return "released"
 
 

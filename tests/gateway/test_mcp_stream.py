@@ -194,6 +194,36 @@ def test_agent_closing_mid_call_gets_connection_closed(runtime: Any, agent: Any,
     assert reply.error.code == types.CONNECTION_CLOSED
 
 
+def test_call_past_its_timeout_is_abandoned_upstream_and_audited(
+    runtime: Any, agent: Any, tmp_path: Path
+) -> None:
+    """The relayed call that times out is cancelled at the upstream (as the SDK's session
+    would), answered `upstream_timeout`, recorded, and the upstream serves the next call."""
+    gateway = McpGateway("hold", LocalAuthorizer(runtime), task_token=token(agent), call_timeout=1.0)
+    gate = tmp_path / "gate"
+
+    async def go() -> list[types.JSONRPCResponse | types.JSONRPCError]:
+        async with wire(gateway) as w:
+            await w.handshake()
+            await w.request(1, "tools/call", {"name": "hold", "arguments": {"gate": str(gate)}})
+            timed_out = await w.answer()
+            await w.request(2, "tools/call", ECHO)
+            after = await w.answer()
+            with anyio.fail_after(10):  # while the upstream still runs: it got the cancel
+                while not Path(str(gate) + ".cancelled").exists():
+                    await anyio.sleep(0.02)
+            return [timed_out, after]
+
+    with capture_events() as events:
+        timed_out, after = anyio.run(go)
+    assert isinstance(timed_out, types.JSONRPCResponse)
+    result = types.CallToolResult.model_validate(timed_out.result)
+    assert result.is_error and (result.meta or {})["tether"]["code"] == "upstream_timeout"
+    assert text(after) == "hi"
+    outcomes = [e.payload["outcome"] for e in events if e.type == "call.forwarded"]
+    assert outcomes == ["upstream_timeout", "ok"]
+
+
 class BrokenAuthorizer(LocalAuthorizer):
     """Stands in for a bug inside the gateway: an exception no layer expected."""
 

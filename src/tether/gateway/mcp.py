@@ -41,6 +41,7 @@ from tether.broker import AuthorizeRequest, args_digest
 from tether.errors import TetherError, Unauthenticated, Unavailable
 from tether.gateway.authorizer import Authorizer, Verdict, refusal_message, upstream_credential_headers
 from tether.gateway.http import continue_trace
+from tether.gateway.mcp_relay import Relay
 from tether.gateway.oauth_resource import OAuthFrontDoor, ProtectedResource
 from tether.gateway.pins import APPROVED
 from tether.gateway.upstream import CallHeaders, Upstream, UpstreamGone, open_session
@@ -110,6 +111,8 @@ class McpGateway:
         #: Set for a task this gateway opened itself (``tether.gateway.session``).
         self.session_proof: Callable[[], DpopProof] | None = None
         self.session: ClientSession | None = None
+        #: ``tools/call`` to a stdio upstream goes through this, next to ``session``.
+        self._relay: Relay | None = None
         self._tools: dict[str, types.Tool] = {}
         self._states: dict[str, str] = {}
         self._specs: dict[str, dict[str, ArgSpec]] = {}
@@ -144,11 +147,16 @@ class McpGateway:
         while True:
             began = time.monotonic()
             reason = "the connection closed"
+            relay = Relay() if upstream.command else None
             try:
                 async with open_session(
-                    upstream, self._on_upstream, self.call_timeout, self._call_headers
+                    upstream,
+                    self._on_upstream,
+                    self.call_timeout,
+                    self._call_headers,
+                    stdio_relay=relay.wrap if relay is not None else None,
                 ) as session:
-                    self.session = session
+                    self.session, self._relay = session, relay
                     self._dead = anyio.Event()
                     await self.refresh()
                     self._ready.set()
@@ -178,7 +186,7 @@ class McpGateway:
 
     def _not_ready(self) -> None:
         # Invariant: no session ⇔ `_ready` unset, so waiters wake only for a live session.
-        self.session = None
+        self.session = self._relay = None
         if self._ready.is_set():
             self._ready = anyio.Event()
 
@@ -414,9 +422,11 @@ class McpGateway:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            session = self.session or await self._live_session()
+            session, relay = self.session or await self._live_session(), self._relay
             with anyio.fail_after(self.call_timeout):
-                if self.local_upstream:
+                if relay is not None:
+                    result = await _relayed_call(session, relay, name, arguments)
+                elif self.local_upstream:
                     result = await session.call_tool(name, arguments)
                 else:
                     # Streamable HTTP: this call's own credential (minted for this task and
@@ -462,6 +472,19 @@ class McpGateway:
         except Exception:
             log.exception("could not record the tool call of decision %s", verdict.decision_id)
         return result
+
+
+async def _relayed_call(
+    session: ClientSession, relay: Relay, name: str, arguments: dict[str, Any]
+) -> types.CallToolResult:
+    """``session.call_tool`` without the session's request machinery (see
+    :mod:`tether.gateway.mcp_relay`): the answer is still parsed as a ``CallToolResult`` and
+    checked against the tool's declared output schema by the session, as ``call_tool`` does."""
+    raw = await relay.call("tools/call", {"name": name, "arguments": arguments})
+    result = types.CallToolResult.model_validate(raw, by_name=False)
+    if not result.is_error:
+        await session.validate_tool_result(name, result)
+    return result
 
 
 class RequireBearer:

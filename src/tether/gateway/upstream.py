@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,15 +58,24 @@ class CallHeaders:
 
 @contextlib.asynccontextmanager
 async def open_session(
-    upstream: Upstream, on_message: Any, timeout: float, call_headers: CallHeaders | None = None
+    upstream: Upstream,
+    on_message: Any,
+    timeout: float,
+    call_headers: CallHeaders | None = None,
+    stdio_relay: Callable[[Any, Any], contextlib.AbstractAsyncContextManager[tuple[Any, Any]]] | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """One initialized session: a fresh subprocess (stdio) or connection (HTTP)."""
+    """One initialized session: a fresh subprocess (stdio) or connection (HTTP).
+
+    ``stdio_relay`` sits between a stdio transport and the session
+    (:meth:`tether.gateway.mcp_relay.Relay.wrap`)."""
     async with contextlib.AsyncExitStack() as stack:
         if upstream.command:
             params = StdioServerParameters(
                 command=upstream.command[0], args=list(upstream.command[1:]), env=dict(upstream.env) or None
             )
             read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
+            if stdio_relay is not None:
+                read, write = await stack.enter_async_context(stdio_relay(read, write))
         else:
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
