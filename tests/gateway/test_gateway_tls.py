@@ -211,28 +211,31 @@ def test_http_gateway_workers_share_the_port_and_all_rotate_on_sighup(tmp_path):
     try:
         _wait(url, trusting(ca1), proc)
 
-        def children() -> list[int]:
-            found = []
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    fields = stat.read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == proc.pid:
-                    found.append(int(stat.parent.name))
-            return found
-
-        assert len(children()) == 2
+        assert len(_children(proc.pid)) == 2
         _rotate(tmp_path, ca2, proc, url, streak=20)
     finally:
         code, out = _stop(proc)
     assert code == 0, out
 
 
-def test_mcp_gateway_over_tls(tmp_path):
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_mcp_gateway_over_tls(tmp_path, workers):
     """`tether gateway mcp --transport http` with `--tls-cert`, in front of a stdio server
     and enrolled with a real broker: HTTPS with the configured certificate (the gateway's
-    own 401 for a request without a token), no plain HTTP."""
+    own 401 for a request without a token), no plain HTTP. With `--workers 2`: two
+    processes on the port, each with its own upstream server."""
     domain = TestTrustDomain("support.example")
     state = tmp_path / "state"
     prepare_state(state, domain, f'\n[gateway]\nenforcers = ["{domain.spiffe_id("gateways/mcp")}"]\n')
@@ -256,7 +259,7 @@ def test_mcp_gateway_over_tls(tmp_path):
              "--transport", "http", "--listen", f"127.0.0.1:{port}",
              "--tls-cert", str(cert), "--tls-key", str(key),
              "--broker", f"http://127.0.0.1:{broker_port}", "--svid-file", str(tmp_path / "gw.svid"),
-             "--audience", audience, "--workload-socket", "none"],
+             "--audience", audience, "--workload-socket", "none", "--workers", str(workers)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -265,9 +268,16 @@ def test_mcp_gateway_over_tls(tmp_path):
         assert (r.status_code, r.json()["code"]) == (401, "missing_token")
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=5)
+        if workers > 1:
+            assert len(_children(proc.pid)) == workers
+            deadline = time.monotonic() + 60
+            while len((tmp_path / "starts").read_text().splitlines()) < workers:
+                assert time.monotonic() < deadline, "each worker starts its upstream"
+                time.sleep(0.1)  # bounded poll on the workers' upstream start
     finally:
         if proc is not None:
-            _stop(proc)
+            code, out = _stop(proc)
+            assert code == 0, out
         _stop(broker)
 
 
@@ -366,3 +376,13 @@ def test_gateway_reaches_a_broker_requiring_client_certificates_with_its_own(tmp
         for proc in gateways:
             _stop(proc)
         _stop(broker)
+
+
+def test_mcp_gateway_workers_need_the_http_transport():
+    """Over stdio one client launches one gateway: `--workers 2` is refused, naming it."""
+    r = CliRunner().invoke(
+        main,
+        ["gateway", "mcp", "--server", "crashy", "--upstream-cmd", "true", "--task-token", "t",
+         "--workers", "2", *IDENTITY],
+    )  # fmt: skip
+    assert r.exit_code == 1 and "--workers" in r.output, r.output

@@ -240,6 +240,13 @@ def http(
     "--listen", default="127.0.0.1:8490", show_default=True, help="HOST:PORT for `--transport http`."
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="`--transport http`: gateway processes sharing the listening socket, each with its own upstream.",
+)
+@click.option(
     "--task-token",
     envvar="TETHER_TASK_TOKEN",
     help="The agent's task token (stdio only; over HTTP each request carries its own).",
@@ -282,6 +289,7 @@ def mcp(
     upstream_url: str | None,
     transport: str,
     listen: str,
+    workers: int,
     task_token: str | None,
     intent: str | None,
     scope: tuple[str, ...],
@@ -352,7 +360,16 @@ def mcp(
         lambda: identity_source(svid_file, state_dir, workload_socket, audience, enforcer_id)
     )
     client = broker_tls(broker_ca, broker_client_cert, broker_client_key)
-    authorizer, on_hup = run(lambda: remote_authorizer(broker, identity, client))
+    if workers > 1 and transport != "http":
+        run(
+            lambda: _raise(
+                InvalidRequest(
+                    "`--workers` needs `--transport http` (over stdio one client has one gateway)",
+                    code="invalid_field",
+                    field="workers",
+                )
+            )
+        )
     resource = None
     if oauth_resource:
         if transport != "http" or not authorization_server:
@@ -366,6 +383,7 @@ def mcp(
                 )
             )
         resource = ProtectedResource(oauth_resource, (str(authorization_server),), server)
+    authorizer, on_hup = run(lambda: remote_authorizer(broker, identity, client))
     gw = McpGateway(
         server,
         authorizer,
@@ -375,6 +393,7 @@ def mcp(
         max_restarts=max_restarts,
         resource=resource,
     )
+    host, _, port = listen.rpartition(":")
 
     async def serve_stdio() -> None:
         from mcp.server.stdio import stdio_server
@@ -383,7 +402,7 @@ def mcp(
         async with stdio_server() as (read, write):
             await app.run(read, write, app.create_initialization_options())
 
-    async def main() -> None:
+    async def main(sock: socketlib.socket | None = None) -> None:
         async with gw.connect(upstream):
             if session:
                 agent = WorkloadApiSvid(socket, spiffe_id=agent_id)
@@ -395,12 +414,24 @@ def mcp(
             elif transport == "stdio":
                 await serve_stdio()
             else:
-                host, _, port = listen.rpartition(":")
-                scheme = "https" if tls is not None else "http"
-                err_console.print(f"[green]✓[/] mcp gateway for `{server}` on {scheme}://{listen}/mcp")
+                if sock is None:
+                    err_console.print(f"[green]✓[/] mcp gateway for `{server}` on {scheme}://{listen}/mcp")
                 config = server_config(gw.http_app(host=host), host, int(port), tls)
-                await serve_http(config, tls, on_hup=on_hup)
+                await serve_http(config, tls, sock, on_hup)
         await authorizer.aclose()
+
+    scheme = "https" if tls is not None else "http"
+    if workers > 1:
+        # Each worker runs the whole gateway: its own upstream (a stdio server is started
+        # once per worker) and broker client. Requests are stateless (each carries its
+        # token), so any worker can answer any of them.
+        from tether.server.workers import listening_socket, supervise
+
+        sock = run(lambda: listening_socket(host.strip("[]"), int(port)))
+        err_console.print(
+            f"[green]✓[/] mcp gateway for `{server}` on {scheme}://{listen}/mcp with {workers} workers"
+        )
+        raise SystemExit(supervise(workers, lambda _i: anyio.run(main, sock), sock))
 
     if not logging.getLogger().handlers:  # stdout is the MCP channel: logs go to stderr
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="tether: %(message)s")
