@@ -1,32 +1,49 @@
 """`tether policy replay` speed: decisions re-decided per second, from the store.
 
-Records N real decisions through `Broker.authorize` (a few agents, tools and arguments,
-one of them masked), then replays them with a candidate set that flips some, the way
-the CLI does (stream from the store, parse, batch through cedarpy). Reported: the whole
-replay (read + parse + decide) and the decide step alone. Run:
-`python bench/bench_replay.py [-n N] [--repeat R] [--store URL]`.
+Records N real decisions through `Broker.authorize` (8 agents, three tools, arguments
+that differ on every call, one of them masked), then replays them with a candidate set
+that flips some, the way the CLI does: read the window from the store, parse each event,
+key it by what the candidate can see, ask Cedar on a miss. `--copies K` adds K copies of
+every recorded decision event (same input, own decision id, same timestamp, on chains of
+their own) so that a window long enough for the worker processes can be had without
+recording it call by call; a copy asks nothing new of Cedar, as a repeated call would not.
+
+Reported, each over `--repeat` runs with cold caches (a new replayer per run): the replay
+in this process (`--jobs 1`), with `--jobs N` workers (all the cores by default), and the
+decide step alone (records already parsed). Beside them, measured in the same run, the
+floors: reading + parsing the window alone, and one Cedar evaluation per decision over a
+cached handle (what a replay without the answer cache could at most do in one process).
+Wall time is what the machine's load allows; CPU time per decision (this process plus its
+workers) is the steadier figure on a shared machine.
+Run: `python bench/bench_replay.py [-n N] [--copies K] [--repeat R] [--jobs N] [--store URL]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import cedarpy
 import orjson
+from sqlalchemy import insert, select
 
 from tether.audit.masking import salt_from_master_key
 from tether.broker import AuthorizeRequest, OpenTaskRequest
-from tether.cli.policy_change import _records
 from tether.identity.keys import load_master_key
 from tether.model import Grant, Workload
 from tether.policy import load_bundle, load_schema
 from tether.policy.replay import Replayer, ReplayReport, recorded_from_event
+from tether.policy.replay_window import Job, count, jobs_default, records, replay_window
 from tether.runtime import Runtime
+from tether.store import tables as tb
 from tether.testing import TestTrustDomain, make_settings
 
 CANDIDATE = """
@@ -36,12 +53,35 @@ when { context.call.hasTag("customer_token") && context.call.getTag("customer_to
 """
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the replay workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _copy_events(rt: Runtime, copies: int) -> None:
+    e = tb.audit_events.c
+    with rt.db.read() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(tb.audit_events).where(e.type == "decision"))]
+    for k in range(copies):
+        batch = []
+        for seq, row in enumerate(rows, start=1):
+            batch.append(
+                {**row, "chain": f"bench-copy-{k}", "seq": seq, "decision_id": f"{row['decision_id']}-{k}"}
+            )
+        with rt.db.begin() as conn:
+            conn.execute(insert(tb.audit_events), batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", help="store URL (default: SQLite in a temp dir)")
-    ap.add_argument("-n", type=int, default=5000, help="decisions to record")
-    ap.add_argument("--repeat", type=int, default=5, help="replays to time")
+    ap.add_argument("-n", type=int, default=2000, help="decisions to record")
+    ap.add_argument("--copies", type=int, default=0, help="copies of each recorded decision event")
+    ap.add_argument("--repeat", type=int, default=3, help="replays to time")
+    ap.add_argument("--jobs", type=int, default=jobs_default(), help="workers for the parallel replay")
     args = ap.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-replay-"))
     domain = TestTrustDomain("support.example")
@@ -70,6 +110,9 @@ def main() -> None:
             req = AuthorizeRequest("read", "crm", {})
         rt.broker.authorize(tok, req)
     print(f"recorded {args.n} decisions in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.copies:
+        _copy_events(rt, args.copies)
+    total = count(rt.db, 0.0, None)
 
     cand = tmp / "candidate"
     shutil.copytree(settings.policy_path, cand)
@@ -81,42 +124,86 @@ def main() -> None:
     def fresh() -> Replayer:  # a new replayer per run: no answer cached from the previous one
         return Replayer(bundle, rt.catalog, schema, salt=salt, policy_texts=bundle.sources.values())
 
-    replayer = fresh()
-
-    whole: list[float] = []
-    report = ReplayReport(bundle.version, replayer.catalog_version)
-    for _ in range(args.repeat):
-        report = ReplayReport(bundle.version, replayer.catalog_version)
-        replayer = fresh()
-        t = time.perf_counter()
-        replayer.replay(_records(rt.db, 0.0, None), report)
-        whole.append(report.replayed / (time.perf_counter() - t))
-    # The decide step alone: records already parsed in memory.
-    from sqlalchemy import select
-
-    from tether.store import tables as tb
-
-    e = tb.audit_events.c
-    with rt.db.read() as conn:
-        rows = conn.execute(select(e.v, e.payload, e.decision_id, e.agent).where(e.type == "decision")).all()
-    parsed = [recorded_from_event(int(v), orjson.loads(p), d, a) for v, p, d, a in rows]
-    decide: list[float] = []
-    for _ in range(args.repeat):
-        r = ReplayReport(bundle.version, replayer.catalog_version)
-        replayer = fresh()
-        t = time.perf_counter()
-        replayer.replay(parsed, r)
-        decide.append(r.replayed / (time.perf_counter() - t))
-    rt.close()
-    print(
-        f"replayed {report.replayed} decisions, {report.flips} flips, {report.inexact} inexact; "
-        f"batch size {512}"
+    probe = fresh()
+    job = Job(
+        str(cand), bundle.version, str(settings.catalog_path), probe.catalog_version, settings.store_url, salt
     )
-    for label, rates in (("store → report (as the CLI)", whole), ("decide only (parsed records)", decide)):
+
+    def timed(run: Callable[[], ReplayReport]) -> tuple[list[float], list[float], ReplayReport]:
+        rates, cpus = [], []
+        report = ReplayReport(bundle.version, probe.catalog_version)
+        for _ in range(args.repeat):
+            t, c = time.perf_counter(), _cpu()
+            report = run()
+            rates.append(report.decisions / (time.perf_counter() - t))
+            cpus.append((_cpu() - c) / report.decisions * 1e6)
+        return rates, cpus, report
+
+    one = timed(lambda: replay_window(fresh(), rt.db, 0.0, None, total=total, jobs=1))
+    many = timed(
+        lambda: replay_window(fresh(), rt.db, 0.0, None, total=total, jobs=args.jobs, job=job, parallel_min=0)
+    )
+    parsed = list(records(rt.db, 0.0, None))
+    decide = timed(lambda: fresh().replay(parsed))
+    # Floors, in the same run.
+    read = timed(lambda: _count_only(records(rt.db, 0.0, None), bundle.version, probe.catalog_version))
+    with rt.db.read() as conn:
+        e = tb.audit_events.c
+        payload = conn.execute(select(e.payload).where(e.type == "decision").limit(1)).scalar_one()
+    cedar_us = _cedar_floor(probe, recorded_from_event(3, orjson.loads(payload), "x", None), args.repeat)
+    rt.close()
+
+    report = one[2]
+    assert report.to_dict() | {"seconds": 0, "evaluated": 0} == many[2].to_dict() | {
+        "seconds": 0,
+        "evaluated": 0,
+    }
+    print(
+        f"{report.decisions} decisions ({args.n} recorded, {args.copies} copies each), {report.flips} flips, "
+        f"{report.inexact} inexact; Cedar asked {report.evaluated} times in one process, "
+        f"{many[2].evaluated} times over {args.jobs} workers"
+    )
+    for label, (rates, cpus, _) in (
+        ("store → report, --jobs 1", one),
+        (f"store → report, --jobs {args.jobs}", many),
+        ("decide only (parsed records)", decide),
+        ("floor: read + parse only", read),
+    ):
         print(
-            f"{label:32} median {statistics.median(rates):8.0f} decisions/s   "
-            f"worst {min(rates):8.0f}/s   (runs: {len(rates)})"
+            f"{label:32} median {statistics.median(rates):8.0f} decisions/s   worst {min(rates):8.0f}/s   "
+            f"CPU {statistics.median(cpus):6.1f} µs/decision   (runs: {len(rates)})"
         )
+    print(
+        f"{'floor: one Cedar call each':32} median {1e6 / cedar_us:8.0f} decisions/s   "
+        f"({cedar_us:.0f} µs CPU per cached-handle evaluation)"
+    )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _count_only(recs: object, version: str, catalog_version: str) -> ReplayReport:
+    out = ReplayReport(version, catalog_version)
+    for _ in recs:  # type: ignore[attr-defined]
+        out.decisions += 1
+    return out
+
+
+def _cedar_floor(replayer: Replayer, rec: object, repeat: int) -> float:
+    """CPU µs of one cedarpy evaluation of a recorded request over a cached handle."""
+    from tether.policy.replay import Recorded
+
+    assert isinstance(rec, Recorded)
+    built = replayer._build(rec.input, rec.masked)
+    assert built is not None
+    delta, request, _ = built
+    entities = replayer._entities(delta, delta)
+    policy_set = replayer.bundle.policy_set
+    runs = []
+    for _ in range(repeat):
+        c = time.process_time()
+        for _ in range(300):
+            cedarpy.is_authorized(request, policy_set, entities, replayer.schema)
+        runs.append((time.process_time() - c) / 300 * 1e6)
+    return statistics.median(runs)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def _history(engine: PolicyEngine, catalog: Catalog, n: int) -> list[Recorded]:
 
 def _report(replayer: Replayer, records: list[Recorded]) -> dict[str, Any]:
     d = replayer.replay(records).to_dict()
-    del d["seconds"], d["rate_per_second"]
+    del d["seconds"], d["rate_per_second"], d["evaluated"]
     return d
 
 

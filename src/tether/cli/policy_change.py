@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import func, select
 
-from tether.audit import event as ev
 from tether.audit.masking import salt_from_master_key
 from tether.audit.query import parse_time
 from tether.catalog import load_catalog
@@ -24,15 +21,14 @@ from tether.errors import Unavailable
 from tether.identity.keys import MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key
 from tether.policy import load_schema
 from tether.policy.analysis import load_checked
-from tether.policy.replay import Recorded, Replayer, ReplayReport, recorded_from_event
+from tether.policy.replay import Replayer, ReplayReport
+from tether.policy.replay_window import Job, count, jobs_default, replay_window
 from tether.server.admin import call
-from tether.store import tables as t
 from tether.store.db import Database
 
 #: Exit codes of `replay` beside 0 (done) and 1 (error): the CI gate's answers.
 EXIT_FLIPS = 4
 EXIT_NOTHING = 5
-_E = t.audit_events.c
 
 
 def _salt(settings: Settings) -> bytes | None:
@@ -42,30 +38,8 @@ def _salt(settings: Settings) -> bytes | None:
     return salt_from_master_key(load_master_key(settings.state_dir))
 
 
-def _window(db: Database, since: float, until: float | None) -> Any:
-    q = select(_E.v, _E.payload, _E.decision_id, _E.agent).where(_E.type == ev.DECISION, _E.ts >= since)
-    return q.where(_E.ts < until) if until is not None else q
-
-
-def _records(db: Database, since: float, until: float | None) -> Iterator[Recorded | str]:
-    with db.read() as conn:
-        rows = conn.execution_options(yield_per=2000).execute(
-            _window(db, since, until).order_by(_E.ts, _E.chain, _E.seq)
-        )
-        for v, payload, decision_id, agent in rows:
-            yield recorded_from_event(int(v), orjson.loads(payload), decision_id, agent)
-
-
 def _no_store(url: str) -> None:
     raise Unavailable(f"no store at `{url}`; pass `--store URL` or `--state-dir`", code="store_unavailable")
-
-
-def _count(db: Database, since: float, until: float | None) -> int:
-    q = select(func.count()).select_from(t.audit_events).where(_E.type == ev.DECISION, _E.ts >= since)
-    if until is not None:
-        q = q.where(_E.ts < until)
-    with db.read() as conn:
-        return int(conn.execute(q).scalar() or 0)
 
 
 def _render(d: dict[str, Any]) -> None:
@@ -146,6 +120,12 @@ def _kinds(g: dict[str, Any]) -> str:
     help=f"Exit {EXIT_FLIPS} when more decisions than this change (and {EXIT_NOTHING} when none "
     "could be replayed): a gate for CI.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Worker processes for a long window [default: the cores available]; 1 replays in this "
+    "process. Windows under 40,000 decisions are always replayed in this process.",
+)
 @click.option("--store", help="Store URL [default: the state directory's config].")
 @state_dir_option
 @json_option
@@ -155,6 +135,7 @@ def replay(
     until: str | None,
     catalog_file: Path | None,
     max_flips: int | None,
+    jobs: int | None,
     store: str | None,
     state_dir: Path,
     as_json: bool,
@@ -171,28 +152,37 @@ def replay(
     """
     settings: Settings = run(lambda: load_settings(state_dir, overrides={"store": store}), as_json)
     schema = load_schema()
-    catalog = run(lambda: load_catalog(catalog_file or settings.catalog_path), as_json)
+    catalog_path = (catalog_file or settings.catalog_path).absolute()
+    catalog = run(lambda: load_catalog(catalog_path), as_json)
     # The reload's checks and messages (analysis warnings are reported, not refused).
     bundle, analysis = run(lambda: load_checked(policy_dir, schema, catalog), as_json)
     start = run(lambda: parse_time(since), as_json)
     end = run(lambda: parse_time(until, field="until"), as_json) if until else None
-    replayer = Replayer(bundle, catalog, schema, salt=_salt(settings), policy_texts=bundle.sources.values())
+    salt = _salt(settings)
+    replayer = Replayer(bundle, catalog, schema, salt=salt, policy_texts=bundle.sources.values())
     url = settings.store_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         # Opening it would create an empty database: replay never writes.
         run(lambda: _no_store(url), as_json)
+    job = Job(
+        str(policy_dir.absolute()), bundle.version, str(catalog_path), replayer.catalog_version, url, salt
+    )
     db = Database(url)
     try:
-        total = run(lambda: _count(db, start, end), as_json)
-        report = ReplayReport(bundle.version, replayer.catalog_version)
+        total = run(lambda: count(db, start, end), as_json)
         began = time.perf_counter()
+
+        def go(progress: Callable[[int], None] | None) -> ReplayReport:
+            n = jobs or jobs_default()
+            return replay_window(replayer, db, start, end, total=total, jobs=n, job=job, progress=progress)
+
         if as_json or not err_console.is_terminal:
-            replayer.replay(_records(db, start, end), report)
+            report = run(lambda: go(None), as_json)
         else:
             columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err_console, transient=True) as bar:
                 task = bar.add_task("replay", total=total)
-                replayer.replay(_records(db, start, end), report, lambda n: bar.advance(task, n))
+                report = run(lambda: go(lambda n: bar.advance(task, n)), as_json)
         report.seconds = time.perf_counter() - began
     finally:
         db.dispose()

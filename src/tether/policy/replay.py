@@ -50,7 +50,8 @@ _CACHE = 4096  # entities handles kept (one per distinct agent + arguments)
 _RESULTS = 200_000  # answers kept (one per distinct request as policy can see it)
 _CALL_UID = {"type": "Tether::Call", "id": "call"}
 _ARGS_UID = {"type": "Tether::Args", "id": "args"}
-MAX_EXAMPLES = 3
+MAX_EXAMPLES = 3  # per group
+MAX_EXAMPLES_REPORT = 20
 _STRING_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _LONG_LITERAL = re.compile(r"(?<![\w.\"])-?\d{1,18}(?![\w.])")
 
@@ -104,6 +105,12 @@ class _Group:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(decision_id)
 
+    def absorb(self, later: _Group) -> None:
+        self.count += later.count
+        for k, n in later.by_kind.items():
+            self.by_kind[k] = self.by_kind.get(k, 0) + n
+        self.examples.extend(later.examples[: MAX_EXAMPLES - len(self.examples)])
+
 
 @dataclass
 class ReplayReport:
@@ -119,6 +126,8 @@ class ReplayReport:
     by_agent_intent: dict[tuple[str, str], _Group] = field(default_factory=lambda: defaultdict(_Group))
     examples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Cedar evaluations asked (the other decisions were answered from the cache).
+    evaluated: int = 0
 
     @property
     def flips(self) -> int:
@@ -127,6 +136,24 @@ class ReplayReport:
     def note_skip(self, why: str) -> None:
         self.decisions += 1
         self.not_replayable[why] = self.not_replayable.get(why, 0) + 1
+
+    def absorb(self, later: ReplayReport) -> None:
+        """Add the report of the decisions right after this one's: the counts add up and
+        the examples are the first ones of both, as if one pass had written it."""
+        self.decisions += later.decisions
+        self.replayed += later.replayed
+        for k, n in later.not_replayable.items():
+            self.not_replayable[k] = self.not_replayable.get(k, 0) + n
+        self.inexact += later.inexact
+        self.catalog_changed += later.catalog_changed
+        self.evaluated += later.evaluated
+        for k, n in later.by_kind.items():
+            self.by_kind[k] = self.by_kind.get(k, 0) + n
+        for policy, g in later.by_policy.items():
+            self.by_policy[policy].absorb(g)
+        for who, g in later.by_agent_intent.items():
+            self.by_agent_intent[who].absorb(g)
+        self.examples.extend(later.examples[: MAX_EXAMPLES_REPORT - len(self.examples)])
 
     def to_dict(self) -> dict[str, Any]:
         def group(g: _Group) -> dict[str, Any]:
@@ -152,6 +179,7 @@ class ReplayReport:
                 for (a, i), g in sorted(self.by_agent_intent.items(), key=lambda kv: (-kv[1].count, kv[0]))
             ],
             "examples": self.examples,
+            "evaluated": self.evaluated,
             "seconds": round(self.seconds, 3),
             "rate_per_second": round(self.replayed / self.seconds) if self.seconds > 0 else None,
         }
@@ -402,6 +430,7 @@ class Replayer:
         for delta, (gkeys, requests, flags) in groups.items():
             decided = self._decide_batch(requests, delta, delta)
             self.evaluated += len(requests)
+            out.evaluated += len(requests)
             for key, result, unresolved in zip(gkeys, decided, flags, strict=True):
                 results[key] = (result, unresolved)
         for rec, key in zip(batch, keys, strict=True):
@@ -427,7 +456,7 @@ class Replayer:
         for policy_id in changed or ["(none)"]:
             out.by_policy[policy_id].add(kind, rec.decision_id)
         out.by_agent_intent[(rec.agent, rec.intent)].add(kind, rec.decision_id)
-        if len(out.examples) < 20:
+        if len(out.examples) < MAX_EXAMPLES_REPORT:
             out.examples.append(
                 {
                     "decision_id": rec.decision_id,

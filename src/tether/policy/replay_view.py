@@ -257,29 +257,39 @@ def _compile(node: _Node) -> Callable[[Any], Any]:
     likes = tuple(node.likes)
     plain = not (equals or bounds or likes)
 
-    def sig(v: Any) -> Any:
+    def scalar(v: Any) -> Any:
         t = type(v)
-        if t is dict:
-            if _opaque(v):
-                return v
-            return {
-                k: children[k](x) if k in children else _TAG.get(type(x)) or _shape(x) for k, x in v.items()
-            }
         tag = _TAG.get(t)
         if tag is None:
-            return v  # a set (or a value of no Cedar type): whole
+            return _shape(v)  # a record where a scalar was compared: its shape tells
         if plain:
             return tag
         # Which literal it equals, and where it falls among the bounds: every
         # comparison with a literal answers the same for two values that agree on these.
-        out = [tag, v if v in equals.get(t, ()) else None]
-        if bounds and t is int:
-            out.append(bisect_left(bounds, v))
-            out.append(bisect_right(bounds, v))
-        out.extend(p(v) for p in likes)
+        hit = v if v in equals.get(t, ()) else None
+        if likes:
+            return (tag, hit, *_bounds(v, t), *[p(v) for p in likes])
+        return (tag, hit, *_bounds(v, t)) if bounds else (tag, hit)
+
+    def _bounds(v: Any, t: type) -> tuple[int, int] | tuple[()]:
+        return (bisect_left(bounds, v), bisect_right(bounds, v)) if bounds and t is int else ()
+
+    if not children:
+        return scalar
+    named = tuple(children.items())
+
+    def record(v: Any) -> Any:
+        if type(v) is not dict:
+            return scalar(v)
+        if _opaque(v):
+            return v
+        out = {k: _TAG.get(type(x)) or _shape(x) for k, x in v.items()}
+        for k, f in named:
+            if k in v:
+                out[k] = f(v[k])
         return out
 
-    return sig
+    return record
 
 
 class View:
