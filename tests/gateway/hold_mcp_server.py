@@ -1,9 +1,11 @@
 """A small stdio MCP server for the stream tests: `echo` answers at once, `hold` answers
 only once the file it names exists (bounded), so a test controls when a call finishes; a
-`hold` cancelled by its client (`notifications/cancelled`) leaves `<gate>.cancelled`."""
+`hold` cancelled by its client (`notifications/cancelled`) leaves `<gate>.cancelled`;
+`env` names the environment variables the process got, `pid` says which process it is."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
@@ -29,6 +31,18 @@ async def hold(gate: str) -> str:
         Path(gate + ".cancelled").touch()
         raise
     return "released"
+
+
+@server.tool()
+def env() -> str:
+    """The names of this process's environment variables."""
+    return ",".join(sorted(os.environ))
+
+
+@server.tool()
+def pid() -> str:
+    """This process's id."""
+    return str(os.getpid())
 
 
 if __name__ == "__main__":

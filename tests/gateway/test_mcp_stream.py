@@ -5,6 +5,7 @@ a real subprocess upstream (`hold_mcp_server.py`), in-process broker."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -48,7 +49,7 @@ def settings(tmp_path: Path, store_url: str, domain: Any) -> Any:
         config_extra='\n[identity]\ndpop = "optional"\n',
     )
     service = "\n  - {id: hold, sensitivity: public, environment: prod, egress: internal}\n"
-    tools = "  - {id: hold.echo, service: hold}\n  - {id: hold.hold, service: hold}\n"
+    tools = "".join(f"  - {{id: hold.{t}, service: hold}}\n" for t in ("echo", "hold", "env", "pid"))
     s.catalog_path.write_text(
         s.catalog_path.read_text().replace("\ntools:\n", service + "\ntools:\n" + tools, 1)
     )
@@ -222,6 +223,40 @@ def test_call_past_its_timeout_is_abandoned_upstream_and_audited(
     assert text(after) == "hi"
     outcomes = [e.payload["outcome"] for e in events if e.type == "call.forwarded"]
     assert outcomes == ["upstream_timeout", "ok"]
+
+
+def test_upstream_gets_a_safe_environment_not_the_gateways(
+    runtime: Any, agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream process inherits only the SDK's safe variables (PATH, HOME, …): a task
+    token or broker credential in the gateway's environment never reaches it."""
+    monkeypatch.setenv("TETHER_TASK_TOKEN", "the-agent's-token")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-upstreams")
+    gateway = McpGateway("hold", LocalAuthorizer(runtime), task_token=token(agent))
+
+    async def go() -> types.JSONRPCResponse | types.JSONRPCError:
+        async with wire(gateway) as w:
+            await w.handshake()
+            await w.request(1, "tools/call", {"name": "env", "arguments": {}})
+            return await w.answer()
+
+    names = set(text(anyio.run(go)).split(","))
+    assert "PATH" in names
+    assert not names & {"TETHER_TASK_TOKEN", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_upstream_process_is_gone_once_the_gateway_closes(runtime: Any, agent: Any) -> None:
+    gateway = McpGateway("hold", LocalAuthorizer(runtime), task_token=token(agent))
+
+    async def go() -> int:
+        async with wire(gateway) as w:
+            await w.handshake()
+            await w.request(1, "tools/call", {"name": "pid", "arguments": {}})
+            return int(text(await w.answer()))
+
+    pid = anyio.run(go)
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
+        os.kill(pid, 0)
 
 
 class BrokenAuthorizer(LocalAuthorizer):

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -147,14 +148,15 @@ class McpGateway:
         while True:
             began = time.monotonic()
             reason = "the connection closed"
-            relay = Relay() if upstream.command else None
+            # A stdio upstream's process is the relay's (POSIX: a process group of its own).
+            relay = Relay() if upstream.command and sys.platform != "win32" else None
             try:
                 async with open_session(
                     upstream,
                     self._on_upstream,
                     self.call_timeout,
                     self._call_headers,
-                    stdio_relay=relay.wrap if relay is not None else None,
+                    stdio=relay.process if relay is not None else None,
                 ) as session:
                     self.session, self._relay = session, relay
                     self._dead = anyio.Event()

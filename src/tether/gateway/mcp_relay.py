@@ -1,30 +1,40 @@
-"""``tools/call`` to a stdio upstream as plain JSON-RPC frames, next to its ``ClientSession``.
+"""A stdio upstream's process and pipes: ``tools/call`` as plain JSON-RPC frames, next to
+the ``ClientSession`` that does everything else.
 
 The gateway's session with its upstream (``tether.gateway.upstream.open_session``) stays
 an SDK ``ClientSession`` for the handshake, ``tools/list``, notifications and whatever the
 upstream asks of its client. A forwarded call does not need that machinery: the request
 is already decided and its arguments are the canonical ones, so :class:`Relay` writes it
-on the upstream's stream under its own request id and takes the answer off the stream
-before the session would see it. That saves the session's request model round trip, the
-dispatcher's per-request cancel scope, timer, span and memory stream, and a task hop each
-way (docs/architecture.md, "MCP gateway").
+straight to the upstream's stdin under its own request id, and the one stdout reader hands
+its answer to the waiting call before anything else sees it. That saves the session's
+request models, the dispatcher's per-request cancel scope, timer, span and memory stream,
+and the transport's writer and reader hops (docs/architecture.md, "MCP gateway").
 
-What the session's dispatcher does for a request, the relay does too: an abandoned call
-(timeout, cancellation) sends the upstream ``notifications/cancelled``, and when the
-upstream's stream ends every waiting call fails with ``CONNECTION_CLOSED`` — which the
-gateway takes as the upstream's death, as before.
+What the SDK does, the relay does too: the process starts and stops as ``stdio_client``
+starts and stops it; an abandoned call (timeout, cancellation) sends the upstream
+``notifications/cancelled``; when the upstream's stdout ends every waiting call fails with
+``CONNECTION_CLOSED``, which the gateway takes as the upstream's death.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import mcp_types as types
+from anyio.abc import Process
+from mcp.client.stdio import (
+    FORCE_KILL_TIMEOUT,
+    PROCESS_TERMINATION_TIMEOUT,
+    StdioServerParameters,
+    get_default_environment,
+)
+from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
@@ -34,6 +44,7 @@ __all__ = ["Relay"]
 
 _CANCEL_WRITE_SECONDS = 5.0  # the SDK's bound on a courtesy cancel
 _CLOSED = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
+_BROKEN = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 
 
 class _Waiter:
@@ -44,52 +55,117 @@ class _Waiter:
         self.outcome: dict[str, Any] | types.ErrorData = _CLOSED
 
 
+def _frame(msg: types.JSONRPCMessage) -> bytes:
+    # The SDK transport's serialization of a frame, one per line.
+    return msg.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+
+
+def _parse(line: bytes) -> SessionMessage | Exception:
+    # The SDK transport's parsing: a bad line is handed to the session as an exception.
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError as exc:
+        log.warning("the upstream sent a line that is not JSON-RPC: %s", exc)
+        return exc
+
+
 class Relay:
-    """One upstream stream's relayed requests. :meth:`wrap` sits between the transport's
-    streams and the session; :meth:`call` sends one request and waits for its answer."""
+    """One upstream process. :meth:`process` starts it and yields the session's streams;
+    :meth:`call` sends one request next to the session and waits for its answer."""
 
     def __init__(self) -> None:
         # String ids that never parse as integers: the session's dispatcher mints integers
         # (and reads "7" as 7), so the two id spaces cannot meet.
         self._ids = (f"tether-{n}" for n in itertools.count(1))
         self._pending: dict[str, _Waiter] = {}
-        self._write: Any = None
+        self._stdin: Any = None
+        self._lock = anyio.Lock()  # one frame at a time on stdin
         self._open = False
 
     @contextlib.asynccontextmanager
-    async def wrap(self, read: Any, write: Any) -> AsyncIterator[tuple[Any, Any]]:
-        """The streams to give the session: every frame but the relay's answers."""
+    async def process(self, params: StdioServerParameters, errlog: TextIO) -> AsyncIterator[tuple[Any, Any]]:
+        """Start the upstream as the SDK's ``stdio_client`` does (its safe environment
+        plus ``params.env``, a process group of its own, stderr to ``errlog``) and yield
+        the session's (read, write) streams; on exit stop it as the SDK does (stdin
+        closed, then the process group terminated past the grace period)."""
+        proc = await anyio.open_process(
+            [params.command, *params.args],
+            env=get_default_environment() | (params.env or {}),
+            stderr=errlog,
+            cwd=params.cwd,
+            start_new_session=True,
+        )
         to_session, session_reads = anyio.create_memory_object_stream[SessionMessage | Exception]()
-        self._write, self._open = write, True
+        session_writes, from_session = anyio.create_memory_object_stream[SessionMessage]()
+        self._stdin, self._open = proc.stdin, True
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, read, to_session)
+                tg.start_soon(self._read_stdout, proc, to_session)
+                tg.start_soon(self._write_stdin, from_session, to_session)
                 try:
-                    yield session_reads, write
+                    yield session_reads, session_writes
                 finally:
+                    self._close()
+                    with anyio.CancelScope(shield=True):
+                        await _stop(proc)
                     tg.cancel_scope.cancel()
         finally:
             self._close()
-            session_reads.close()
+            for stream in (session_reads, session_writes, to_session, from_session):
+                stream.close()
 
-    async def _pump(self, read: Any, to_session: Any) -> None:
-        async with to_session:
-            try:
-                async for item in read:
-                    if not self._answered(item):
-                        await to_session.send(item)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                log.debug("the upstream's stream closed under the relay")
-        self._close()  # the upstream's stream ended: nothing waiting will be answered
+    async def _read_stdout(self, proc: Process, to_session: Any) -> None:
+        assert proc.stdout is not None
+        buffer, deliver = b"", True
+        try:
+            async with to_session:
+                async for chunk in proc.stdout:
+                    *lines, buffer = (buffer + chunk).split(b"\n")
+                    for line in lines:
+                        if not line.strip() or self._answered(line) or not deliver:
+                            continue  # (a session that left: keep draining, so the server can exit)
+                        try:
+                            await to_session.send(_parse(line))
+                        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                            deliver = False
+        except _BROKEN:
+            log.debug("the upstream's stdout closed")
+        finally:
+            self._close()  # the upstream's stream ended: nothing waiting will be answered
 
-    def _answered(self, item: SessionMessage | Exception) -> bool:
-        """Whether ``item`` answers a relayed request (and is then taken here)."""
-        msg = item.message if isinstance(item, SessionMessage) else None
-        if not isinstance(msg, types.JSONRPCResponse | types.JSONRPCError) or not isinstance(msg.id, str):
+    async def _write_stdin(self, from_session: Any, to_session: Any) -> None:
+        try:
+            async for msg in from_session:
+                async with self._lock:
+                    await self._stdin.send(_frame(msg.message))
+        except _BROKEN:
+            # As the SDK's transport does: the session sees the connection end.
+            self._close()
+            await to_session.aclose()
+
+    def _answered(self, line: bytes) -> bool:
+        """Whether this stdout line answers a relayed call (and is then taken here)."""
+        if not self._pending:
             return False
-        waiter = self._pending.pop(msg.id, None)
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            return False
+        rid = frame.get("id") if isinstance(frame, dict) else None
+        if not isinstance(rid, str):
+            return False
+        waiter = self._pending.get(rid)
         if waiter is None:
-            return False  # not one of ours (or abandoned): the session drops or uses it
+            return False
+        msg: types.JSONRPCMessage
+        try:
+            msg = types.jsonrpc_message_adapter.validate_python(frame, by_name=False)
+        except ValueError:
+            bad = types.ErrorData(code=types.INTERNAL_ERROR, message="the upstream's answer is malformed")
+            msg = types.JSONRPCError(jsonrpc="2.0", id=rid, error=bad)
+        if not isinstance(msg, types.JSONRPCResponse | types.JSONRPCError):
+            return False  # a request or notification that reuses the id is the session's
+        del self._pending[rid]
         waiter.outcome = msg.result if isinstance(msg, types.JSONRPCResponse) else msg.error
         waiter.done.set()
         return True
@@ -106,13 +182,14 @@ class Relay:
             raise MCPError.from_error_data(_CLOSED)
         rid = next(self._ids)
         waiter = self._pending[rid] = _Waiter()
-        request = types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params)
+        data = _frame(types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params))
         sent = False
         try:
             try:
-                await self._write.send(SessionMessage(message=request))
+                async with self._lock:
+                    await self._stdin.send(data)
                 sent = True
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            except _BROKEN:
                 raise MCPError.from_error_data(_CLOSED) from None
             await waiter.done.wait()
         except anyio.get_cancelled_exc_class():
@@ -129,6 +206,21 @@ class Relay:
         note = types.JSONRPCNotification(
             jsonrpc="2.0", method="notifications/cancelled", params={"requestId": rid, "reason": "abandoned"}
         )
-        with anyio.move_on_after(_CANCEL_WRITE_SECONDS, shield=True):
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self._write.send(SessionMessage(message=note))
+        with anyio.move_on_after(_CANCEL_WRITE_SECONDS, shield=True), contextlib.suppress(*_BROKEN):
+            async with self._lock:
+                await self._stdin.send(_frame(note))
+
+
+async def _stop(proc: Process) -> None:
+    """Close stdin, give the server its grace period, then end its process group."""
+    with contextlib.suppress(*_BROKEN):
+        if proc.stdin is not None:
+            await proc.stdin.aclose()
+    with anyio.move_on_after(PROCESS_TERMINATION_TIMEOUT):
+        while proc.returncode is None:
+            await anyio.sleep(0.01)
+    if proc.returncode is None:
+        await terminate_posix_process_tree(proc, FORCE_KILL_TIMEOUT)
+    with anyio.move_on_after(1.0), contextlib.suppress(*_BROKEN):
+        if proc.returncode is not None:
+            await proc.aclose()  # the pipes and the reaped process, not left to the GC

@@ -11,7 +11,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -41,6 +41,12 @@ class Upstream:
             raise InvalidRequest("the upstream URL must be http(s)://…", code="invalid_upstream")
 
 
+#: Starts a stdio upstream and yields its (read, write) streams, like ``stdio_client``.
+StdioTransport = Callable[
+    [StdioServerParameters, TextIO], contextlib.AbstractAsyncContextManager[tuple[Any, Any]]
+]
+
+
 class CallHeaders:
     """The headers of the call being forwarded to an HTTP upstream: the per-call
     credential the broker minted for it (``upstream_credential_headers``), never the
@@ -62,20 +68,21 @@ async def open_session(
     on_message: Any,
     timeout: float,
     call_headers: CallHeaders | None = None,
-    stdio_relay: Callable[[Any, Any], contextlib.AbstractAsyncContextManager[tuple[Any, Any]]] | None = None,
+    stdio: StdioTransport | None = None,
 ) -> AsyncIterator[ClientSession]:
     """One initialized session: a fresh subprocess (stdio) or connection (HTTP).
 
-    ``stdio_relay`` sits between a stdio transport and the session
-    (:meth:`tether.gateway.mcp_relay.Relay.wrap`)."""
+    ``stdio`` starts the subprocess instead of the SDK's ``stdio_client``
+    (:meth:`tether.gateway.mcp_relay.Relay.process`)."""
     async with contextlib.AsyncExitStack() as stack:
         if upstream.command:
             params = StdioServerParameters(
                 command=upstream.command[0], args=list(upstream.command[1:]), env=dict(upstream.env) or None
             )
-            read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
-            if stdio_relay is not None:
-                read, write = await stack.enter_async_context(stdio_relay(read, write))
+            transport = (
+                stdio(params, sys.stderr) if stdio is not None else stdio_client(params, errlog=sys.stderr)
+            )
+            read, write = await stack.enter_async_context(transport)
         else:
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
