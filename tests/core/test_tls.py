@@ -1,5 +1,6 @@
 """Native TLS on the broker's port: a real TLS client against `tether serve` with a test
-CA made here; certificate reload on SIGHUP keeps open connections; optional mTLS."""
+CA made in the test (tests/_tls.py); certificate reload on SIGHUP keeps open connections;
+optional mTLS."""
 
 from __future__ import annotations
 
