@@ -469,6 +469,7 @@ class ActionDecisions(BrokerBase):
                     "action": a.action,
                     "resource": a.resource,
                     "args_digest": a.args_digest,
+                    "requested_at": a.created_at,  # the approval-wait histogram's start (tether.metrics)
                     **({"comment": comment[:1000]} if comment else {}),
                 },
                 **fields,

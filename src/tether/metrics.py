@@ -5,9 +5,15 @@ Two sources, so that the decision path pays almost nothing:
 * **events** — counters and histograms are fed by an audit listener (:func:`install`),
   after commit, from the events the broker writes anyway: a ``decision`` event carries
   its outcome, code and ``latency_ms``; ``call.forwarded``/``call.result`` carry the
-  gateway's upstream outcome and ``duration_ms``; a task's end and ``credential.revoked``
-  give the revocation lag. The store and the audit chain report their own failures and
-  append times through hooks (``Database.error_hooks``, ``AuditChain.append_hooks``).
+  gateway's upstream outcome and ``duration_ms``; ``credential.revoked`` carries its task's
+  end (``task_ended_at``, from the store), so the revocation lag is observed by whichever
+  process revoked the lease; ``approval.granted``/``approval.rejected`` carry the stored
+  request time (``requested_at``) for the approval wait. The store and the audit chain
+  report their own failures and append times through hooks (``Database.error_hooks``,
+  ``AuditChain.append_hooks``).
+* **this replica's feed follower** (:func:`follow_feed`, ``tether.replicas.FeedFollower``):
+  how long after its commit each revocation reached this process, and when it last read
+  the feed — per replica (``replica`` = ``node_id``).
 * **the store** — gauges of shared state (tasks open, leases by state, approvals pending
   and the oldest wait, chain head and checkpoint ages, the leader lease) are read from
   the store at scrape time (:class:`StoreCollector`), so every worker and replica
@@ -21,11 +27,10 @@ why the metric objects are made on first use (:func:`metrics`), never at import.
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -36,21 +41,34 @@ from tether.audit.event import Event
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
+    from tether.credentials.revocation import Feed
     from tether.runtime import Core
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_TASK_ENDED = frozenset({ev.TASK_CLOSED, ev.TASK_EXPIRED, ev.TASK_REVOKED})
-_ENDED_KEPT = 10_000  # task ends remembered for the revocation lag (bounded memory)
+#: Human waits: seconds to hours (``approvals.ttl_seconds`` is 900 by default).
+_WAIT_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0)
+_APPROVAL_DECIDED = {ev.APPROVAL_GRANTED: "granted", ev.APPROVAL_REJECTED: "rejected"}
+#: Gauges holding a Unix time; each is also served as an age at scrape time (:func:`render`).
+_TIMESTAMP_AGES = {
+    "tether_revocation_feed_last_poll_timestamp_seconds": (
+        "tether_revocation_feed_poll_age_seconds",
+        "Time since this replica's feed follower last read the feed successfully.",
+    ),
+    "tether_revocation_feed_newest_applied_timestamp_seconds": (
+        "tether_revocation_feed_newest_entry_age_seconds",
+        "Age of the newest revocation this replica's feed follower applied (grows while nothing is revoked).",
+    ),
+}
 
 
 class Metrics:
     """The counters and histograms of this process (one set per process)."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.decisions = Counter(
             "tether_decisions",
@@ -70,8 +88,33 @@ class Metrics:
         )
         self.revocation_lag_seconds = Histogram(
             "tether_revocation_lag_seconds",
-            "Task end → lease revoked, for leases revoked by the process that ended the task.",
+            "Task end (stored) → lease revoked, observed by the process that revoked the lease.",
             buckets=_LAG_BUCKETS,
+        )
+        self.feed_lag_seconds = Histogram(
+            "tether_revocation_feed_lag_seconds",
+            "Revocation committed to the feed → applied by this replica's feed follower.",
+            ["replica"],
+            buckets=_LAG_BUCKETS,
+        )
+        # Unix times, so that `--workers` files merge by `max` (each worker has its own label).
+        self.feed_polled = Gauge(
+            "tether_revocation_feed_last_poll_timestamp_seconds",
+            "When this replica's feed follower last read the feed successfully (Unix time).",
+            ["replica"],
+            multiprocess_mode="max",
+        )
+        self.feed_newest = Gauge(
+            "tether_revocation_feed_newest_applied_timestamp_seconds",
+            "Commit time of the newest revocation this replica's feed follower applied (Unix time).",
+            ["replica"],
+            multiprocess_mode="max",
+        )
+        self.approval_wait_seconds = Histogram(
+            "tether_approval_wait_seconds",
+            "Approval requested → granted, rejected or expired unanswered, by outcome.",
+            ["outcome"],
+            buckets=_WAIT_BUCKETS,
         )
         self.revocations = Counter("tether_revocations", "Leases revoked, by reason.", ["reason"])
         self.irrevocable = Counter("tether_leases_irrevocable", "Leases given up as irrevocable.")
@@ -94,8 +137,6 @@ class Metrics:
         )
         self.shadow_errors = Counter("tether_policy_shadow_errors", "Shadow policy evaluations that failed.")
         self._children: dict[tuple[str, str], Any] = {}
-        self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._lock = threading.Lock()
 
     # -- the audit listener (after commit, in the writer's thread) -----------------------
     def on_event(self, e: Event) -> None:
@@ -116,16 +157,16 @@ class Metrics:
                 pair[1].observe(latency / 1000)
         elif t in (ev.CALL_FORWARDED, ev.CALL_RESULT):
             self._on_call(e.payload)
-        elif t in _TASK_ENDED and e.task_id:
-            with self._lock:
-                self._ended[e.task_id] = e.ts
-                if len(self._ended) > _ENDED_KEPT:
-                    self._ended.popitem(last=False)
         elif t == ev.CREDENTIAL_REVOKED:
-            self.revocations.labels(str(e.payload.get("reason", ""))[:32]).inc()
-            ended = self._ended.get(e.task_id or "")
-            if ended is not None:
+            p = e.payload
+            self.revocations.labels(str(p.get("reason", ""))[:32]).inc()
+            ended = p.get("task_ended_at")  # absent when the lease was not revoked for its task's end
+            if isinstance(ended, int | float):
                 self.revocation_lag_seconds.observe(max(0.0, e.ts - ended))
+        elif t in _APPROVAL_DECIDED:
+            asked = e.payload.get("requested_at")
+            if isinstance(asked, int | float):
+                self.approval_wait_seconds.labels(_APPROVAL_DECIDED[t]).observe(max(0.0, e.ts - asked))
         elif t == ev.CREDENTIAL_IRREVOCABLE:
             self.irrevocable.inc()
         elif t == ev.POLICY_SHADOW_DIVERGED:
@@ -176,7 +217,65 @@ def install(rt: Core) -> None:
     remove = rt.audit.add_listener(m.on_event)
     rt.db.error_hooks.append(m.on_store_error)
     rt.audit.append_hooks.append(m.on_append)
+    rt.periodic.append(ExpiredApprovals(rt, m))
     rt.on_close.append(remove)
+
+
+def follow_feed(rt: Core, feed: Feed) -> None:
+    """Run this replica's feed follower for the feed-lag series (``Runtime.start``, after
+    the credentials layer made ``feed``)."""
+    if not rt.settings.metrics.enabled:
+        return
+    from tether.replicas import FeedFollower
+
+    m = metrics()
+    node = rt.settings.node_id
+    lag = m.feed_lag_seconds.labels(node)
+    polled, newest = m.feed_polled.labels(node), m.feed_newest.labels(node)
+
+    def applied(now: float, committed: Sequence[float]) -> None:
+        for ts in committed:
+            lag.observe(max(0.0, now - ts))  # clocks of two hosts: their offset is in it
+        newest.set(max(committed))
+
+    rt.on_close.append(FeedFollower(feed, on_apply=applied, on_poll=polled.set).start())
+
+
+class ExpiredApprovals:
+    """A periodic job (``rt.periodic``, the leader only): approvals that expired unanswered
+    since the last pass go into the approval wait as ``expired`` (requested → expiry).
+
+    Nothing resolves an expired approval, so its wait is counted here, from the stored
+    times. The window starts at the previous pass (at most ``2 × INTERVAL`` back): across
+    a change of leader an expiry may be counted by both leaders or by neither."""
+
+    INTERVAL = 10.0
+
+    def __init__(self, rt: Core, m: Metrics) -> None:
+        self.rt = rt
+        self.wait = m.approval_wait_seconds.labels("expired")
+        self._since = rt.broker.clock()
+        self._next = 0.0
+
+    def __call__(self) -> int:
+        from tether.store import tables as t
+
+        now = self.rt.broker.clock()
+        if now < self._next:
+            return 0
+        self._next = now + self.INTERVAL
+        since = max(self._since, now - 2 * self.INTERVAL)
+        a = t.approvals.c
+        with self.rt.db.read() as conn:
+            rows = conn.execute(
+                select(a.created_at, a.expires_at).where(
+                    a.state == "pending", a.expires_at > since, a.expires_at <= now
+                )
+            ).all()
+        self._since = now
+        for created, expires in rows:
+            self.wait.observe(max(0.0, float(expires) - float(created)))
+        return len(rows)
 
 
 def enable_multiprocess(directory: str) -> None:
@@ -217,9 +316,9 @@ class StoreCollector:
                 leases = conn.execute(
                     select(ct.leases.c.state, func.count()).group_by(ct.leases.c.state)
                 ).all()
-                approvals = conn.execute(
+                approvals = conn.execute(  # an expired one waits for nobody (it stays `pending`)
                     select(func.count(), func.min(t.approvals.c.created_at)).where(
-                        t.approvals.c.state == "pending"
+                        t.approvals.c.state == "pending", t.approvals.c.expires_at > self.rt.broker.clock()
                     )
                 ).one()
                 chains = conn.execute(select(t.audit_chains.c.chain, t.audit_chains.c.updated_at)).all()
@@ -246,11 +345,13 @@ class StoreCollector:
         for state, n in sorted(by_state.items()):
             g.add_metric([state], n)
         yield g
-        g = GaugeMetricFamily("tether_approvals_pending", "Approvals waiting for a human.")
+        g = GaugeMetricFamily("tether_approvals_pending", "Approvals waiting for a human (unexpired).")
         g.add_metric([], int(approvals[0]))
         yield g
         g = GaugeMetricFamily("tether_approvals_oldest_wait_seconds", "Wait of the oldest pending approval.")
-        g.add_metric([], max(0.0, now - float(approvals[1])) if approvals[1] is not None else 0.0)
+        g.add_metric(
+            [], max(0.0, self.rt.broker.clock() - float(approvals[1])) if approvals[1] is not None else 0.0
+        )
         yield g
         g = GaugeMetricFamily(
             "tether_audit_chain_head_age_seconds", "Time since each chain's last append.", labels=["chain"]
@@ -286,15 +387,29 @@ def render(rt: Core) -> tuple[bytes, str]:
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+        inner: Collector = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
     else:
-        reg.register(_Delegate(REGISTRY))
+        inner = REGISTRY
+    reg.register(_WithAges(inner))
     return generate_latest(reg), CONTENT_TYPE_LATEST
 
 
-class _Delegate:
+class _WithAges:
+    """The process's (or all workers') metrics, plus an age for each timestamp gauge."""
+
     def __init__(self, inner: Collector) -> None:
         self.inner = inner
 
     def collect(self) -> Iterator[Any]:
-        yield from self.inner.collect()
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = time.time()
+        for family in self.inner.collect():
+            yield family
+            age = _TIMESTAMP_AGES.get(family.name)
+            if age is None:
+                continue
+            g = GaugeMetricFamily(age[0], age[1], labels=["replica"])
+            for sample in family.samples:
+                g.add_metric([sample.labels.get("replica", "")], max(0.0, now - sample.value))
+            yield g

@@ -9,6 +9,10 @@ has a live heartbeat refuses to start, saying which process holds it and what to
 A heartbeat counts as dead when it is older than :data:`STALE_AFTER_S`, or when it names
 this host and a pid that no longer runs (a ``kill -9``'d broker restarts at once), or this
 very process and an instance that was never started or was released.
+
+:class:`FeedFollower` is a replica's own reader of the revocation feed, woken the way every
+in-process follower is; it reports how long after their commit revocations reach this
+replica (the feed-lag metrics, docs/observability.md).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select, update
 
@@ -28,10 +32,14 @@ from tether.errors import ConfigError, TetherError
 from tether.store import credentials_tables as ct
 from tether.store.db import Database
 
+if TYPE_CHECKING:
+    from tether.credentials.revocation import Feed
+
 log = logging.getLogger("tether")
 
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 10.0
+FEED_POLL_S = 1.0  # as often as the feed routes look for other replicas' entries (credentials.api)
 
 _active: set[str] = set()  # instances of this process whose heartbeat runs
 _active_lock = threading.Lock()
@@ -153,3 +161,75 @@ class Replica:
                 )
         except TetherError as exc:  # the row goes stale on its own
             log.warning("could not release node_id `%s`: %s", self.node_id, exc.message)
+
+
+class FeedFollower:
+    """Follows the revocation feed from its head, as this replica sees it.
+
+    It wakes when :class:`~tether.credentials.revocation.Feed` does — at a local commit, or
+    on PostgreSQL when the LISTEN connection hears another replica's commit — and reads
+    every :data:`FEED_POLL_S` otherwise (SQLite workers, a lost LISTEN connection). After
+    each successful read it calls ``on_poll(now)``; for the entries read, ``on_apply(now,
+    their commit times)``. It only measures: the broker decides on the task rows it reads.
+    """
+
+    PAGE = 500
+
+    def __init__(
+        self,
+        feed: Feed,
+        *,
+        on_apply: Callable[[float, Sequence[float]], None],
+        on_poll: Callable[[float], None],
+        poll: float = FEED_POLL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.feed = feed
+        self.on_apply = on_apply
+        self.on_poll = on_poll
+        self.poll = poll
+        self.clock = clock
+        self.cursor: int | None = None  # None: not yet at the head
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> int:
+        """One read: from the head on the first, then what is new; returns entries applied."""
+        if self.cursor is None:
+            self.cursor = self.feed.head()  # history is not lag
+            self.on_poll(self.clock())
+            return 0
+        events, self.cursor = self.feed.since(self.cursor, self.PAGE)
+        now = self.clock()
+        self.on_poll(now)
+        if events:
+            self.on_apply(now, [e.ts for e in events])
+        return len(events)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            generation = self.feed.generation
+            try:
+                n = self.step()
+            except Exception as exc:  # the store may be down: the poll age shows it; retry
+                if not failing:
+                    log.warning("revocation feed follower: %s", getattr(exc, "message", exc))
+                failing = True
+                self._stop.wait(self.poll)
+                continue
+            failing = False
+            if n < self.PAGE:
+                self.feed.changed(generation, self.poll)
+
+    def start(self) -> Callable[[], None]:
+        """Start following; returns :meth:`stop` (for ``Runtime.on_close``)."""
+        self._thread = threading.Thread(target=self._run, name="tether-feed-follower", daemon=True)
+        self._thread.start()
+        return self.stop
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.feed.notify()  # wakes the wait; other waiters just read once more
+        if self._thread is not None:
+            self._thread.join(5)

@@ -293,6 +293,7 @@ class Runtime(Core):
             policy_ops.start_shadow(core)  # `[policy] shadow`: a bad directory refuses to start
             ident = identity_wiring.build(core)
             creds = credentials_wiring.build(core)
+            metrics.follow_feed(core, creds.feed)  # this replica's revocation-feed lag
             logs = audit_wiring.build(core)
             gw = gateway_wiring.build(core)
             console = console_layer.build(core)

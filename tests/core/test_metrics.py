@@ -114,7 +114,7 @@ def test_a_store_failure_reports_the_store_down_and_is_counted(tmp_path, monkeyp
 
 def test_two_workers_report_the_sum_of_both_workers_decisions(tmp_path: Path):
     """`tether serve --workers 2`: every scrape, whichever worker answers it, counts the
-    decisions made on both workers."""
+    decisions made on both workers and shows both workers' feed followers."""
     state = tmp_path / "state"
     prepare_state(state, TestTrustDomain("support.example"), '\n[identity]\ndpop = "optional"\n')
     with socket.socket() as s:
@@ -161,6 +161,9 @@ def test_two_workers_report_the_sum_of_both_workers_decisions(tmp_path: Path):
             with httpx.Client(base_url=url) as c:
                 page = c.get("/metrics").text
             assert _value(page, "tether_decisions_total", outcome="allow", code="") == n
+            for worker in ("node-1-w0", "node-1-w1"):  # each worker's feed follower, whoever answers
+                assert f'tether_revocation_feed_lag_seconds_count{{replica="{worker}"}}' in page
+                assert _value(page, "tether_revocation_feed_poll_age_seconds", replica=worker) < 10
     finally:
         if opener is not None:
             opener.close()
@@ -171,3 +174,78 @@ def test_two_workers_report_the_sum_of_both_workers_decisions(tmp_path: Path):
             proc.kill()
         if proc.stdout:
             proc.stdout.close()
+
+
+def _page_when(client, pred, timeout: float = 10.0, what: str = "condition") -> str:
+    """Scrape until ``pred(page)`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred(page := client.get("/metrics").text):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)  # bounded poll: the follower runs in its own thread
+    return page
+
+
+@_SQLITE
+def test_a_close_moves_this_replicas_feed_lag_and_its_poll_age_is_fresh(local, runtime, domain, make_agent):
+    """The task's end is a feed entry: this replica's follower applies it, so
+    `tether_revocation_feed_lag_seconds{replica="node-1"}` counts it, and the follower's poll
+    and newest-entry ages are seconds, not the time since start."""
+    agent = type(make_agent("orchestrator"))(local, domain, runtime, "orchestrator")
+    count = 'tether_revocation_feed_lag_seconds_count{replica="node-1"}'
+    first = _page_when(local, lambda t: count in t, what="the follower")
+    body = agent.open([READ_Q]).json()
+    auth = {"Authorization": f"Bearer {body['task_token']}"}
+    assert local.post(f"/v1/tasks/{body['task_id']}/close", headers=auth).status_code == 200
+    name = "tether_revocation_feed_lag_seconds_count"
+    page = _page_when(local, lambda t: _value(t, name) > _value(first, name), what="the close to be applied")
+    assert _value(page, name, replica="node-1") == _value(first, name, replica="node-1") + 1
+    assert _value(page, "tether_revocation_feed_lag_seconds_sum", replica="node-1") < 5
+    assert _value(page, "tether_revocation_feed_poll_age_seconds", replica="node-1") < 5
+    assert _value(page, "tether_revocation_feed_newest_entry_age_seconds", replica="node-1") < 5
+    polled = _value(page, "tether_revocation_feed_last_poll_timestamp_seconds", replica="node-1")
+    assert polled > time.time() - 5
+
+
+@_SQLITE
+def test_the_approval_wait_is_observed_when_granted_rejected_or_expired(local, runtime, make_agent):
+    """Grant, reject: observed at the decision from the stored request time; expired
+    unanswered: observed by the leader's periodic pass, and no longer counted as pending."""
+    from tether.metrics import ExpiredApprovals
+    from tether.server.serve import reap_once
+
+    agent = make_agent("billing-bot")
+    tok = agent.open([{"action": "tool:call", "resource": "billing.refund"}], intent="billing.refund").json()[
+        "task_token"
+    ]
+
+    def ask(ticket: str) -> str:
+        d = agent.authorize(tok, "tool:call", "billing.refund", {"ticket_id": ticket, "amount": 5}).json()
+        assert d["decision"] == "approval_required", d
+        return str(d["approval_id"])
+
+    before = local.get("/metrics").text
+    runtime.broker.decide_approval(ask("T-1"), grant=True, by="uid:0")
+    runtime.broker.decide_approval(ask("T-2"), grant=False, by="uid:0")
+    left = ask("T-3")
+    mid = local.get("/metrics").text
+    name = "tether_approval_wait_seconds_count"
+    for outcome, n in (("granted", 1), ("rejected", 1), ("expired", 0)):
+        assert _value(mid, name, outcome=outcome) - _value(before, name, outcome=outcome) == n, outcome
+    assert 0 <= _value(mid, "tether_approval_wait_seconds_sum", outcome="granted") < 60
+    assert _value(mid, "tether_approvals_pending") == 1
+
+    expires = next(a.expires_at for a in runtime.broker.list_approvals("pending") if a.id == left)
+    runtime.broker.clock = lambda: expires + 1  # past its expiry, nobody having answered
+    assert reap_once(runtime)
+    after = local.get("/metrics").text
+    assert _value(after, name, outcome="expired") - _value(before, name, outcome="expired") == 1
+    ttl = runtime.settings.approvals.ttl_seconds
+    assert _value(after, "tether_approval_wait_seconds_sum", outcome="expired") - _value(
+        before, "tether_approval_wait_seconds_sum", outcome="expired"
+    ) == pytest.approx(ttl)
+    assert _value(after, "tether_approvals_pending") == 0
+    assert _value(after, "tether_approvals_oldest_wait_seconds") == 0
+    runtime.broker.clock = lambda: expires + 2 + ExpiredApprovals.INTERVAL
+    assert reap_once(runtime)  # the next pass does not count it again
+    again = local.get("/metrics").text
+    assert _value(again, name, outcome="expired") == _value(after, name, outcome="expired")

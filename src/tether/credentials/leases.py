@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Row, and_, or_, select, update
 
 from tether.store import credentials_tables as ct
 from tether.store import raw
+from tether.store import tables as t
 
 
 class LeaseState(enum.StrEnum):
@@ -279,6 +280,23 @@ def live_leases_of_tasks(conn: Connection, task_ids: Iterable[str]) -> list[Leas
         )
     )
     return [_lease(r) for r in rows]
+
+
+def is_task_end(reason: str | None) -> bool:
+    """Whether a revocation reason is a task's end (``task_closed``…, or ``task_ended`` when
+    the reaper finds a live lease of an ended task)."""
+    return bool(reason) and str(reason).startswith("task_")
+
+
+def task_end_times(conn: Connection, task_ids: Iterable[str]) -> dict[str, float]:
+    """When each ended task ended (``tasks.closed_at``): the start of its leases'
+    revocation lag, read by whichever process finishes the revocation."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        return {}
+    c = t.tasks.c
+    rows = conn.execute(select(c.id, c.closed_at).where(c.id.in_(ids), c.closed_at.is_not(None)))
+    return {str(r[0]): float(r[1]) for r in rows}
 
 
 def expired_live(conn: Connection, now: float, limit: int = 500) -> list[Lease]:

@@ -41,7 +41,7 @@ from typing import Any
 from tether.audit import event as ev
 from tether.credentials import leases as ls
 from tether.credentials.connectors.postgres import PostgresConnector, role_name
-from tether.credentials.service import Credentials, lease_fields
+from tether.credentials.service import Credentials, ended_field, lease_fields
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.credentials")
@@ -170,6 +170,8 @@ class Reaper:
         retry: list[tuple[ls.Lease, int, str]] = []
         irrevocable: list[tuple[ls.Lease, int, str]] = []
         with c.audit.unit() as u:
+            done = [x for x in batch if x.id in outcomes and outcomes[x.id] is None]
+            ended = ls.task_end_times(u.conn, [x.task_id for x in done if ls.is_task_end(x.revoke_reason)])
             for lease in batch:
                 exc = outcomes.get(lease.id, RuntimeError("not attempted"))
                 if exc is None:
@@ -183,6 +185,7 @@ class Reaper:
                                 "by": "reaper",
                                 "audience": lease.audience,
                                 "attempts": lease.attempts + 1,
+                                **ended_field(ended, lease),
                             },
                             **lease_fields(lease),
                         )

@@ -135,6 +135,11 @@ class Feed:
         """Bumped on every local commit that wrote to the feed (cheap change check)."""
         return self._generation
 
+    def changed(self, generation: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :attr:`generation` to move past ``generation``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._generation != generation, timeout)
+
     def notify(self) -> None:
         with self._cond:
             self._generation += 1

@@ -62,6 +62,12 @@ def lease_fields(lease: Lease) -> dict[str, Any]:
     }
 
 
+def ended_field(ended: Mapping[str, float], lease: Lease) -> dict[str, float]:
+    """``task_ended_at`` for a ``credential.revoked`` payload, when the task's end is known."""
+    at = ended.get(lease.task_id)
+    return {} if at is None else {"task_ended_at": at}
+
+
 # Locks the task row (PostgreSQL) so an issue and a revoke of one task cannot interleave;
 # built once because it runs on every minting allow.
 # The task row, locked until the minting transaction ends, so a close cannot commit between
@@ -215,12 +221,23 @@ class Credentials:
 
     # -- revocation ----------------------------------------------------------------------
     def start_revocations(
-        self, u: Unit, leases: Sequence[Lease], reason: str, *, by: str, feed: bool = True
+        self,
+        u: Unit,
+        leases: Sequence[Lease],
+        reason: str,
+        *,
+        by: str,
+        feed: bool = True,
+        ended_at: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         """Mark leases revoking; finish offline ones now (same transaction, with events).
 
         Only the leases this call moved count (another replica may have moved some first);
-        returns the external ones among them, for the caller to cut after commit."""
+        returns the external ones among them, for the caller to cut after commit.
+        ``ended_at`` (task id → end time) is given by the caller that ended the tasks; for
+        any other task-end reason it is read from the tasks, so that each
+        ``credential.revoked`` of a task's end carries ``task_ended_at`` (the revocation lag
+        is measured from it by whichever process revokes: ``tether.metrics``)."""
         now = self.clock()
         moved = ls.begin_revocation(u.conn, [x.id for x in leases], reason, now)
         leases = [x for x in leases if x.id in moved]
@@ -230,6 +247,10 @@ class Credentials:
                 [rv.FeedEntry("lease", x.task_id, reason, x.expires_at, x.id, x.audience) for x in leases],
                 now,
             )
+        offline = [x for x in leases if getattr(self.connectors.get(x.connector), "offline_revoke", False)]
+        if ended_at is None and offline and ls.is_task_end(reason):
+            ended_at = ls.task_end_times(u.conn, [x.task_id for x in offline])
+        ended = ended_at or {}
         external: list[Lease] = []
         for lease in leases:
             connector = self.connectors.get(lease.connector)
@@ -244,6 +265,7 @@ class Credentials:
                             "reason": reason,
                             "by": by,
                             "audience": lease.audience,
+                            **ended_field(ended, lease),
                         },
                         **lease_fields(lease),
                     )
@@ -259,7 +281,8 @@ class Credentials:
         now = self.clock()
         rv.append(u.conn, [rv.FeedEntry("task", x.id, state.value, x.expires_at) for x in tasks], now)
         live = ls.live_leases_of_tasks(u.conn, [x.id for x in tasks])
-        external = self.start_revocations(u, live, f"task_{state.value}", by="broker")
+        ended_at = {x.id: now for x in tasks}
+        external = self.start_revocations(u, live, f"task_{state.value}", by="broker", ended_at=ended_at)
         if external:
             by_task: dict[str, list[Lease]] = {}
             for x in external:
