@@ -249,3 +249,36 @@ def test_the_approval_wait_is_observed_when_granted_rejected_or_expired(local, r
     assert reap_once(runtime)  # the next pass does not count it again
     again = local.get("/metrics").text
     assert _value(again, name, outcome="expired") == _value(after, name, outcome="expired")
+
+
+@_SQLITE
+def test_a_jwt_lease_revoked_at_close_carries_the_tasks_stored_end_into_the_lag(
+    local, runtime, domain, make_agent
+):
+    """The close revokes the task's `jwt` lease in its own transaction: `credential.revoked`
+    carries `task_ended_at` = the task's stored `closed_at`, and the lag is observed from it."""
+    from sqlalchemy import select
+
+    from tether.store import tables as t
+    from tether.testing import capture_events
+
+    agent = type(make_agent("orchestrator"))(local, domain, runtime, "orchestrator")
+    body = agent.open([READ_Q]).json()
+    d = agent.authorize(body["task_token"], "read", "tickets.queue").json()
+    assert d["decision"] == "allow" and d["credential"]["kind"] == "jwt", d
+    before = local.get("/metrics").text
+    auth = {"Authorization": f"Bearer {body['task_token']}"}
+    with capture_events() as events:
+        assert local.post(f"/v1/tasks/{body['task_id']}/close", headers=auth).status_code == 200
+    after = local.get("/metrics").text
+    revoked = [e for e in events if e.type == "credential.revoked"]
+    assert len(revoked) == 1 and revoked[0].payload["reason"] == "task_closed"
+    with runtime.db.read() as conn:
+        closed_at = conn.execute(select(t.tasks.c.closed_at).where(t.tasks.c.id == body["task_id"])).scalar()
+    assert revoked[0].payload["task_ended_at"] == pytest.approx(closed_at, abs=0.05)
+    name = "tether_revocation_lag_seconds_count"
+    assert _value(after, name) - _value(before, name) == 1
+    lag = _value(after, "tether_revocation_lag_seconds_sum") - _value(
+        before, "tether_revocation_lag_seconds_sum"
+    )
+    assert 0 <= lag < 1.0
