@@ -232,6 +232,7 @@ def follow_feed(rt: Core, feed: Feed) -> None:
     node = rt.settings.node_id
     lag = m.feed_lag_seconds.labels(node)
     polled, newest = m.feed_polled.labels(node), m.feed_newest.labels(node)
+    polled.set(time.time())  # a follower that never reads ages from its start (alertable)
 
     def applied(now: float, committed: Sequence[float]) -> None:
         for ts in committed:
@@ -411,5 +412,6 @@ class _WithAges:
                 continue
             g = GaugeMetricFamily(age[0], age[1], labels=["replica"])
             for sample in family.samples:
-                g.add_metric([sample.labels.get("replica", "")], max(0.0, now - sample.value))
+                if sample.value > 0:  # 0: never set (no entry applied yet): no age, not 56 years
+                    g.add_metric([sample.labels.get("replica", "")], max(0.0, now - sample.value))
             yield g

@@ -119,6 +119,8 @@ def test_each_replica_reports_its_own_feed_lag_after_a_close_on_another(two, dom
         lambda: (lambda t: t if f'{name}{{replica="rep-1"}}' in t else None)(_scrape(two[1])),
         what="replica 1's follower",
     )
+    assert 'tether_revocation_feed_newest_entry_age_seconds{replica="rep-1"}' not in before  # none applied
+    assert _value(before, "tether_revocation_feed_poll_age_seconds", replica="rep-1") < 5
     task = _open(domain, two[0], [READ_Q])
     assert _close(two[0], task).status_code == 200
     page = wait_until(
