@@ -9,7 +9,13 @@ in alternating blocks. Besides wall time it prints the CPU time this process spe
 call (the gateway, its broker and the agent's session all run here; each upstream is its
 own process), which a loaded machine disturbs much less than wall time.
 
-Run: ``python bench/bench_mcp.py [-n 300]``.
+``--hops`` also stamps each hop of a call through the gateway (monotonic clock) and prints
+their medians: agent → gateway (the agent's request until the gateway's handler runs),
+before the decision, the decision, decision → upstream write, the upstream round trip
+(write to answer), answer → call record, the call record, and the response back to the
+agent — next to the direct call, whose round trip the upstream hop should match.
+
+Run: ``python bench/bench_mcp.py [-n 300] [--hops]``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from _stats import emit, summary, table
 from tether.broker import OpenTaskRequest
 from tether.gateway.authorizer import LocalAuthorizer
 from tether.gateway.mcp import McpGateway, Upstream
+from tether.gateway.mcp_relay import Relay
 from tether.model import Grant, Workload
 from tether.runtime import Runtime
 from tether.testing import TestTrustDomain, make_settings
@@ -81,9 +88,51 @@ async def timed(call: Callable[[], Awaitable[object]], n: int, cpu: list[float])
     return out
 
 
+HOPS = (
+    ("agent → gateway handler", "t0", "h0"),
+    ("handler → decision", "h0", "a0"),
+    ("decision", "a0", "a1"),
+    ("decision → upstream write", "a1", "u0"),
+    ("upstream round trip", "u0", "u1"),
+    ("answer → call record", "u1", "r0"),
+    ("call record", "r0", "r1"),
+    ("record → handler return", "r1", "h1"),
+    ("response → agent", "h1", "t1"),
+)
+
+
+class Hops:
+    """Monotonic stamps around the gateway's steps, by wrapping them (``--hops`` only)."""
+
+    def __init__(self, gateway: McpGateway, relay: Relay) -> None:
+        self.stamps: dict[str, int] = {}
+        self.rows: dict[str, list[float]] = {name: [] for name, _, _ in HOPS}
+        self._wrap(gateway, "handle_call", "h")
+        self._wrap(gateway.authorizer, "authorize", "a")
+        self._wrap(gateway.authorizer, "record", "r")
+        self._wrap(relay, "call", "u")
+
+    def _wrap(self, obj: object, name: str, key: str) -> None:
+        inner = getattr(obj, name)
+
+        async def timed_step(*args: object, **kwargs: object) -> object:
+            self.stamps[key + "0"] = time.perf_counter_ns()
+            try:
+                return await inner(*args, **kwargs)
+            finally:
+                self.stamps[key + "1"] = time.perf_counter_ns()
+
+        setattr(obj, name, timed_step)
+
+    def take(self) -> None:
+        s = self.stamps
+        for name, start, end in HOPS:
+            self.rows[name].append((s[end] - s[start]) / 1000)
+
+
 async def run(
-    rt: Runtime, token: str, n: int, blocks: int = 3
-) -> tuple[list[float], list[float], list[float], list[float]]:
+    rt: Runtime, token: str, n: int, blocks: int = 3, hops: bool = False
+) -> tuple[list[float], list[float], list[float], list[float], Hops | None]:
     direct: list[float] = []
     through: list[float] = []
     direct_cpu: list[float] = []
@@ -97,15 +146,21 @@ async def run(
     ):
         await plain.initialize()
         app = gateway.server()
+        stamps = Hops(gateway, gateway._relay) if hops and gateway._relay is not None else None
         async with create_client_server_memory_streams() as (client, srv), anyio.create_task_group() as tg:
             tg.start_soon(app.run, srv[0], srv[1], app.create_initialization_options())
             async with ClientSession(client[0], client[1]) as session:
                 await session.initialize()
 
                 async def via_gateway() -> object:
+                    if stamps is not None:
+                        stamps.stamps["t0"] = time.perf_counter_ns()
                     result = await session.call_tool("get_current_time", ARGS)
                     if result.is_error:
                         raise SystemExit(f"gateway refused the call: {result}")
+                    if stamps is not None:
+                        stamps.stamps["t1"] = time.perf_counter_ns()
+                        stamps.take()
                     return result
 
                 for _ in range(blocks):  # alternate, so both see the same load
@@ -114,19 +169,25 @@ async def run(
                     )
                     through += await timed(via_gateway, n // blocks, through_cpu)
             tg.cancel_scope.cancel()
-    return direct, through, direct_cpu, through_cpu
+    return direct, through, direct_cpu, through_cpu, stamps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=300)
     ap.add_argument("--blocks", type=int, default=3, help="alternating blocks of each path")
+    ap.add_argument("--hops", action="store_true", help="print the median of each hop of a call")
     args = ap.parse_args()
     rt, token = start(Path(tempfile.mkdtemp(prefix="tether-bench-mcp-")))
     try:
-        direct, through, direct_cpu, through_cpu = anyio.run(run, rt, token, args.n, args.blocks)
+        direct, through, direct_cpu, through_cpu, hops = anyio.run(
+            run, rt, token, args.n, args.blocks, args.hops
+        )
     finally:
         rt.close()
+    if hops is not None:
+        rows = [("direct call (for the upstream round trip)", direct)]
+        table("hops of a call through the gateway", rows + [(f"  {k}", v) for k, v in hops.rows.items()])
     table(
         f"MCP tools/call, sequential, n={args.n}",
         [("upstream directly (stdio)", direct), ("through the MCP gateway (in-process broker)", through)],
