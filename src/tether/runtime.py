@@ -151,6 +151,7 @@ class Core:
         bundle = engine.reload(settings.policy_path)  # raises: a bad set refuses to start
         db = Database(settings.store_url, timeout_ms=settings.limits.store_timeout_ms)
         db.migrate()
+        db.start_checkpoints()
         replica = Replica.claim(db, settings.node_id)  # refuses a node_id another live process holds
         keys = KeyRing(
             db,

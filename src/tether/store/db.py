@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 from tether.errors import ConfigError, TetherError, Unavailable
 from tether.store.deadline import Watchdog, unbounded
 from tether.store.migrations import migrate
+from tether.store.wal import AUTOCHECKPOINT_PAGES, Checkpointer, sqlite_path
 
 
 def _normalize_url(url: str) -> str:
@@ -35,6 +36,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # between processes into a bounded wait rather than an immediate error.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoints run on their own thread (``tether.store.wal``), not inside a commit.
+    cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
@@ -62,6 +65,8 @@ class Database:
         #: Called with the error code of every store failure (the metrics count them).
         self.error_hooks: list[Callable[[str], None]] = []
         self.watchdog: Watchdog | None = None
+        #: SQLite: the WAL checkpoint thread of a long-running process (:meth:`start_checkpoints`).
+        self.checkpointer: Checkpointer | None = None
         try:
             if self.url.startswith("sqlite"):
                 # SQLite cannot freeze the way a server can; its only wait is for another
@@ -157,7 +162,17 @@ class Database:
         except SQLAlchemyError:
             return False
 
+    def start_checkpoints(self) -> None:
+        """SQLite file stores: checkpoint the WAL on a thread of its own from now on (a
+        long-running process calls this; a short command leaves it to the last close)."""
+        path = sqlite_path(self.url) if self.dialect == "sqlite" else None
+        if path is not None and self.checkpointer is None:
+            self.checkpointer = Checkpointer(path).start()
+
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         if self.watchdog is not None:
             self.watchdog.close()
         self.engine.dispose()
