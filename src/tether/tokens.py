@@ -8,21 +8,32 @@ to a DPoP key (RFC 9449) where the task was opened with a proof.
 
 A valid signature is necessary, not sufficient: the broker still checks the task's
 state in the store on every use, so a closed or revoked task's token is dead at once.
+
+An agent presents the same token on every action of its task, so :class:`TaskTokens`
+remembers the tokens whose signature it verified (a bounded map keyed by the exact token
+text and audience, as Envoy's JWT filter does): a repeat pays the claim checks (expiry,
+issuer, audience) again but not the parse and the ECDSA verify. An entry counts only
+while its signing key is still the ring's current key for that ``kid``, so a retired or
+expired key stops every token it signed at once. Only verified tokens enter the map.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from tether.errors import Unauthenticated
-from tether.identity.jwt import key_by_kid, sign_jwt, verify_jwt
+from tether.identity.jwt import check_claims, key_by_kid, sign_jwt, verify_jwt
 from tether.identity.keys import KeyRing
 from tether.model import Task
 
 TASK_TOKEN_TYP = "txntoken+jwt"  # noqa: S105 (a media type, not a secret)
+#: Verified tokens remembered (about 1 KiB each); more live tasks than this only means misses.
+VERIFIED_KEPT = 4096
 
 
 def act_claim(chain: tuple[str, ...]) -> dict[str, Any] | None:
@@ -52,6 +63,10 @@ class TaskTokens:
         self.audience = audience
         self._leeway = leeway
         self._max_bytes = max_bytes
+        # (token, audience) → (claims, kid, the key object that verified it). Read without
+        # a lock (a dict lookup is atomic); writers take ``_verified_lock`` to evict.
+        self._verified: dict[tuple[str, str], tuple[TaskTokenClaims, str, object]] = {}
+        self._verified_lock = threading.Lock()
 
     def mint(
         self,
@@ -103,12 +118,32 @@ class TaskTokens:
         protected resource): then only tokens minted for exactly that resource pass, and a
         token minted for a resource never passes where the broker's audience is expected.
         """
+        aud = audience or self.audience
+        seen = self._verified.get((token, aud))
+        if seen is not None:
+            known, kid, key = seen
+            if self._keys.verification_key(kid) is key:
+                check_claims(
+                    known.raw,
+                    audience=aud,
+                    issuer=self.issuer,
+                    leeway=self._leeway,
+                    now=now,
+                    required=("exp", "txn", "sub"),
+                )
+                return known
+        used: list[tuple[str, object]] = []
+
+        def key_for(kid: str) -> object:
+            key = self._keys.verification_key(kid)
+            used.append((kid, key))
+            return key
 
         claims = verify_jwt(
             token,
-            key_for=key_by_kid(self._keys.verification_key),
+            key_for=key_by_kid(key_for),
             algorithms=("ES256",),
-            audience=audience or self.audience,
+            audience=aud,
             issuer=self.issuer,
             typ=(TASK_TOKEN_TYP,),
             leeway=self._leeway,
@@ -121,4 +156,10 @@ class TaskTokens:
             raise Unauthenticated("task token lacks `txn` or `sub`", code="token_malformed")
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-        return TaskTokenClaims(txn, sub, jkt if isinstance(jkt, str) else None, claims)
+        verified = TaskTokenClaims(txn, sub, jkt if isinstance(jkt, str) else None, MappingProxyType(claims))
+        if len(used) == 1 and used[0][1] is not None:
+            with self._verified_lock:
+                while len(self._verified) >= VERIFIED_KEPT:
+                    del self._verified[next(iter(self._verified))]  # the oldest entry
+                self._verified[(token, aud)] = (verified, *used[0])
+        return verified

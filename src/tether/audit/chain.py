@@ -29,6 +29,7 @@ from tether.audit.event import (
     SCHEMA_VERSION,
     Event,
     jcs,
+    jcs_fast,
     row_hash,
 )
 from tether.errors import TetherError, Unavailable
@@ -48,7 +49,17 @@ _ADVANCE_HEAD_RAW = raw.statement(
     "WHERE chain = :c AND head_seq = :old"
 )
 
+#: ``(event type, payload) -> payload``. A filter may also have ``untouched(text) -> bool``:
+#: true only if it would change nothing in the payload whose canonical, escape-free text is
+#: ``text``; a filter without it always runs.
 PayloadFilter = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def _untouched(f: PayloadFilter, text: str) -> bool:
+    check = getattr(f, "untouched", None)
+    return check is not None and bool(check(text))
+
+
 Listener = Callable[[Event], None]
 
 # Listeners of every chain in the process: only ``capture_events`` (tests) uses these.
@@ -95,9 +106,14 @@ class Unit:
         if unknown:
             raise ValueError(f"unknown audit field `{sorted(unknown)[0]}`")
         body = dict(payload or {})
-        for f in self._chain.filters:
-            body = f(type_, body)
-        payload_json = jcs(body)  # RFC 8785 (schema v2); also rejects NaN/unserializable payloads
+        filters = self._chain.filters
+        # Most payloads hold nothing to mask and only plain JSON: their canonical text comes
+        # from orjson and the filters look at that text once. Any doubt takes the full way.
+        payload_json = jcs_fast(body)
+        if payload_json is None or not all(_untouched(f, payload_json) for f in filters):
+            for f in filters:
+                body = f(type_, body)
+            payload_json = jcs(body)  # RFC 8785 (schema v2); also rejects NaN/unserializable payloads
         self._seq += 1
         row: dict[str, Any] = {
             "chain": self._chain.chain_id,

@@ -110,6 +110,35 @@ def _parse_path(path: str) -> tuple[str, ...]:
     return tuple(part for part in p.strip(".").split(".") if part)
 
 
+#: Texts one of which every match of a built-in rule contains (lower case; searched in the
+#: lowered payload text). Secret-looking keys: each alternative of ``_SECRET_KEY``; header
+#: maps: a key ending in ``headers``; the default value patterns: ``bearer``, a JWT's
+#: ``eyJ``, a query-string secret's ``<name>=`` (each name ends in one of these), a PEM
+#: header. ``tests/audit/test_masking_untouched.py`` pins that each rule's matches do.
+_MUST_CONTAIN = (
+    "secret",
+    "passw",
+    "passphrase",
+    "token",
+    "authorization",
+    "apikey",
+    "api-key",
+    "api_key",
+    "cookie",
+    "privatekey",
+    "private-key",
+    "private_key",
+    "credentialvalue",
+    "credential-value",
+    "credential_value",
+    'headers"',
+    "bearer",
+    "eyj",
+    "key=",
+    "sig=",
+    "signature=",
+    "-----begin",
+)
 _CLEAN_MAX = 8192  # clean strings remembered per masker
 _CLEAN_MAX_LEN = 256  # longer strings are rarely repeated: not worth keeping
 
@@ -145,7 +174,16 @@ class Masker:
         self.salt = salt if salt is not None else os.urandom(32)
         self._headers = {h.lower() for h in (*DEFAULT_HEADERS, *headers)}
         # Compiled one by one: a user pattern may carry its own global flags (`(?i)`).
-        self._patterns = [re.compile(p) for p in (*DEFAULT_PATTERNS, *patterns)]
+        user_patterns = tuple(patterns)
+        self._patterns = [re.compile(p) for p in (*DEFAULT_PATTERNS, *user_patterns)]
+        # A user pattern may anchor on a string's start or end (``^``, ``$``): it cannot be
+        # searched for in a whole payload's text, so :meth:`untouched` then says no.
+        self._user_patterns = bool(user_patterns)
+        # The key each path rule ends on, quoted as it appears in a payload's text.
+        ends = [next((k for k in reversed(p) if k != "*" and not k.isdigit()), None) for p in self._paths]
+        self._path_keys: tuple[str, ...] | None = (
+            None if None in ends else tuple(f'"{k}":' for k in ends if k is not None)
+        )
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._secrets_re: re.Pattern[str] | None = None
         # Strings already found to need no masking under the current patterns and secrets
@@ -194,6 +232,26 @@ class Masker:
         self._clean = {}
 
     # -- the filter --------------------------------------------------------------------------
+    def untouched(self, text: str) -> bool:
+        """Whether this filter would leave unchanged the payload whose canonical text is
+        ``text`` — a text without a backslash, so that every string of the payload appears
+        in it verbatim. Sound, not complete: ``True`` only when no rule can match (no key,
+        literal or registered secret any rule needs is in the text); ``False`` sends the
+        payload through the full walk. This lets the audit writer skip the walk for the
+        common payload that holds nothing to mask (see docs/architecture.md, "Hot path")."""
+        if "\\" in text or self._user_patterns or self._path_keys is None:
+            return False
+        if text.count("{") + text.count("[") > _MAX_DEPTH:
+            return False  # maybe deeper than the walk allows (brackets in strings count too)
+        low = text.lower()
+        if any(lit in low for lit in _MUST_CONTAIN):
+            return False
+        if any(k in text for k in self._path_keys):
+            return False
+        with self._lock:
+            secrets_re = self._secrets_re
+        return secrets_re is None or secrets_re.search(text) is None
+
     def __call__(self, _type: str, payload: dict[str, Any]) -> dict[str, Any]:
         masked: list[str] = []
         with self._lock:

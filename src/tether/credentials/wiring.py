@@ -64,7 +64,7 @@ def build(rt: Core) -> CredentialsRuntime:
     reaper = Reaper(service, rt.is_leader)  # the store-wide scans: one process at a time
     introspector = Introspector(rt, service)
     rt.broker.attach_credentials(service)
-    rt.audit.filters.append(secrets.mask)
+    rt.audit.filters.append(secrets.audit_filter())
 
     def on_event(e: Event) -> None:
         # After commit: followers and the revoker see the new rows when they look.

@@ -185,7 +185,7 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | int | None:
     return value
 
 
-def _check_claims(
+def check_claims(
     claims: Mapping[str, Any],
     *,
     audience: str | AnyValue,
@@ -266,7 +266,7 @@ def verify_jwt(
     )
 
     # 6. Claims.
-    _check_claims(
+    check_claims(
         claims,
         audience=audience,
         issuer=issuer,
