@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
+import orjson
 
 from tether.arguments import EMPTY, ArgumentRefused, Canonical, canonicalize
 from tether.catalog import Catalog, Resource
@@ -353,7 +354,9 @@ class PolicyEngine:
             # Not the catalog's entry: send it along. A same-id entry that differs makes
             # Cedar refuse the merge, which denies below.
             delta.append(resource.cedar_entity())
-        entities = state.entities.with_added_json_str(json.dumps(delta))
+        # orjson for both texts Cedar parses: cedarpy would run the stdlib encoder over the
+        # context dict (any valid JSON will do; neither text is hashed or stored).
+        entities = state.entities.with_added_json_str(orjson.dumps(delta).decode())
         context = dict(request.context)
         context["call"] = {"__entity": _CALL_UID}  # always ours, never the caller's
         context["args"] = {"__entity": _ARGS_UID}
@@ -361,7 +364,7 @@ class PolicyEngine:
             "principal": {"type": "Tether::Agent", "id": request.principal.spiffe_id},
             "action": {"type": "Tether::Action", "id": request.action},
             "resource": resource.cedar_uid,
-            "context": context,
+            "context": orjson.dumps(context).decode(),
         }
         result = decide_bundle(bundle, cedar_request, entities, self._schema)
         # The record of what Cedar saw: references to the parts built above, no copies

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from tether.errors import ConfigError, TetherError, Unavailable
@@ -46,10 +47,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # Writers take the write lock at BEGIN so a read-then-write transaction cannot fail
     # on lock upgrade; readers use a deferred BEGIN and never block writers (WAL).
-    if conn.get_execution_options().get("tether_readonly"):
-        conn.exec_driver_sql("BEGIN")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Straight to the driver: SQLAlchemy's statement machinery around a bare BEGIN cost
+    # more than the BEGIN on the decision path. Its errors still surface as SQLAlchemy's,
+    # which the layers above turn into ``store_unavailable``.
+    statement = "BEGIN" if conn.get_execution_options().get("tether_readonly") else "BEGIN IMMEDIATE"
+    try:
+        conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise OperationalError(statement, None, exc) from exc
 
 
 class Database:
