@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -90,6 +91,13 @@ async def load(port: int, token: str, clients: int, seconds: float) -> float:
     return done / (time.monotonic() - t0)
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine since boot (/proc/stat)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def run_with(state: Path, token: str, workers: int, clients: int, seconds: float) -> float:
     port = free_port()
     tether = str(Path(sys.executable).parent / "tether")
@@ -119,7 +127,20 @@ def run_with(state: Path, token: str, workers: int, clients: int, seconds: float
             time.sleep(0.1)
         time.sleep(1.0 if workers > 1 else 0.2)  # let every worker finish starting
         asyncio.run(load(port, token, clients, 0.5))  # warm-up
-        return asyncio.run(load(port, token, clients, seconds))
+        busy0, total0 = _machine_busy()
+        client0 = time.process_time()
+        rate = asyncio.run(load(port, token, clients, seconds))
+        busy1, total1 = _machine_busy()
+        client = time.process_time() - client0
+        # More workers can only help while a core is idle: say how busy the machine was and
+        # how much of it the load generator itself took.
+        cores = os.cpu_count() or 1
+        machine = 100 * (busy1 - busy0) / (total1 - total0)
+        print(
+            f"  --workers {workers}: {rate:,.0f} req/s; machine {machine:.0f}% busy over {cores} cores, "
+            f"the client alone {100 * client / seconds / cores:.0f}%"
+        )
+        return rate
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
