@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
 from tether.audit import event as ev
 from tether.audit.trace import build_trace, render_tree
 from tether.cli import main
+from tether.errors import InvalidRequest
 
 from .helpers import DELEGATOR, build_tree
 
@@ -134,3 +136,111 @@ def test_trace_of_an_unknown_task_is_not_found(runtime):
         ],
     )
     assert res.exit_code == 1 and json.loads(res.output)["error"]["code"] == "task_not_found"
+
+
+def _reference_trace(conn, task_id):
+    """The trace as it was first built: every row as an `Event` through SQLAlchemy, its hash
+    re-computed with `row_hash`, hung under its task one event at a time."""
+    from sqlalchemy import select
+
+    from tether.audit.event import Event, row_hash
+    from tether.audit.trace import _ENDS, Trace, TraceItem, TraceTask, summarize
+    from tether.store import tables as t
+
+    e_ = t.audit_events.c
+    root_id = conn.execute(
+        select(e_.root_task_id).where(e_.task_id == task_id, e_.root_task_id.is_not(None)).limit(1)
+    ).scalar()
+    rows = conn.execute(
+        select(t.audit_events).where(e_.root_task_id == root_id).order_by(e_.ts, e_.chain, e_.seq)
+    ).all()
+    tasks: dict[str, TraceTask] = {}
+    tampered = []
+    for r in rows:
+        m = dict(r._mapping)
+        e = Event(**{**m, "payload": json.loads(m["payload"])})
+        fields = {k: v for k, v in m.items() if k not in ("payload", "hash")}
+        intact = row_hash(**fields, payload_text=m["payload"]) == m["hash"]
+        if not intact:
+            tampered.append((e.chain, e.seq))
+        n = tasks.setdefault(
+            e.task_id or e.parent_task_id or root_id, TraceTask(e.task_id or e.parent_task_id or root_id)
+        )
+        if e.type == ev.TASK_OPENED and e.task_id:
+            n.agent, n.delegator, n.parent_task_id = e.agent, e.delegator, e.parent_task_id
+            n.intent, n.opened_at = e.payload.get("intent"), e.ts
+            depth = e.payload.get("depth")
+            n.depth = depth if isinstance(depth, int) else None
+        elif e.type in _ENDS and e.task_id:
+            n.state, n.ended_at = _ENDS[e.type], e.ts
+        n.agent = n.agent or (e.agent if e.task_id else None)
+        n.items.append(TraceItem(e, summarize(e), intact))
+    root = tasks.setdefault(root_id, TraceTask(root_id))
+    for tid, n in tasks.items():
+        if tid != root_id:
+            (tasks.get(n.parent_task_id or "") or root).children.append(n)
+    for n in tasks.values():
+        n.children.sort(key=lambda c: (c.opened_at or 0.0, c.task_id))
+    return Trace(root, len(rows), tampered)
+
+
+def _rendered(trace) -> str:
+    console = Console(width=400, record=True, color_system=None)
+    console.print(render_tree(trace))
+    return console.export_text()
+
+
+def test_trace_of_a_branching_tree_with_delegations_is_what_it_was(runtime):
+    """Two delegation trees under one root (root → refunder → lookup, and a second refunder
+    branch), a refused redemption and a tampered event: JSON and rendering exactly as the
+    event-at-a-time build produced them, whichever task of the tree is asked."""
+    from tether.broker import AuthorizeRequest, OpenTaskRequest
+
+    from .helpers import grants, sql, workload
+
+    b = runtime.broker
+    scope = grants(("tool:call", "billing.refund"), ("read", "crm"), ("read", "billing.invoices"))
+    root = b.open_task(
+        workload("orchestrator"),
+        OpenTaskRequest(
+            intent="billing.refund", description="", scope=scope, ttl_seconds=600, delegator=DELEGATOR
+        ),
+    )
+    kids = []
+    for name in ("refunder", "lookup", "notifier"):
+        d = b.delegate(
+            b.verify_token(root.token), root.task.id, workload(name).spiffe_id, grants(("read", "crm")), 300
+        )
+        kid = b.open_task(workload(name), OpenTaskRequest(None, "", None, 300, delegation=d.id))
+        b.authorize(kid.token, AuthorizeRequest("read", "crm.customers"))
+        b.authorize(kid.token, AuthorizeRequest("read", "billing.invoices"))  # outside its scope: deny
+        kids.append(kid)
+    d = b.delegate(
+        b.verify_token(kids[0].token),
+        kids[0].task.id,
+        workload("auditor").spiffe_id,
+        grants(("read", "crm")),
+        60,
+    )
+    grand = b.open_task(workload("auditor"), OpenTaskRequest(None, "", None, 60, delegation=d.id))
+    b.authorize(grand.token, AuthorizeRequest("read", "crm.customers"))
+    with pytest.raises(InvalidRequest):  # refused before policy, and audited as a decision
+        b.authorize(grand.token, AuthorizeRequest("read", "crm.notes"))
+    b.close_task(kids[1].task.id, by="orchestrator")
+    build_tree(runtime)  # another tree in the same log: not part of this one
+    sql(
+        runtime,
+        'UPDATE audit_events SET payload = \'{"outcome":"allow"}\' '
+        "WHERE task_id = :t AND type = 'decision'",
+        t=kids[2].task.id,
+    )
+    with runtime.db.read() as conn:
+        want = _reference_trace(conn, root.task.id)
+        assert want.tampered and len(want.root.children) == 3
+        for asked in (root.task.id, kids[0].task.id, grand.task.id):
+            got = build_trace(conn, asked)
+            assert got.to_dict() == want.to_dict()
+            assert _rendered(got) == _rendered(want)
+            assert [i.event for c in got.root.children for i in c.items] == [
+                i.event for c in want.root.children for i in c.items
+            ]

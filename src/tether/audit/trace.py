@@ -9,7 +9,11 @@ whether rows are *missing* is ``verify``'s job.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,24 +34,86 @@ _E = t.audit_events.c
 _ENDS = {ev.TASK_CLOSED: "closed", ev.TASK_EXPIRED: "expired", ev.TASK_REVOKED: "revoked"}
 
 
-@dataclass
+Row = tuple[Any, ...]  # the columns of ``_COLUMNS``, in Event's field order (chain … hash)
+
+
 class TraceItem:
-    event: Event
-    summary: str
-    intact: bool
+    """One event under its task: what a trace shows of it (fields, parsed payload, one-line
+    summary, whether its hash matches). ``event`` is built on first use: showing a large tree
+    needs only the fields below, and an ``Event`` per row cost a quarter of a trace."""
+
+    __slots__ = ("_event", "_row", "intact", "payload", "summary")
+
+    def __init__(self, event: Event, summary: str, intact: bool) -> None:
+        self._event: Event | None = event
+        self._row: Row = (
+            event.chain,
+            event.seq,
+            event.ts,
+            event.type,
+            event.prev_hash,
+            None,
+            event.task_id,
+            event.root_task_id,
+            event.parent_task_id,
+            event.agent,
+            event.delegator,
+            event.decision_id,
+            event.lease_id,
+            event.trace_id,
+            event.v,
+            event.hash,
+        )
+        self.payload: dict[str, Any] = event.payload
+        self.summary = summary
+        self.intact = intact
+
+    @classmethod
+    def of_row(cls, row: Row, payload: dict[str, Any], intact: bool) -> TraceItem:
+        item = cls.__new__(cls)
+        item._event, item._row, item.payload, item.intact = None, row, payload, intact
+        item.summary = _summary(row[3], payload, row[6], row[12])
+        return item
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            r = self._row
+            self._event = Event(
+                r[0], r[1], r[2], r[3], r[4], self.payload, r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+                r[13], r[14], r[15],
+            )  # fmt: skip
+        return self._event
+
+    @property
+    def chain(self) -> str:
+        return str(self._row[0])
+
+    @property
+    def seq(self) -> int:
+        return int(self._row[1])
+
+    @property
+    def ts(self) -> float:
+        return float(self._row[2])
+
+    @property
+    def type(self) -> str:
+        return str(self._row[3])
 
     def to_dict(self) -> dict[str, Any]:
+        r = self._row
         return {
-            "ts": self.event.ts,
-            "type": self.event.type,
+            "ts": r[2],
+            "type": r[3],
             "summary": self.summary,
             "intact": self.intact,
-            "chain": self.event.chain,
-            "seq": self.event.seq,
-            "decision_id": self.event.decision_id,
-            "lease_id": self.event.lease_id,
-            "trace_id": self.event.trace_id,
-            "payload": self.event.payload,
+            "chain": r[0],
+            "seq": r[1],
+            "decision_id": r[11],
+            "lease_id": r[12],
+            "trace_id": r[13],
+            "payload": self.payload,
         }
 
 
@@ -103,14 +169,17 @@ class Trace:
 
 def summarize(e: Event) -> str:
     """One line saying what the event is about (for people; tools read the payload)."""
-    p = e.payload
-    if e.type == ev.DECISION:
+    return _summary(e.type, e.payload, e.task_id, e.lease_id)
+
+
+def _summary(type_: str, p: dict[str, Any], task_id: str | None, lease_id: str | None) -> str:
+    if type_ == ev.DECISION:
         extra = [f"code={p['code']}"] if p.get("code") and p.get("outcome") != "allow" else []
         for k in ("approval_id", "approval_used"):
             if p.get(k):
                 extra.append(f"{k}={p[k]}")
-        if e.lease_id:
-            extra.append(f"lease={e.lease_id}")
+        if lease_id:
+            extra.append(f"lease={lease_id}")
         return " ".join(
             [
                 f"decision {p.get('outcome', '?')}",
@@ -119,27 +188,27 @@ def summarize(e: Event) -> str:
                 *extra,
             ]
         ).strip()
-    if e.type.startswith("approval."):
-        verb = e.type.split(".", 1)[1]
+    if type_.startswith("approval."):
+        verb = type_.split(".", 1)[1]
         by = f" by {p['by']}" if p.get("by") else ""
         return f"approval {verb} {p.get('action', '')} {p.get('resource', '')} ({p.get('approval_id')}){by}"
-    if e.type.startswith("credential."):
-        verb = e.type.split(".", 1)[1]
+    if type_.startswith("credential."):
+        verb = type_.split(".", 1)[1]
         what = " ".join(str(p[k]) for k in ("kind", "audience") if p.get(k))
-        return f"credential {verb} {what} (lease {e.lease_id or p.get('lease_id')})".replace("  ", " ")
-    if e.type in (ev.CALL_FORWARDED, ev.CALL_RESULT):
+        return f"credential {verb} {what} (lease {lease_id or p.get('lease_id')})".replace("  ", " ")
+    if type_ in (ev.CALL_FORWARDED, ev.CALL_RESULT):
         target = " ".join(str(p[k]) for k in ("method", "target", "tool", "path") if p.get(k))
         status = f" → {p['status']}" if p.get("status") is not None else ""
-        return f"call {'forwarded' if e.type == ev.CALL_FORWARDED else 'result'} {target}{status}".strip()
-    if e.type == ev.TASK_DELEGATED:
+        return f"call {'forwarded' if type_ == ev.CALL_FORWARDED else 'result'} {target}{status}".strip()
+    if type_ == ev.TASK_DELEGATED:
         return f"delegated to {p.get('child_agent')} ({p.get('delegation_id')})"
-    if e.type in _ENDS:
+    if type_ in _ENDS:
         cause = p.get("cause_task_id")
-        why = f", cascade from {cause}" if cause and cause != e.task_id else ""
-        return f"task {_ENDS[e.type]} by {p.get('by')}{why}"
-    if e.type == ev.TASK_OPENED:
+        why = f", cascade from {cause}" if cause and cause != task_id else ""
+        return f"task {_ENDS[type_]} by {p.get('by')}{why}"
+    if type_ == ev.TASK_OPENED:
         return f"task opened intent={p.get('intent')}"
-    return e.type
+    return type_
 
 
 _COLUMNS = (
@@ -178,49 +247,44 @@ def _payload(text: str) -> Any:
         return json.loads(text)
 
 
-def _tree_rows(conn: Connection, root_id: str) -> Iterator[tuple[Event, bool]]:
-    """Every event of the tree in time order, each with "its hash matches its content".
-
-    On SQLite the rows come straight from the driver with the canonical body assembled by
-    the database (as in ``verify``'s fast pass); a row it cannot vouch for is re-checked
-    with ``row_hash``, which has the last word.
-    """
+def _tree_rows(conn: Connection, root_id: str) -> list[Row]:
+    """Every row of the tree: its columns, then (SQLite) the canonical body around ``ts``
+    as assembled by the database (as in ``verify``'s fast pass), or two NULLs."""
     from tether.audit.rangescan import SQL_BODY_AFTER_TS, SQL_BODY_BEFORE_TS
-    from tether.audit.verify import fast_intact
 
     raw = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
-    rows: Iterable[Any]
     if isinstance(raw, sqlite3.Connection):
         conn.exec_driver_sql("SELECT 1")  # inside this connection's read transaction
         # Constant SQL (columns and the verify pieces); the root id is bound.
         sql = f"SELECT {_COLUMNS}, {SQL_BODY_BEFORE_TS}, {SQL_BODY_AFTER_TS} FROM audit_events"  # noqa: S608
-        rows = raw.execute(sql + " WHERE root_task_id = ?", (root_id,)).fetchall()
-    else:
-        rows = conn.exec_driver_sql(
+        return raw.execute(sql + " WHERE root_task_id = ?", (root_id,)).fetchall()
+    return list(
+        conn.exec_driver_sql(
             f"SELECT {_COLUMNS}, NULL, NULL FROM audit_events WHERE root_task_id = %(r)s",  # noqa: S608
             {"r": root_id},
         ).all()
+    )
+
+
+def _items(rows: list[Row]) -> Iterator[TraceItem]:
+    """Each row as a trace item in time order, with "its hash matches its content": the
+    database-assembled body when it vouches (see ``tether.audit.fastpass``), else ``row_hash``,
+    which has the last word."""
+    sha256, fmt = hashlib.sha256, float.__repr__
     # Sorted here rather than by the database: its sorter would carry every wide row.
-    for r in sorted(rows, key=lambda r: (r[2], r[0], r[1])):
-        event = Event(
-            chain=r[0],
-            seq=r[1],
-            ts=r[2],
-            type=r[3],
-            prev_hash=r[4],
-            payload=_payload(r[5]),
-            task_id=r[6],
-            root_task_id=r[7],
-            parent_task_id=r[8],
-            agent=r[9],
-            delegator=r[10],
-            decision_id=r[11],
-            lease_id=r[12],
-            trace_id=r[13],
-            v=r[14],
-            hash=r[15],
-        )
-        yield event, fast_intact(r[16], r[2], r[17], r[15]) or _row_intact(r)
+    rows.sort(key=_ORDER)
+    for r in rows:
+        ts, pre, post = r[2], r[16], r[17]
+        intact = (
+            pre is not None
+            and post is not None
+            and type(ts) is float
+            and sha256(pre + fmt(ts).encode() + post).hexdigest() == r[15]
+        ) or _row_intact(r)
+        yield TraceItem.of_row(r, _payload(r[5]), intact)
+
+
+_ORDER = operator.itemgetter(2, 0, 1)  # ts, chain, seq
 
 
 def build_trace(conn: Connection, task_id: str) -> Trace:
@@ -231,35 +295,66 @@ def build_trace(conn: Connection, task_id: str) -> Trace:
         raise NotFound(f"no audit events for task `{task_id}`", code="task_not_found")
     # Only the indexed column: the broker sets root_task_id on every event of a tree (a root
     # task's own events carry its id), and an OR with task_id would defeat the index.
-    return assemble(root_id, _tree_rows(conn, root_id))
+    rows = _tree_rows(conn, root_id)
+    with _no_gc():
+        return _hang(root_id, _items(rows))
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The collector paused while a trace is built: it allocates ~10 containers per event
+    and no cycles, and the passes over them cost a tenth to a fifth of a large trace."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def assemble(root_id: str, events: Iterable[tuple[Event, bool]]) -> Trace:
     """Hang time-ordered events under their tasks; tasks under their parents."""
+    return _hang(root_id, (TraceItem(e, summarize(e), intact) for e, intact in events))
+
+
+def _hang(root_id: str, items: Iterable[TraceItem]) -> Trace:
+    """``assemble`` for trace items, in one pass over them."""
     tasks: dict[str, TraceTask] = {}
-
-    def node(tid: str) -> TraceTask:
-        return tasks.setdefault(tid, TraceTask(tid))
-
     count = 0
     tampered: list[tuple[str, int]] = []
-    for e, intact in events:
+    opened, ends = ev.TASK_OPENED, _ENDS
+    for item in items:
         count += 1
-        if not intact:
-            tampered.append((e.chain, e.seq))
+        # chain, seq, ts, type, …, task_id (6), parent_task_id (8), agent (9), delegator (10)
+        r = item._row
+        if not item.intact:
+            tampered.append((r[0], r[1]))
+        task_id = r[6]
         # An event without a task (a refused redemption) belongs to the parent it targeted.
-        tid = e.task_id or e.parent_task_id or root_id
-        n = node(tid)
-        if e.type == ev.TASK_OPENED and e.task_id:
-            n.agent, n.delegator, n.parent_task_id = e.agent, e.delegator, e.parent_task_id
-            n.intent, n.opened_at = e.payload.get("intent"), e.ts
-            depth = e.payload.get("depth")
-            n.depth = depth if isinstance(depth, int) else None
-        elif e.type in _ENDS and e.task_id:
-            n.state, n.ended_at = _ENDS[e.type], e.ts
-        n.agent = n.agent or (e.agent if e.task_id else None)
-        n.items.append(TraceItem(e, summarize(e), intact))
-    root = node(root_id)
+        tid = task_id or r[8] or root_id
+        n = tasks.get(tid)
+        if n is None:
+            n = tasks[tid] = TraceTask(tid)
+        if task_id:
+            type_ = r[3]
+            if type_ == opened:
+                p = item.payload
+                n.agent, n.delegator, n.parent_task_id = r[9], r[10], r[8]
+                n.intent, n.opened_at = p.get("intent"), r[2]
+                depth = p.get("depth")
+                n.depth = depth if isinstance(depth, int) else None
+            elif type_ in ends:
+                n.state, n.ended_at = ends[type_], r[2]
+            if not n.agent:
+                n.agent = r[9]
+        elif not n.agent:
+            n.agent = None
+        n.items.append(item)
+    root = tasks.get(root_id)
+    if root is None:
+        root = tasks[root_id] = TraceTask(root_id)
     for tid, n in tasks.items():
         if tid == root_id:
             continue
@@ -279,14 +374,14 @@ def _clock(ts: float) -> str:
 
 
 def _item_text(i: TraceItem) -> Text:
-    style = _STYLE.get(str(i.event.payload.get("outcome")), "") if i.event.type == ev.DECISION else ""
-    if i.event.type.startswith(("credential.", "call.")):
+    style = _STYLE.get(str(i.payload.get("outcome")), "") if i.type == ev.DECISION else ""
+    if i.type.startswith(("credential.", "call.")):
         style = "cyan"
-    if i.event.type.startswith("approval."):
+    if i.type.startswith("approval."):
         style = "magenta"
-    text = Text(f"{_clock(i.event.ts)}  ", style="dim")
+    text = Text(f"{_clock(i.ts)}  ", style="dim")
     text.append(i.summary, style=style)
-    text.append(f"  #{i.event.chain}:{i.event.seq}", style="dim")
+    text.append(f"  #{i.chain}:{i.seq}", style="dim")
     if not i.intact:
         text.append("  TAMPERED", style="bold red reverse")
     return text
@@ -306,7 +401,7 @@ def _task_label(n: TraceTask) -> Text:
 def _add_task(tree: Tree, n: TraceTask) -> None:
     branch = tree.add(_task_label(n))
     timeline: list[tuple[float, int, TraceItem | TraceTask]] = [
-        (i.event.ts, 0, i) for i in n.items if i.event.type != ev.TASK_OPENED
+        (i.ts, 0, i) for i in n.items if i.type != ev.TASK_OPENED
     ]
     timeline += [(c.opened_at or 0.0, 1, c) for c in n.children]
     for _, _, x in sorted(timeline, key=lambda x: (x[0], x[1])):
