@@ -4,7 +4,9 @@ Three processes on loopback: a trivial upstream (uvicorn, one worker), the gatew
 (uvicorn, one worker, authorizing in-process against a SQLite broker store, each call a
 decision + credential + audit commit + call record), and this client. Latency is
 sequential requests on one keep-alive connection (p50/p99); throughput is ``-c``
-concurrent keep-alive clients for ``-t`` seconds.
+concurrent keep-alive clients for ``-t`` seconds. Each row also gives the CPU time its
+server process spent per request during the throughput run (``/proc``): on a machine
+shared with other work, wall times also count the wait for a core, CPU time does not.
 
 Run: ``python bench/bench_gateway.py [-n 2000] [-c 16] [-t 10]``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -44,6 +47,15 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", a
 OVERRIDES = {"environment": "prod", "identity": {"dpop": "optional"}}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +83,7 @@ class AllowAll:
             {"decision": "allow", "decision_id": "dec_bench"}, for_agent={"kind": "jwt", "token": "bench"}
         )
 
-    async def record(self, type_, verdict, payload, trace_id=None):
+    async def record(self, type_, verdict, payload, trace_id=None, *, after_reply=False):
         return None
 
     async def aclose(self):
@@ -186,6 +198,7 @@ def main() -> None:
         serve_gateway(state, int(port), upstream)
         return
 
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-gw-"))
     state, token = prepare(tmp)
     up_port, gw_port, stub_port = free_port(), free_port(), free_port()
@@ -207,16 +220,22 @@ def main() -> None:
             ("gateway, proxy only (allow-all stub)", f"http://127.0.0.1:{stub_port}/t/queue"),
             ("gateway, in-process broker", f"http://127.0.0.1:{gw_port}/t/queue"),
         ]
+        servers = [procs[0].pid, procs[2].pid, procs[1].pid]  # the process answering each path
         stats = [summary(latency(url, auth, args.n)) for _, url in paths]
         print(f"\nlatency, sequential keep-alive, n={args.n} (µs)")
         print(f"{'path':40} {'p50':>9} {'p99':>9} {'+p50':>9} {'+p99':>9}")
         for (name, _), (p50, p99) in zip(paths, stats, strict=True):
             print(f"{name:40} {p50:9.0f} {p99:9.0f} {p50 - stats[0][0]:9.0f} {p99 - stats[0][1]:9.0f}")
-        print(f"\nthroughput, {args.c} concurrent clients, {args.t:.0f} s, one worker each (req/s)")
-        rates = []
-        for name, url in paths:
+        print(f"\nthroughput, {args.c} concurrent clients, {args.t:.0f} s, one worker each")
+        print(f"{'path':40} {'req/s':>9} {'server CPU µs/req':>18}")
+        rates, cpus = [], []
+        for (name, url), pid in zip(paths, servers, strict=True):
+            c0, t0 = cpu_seconds(pid), time.monotonic()
             rates.append(asyncio.run(throughput(url, auth, args.c, args.t)))
-            print(f"{name:40} {rates[-1]:9.0f}")
+            done = rates[-1] * (time.monotonic() - t0)
+            cpus.append((cpu_seconds(pid) - c0) * 1e6 / max(done, 1))
+            print(f"{name:40} {rates[-1]:9.0f} {cpus[-1]:18.0f}")
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         (d50, d99), (s50, s99), (g50, g99) = stats
         emit(
             "gateway_latency",
@@ -236,7 +255,10 @@ def main() -> None:
             unit="req/s",
             p50=rates[2],
             floor_p50=rates[1],
-            floor=f"proxy-only stub {rates[1]:,.0f} req/s; direct {rates[0]:,.0f} req/s",
+            floor=(
+                f"proxy-only stub {rates[1]:,.0f} req/s; direct {rates[0]:,.0f} req/s; "
+                f"server CPU/req {cpus[2]:,.0f} µs (stub {cpus[1]:,.0f})"
+            ),
             ratio=f"{rates[2] / rates[1]:.2f}× stub",
             target="≥ 1,000 req/s, ≥ 0.8× stub",
             met=rates[2] >= 1000 and rates[2] >= 0.8 * rates[1],

@@ -72,6 +72,28 @@ def test_concurrent_call_records_share_one_commit(runtime, allowed):
     assert len(calls) == 12 and {c["decision_id"] for c in calls} == {verdict.decision_id}
 
 
+def test_waiting_record_joins_an_urgent_one_at_once(runtime, allowed):
+    """A record written after its reply lingers for company; a record someone waits on
+    (an MCP call's) does not wait for it, and takes the lingering one along in its commit."""
+    authorizer, verdict = allowed
+    units: list[float] = []
+    runtime.audit.append_hooks.append(units.append)
+
+    async def main() -> int:
+        after = asyncio.ensure_future(
+            authorizer.record(ev.CALL_FORWARDED, verdict, {"n": "after"}, after_reply=True)
+        )
+        await asyncio.sleep(0)  # it is appended and lingering
+        assert not after.done() and _calls_committed(runtime) == []
+        await authorizer.record(ev.CALL_RESULT, verdict, {"n": "urgent"})
+        committed = len(_calls_committed(runtime))  # the lingering one went with it
+        await after
+        return committed
+
+    assert asyncio.run(main()) == 1
+    assert len(units) == 1
+
+
 def test_record_returns_only_once_committed(runtime, allowed):
     """When ``record`` returns, the event is in the store (read back on another connection)."""
     authorizer, verdict = allowed
@@ -137,7 +159,7 @@ def test_kill_9_under_load_leaves_no_acknowledged_decision_unrecorded(tmp_path, 
                     acknowledged.append(r.headers["x-tether-decision-id"])
 
     try:
-        wait_http(f"http://127.0.0.1:{port}/")
+        wait_http(f"http://127.0.0.1:{port}/", timeout=90)  # a broker starting on a busy host
         threads = [threading.Thread(target=client) for _ in range(8)]
         for t in threads:
             t.start()

@@ -191,9 +191,19 @@ class Authorizer(Protocol):
         ...
 
     async def record(
-        self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
+        self,
+        type_: str,
+        verdict: Verdict,
+        payload: Mapping[str, Any],
+        trace_id: str | None = None,
+        *,
+        after_reply: bool = False,
     ) -> None:
-        """Append one call record (``call.forwarded``/``call.result``) linked to its decision."""
+        """Append one call record (``call.forwarded``/``call.result``) linked to its decision.
+
+        ``after_reply``: the call's answer has already gone out, so nobody waits on this
+        record but the request handler, and it may linger a moment to share a commit.
+        """
         ...
 
     async def observe_tools(
@@ -209,6 +219,12 @@ class Authorizer(Protocol):
     async def aclose(self) -> None: ...
 
 
+#: How long a record written after its call's answer went out may wait to share a commit.
+AFTER_REPLY_LINGER = 0.002
+#: A batch this big is written at once.
+MAX_BATCH = 64
+
+
 class CallLog:
     """Group commit of call records: those that arrive together share one audit unit.
 
@@ -217,11 +233,14 @@ class CallLog:
     record. The batch is written on the next turn of the event loop (SQLite, on the loop
     itself) or as soon as the writer thread is free (PostgreSQL), so it never waits for
     company: under load the records of concurrent calls share a transaction, a lone call
-    pays what it did before. If a batch fails, each of its records is tried alone, so one
-    record that cannot be written never costs the others theirs.
+    pays what it did before. A record whose call was already answered (the HTTP gateway's)
+    may linger :data:`AFTER_REPLY_LINGER` for more company: that moves its write off the
+    path of the next request on a keep-alive connection. If a batch fails, each of its
+    records is tried alone, so one record that cannot be written never costs the others
+    theirs.
 
-    (Call records follow the decision that let the call through, which was committed on
-    its own before anything was forwarded: see docs/architecture.md on the audit unit.)
+    (Call records follow the decision that let the call through, which was committed with
+    its own audit event before anything was forwarded: docs/architecture.md, steps 6–7.)
     """
 
     def __init__(self, write: Callable[[Sequence[CallRecord]], None], inline: bool) -> None:
@@ -229,29 +248,42 @@ class CallLog:
         self._inline = inline
         self._pending: list[tuple[CallRecord, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._busy = False  # a batch is being written (scheduled, or in the writer thread)
+        self._busy = False  # a batch is being written in the writer thread
         self._task: asyncio.Task[None] | None = None
+        self._flush: asyncio.Handle | None = None  # the scheduled inline write
+        self._soon = False  # ``_flush`` is for the next turn, not after a linger
 
-    async def append(self, record: CallRecord) -> None:
+    async def append(self, record: CallRecord, linger: float = 0.0) -> None:
+        """Append ``record`` and return once it is committed. ``linger``: how long it may
+        wait for company (on SQLite; a record nobody is waiting on but its handler)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (a test client's): nothing pending carries over
-            self._loop, self._pending, self._busy = loop, [], False
+            self._loop, self._pending, self._busy, self._flush = loop, [], False, None
         fut = loop.create_future()
         self._pending.append((record, fut))
-        if not self._busy:
+        if self._inline:
+            self._schedule(loop, linger if len(self._pending) < MAX_BATCH else 0.0)
+        elif not self._busy:
             self._busy = True
-            if self._inline:
-                loop.call_soon(self._flush_inline)
-            else:
-                self._task = loop.create_task(self._flush_threaded())
+            self._task = loop.create_task(self._flush_threaded())
         await fut
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        if self._flush is not None:
+            if self._soon or delay > 0:
+                return  # already due as soon as, or sooner than, this record needs
+            self._flush.cancel()
+        self._soon = delay <= 0
+        self._flush = (
+            loop.call_soon(self._flush_inline) if self._soon else loop.call_later(delay, self._flush_inline)
+        )
 
     def _take(self) -> list[tuple[CallRecord, asyncio.Future[None]]]:
         batch, self._pending = self._pending, []
         return batch
 
     def _flush_inline(self) -> None:
-        self._busy = False
+        self._flush = None
         batch = self._take()
         if batch:
             self._settle(batch, self._outcomes(batch))
@@ -339,12 +371,18 @@ class LocalAuthorizer:
         return await self._call(self._service.check_token, self.rt, token, audience)
 
     async def record(
-        self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
+        self,
+        type_: str,
+        verdict: Verdict,
+        payload: Mapping[str, Any],
+        trace_id: str | None = None,
+        *,
+        after_reply: bool = False,
     ) -> None:
         record = self._service.call_record(
             type_, verdict.task, verdict.decision_id, verdict.lease_id, trace_id, dict(payload)
         )
-        await self.calls.append(record)
+        await self.calls.append(record, AFTER_REPLY_LINGER if after_reply else 0.0)
 
     async def observe_tools(
         self, server: str, definitions: Mapping[str, Mapping[str, Any]]
@@ -469,7 +507,13 @@ class RemoteAuthorizer:
         return dict(doc)
 
     async def record(
-        self, type_: str, verdict: Verdict, payload: Mapping[str, Any], trace_id: str | None = None
+        self,
+        type_: str,
+        verdict: Verdict,
+        payload: Mapping[str, Any],
+        trace_id: str | None = None,
+        *,
+        after_reply: bool = False,
     ) -> None:
         await self._post(
             "/v1/gateway/calls",

@@ -369,7 +369,7 @@ class HttpGateway:
         has_body = length not in (None, "0") or _header(headers, b"transfer-encoding") is not None
         io = _Exchange(route.record_bodies, self.options.max_request_bytes, self.options.max_response_bytes)
         started = time.perf_counter()
-        status, outcome = 0, "ok"
+        status, outcome, relayed = 0, "ok", False
         try:
             try:
                 body, stream = await io.read_request(receive) if has_body else (None, None)
@@ -395,6 +395,7 @@ class HttpGateway:
             try:
                 status = resp.status
                 await self._relay(send, resp, verdict, io)
+                relayed = True
             except _TooLargeAnswer:
                 outcome = "response_too_large"
                 limit = io.response_limit
@@ -426,7 +427,7 @@ class HttpGateway:
             if route.record_bodies:
                 payload["request_body"] = io.recorded_request.decode("utf-8", "replace")
                 payload["response_body"] = io.recorded_response.decode("utf-8", "replace")
-            await self._record(verdict, payload, trace)
+            await self._record(verdict, payload, trace, relayed)
 
     async def _relay(self, send: Any, resp: UpstreamResponse, verdict: Verdict, io: _Exchange) -> None:
         limit = io.response_limit
@@ -451,10 +452,10 @@ class HttpGateway:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _record(self, verdict: Verdict, payload: dict[str, Any], trace: str) -> None:
+    async def _record(self, verdict: Verdict, payload: dict[str, Any], trace: str, relayed: bool) -> None:
         try:
             with anyio.CancelScope(shield=True):  # a client hanging up must not lose the record
-                await self.authorizer.record(ev.CALL_FORWARDED, verdict, payload, trace)
+                await self.authorizer.record(ev.CALL_FORWARDED, verdict, payload, trace, after_reply=relayed)
         except Exception:
             log.exception("could not record the forwarded call of decision %s", verdict.decision_id)
 
