@@ -139,6 +139,34 @@ def test_malformed_tools_call_gets_invalid_params_and_the_connection_lives(runti
     assert [e.type for e in events].count("decision") == 1  # nothing malformed was decided
 
 
+def test_unreadable_frames_get_jsonrpc_errors_and_the_connection_lives(runtime: Any, agent: Any) -> None:
+    """A line that is not JSON, or JSON that is not JSON-RPC, is answered (id null) instead
+    of left unanswered; the next call works."""
+    gateway = McpGateway("hold", LocalAuthorizer(runtime), task_token=token(agent))
+
+    async def go() -> list[types.JSONRPCResponse | types.JSONRPCError]:
+        async with wire(gateway) as w:
+            await w.handshake()
+            out = []
+            for line in ['{"jsonrpc": "2.0", "id": 1, "method": ', '{"hello": "world"}', "[1, 2]"]:
+                try:  # what the stdio transport hands the server for such a line
+                    types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                except ValueError as exc:
+                    await w.write.send(exc)
+                out.append(await w.answer())
+            await w.request(9, "tools/call", ECHO)
+            out.append(await w.answer())
+            return out
+
+    *bad, good = anyio.run(go)
+    assert [(r.id, r.error.code) for r in bad if isinstance(r, types.JSONRPCError)] == [
+        (None, types.PARSE_ERROR),
+        (None, types.INVALID_REQUEST),
+        (None, types.INVALID_REQUEST),
+    ]
+    assert good.id == 9 and text(good) == "hi"
+
+
 def test_tools_call_before_the_handshake_is_refused_undecided(runtime: Any, agent: Any) -> None:
     gateway = McpGateway("hold", LocalAuthorizer(runtime), task_token=token(agent))
 

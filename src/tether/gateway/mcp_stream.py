@@ -15,8 +15,9 @@ arrives before the handshake completed or on a connection of the 2026 protocol e
 Rules kept from the SDK's dispatcher: each call runs in its own task (a slow tool blocks
 nothing else); a call the peer cancels (``notifications/cancelled``) is interrupted and
 never answered; when the agent's side closes, calls still running are interrupted and
-answered with a connection-closed error. A malformed call gets a JSON-RPC error and a
-failure inside the gateway gets ``INTERNAL_ERROR``; neither ends the connection.
+answered with a connection-closed error. A malformed call gets a JSON-RPC error, as does a
+frame that is not JSON-RPC at all (``PARSE_ERROR`` / ``INVALID_REQUEST``, id null), and a
+failure inside the gateway gets ``INTERNAL_ERROR``; none of them ends the connection.
 """
 
 from __future__ import annotations
@@ -172,13 +173,13 @@ class _Connection:
         except anyio.get_cancelled_exc_class():
             # The connection is closing: say so, unless the peer cancelled this call.
             if not call.cancelled:
-                await self._send(_error(req.id, types.CONNECTION_CLOSED, "Connection closed"), shield=True)
+                await self.send(_error(req.id, types.CONNECTION_CLOSED, "Connection closed"), shield=True)
             raise
         finally:
             if self.calls.get(_key(req.id)) is call:
                 del self.calls[_key(req.id)]
         if reply is not None and not call.cancelled:
-            await self._send(reply)
+            await self.send(reply)
 
     async def _reply(self, req: types.JSONRPCRequest) -> types.JSONRPCResponse | types.JSONRPCError:
         version = self.version or LATEST_HANDSHAKE_VERSION
@@ -202,7 +203,7 @@ class _Connection:
             return _error(req.id, types.INTERNAL_ERROR, "Handler returned an invalid result")
         return types.JSONRPCResponse(jsonrpc="2.0", id=req.id, result=wire)
 
-    async def _send(self, reply: types.JSONRPCResponse | types.JSONRPCError, shield: bool = False) -> None:
+    async def send(self, reply: types.JSONRPCResponse | types.JSONRPCError, shield: bool = False) -> None:
         with anyio.move_on_after(_CLOSE_WRITE_SECONDS if shield else None, shield=shield):
             try:
                 await self.write.send(SessionMessage(message=reply))
@@ -210,7 +211,18 @@ class _Connection:
                 log.debug("dropped the answer to %r: the connection closed", reply.id)
 
 
-def _error(request_id: types.RequestId, code: int, message: str, data: Any = None) -> types.JSONRPCError:
+def _unreadable(exc: ValueError) -> types.JSONRPCError:
+    """JSON-RPC's answer to a frame it cannot read (id null: none could be read). The SDK's
+    server only logs these, so a client would wait for an answer that never comes."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else [{"type": "json_invalid"}]
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _error(None, types.PARSE_ERROR, "Parse error")
+    return _error(None, types.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+
+
+def _error(
+    request_id: types.RequestId | None, code: int, message: str, data: Any = None
+) -> types.JSONRPCError:
     return types.JSONRPCError(
         jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message, data=data)
     )
@@ -235,6 +247,8 @@ async def serve_stream(
                     call = conn.take(item)
                     if call is not None:
                         calls.start_soon(conn.answer, call)
+                    elif isinstance(item, ValueError):  # a line that is not JSON-RPC
+                        await conn.send(_unreadable(item))
                     else:
                         await to_sdk.send(item)
             except anyio.ClosedResourceError:
