@@ -155,6 +155,32 @@ class ShadowResult:
     error: str | None = None
 
 
+_DELTA_CACHE_BYTES = 16 * 1024 * 1024  # catalog copies kept, in bytes of catalog JSON
+_DELTA_CACHE_MAX = 256
+
+
+class _DeltaCache:
+    """A bounded map of delta text → entities handle. Each handle holds its own copy of the
+    catalog's entities, so the bound is in catalog bytes (:data:`_DELTA_CACHE_BYTES`)."""
+
+    def __init__(self, catalog_bytes: int) -> None:
+        self.limit = min(_DELTA_CACHE_MAX, _DELTA_CACHE_BYTES // max(catalog_bytes, 1))
+        self._items: dict[str, cedarpy.Entities] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base: cedarpy.Entities, delta: str) -> cedarpy.Entities:
+        found = self._items.get(delta)
+        if found is not None:
+            return found
+        entities = base.with_added_json_str(delta)
+        if self.limit:
+            with self._lock:
+                while len(self._items) >= self.limit:
+                    del self._items[next(iter(self._items))]  # the oldest
+                self._items[delta] = entities
+        return entities
+
+
 @dataclass(frozen=True, slots=True)
 class _State:
     """Everything a decision reads, swapped as one reference so a decision never sees
@@ -167,6 +193,10 @@ class _State:
     #: A candidate set evaluated beside ``bundle`` on every decision (shadow mode).
     shadow: PolicyBundle | None = None
     shadow_source: str | None = None
+    #: ``entities`` plus one decision's delta (agent, call, arguments), by the delta's text:
+    #: an agent repeating a call skips the copy Cedar makes of the catalog's entities. A
+    #: new catalog comes with a new, empty map (see ``_DeltaCache``).
+    with_delta: _DeltaCache = field(default_factory=lambda: _DeltaCache(0))
 
 
 def _tag_value(value: Any) -> str:
@@ -263,14 +293,21 @@ class PolicyEngine:
     def set_catalog(self, catalog: Catalog) -> None:
         """Rebuild the base entities; on error the previous catalog stays in force."""
         try:
-            entities = cedarpy.Entities.from_json_str(catalog.entities_json(), self._schema)
+            text = catalog.entities_json()
+            entities = cedarpy.Entities.from_json_str(text, self._schema)
         except ValueError as exc:
             raise PolicyError(
                 f"catalog `{catalog.source}` does not fit the cedar schema: {exc}", code="catalog_invalid"
             ) from exc
         version = catalog_version(catalog)
         with self._write_lock:
-            self._state = replace(self._state, catalog=catalog, entities=entities, catalog_version=version)
+            self._state = replace(
+                self._state,
+                catalog=catalog,
+                entities=entities,
+                catalog_version=version,
+                with_delta=_DeltaCache(len(text)),
+            )
 
     def reload(self, policy_dir: Path) -> PolicyBundle:
         """Load ``policy_dir`` and put it in force; on error raise and keep the old set."""
@@ -356,7 +393,7 @@ class PolicyEngine:
             delta.append(resource.cedar_entity())
         # orjson for both texts Cedar parses: cedarpy would run the stdlib encoder over the
         # context dict (any valid JSON will do; neither text is hashed or stored).
-        entities = state.entities.with_added_json_str(orjson.dumps(delta).decode())
+        entities = state.with_delta.get(state.entities, orjson.dumps(delta).decode())
         context = dict(request.context)
         context["call"] = {"__entity": _CALL_UID}  # always ours, never the caller's
         context["args"] = {"__entity": _ARGS_UID}
