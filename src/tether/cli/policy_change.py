@@ -47,7 +47,8 @@ def _render(d: dict[str, Any]) -> None:
     console.print(
         f"replayed [bold]{d['replayed']}[/] of {d['decisions']} decisions against "
         f"{d['candidate_version']} in {d['seconds']} s"
-        + (f" ({d['rate_per_second']}/s)" if d["rate_per_second"] else ""),
+        + (f" ({d['rate_per_second']}/s)" if d["rate_per_second"] else "")
+        + f"; {d['evaluated']} distinct requests asked of Cedar",
         highlight=False,
     )
     if skipped:

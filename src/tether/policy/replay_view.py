@@ -276,18 +276,14 @@ def _compile(node: _Node) -> Callable[[Any], Any]:
 
     if not children:
         return scalar
-    named = tuple(children.items())
+    pick = children.get
 
     def record(v: Any) -> Any:
         if type(v) is not dict:
             return scalar(v)
         if _opaque(v):
             return v
-        out = {k: _TAG.get(type(x)) or _shape(x) for k, x in v.items()}
-        for k, f in named:
-            if k in v:
-                out[k] = f(v[k])
-        return out
+        return {k: pick(k, _shape)(x) for k, x in v.items()}
 
     return record
 
