@@ -184,3 +184,18 @@ def test_swapped_events_across_a_range_boundary_attack_is_reported_reordered(db)
     for a, b in ((14, -1), (15, 14), (-1, 15)):
         tamper(db, chain, "UPDATE audit_events SET seq = :b WHERE chain = :c AND seq = :a", a=a, b=b)
     assert first_break(db) == ("reordered", 14)
+
+
+def test_ranges_whose_processes_cannot_start_are_verified_by_the_exact_walk(sqlite_url, monkeypatch):
+    """SQLite's range processes cannot start (no interpreter): the first range still vouches,
+    the rest is read by the exact walk, and a tampered event there is still named."""
+    db = Database(sqlite_url)
+    db.migrate()
+    chain = write(db, 40)
+    tamper(db, chain, "UPDATE audit_events SET payload = '{}' WHERE chain = :c AND seq = 33")
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    with db.read() as conn:
+        assert fast_prefix(conn, chain.chain_id, **RANGED)[0] == 14
+    report = verify_database(db, **RANGED)
+    db.dispose()
+    assert report.first is not None and (report.first.kind, report.first.seq) == ("edited", 33)

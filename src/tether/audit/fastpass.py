@@ -319,17 +319,22 @@ def _fast_sqlite(
     ranges = plan(_top(conn, chain, workers), workers, min_range)
     hashes = {s: [cp.hash for cp in group] for s, group in cps.items()}
     # The other ranges start first and run while this process scans range 0.
-    procs = [(lo, spawn_range(path, chain, lo, hi, hashes)) for lo, hi in ranges[1:] if path]
+    procs: list[tuple[int, subprocess.Popen[bytes] | None]] = []
+    for lo, hi in ranges[1:]:
+        try:
+            procs.append((lo, spawn_range(path, chain, lo, hi, hashes) if path else None))
+        except OSError:  # no process could be started: that range vouches for nothing
+            procs.append((lo, None))
     try:
         cur = raw.cursor()
         try:
             head = _as_run(ranges[0][0], rangescan.scan(cur, chain, *ranges[0], hashes))
         finally:
             cur.close()
-        return join([head, *(_collect(p, lo) for lo, p in procs)])
+        return join([head, *(Run.none(lo) if p is None else _collect(p, lo) for lo, p in procs)])
     finally:
         for _, p in procs:  # only if something above failed: never leave a scan running
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
 
