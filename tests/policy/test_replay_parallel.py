@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from tether.audit.masking import salt_from_master_key
 from tether.broker import AuthorizeRequest, OpenTaskRequest
@@ -18,6 +19,7 @@ from tether.policy import load_bundle, load_schema
 from tether.policy.replay import MAX_EXAMPLES, MAX_EXAMPLES_REPORT, Replayer, ReplayReport
 from tether.policy.replay_window import Job, boundaries, count, records, replay_window
 from tether.runtime import Runtime
+from tether.store import tables as t
 
 DOMAIN = "support.example"
 SCOPE = (
@@ -79,6 +81,13 @@ def _setup(rt: Runtime, tmp_path: Path) -> tuple[Any, Job]:
     return fresh, job
 
 
+def _store_marks(rt: Runtime) -> tuple[int, list[tuple[str, int]]]:
+    with rt.db.read() as conn:
+        n = conn.execute(select(func.count()).select_from(t.audit_events)).scalar_one()
+        heads = conn.execute(select(t.audit_chains.c.chain, t.audit_chains.c.head_seq)).all()
+    return int(n), sorted((str(c), int(s)) for c, s in heads)
+
+
 def _plain(report: ReplayReport) -> dict[str, Any]:
     d = report.to_dict()
     del d["evaluated"]  # each worker has its own cache
@@ -89,11 +98,13 @@ def test_parallel_replay_reports_exactly_the_flips_and_examples_of_one_process(r
     _record(runtime, 90)
     fresh, job = _setup(runtime, tmp_path)
     total = count(runtime.db, 0.0, None)
+    before = _store_marks(runtime)
     one = replay_window(fresh(), runtime.db, 0.0, None, total=total, jobs=1)
     many = replay_window(
         fresh(), runtime.db, 0.0, None, total=total, jobs=2, job=job, parallel_min=0, chunk=7
     )
     assert _plain(many) == _plain(one)
+    assert _store_marks(runtime) == before  # the workers only read
     # Enough flips that examples are cut at every level, across chunk boundaries.
     assert one.replayed == 90 and one.flips > MAX_EXAMPLES_REPORT
     assert len(one.examples) == MAX_EXAMPLES_REPORT
