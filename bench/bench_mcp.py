@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from mcp import ClientSession, StdioServerParameters
@@ -40,10 +41,12 @@ from _stats import emit, summary, table
 from tether.broker import OpenTaskRequest
 from tether.gateway.authorizer import LocalAuthorizer
 from tether.gateway.mcp import McpGateway, Upstream
-from tether.gateway.mcp_relay import Relay
 from tether.model import Grant, Workload
 from tether.runtime import Runtime
 from tether.testing import TestTrustDomain, make_settings
+
+if TYPE_CHECKING:
+    from tether.gateway.mcp_relay import Relay
 
 COMMAND = [sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"]
 ARGS = {"timezone": "Europe/Paris"}
@@ -146,7 +149,8 @@ async def run(
     ):
         await plain.initialize()
         app = gateway.server()
-        stamps = Hops(gateway, gateway._relay) if hops and gateway._relay is not None else None
+        relay = getattr(gateway, "_relay", None)
+        stamps = Hops(gateway, relay) if hops and relay is not None else None
         async with create_client_server_memory_streams() as (client, srv), anyio.create_task_group() as tg:
             tg.start_soon(app.run, srv[0], srv[1], app.create_initialization_options())
             async with ClientSession(client[0], client[1]) as session:
