@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 import tomllib
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
+from _tls import Ca, trusting
 from tether.gateway.authorizer import LocalAuthorizer
 from tether.gateway.http import HttpGateway
 from tether.gateway.routes import parse_routes
@@ -180,12 +182,19 @@ class RawUpstream:
     the connection without answering; ``close_after``: close after each answer); counts
     the requests it read."""
 
-    def __init__(self, answer: Callable[[int, bytes], bytes | None], close_after: bool = False) -> None:
-        self.answer, self.close_after = answer, close_after
+    def __init__(
+        self,
+        answer: Callable[[int, bytes], bytes | None],
+        close_after: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.answer, self.close_after, self.tls = answer, close_after, tls
         self.requests: list[bytes] = []
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.handshake_errors: list[str] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -200,6 +209,13 @@ class RawUpstream:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                self.handshake_errors.append(str(exc))
+                conn.close()
+                return
         with conn:
             buf = b""
             while True:
@@ -233,11 +249,17 @@ def raw_gateway(runtime, credentials) -> Iterator[Callable[..., Any]]:
     stack = contextlib.ExitStack()
 
     def start(
-        answer: Callable[[int, bytes], bytes | None], close_after: bool = False
+        answer: Callable[[int, bytes], bytes | None],
+        close_after: bool = False,
+        tls: ssl.SSLContext | None = None,
+        trust: ssl.SSLContext | None = None,
     ) -> tuple[RawUpstream, str]:
-        up = RawUpstream(answer, close_after)
+        up = RawUpstream(answer, close_after, tls)
         servers.append(up)
-        return up, stack.enter_context(served(gateway_for(runtime, up.url)))
+        app = gateway_for(runtime, up.url)
+        if trust is not None:  # the trust store a deployment's own CA would be in
+            app.pool._ssl = trust
+        return up, stack.enter_context(served(app))
 
     with stack:
         yield start
@@ -286,3 +308,33 @@ def test_answer_cut_short_is_not_relayed_as_complete(raw_gateway, agent):
     _, gw = raw_gateway(lambda n, head: cut, close_after=True)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{gw}/tickets/queue", headers={"Authorization": f"Bearer {token(agent)}"}).read()
+
+
+def _server_tls(ca: Ca, tmp_path: Any) -> ssl.SSLContext:
+    cert, key = ca.issue("127.0.0.1", server=True)
+    (tmp_path / "up.pem").write_bytes(cert)
+    (tmp_path / "up.key").write_bytes(key)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "up.pem", tmp_path / "up.key")
+    return tls
+
+
+def test_https_upstream_answers_over_kept_tls_connection(raw_gateway, agent, tmp_path):
+    """An https upstream with a trusted certificate is reached over TLS, the connection kept."""
+    ca = Ca("deployment")
+    up, gw = raw_gateway(lambda n, head: OK, tls=_server_tls(ca, tmp_path), trust=trusting(ca))
+    with httpx.Client(base_url=gw, headers={"Authorization": f"Bearer {token(agent)}"}) as c:
+        for _ in range(3):
+            r = c.get("/tickets/queue")
+            assert (r.status_code, r.content) == (200, b"{}")
+    assert len(up.requests) == 3 and up.connections == 1
+    assert up.requests[0].split(b"\r\n")[1] == f"host: {up.url.removeprefix('https://')}".encode()
+
+
+def test_upstream_with_untrusted_certificate_is_502(raw_gateway, agent, tmp_path):
+    """An https upstream whose certificate no trusted CA signed gets no request: 502."""
+    up, gw = raw_gateway(lambda n, head: OK, tls=_server_tls(Ca("not trusted"), tmp_path))
+    assert up.url.startswith("https://")
+    r = httpx.get(f"{gw}/tickets/queue", headers={"Authorization": f"Bearer {token(agent)}"})
+    assert (r.status_code, r.json()["code"]) == (502, "upstream_unavailable")
+    assert up.requests == []
