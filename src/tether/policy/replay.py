@@ -45,7 +45,12 @@ from tether.policy.shadow import flip_kind
 
 __all__ = ["Recorded", "ReplayReport", "Replayer", "recorded_from_event"]
 
-BATCH = 512
+#: Records decided together. Small on purpose: a batch's parsed events are alive until
+#: it is noted, and 512 of them (some 4 MB of objects) made every decision about twice as
+#: slow as 16 do (cache misses; measured with bench/bench_replay.py). Cedar is asked
+#: only on a miss, so batching its requests matters little.
+BATCH = 16
+_PROGRESS_EVERY = 1024
 _CACHE = 4096  # entities handles kept (one per distinct agent + arguments)
 _RESULTS = 200_000  # answers kept (one per distinct request as policy can see it)
 _CALL_UID = {"type": "Tether::Call", "id": "call"}
@@ -374,20 +379,25 @@ class Replayer:
         """Replay ``records`` (a ``str`` is a skipped event and why) into ``report``."""
         out = report or ReplayReport(self.bundle.version, self.catalog_version)
         batch: list[Recorded] = []
+        done = 0
         for rec in records:
             if isinstance(rec, str):
                 out.note_skip(rec)
+                done += 1  # the bar counts every decision event of the window
                 continue
             batch.append(rec)
             if len(batch) >= BATCH:
                 self._run(batch, out)
-                if progress:
-                    progress(len(batch))
+                done += len(batch)
                 batch = []
+                if progress and done >= _PROGRESS_EVERY:
+                    progress(done)
+                    done = 0
         if batch:
             self._run(batch, out)
-            if progress:
-                progress(len(batch))
+            done += len(batch)
+        if progress and done:
+            progress(done)
         return out
 
     def _run(self, batch: list[Recorded], out: ReplayReport) -> None:
