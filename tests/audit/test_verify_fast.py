@@ -199,3 +199,22 @@ def test_ranges_whose_processes_cannot_start_are_verified_by_the_exact_walk(sqli
     report = verify_database(db, **RANGED)
     db.dispose()
     assert report.first is not None and (report.first.kind, report.first.seq) == ("edited", 33)
+
+
+def test_events_appended_during_a_ranged_verify_are_not_counted_beyond_the_snapshot(db):
+    """A broker appending while verify runs: ranges read elsewhere than the verifying snapshot
+    (SQLite's range processes) stop at its last seq, so no false `inserted` beyond the head."""
+    from tether.audit.verify import snapshot, verify_chains
+
+    chain = write(db, 40)
+    head = chain.head
+    with snapshot(db) as conn:
+        conn.execute(text("SELECT max(seq) FROM audit_events")).scalar()  # the snapshot begins
+        more = AuditChain(db, chain.chain_id)
+        for _ in range(9):
+            with more.unit() as u:
+                u.emit(ev.DECISION, {"n": 1})
+        assert more.head[0] == 49
+        assert fast_prefix(conn, chain.chain_id, **RANGED) == head
+        report = verify_chains(conn, **RANGED)
+    assert report.ok and report.events == 40

@@ -242,12 +242,18 @@ def default_workers() -> int:
 
 
 def plan(top: int, workers: int, min_range: int = MIN_RANGE) -> list[tuple[int, int]]:
-    """Consecutive seq ranges covering 1..``top`` (the last one open-ended)."""
+    """Consecutive seq ranges covering 1..``top``, the last seq of the verifying snapshot.
+
+    One range is open-ended: it is read on the verifying connection itself. Split, the last
+    range stops at ``top``: a range read in a snapshot of its own (SQLite) must not vouch for
+    events appended after the verifying snapshot, which would then look like rows beyond the
+    recorded head. (Rows beyond ``top`` in the verifying snapshot, if any, are the exact walk's.)
+    """
     n = max(1, min(workers, top // max(1, min_range)))
-    step = -(-top // n) if top > 0 else 1
-    ranges = [(1 + i * step, (i + 1) * step) for i in range(n)]
-    ranges[-1] = (ranges[-1][0], _TOP)
-    return ranges
+    if n == 1:
+        return [(1, _TOP)]
+    step = -(-top // n)
+    return [(1 + i * step, min(top, (i + 1) * step)) for i in range(n)]
 
 
 def _run_threads(
