@@ -125,7 +125,7 @@ def _kinds(g: dict[str, Any]) -> str:
     "--jobs",
     type=click.IntRange(min=1),
     help="Worker processes for a long window [default: the cores available]; 1 replays in this "
-    "process. Windows under 40,000 decisions are always replayed in this process.",
+    "process. Windows under 200,000 decisions are always replayed in this process.",
 )
 @click.option("--store", help="Store URL [default: the state directory's config].")
 @state_dir_option

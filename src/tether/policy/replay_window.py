@@ -6,12 +6,13 @@ with its own Cedar handles and store connection; their reports are merged in win
 order, so the merged report is the one a single process writes: the same counts, and
 the same example decisions, since each part keeps its first examples and the merge keeps
 the first of those (see :meth:`ReplayReport.absorb`). A short window, or ``jobs=1``, is
-replayed here: starting a worker costs an interpreter and Tether's imports (about 0.7 s of
-CPU), more than a short window takes.
+replayed here: starting the workers costs an interpreter and Tether's imports (about 0.7 s
+of CPU), more than a short window takes.
 
-Workers are started with ``spawn`` (no state of this process, its threads or its
-connections is inherited). Each loads the candidate directory and catalog again and
-refuses to go on if their versions are not the ones checked here. Nothing is written.
+Workers are forked from a fork server that imported this module (``spawn`` where there is
+none): no state of this process, its threads or its connections is inherited. Each loads
+the candidate directory and catalog again and refuses to go on if their versions are not
+the ones checked here. Nothing is written.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tether.store.db import Database
 __all__ = ["PARALLEL_MIN", "Job", "count", "records", "replay_window"]
 
 #: Fewer decisions than this are replayed in this process (workers would cost more).
-PARALLEL_MIN = 40_000
+PARALLEL_MIN = 200_000
 _CHUNK_MIN = 5_000
 _CHUNK_MAX = 50_000
 _E = t.audit_events.c
@@ -131,6 +132,20 @@ def _chunk(bounds: tuple[float, float | None]) -> ReplayReport:
     return replayer.replay(records(db, bounds[0], bounds[1]), report)
 
 
+def _context() -> Any:
+    """A fork server that has imported this module, so each worker is a fork of a clean,
+    thread-free process with the replay code loaded: those imports are paid once, not per
+    worker. (Each worker still imports the caller's ``__main__`` file, as multiprocessing
+    does: keep heavy imports of a script that replays inside its ``main``.) ``spawn``
+    where there is no fork server."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return multiprocessing.get_context("spawn")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def jobs_default() -> int:
     """The cores this process may run on."""
     try:
@@ -163,7 +178,7 @@ def replay_window(
     cuts = boundaries(db, since, until, size)
     chunks: list[tuple[float, float | None]] = list(itertools.pairwise(cuts))
     chunks.append((cuts[-1], until))
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     workers = min(jobs, len(chunks))
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(job,)) as pool:
