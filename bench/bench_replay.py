@@ -193,6 +193,7 @@ def main() -> None:
         f"({cedar_us:.0f} µs CPU per cached-handle evaluation)"
     )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    shutil.rmtree(tmp, ignore_errors=True)  # with --copies, hundreds of MB
 
 
 def _count_only(recs: object, version: str, catalog_version: str) -> ReplayReport:
