@@ -171,7 +171,6 @@ def test_operator_signs_in_approves_and_pulls_the_kill_switch(page: Page, world:
     root = orchestrator.task(
         "support.triage", [("read", "crm"), ("read", "tickets")], ttl=300, description=f"triage {XSS}"
     )
-    root.__enter__()
     offer = root.delegate(AGENTS["reader"], [("read", "crm.customers")], ttl=120)
     reader_task = reader.task(delegation=offer)
     cred = reader_task.authorize("read", "crm.customers").credential

@@ -199,7 +199,10 @@ def test_a_close_moves_this_replicas_feed_lag_and_its_poll_age_is_fresh(local, r
     name = "tether_revocation_feed_lag_seconds_count"
     page = _page_when(local, lambda t: _value(t, name) > _value(first, name), what="the close to be applied")
     assert _value(page, name, replica="node-1") == _value(first, name, replica="node-1") + 1
-    assert _value(page, "tether_revocation_feed_lag_seconds_sum", replica="node-1") < 5
+    # This close's lag alone (the sum may hold entries committed while the fixture started),
+    # bounded loosely: seconds on a loaded machine, where the point is that it is a lag at all.
+    lag_sum = "tether_revocation_feed_lag_seconds_sum"
+    assert _value(page, lag_sum, replica="node-1") - _value(first, lag_sum, replica="node-1") < 30
     assert _value(page, "tether_revocation_feed_poll_age_seconds", replica="node-1") < 5
     assert _value(page, "tether_revocation_feed_newest_entry_age_seconds", replica="node-1") < 5
     polled = _value(page, "tether_revocation_feed_last_poll_timestamp_seconds", replica="node-1")
