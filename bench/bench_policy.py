@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cedarpy
 
+from tether.arguments import EMPTY
 from tether.catalog import load_catalog
 from tether.model import Outcome
 from tether.policy import (
@@ -86,13 +87,18 @@ def main() -> None:
             "parents": [],
         },
     ]
+    delta.append(EMPTY.cedar_entity({"type": "Tether::Args", "id": "args"}))  # no typed arguments
     delta_json = json.dumps(delta)
     all_entities_json = json.dumps([r.cedar_entity() for r in catalog.resources.values()] + delta)
     raw_request = {
         "principal": {"type": "Tether::Agent", "id": principal.spiffe_id},
         "action": {"type": "Tether::Action", "id": "tool:call"},
         "resource": resource.cedar_uid,
-        "context": dict(context, call={"__entity": {"type": "Tether::Call", "id": "call"}}),
+        "context": dict(
+            context,
+            call={"__entity": {"type": "Tether::Call", "id": "call"}},
+            args={"__entity": {"type": "Tether::Args", "id": "args"}},
+        ),
     }
     policy_set = engine.bundle.policy_set
     schema = engine.schema
