@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from tether.errors import Conflict, InvalidRequest, Unavailable
 from tether.store import tables as t
+from tether.store import wal
 from tether.store.db import Database
 
 #: Tables every Tether store has, whatever its revision (a file without them is no store).
@@ -41,10 +42,10 @@ def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, or ``None`` for another dialect."""
     if not url.startswith("sqlite"):
         return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    if not path or path == ":memory:":
+    path = wal.sqlite_path(url)
+    if path is None:
         raise InvalidRequest(f"`{url}` names no database file", code="backup_unsupported")
-    return Path(path)
+    return path
 
 
 def sqlite_url(path: Path) -> str:
