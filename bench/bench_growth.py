@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stats import emit, measure, summary, table
+from _stats import emit, measure, measure_cpu, summary, table
 
 from tether.broker import AuthorizeRequest, OpenTaskRequest
 from tether.model import Grant, Workload
@@ -159,14 +159,16 @@ def fill(rt: Runtime, events: int, tasks: int) -> None:
 
 
 def compare(
-    a: tuple[Runtime, str], b: tuple[Runtime, str], n: int, blocks: int = 5
+    a: tuple[Runtime, str], b: tuple[Runtime, str], n: int, blocks: int = 5, *, cpu: bool = False
 ) -> tuple[list[float], list[float]]:
+    """Wall time per call (or, with ``cpu``, CPU time of this process), in alternating blocks."""
+    timer = measure_cpu if cpu else measure
     sa: list[float] = []
     sb: list[float] = []
     for i in range(blocks):
         warm = 50 if i == 0 else 5
-        sa += measure(lambda: a[0].broker.authorize(a[1], REQ), n // blocks, warm)
-        sb += measure(lambda: b[0].broker.authorize(b[1], REQ), n // blocks, warm)
+        sa += timer(lambda: a[0].broker.authorize(a[1], REQ), n // blocks, warm)
+        sb += timer(lambda: b[0].broker.authorize(b[1], REQ), n // blocks, warm)
     return sa, sb
 
 
@@ -181,6 +183,7 @@ def main() -> None:
     small, big = start(tmp / "p30", 30), start(tmp / "p1000", 1000)
     n30, n1000 = len(small[0].engine.bundle.policies), len(big[0].engine.bundle.policies)
     s30, s1000 = compare(small, big, args.n)
+    c30, c1000 = compare(small, big, args.n, cpu=True)
     small[0].close()
     big[0].close()
 
@@ -200,6 +203,8 @@ def main() -> None:
         [
             (f"{n30} policies", s30),
             (f"{n1000} policies", s1000),
+            (f"{n30} policies, CPU time", c30),
+            (f"{n1000} policies, CPU time", c1000),
             ("empty store", se),
             (f"{args.events:,} events, {args.tasks:,} active tasks", sf),
         ],
@@ -214,6 +219,19 @@ def main() -> None:
         floor_p50=f50,
         floor_p99=f99,
         floor=f"{n30} policies: {f50:.0f} / {f99:.0f} µs",
+        target="≤ 3× p50",
+        met=p50 <= 3 * f50,
+    )
+    (p50, p99), (f50, f99) = summary(c1000), summary(c30)
+    emit(
+        "growth_policies_cpu",
+        f"CPU time: authorize with {n1000:,} policies vs {n30}",
+        unit="µs",
+        p50=p50,
+        p99=p99,
+        floor_p50=f50,
+        floor_p99=f99,
+        floor=f"{n30} policies CPU time: {f50:.0f} / {f99:.0f} µs",
         target="≤ 3× p50",
         met=p50 <= 3 * f50,
     )

@@ -48,6 +48,7 @@ from tether.model import Decision, Outcome, Reason, Workload
 from tether.policy.context import LIFECYCLE_ACTIONS
 from tether.policy.loader import PolicyBundle, empty_bundle, load_bundle, load_schema
 from tether.policy.shadow import ShadowCounters
+from tether.policy.slicing import PolicySlicer, Slice, Uid
 
 __all__ = [
     "PolicyEngine",
@@ -197,6 +198,12 @@ class _State:
     #: an agent repeating a call skips the copy Cedar makes of the catalog's entities. A
     #: new catalog comes with a new, empty map (see ``_DeltaCache``).
     with_delta: _DeltaCache = field(default_factory=lambda: _DeltaCache(0))
+    #: The index of ``bundle`` (and of ``shadow``) that hands Cedar only the policies that
+    #: can apply (:mod:`tether.policy.slicing`); None: evaluate the whole set.
+    slicer: PolicySlicer | None = None
+    shadow_slicer: PolicySlicer | None = None
+    #: Each catalog entity's ancestors (what ``resource in …`` reads), for the slicer.
+    ancestors: Mapping[Uid, frozenset[Uid]] = field(default_factory=dict)
 
 
 def _tag_value(value: Any) -> str:
@@ -240,6 +247,35 @@ def _agent_entity(principal: PolicyPrincipal) -> dict[str, Any]:
     }
 
 
+def _ancestors(entities: list[dict[str, Any]]) -> dict[Uid, frozenset[Uid]]:
+    """Every entity's ancestors: the transitive closure of ``parents``, as Cedar computes it."""
+    parents: dict[Uid, list[Uid]] = {
+        (e["uid"]["type"], e["uid"]["id"]): [(p["type"], p["id"]) for p in e.get("parents", [])]
+        for e in entities
+    }
+    out: dict[Uid, frozenset[Uid]] = {}
+    for uid in parents:
+        seen: set[Uid] = set()
+        stack = list(parents[uid])
+        while stack:
+            p = stack.pop()
+            if p not in seen:
+                seen.add(p)
+                stack.extend(parents.get(p, ()))
+        out[uid] = frozenset(seen)
+    return out
+
+
+def _ancestors_of(entity: Mapping[str, Any], known: Mapping[Uid, frozenset[Uid]]) -> frozenset[Uid]:
+    """The ancestors of an entity sent with the request, over the catalog's hierarchy."""
+    out: set[Uid] = set()
+    for p in entity.get("parents", []):
+        uid = (p["type"], p["id"])
+        out.add(uid)
+        out.update(known.get(uid, ()))
+    return frozenset(out)
+
+
 def catalog_version(catalog: Catalog) -> str:
     """The version of the catalog's Cedar entities (what policy reads of resources)."""
     return "sha256:" + hashlib.sha256(catalog.entities_json().encode()).hexdigest()[:16]
@@ -253,16 +289,20 @@ def _evaluate(
     return (
         result.decision.value,
         list(result.diagnostics.reasons),
-        [str(e) for e in result.diagnostics.errors],
+        # Sorted: the order is the handle's, and a slice must report as the whole set does.
+        sorted(str(e) for e in result.diagnostics.errors),
     )
 
 
 class PolicyEngine:
     """Thread-safe: decisions read one immutable state; reloads swap it atomically."""
 
-    def __init__(self, schema: str | None = None) -> None:
-        """``schema`` is Cedar schema text; the shipped schema when omitted."""
+    def __init__(self, schema: str | None = None, *, slicing: bool = True) -> None:
+        """``schema`` is Cedar schema text; the shipped schema when omitted. ``slicing``
+        off evaluates the whole set on every decision (the reference the slices are
+        tested against)."""
         self._schema = load_schema(schema)
+        self._slicing = slicing
         self._empty_entities = cedarpy.Entities.from_json_str("[]")
         self._state = _State(empty_bundle(), None, self._empty_entities)
         self._write_lock = threading.Lock()  # serializes writers; readers never wait
@@ -300,6 +340,7 @@ class PolicyEngine:
                 f"catalog `{catalog.source}` does not fit the cedar schema: {exc}", code="catalog_invalid"
             ) from exc
         version = catalog_version(catalog)
+        ancestors = _ancestors([r.cedar_entity() for r in catalog.resources.values()])
         with self._write_lock:
             self._state = replace(
                 self._state,
@@ -307,19 +348,32 @@ class PolicyEngine:
                 entities=entities,
                 catalog_version=version,
                 with_delta=_DeltaCache(len(text)),
+                ancestors=ancestors,
             )
 
     def reload(self, policy_dir: Path) -> PolicyBundle:
         """Load ``policy_dir`` and put it in force; on error raise and keep the old set."""
         bundle = load_bundle(policy_dir, self._schema)
-        with self._write_lock:
-            self._state = replace(self._state, bundle=bundle)
+        self.set_bundle(bundle)
         return bundle
 
     def set_bundle(self, bundle: PolicyBundle) -> None:
         """Put an already-loaded bundle in force (e.g. one validated elsewhere)."""
+        slicer = self._slicer(bundle)
         with self._write_lock:
-            self._state = replace(self._state, bundle=bundle)
+            self._state = replace(self._state, bundle=bundle, slicer=slicer)
+
+    def _slicer(self, bundle: PolicyBundle) -> PolicySlicer | None:
+        """The bundle's index, built before the bundle goes in force; without one (slicing
+        off, no policy, or an index that could not be built) the whole set is evaluated,
+        which gives the same answers."""
+        if not self._slicing or bundle.policy_set is None:
+            return None
+        try:
+            return PolicySlicer(bundle, self._schema)
+        except Exception:
+            log.exception("policy slicing is off for %s: the whole set is evaluated", bundle.version)
+            return None
 
     # -- shadow mode ---------------------------------------------------------------------
     @property
@@ -343,13 +397,14 @@ class PolicyEngine:
 
     def set_shadow(self, bundle: PolicyBundle, source: str) -> None:
         """Evaluate an already-validated ``bundle`` (from ``source``) in shadow mode."""
+        slicer = self._slicer(bundle)
         with self._write_lock:
-            self._state = replace(self._state, shadow=bundle, shadow_source=source)
+            self._state = replace(self._state, shadow=bundle, shadow_source=source, shadow_slicer=slicer)
             self.shadow_counters = ShadowCounters()
 
     def clear_shadow(self) -> None:
         with self._write_lock:
-            self._state = replace(self._state, shadow=None, shadow_source=None)
+            self._state = replace(self._state, shadow=None, shadow_source=None, shadow_slicer=None)
             self.shadow_counters = ShadowCounters()
 
     def decide(self, request: PolicyRequest) -> PolicyResult:
@@ -403,7 +458,8 @@ class PolicyEngine:
             "resource": resource.cedar_uid,
             "context": orjson.dumps(context).decode(),
         }
-        result = decide_bundle(bundle, cedar_request, entities, self._schema)
+        slices = _Slices(state, request, delta[3] if len(delta) > 3 else None, context)
+        result = decide_bundle(bundle, cedar_request, entities, self._schema, slices.get(state.slicer))
         # The record of what Cedar saw: references to the parts built above, no copies
         # (the audit writer serializes it once). Args attributes are derived from the
         # typed tags, so they are not stored twice.
@@ -426,22 +482,61 @@ class PolicyEngine:
             record["resource_entity"] = delta[3]
         shadow = None
         if state.shadow is not None:
-            shadow = _shadow(state.shadow, cedar_request, entities, self._schema)
+            shadow = _shadow(state.shadow, cedar_request, entities, self._schema, slices, state.shadow_slicer)
         return replace(result, arguments=canonical, input=record, shadow=shadow)
 
 
+class _Slices:
+    """What a slicer reads of one request, worked out once for the enforced and the shadow set."""
+
+    __slots__ = ("_ancestors", "_context", "_request", "_resource")
+
+    def __init__(
+        self,
+        state: _State,
+        request: PolicyRequest,
+        resource_entity: Mapping[str, Any] | None,
+        context: Mapping[str, Any],
+    ) -> None:
+        self._request = request
+        self._context = context
+        self._resource: Uid = (request.resource.cedar_uid["type"], request.resource.id)
+        known = state.ancestors.get(self._resource) if resource_entity is None else None
+        if known is None:
+            # Not the catalog's entry: its ancestors are those of the entity sent along.
+            entity = resource_entity if resource_entity is not None else request.resource.cedar_entity()
+            known = _ancestors_of(entity, state.ancestors)
+        self._ancestors = known
+
+    def get(self, slicer: PolicySlicer | None) -> Slice | None:
+        if slicer is None:
+            return None
+        request = self._request
+        principal = ("Tether::Agent", request.principal.spiffe_id)
+        return slicer.slice_for(principal, request.action, self._resource, self._ancestors, self._context)
+
+
 def decide_bundle(
-    bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedarpy.Entities, schema: cedarpy.Schema
+    bundle: PolicyBundle,
+    cedar_request: dict[str, Any],
+    entities: cedarpy.Entities,
+    schema: cedarpy.Schema,
+    sliced: Slice | None = None,
 ) -> PolicyResult:
-    """One decision of ``bundle`` over a built request: what the engine and replay share."""
+    """One decision of ``bundle`` over a built request: what the engine and replay share.
+
+    ``sliced``: the part of ``bundle`` that can apply to this request
+    (:mod:`tether.policy.slicing`); it answers as the whole set does."""
     if bundle.policy_set is None:
         return PolicyResult(Outcome.DENY, (), bundle.version, NO_POLICY)
-    decision, determining, errors = _evaluate(cedar_request, bundle.policy_set, entities, schema)
+    policy_set = bundle.policy_set if sliced is None else sliced.policy_set
+    without_approvals = bundle.without_approvals if sliced is None else sliced.without_approvals
+    decision, determining, errors = _evaluate(cedar_request, policy_set, entities, schema)
     result = interpret(bundle, decision, determining, errors)
-    if result.outcome is Outcome.APPROVAL_REQUIRED and bundle.without_approvals is not None:
+    if result.outcome is Outcome.APPROVAL_REQUIRED and without_approvals is not None:
         # Ask a human only when their yes would allow: without the @approval forbids
         # the request must pass, or the honest answer is the deny that remains.
-        decision, determining, errors = _evaluate(cedar_request, bundle.without_approvals, entities, schema)
+        decision, determining, errors = _evaluate(cedar_request, without_approvals, entities, schema)
         if errors or decision != "Allow":
             # No other forbid matched the first time, so this deny is a missing permit.
             return PolicyResult(
@@ -455,11 +550,16 @@ def decide_bundle(
 
 
 def _shadow(
-    bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedarpy.Entities, schema: cedarpy.Schema
+    bundle: PolicyBundle,
+    cedar_request: dict[str, Any],
+    entities: cedarpy.Entities,
+    schema: cedarpy.Schema,
+    slices: _Slices,
+    slicer: PolicySlicer | None,
 ) -> ShadowResult:
     """The shadow set's answer; never raises, so it cannot change the enforced decision."""
     try:
-        r = decide_bundle(bundle, cedar_request, entities, schema)
+        r = decide_bundle(bundle, cedar_request, entities, schema, slices.get(slicer))
     except Exception as exc:  # a shadow failure is recorded, never enforced
         return ShadowResult(None, (), bundle.version, POLICY_ERROR, f"{type(exc).__name__}: {exc}")
     if r.code == POLICY_ERROR:
