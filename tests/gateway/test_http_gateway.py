@@ -292,6 +292,22 @@ def test_request_body_too_large_413(gateway, agent, upstream):
     assert upstream.seen() == []
 
 
+@pytest.mark.parametrize(
+    "length",
+    ["\u00b2".encode("latin-1"), b"9" * 5000, b"-1", b"1e3"],
+    ids=["superscript-two", "5000-digits", "negative", "exponent"],
+)
+def test_malformed_content_length_is_413_not_500(runtime, upstream, agent, length):
+    """A `Content-Length` that is not a plain decimal (a latin-1 digit `int` refuses, one
+    too long for `int`) is refused as too large, never a 500, and nothing is forwarded."""
+    app = HttpGateway(routes_for(upstream), LocalAuthorizer(runtime))
+    upstream.reset()
+    headers = [(b"authorization", f"Bearer {token(agent)}".encode()), (b"content-length", length)]
+    out = anyio.run(_raw, app, "GET", b"/tickets/queue", headers)
+    assert (out["status"], out["body"]["code"]) == (413, "payload_too_large")
+    assert upstream.seen() == []
+
+
 def test_streamed_request_body_over_limit_413(gateway, agent, upstream):
     """A chunked body that grows past the limit is cut off with 413."""
 

@@ -151,49 +151,103 @@ class _Exchange:
 def continue_trace(header: str | None) -> tuple[str, str]:
     """(trace id, traceparent for the upstream): the caller's trace or a new one."""
     m = _TRACEPARENT.match(header or "")
+    fresh = secrets.token_hex(24)  # a span id, and a trace id if the caller has none: one read
     if m and m.group(1) != "0" * 32 and m.group(2) != "0" * 16:
         trace, flags = m.group(1), m.group(3)
     else:
-        trace, flags = secrets.token_hex(16), "01"
-    return trace, f"00-{trace}-{secrets.token_hex(8)}-{flags}"
+        trace, flags = fresh[16:], "01"
+    return trace, f"00-{trace}-{fresh[:16]}-{flags}"
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+def _connection_tokens(value: bytes) -> set[bytes]:
     """Headers a sender marked as hop-by-hop in its ``Connection`` header (RFC 9110 §7.6.1)."""
-    out: set[bytes] = set()
-    for k, v in headers:
-        if k.lower() == b"connection":
-            out.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return out
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
-def forward_headers(raw: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """The agent's headers as the upstream gets them: without hop-by-hop headers, the
-    agent's credentials and what the gateway sets itself, plus ``extra``."""
-    drop = _DROP_REQUEST | _connection_tokens(raw) | {k.encode("latin-1") for k in extra}
-    out = [(k.lower(), v) for k, v in raw if k.lower() not in drop]
-    return out + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+#: The request headers the gateway itself reads (see :class:`_Head`).
+_READ = frozenset(
+    {
+        b"authorization",
+        b"content-length",
+        b"transfer-encoding",
+        b"traceparent",
+        b"dpop",
+        b"host",
+        b"connection",
+    }
+)
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    drop = _DROP_RESPONSE | _connection_tokens(raw)
-    return [(k.lower(), v) for k, v in raw if k.lower() not in drop]
+class _Head:
+    """A request's headers, read in one pass: the names lowered (ASGI servers send them
+    lowered already; an app mounted elsewhere may not), the first value of each header
+    the gateway reads, every ``Authorization`` and ``DPoP`` value, and the ``Connection``
+    tokens. (Each look-up used to be a scan of its own: five per request.)"""
 
+    __slots__ = ("authorizations", "dpop", "first", "headers", "hop")
 
-def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
-    for k, v in headers:
-        if k.lower() == b"authorization":
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.first: dict[bytes, bytes] = {}
+        self.authorizations: list[bytes] = []
+        self.dpop: list[bytes] = []
+        self.hop: set[bytes] = set()
+        for k, v in raw:
+            k = k.lower()
+            self.headers.append((k, v))
+            if k in _READ:
+                self.first.setdefault(k, v)
+                if k == b"authorization":
+                    self.authorizations.append(v)
+                elif k == b"dpop":
+                    self.dpop.append(v)
+                elif k == b"connection":
+                    self.hop |= _connection_tokens(v)
+
+    def get(self, name: bytes) -> str | None:
+        value = self.first.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+    def bearer(self) -> str:
+        for v in self.authorizations:
             scheme, _, token = v.decode("latin-1").partition(" ")
             if scheme.lower() in ("bearer", "dpop") and token.strip():
                 return token.strip()
-    raise Unauthenticated("send your task token as `Authorization: Bearer <token>`", code="missing_token")
+        raise Unauthenticated("send your task token as `Authorization: Bearer <token>`", code="missing_token")
+
+    def forward(self, extra: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+        """The headers as the upstream gets them: without hop-by-hop headers, the agent's
+        credentials and what the gateway sets itself, plus ``extra``."""
+        added = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        drop = _DROP_REQUEST
+        if self.hop or any(k not in drop for k, _ in added):
+            drop = drop | self.hop | {k for k, _ in added}
+        return [(k, v) for k, v in self.headers if k not in drop] + added
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for k, v in headers:
-        if k.lower() == name:
-            return v.decode("latin-1")
-    return None
+def forward_headers(raw: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """The agent's headers as the upstream gets them (see :meth:`_Head.forward`)."""
+    return _Head(raw).forward(extra)
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """The upstream's headers as the agent gets them (hop-by-hop, cookies and framing
+    dropped), and its ``Content-Length`` if it sent one: one pass."""
+    out: list[tuple[bytes, bytes]] = []
+    hop: set[bytes] = set()
+    length: bytes | None = None
+    for k, v in raw:
+        k = k.lower()
+        if k in _DROP_RESPONSE:
+            if k == b"connection":
+                hop |= _connection_tokens(v)
+            elif k == b"content-length" and length is None:
+                length = v
+            continue
+        out.append((k, v))
+    if hop:
+        out = [(k, v) for k, v in out if k not in hop]
+    return out, length
 
 
 def query_arguments(params: dict[str, str], query: bytes) -> dict[str, Any]:
@@ -287,15 +341,19 @@ class HttpGateway:
                     break
         if route is None or rule is None or params is None:
             raise NotFound(f"no route for `{method} {path[:200]}`", code="no_route")
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        length = _header(headers, b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.options.max_request_bytes):
+        head = _Head(scope["headers"])
+        length = head.first.get(b"content-length")
+        # Bytes, not text: ``str.isdigit`` also takes digits ``int`` refuses (``²``), and a
+        # number of thousands of digits is too long for ``int``: either would be a 500.
+        if length is not None and (
+            not length.isdigit() or len(length) > 18 or int(length) > self.options.max_request_bytes
+        ):
             raise PayloadTooLarge(
                 f"the body exceeds {self.options.max_request_bytes} bytes",
                 limit=self.options.max_request_bytes,
             )
-        token = _bearer(headers)
-        trace, traceparent = continue_trace(_header(headers, b"traceparent"))
+        token = head.bearer()
+        trace, traceparent = continue_trace(head.get(b"traceparent"))
         rest_raw = raw_path[len(route.prefix) :] if route.prefix != "/" else raw_path
         req = AuthorizeRequest(
             action=rule.action,
@@ -305,21 +363,25 @@ class HttpGateway:
             path=path,
             trace_id=trace,
         )
-        verdict = await self._decide(token, req, self._proof(scope, headers, method, raw_path))
+        verdict = await self._decide(token, req, self._proof(scope, head, method, raw_path))
         if not verdict.allowed:
             await self._refuse(send, verdict)
             return
-        await self._forward(scope, receive, send, route, rule, verdict, rest_raw or "/", traceparent, trace)
+        await self._forward(
+            scope, receive, send, head, route, rule, verdict, rest_raw or "/", traceparent, trace
+        )
 
-    def _proof(
-        self, scope: Scope, headers: list[tuple[bytes, bytes]], method: str, raw_path: str
-    ) -> DpopProof | None:
+    def _proof(self, scope: Scope, head: _Head, method: str, raw_path: str) -> DpopProof | None:
         """The agent's DPoP proof and the URL it must be for: this gateway's, as the agent saw it."""
-        proofs = [v.decode("latin-1") for k, v in headers if k.lower() == b"dpop"]
-        if not proofs:
+        if not head.dpop:
             return None
-        base = self.options.public_url or f"{scope.get('scheme', 'http')}://{_header(headers, b'host') or ''}"
-        return DpopProof(proof=proofs[0], method=method, url=base.rstrip("/") + raw_path, count=len(proofs))
+        base = self.options.public_url or f"{scope.get('scheme', 'http')}://{head.get(b'host') or ''}"
+        return DpopProof(
+            proof=head.dpop[0].decode("latin-1"),
+            method=method,
+            url=base.rstrip("/") + raw_path,
+            count=len(head.dpop),
+        )
 
     async def _decide(self, token: str, req: AuthorizeRequest, proof: DpopProof | None) -> Verdict:
         verdict = await self.authorizer.authorize(token, req, proof)
@@ -353,6 +415,7 @@ class HttpGateway:
         scope: Scope,
         receive: Any,
         send: Any,
+        head: _Head,
         route: Route,
         rule: Rule,
         verdict: Verdict,
@@ -364,9 +427,8 @@ class HttpGateway:
         origin = self._origins[route.upstream]
         query = scope.get("query_string") or b""
         target = origin.base_path + rest_raw + ("?" + query.decode("latin-1") if query else "")
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        length = _header(headers, b"content-length")
-        has_body = length not in (None, "0") or _header(headers, b"transfer-encoding") is not None
+        length = head.first.get(b"content-length")
+        has_body = length not in (None, b"0") or b"transfer-encoding" in head.first
         io = _Exchange(route.record_bodies, self.options.max_request_bytes, self.options.max_response_bytes)
         started = time.perf_counter()
         status, outcome, relayed = 0, "ok", False
@@ -377,7 +439,7 @@ class HttpGateway:
                     origin,
                     scope["method"],
                     target,
-                    forward_headers(headers, extra),
+                    head.forward(extra),
                     body,
                     stream,
                     int(length) if stream is not None and length is not None else None,
@@ -431,15 +493,16 @@ class HttpGateway:
 
     async def _relay(self, send: Any, resp: UpstreamResponse, verdict: Verdict, io: _Exchange) -> None:
         limit = io.response_limit
-        length = _header(resp.headers, b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        out, length = response_headers(resp.headers)
+        if length is not None and not (length.isdigit() and len(length) <= 18):
+            length = None  # (the parser refuses such an answer before it gets here)
+        if length is not None and int(length) > limit:
             raise _TooLargeAnswer
         whole = resp.read_buffered() if resp.complete else None
         if whole is not None and len(whole) > limit:
             raise _TooLargeAnswer
-        out = response_headers(resp.headers)
-        if length is not None and length.isdigit():
-            out.append((b"content-length", length.encode()))
+        if length is not None:
+            out.append((b"content-length", length))
         if verdict.decision_id:
             out.append((b"x-tether-decision-id", verdict.decision_id.encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
