@@ -442,7 +442,7 @@ class ActionDecisions(BrokerBase):
     # -- approvals -----------------------------------------------------------------------
     def list_approvals(self, state: str | None = None) -> list[Approval]:
         with self.db.read() as conn:
-            return repo.list_approvals(conn, state)
+            return repo.list_approvals(conn, state, now=self.clock())
 
     def decide_approval(self, approval_id: str, *, grant: bool, by: str, comment: str = "") -> Approval:
         now = self.clock()
@@ -450,8 +450,9 @@ class ActionDecisions(BrokerBase):
             a = repo.get_approval(u.conn, approval_id)
             if a is None:
                 raise NotFound(f"no approval `{approval_id}`", code="approval_not_found")
-            if a.expires_at <= now:
-                raise Conflict(f"approval `{approval_id}` has expired", code="approval_expired")
+            # By time or by state: another replica's clock may be behind the leader's.
+            if a.state is ApprovalState.EXPIRED or a.expires_at <= now:
+                raise _expired(approval_id)
             new = ApprovalState.GRANTED if grant else ApprovalState.REJECTED
             if not repo.set_approval_state(
                 u.conn, a.id, expect=ApprovalState.PENDING, new=new, by=by, now=now
@@ -475,3 +476,54 @@ class ActionDecisions(BrokerBase):
                 **fields,
             )
             return repo.get_approval(u.conn, a.id) or a
+
+    #: Approvals one transaction of :meth:`expire_approvals` moves, and transactions per pass.
+    EXPIRE_BATCH = 500
+    EXPIRE_BATCHES = 20
+
+    def expire_approvals(self) -> int:
+        """End every `pending` approval past its expiry in `expired`, each with its
+        ``approval.expired`` event in the transaction that moved it; returns how many.
+
+        A periodic job of the leader (``Runtime``). The move is a compare-and-set
+        (``repo.expire_approvals``), so two processes running it at once — two leaders
+        overlapping across a change — write one event per approval between them, and
+        the wait histogram (``tether.metrics``, fed by that event after commit) counts
+        each expiry exactly once, whichever process moved it and whenever."""
+        moved = 0
+        for _ in range(self.EXPIRE_BATCHES):
+            now = self.clock()
+            with self.db.read() as conn:
+                due = repo.due_approvals(conn, now, self.EXPIRE_BATCH)
+            if not due:
+                break
+            with self.audit.unit() as u:
+                tasks: dict[str, Task | None] = {}
+                for a in repo.expire_approvals(u.conn, due, now):
+                    if a.task_id not in tasks:
+                        tasks[a.task_id] = repo.get_task(u.conn, a.task_id)
+                    task = tasks[a.task_id]
+                    u.emit(
+                        ev.APPROVAL_EXPIRED,
+                        {
+                            "approval_id": a.id,
+                            "action": a.action,
+                            "resource": a.resource,
+                            "args_digest": a.args_digest,
+                            # The wait is requested → expiry, not → this pass (which may be late).
+                            "requested_at": a.created_at,
+                            "expires_at": a.expires_at,
+                        },
+                        **(audit_fields(task) if task else {"task_id": a.task_id}),
+                    )
+                    moved += 1
+            if len(due) < self.EXPIRE_BATCH:
+                break
+        return moved
+
+
+def _expired(approval_id: str) -> Conflict:
+    return Conflict(
+        f"approval `{approval_id}` has expired; the agent may ask again with the same call",
+        code="approval_expired",
+    )

@@ -8,7 +8,9 @@ Two sources, so that the decision path pays almost nothing:
   gateway's upstream outcome and ``duration_ms``; ``credential.revoked`` carries its task's
   end (``task_ended_at``, from the store), so the revocation lag is observed by whichever
   process revoked the lease; ``approval.granted``/``approval.rejected`` carry the stored
-  request time (``requested_at``) for the approval wait. The store and the audit chain
+  request time (``requested_at``) for the approval wait, and ``approval.expired`` its
+  expiry too (written once per approval by the leader's pass, ``Broker.expire_approvals``,
+  so each expiry is counted once by the process that moved it). The store and the audit chain
   report their own failures and append times through hooks (``Database.error_hooks``,
   ``AuditChain.append_hooks``).
 * **this replica's feed follower** (:func:`follow_feed`, ``tether.replicas.FeedFollower``):
@@ -167,6 +169,11 @@ class Metrics:
             asked = e.payload.get("requested_at")
             if isinstance(asked, int | float):
                 self.approval_wait_seconds.labels(_APPROVAL_DECIDED[t]).observe(max(0.0, e.ts - asked))
+        elif t == ev.APPROVAL_EXPIRED:
+            asked, ended = e.payload.get("requested_at"), e.payload.get("expires_at")
+            if isinstance(asked, int | float) and isinstance(ended, int | float):
+                # Requested → expiry: the pass that moved it may run after the expiry.
+                self.approval_wait_seconds.labels("expired").observe(max(0.0, ended - asked))
         elif t == ev.CREDENTIAL_IRREVOCABLE:
             self.irrevocable.inc()
         elif t == ev.POLICY_SHADOW_DIVERGED:
@@ -217,7 +224,6 @@ def install(rt: Core) -> None:
     remove = rt.audit.add_listener(m.on_event)
     rt.db.error_hooks.append(m.on_store_error)
     rt.audit.append_hooks.append(m.on_append)
-    rt.periodic.append(ExpiredApprovals(rt, m))
     rt.on_close.append(remove)
 
 
@@ -240,43 +246,6 @@ def follow_feed(rt: Core, feed: Feed) -> None:
         newest.set(max(committed))
 
     rt.on_close.append(FeedFollower(feed, on_apply=applied, on_poll=polled.set).start())
-
-
-class ExpiredApprovals:
-    """A periodic job (``rt.periodic``, the leader only): approvals that expired unanswered
-    since the last pass go into the approval wait as ``expired`` (requested → expiry).
-
-    Nothing resolves an expired approval, so its wait is counted here, from the stored
-    times. The window starts at the previous pass (at most ``2 × INTERVAL`` back): across
-    a change of leader an expiry may be counted by both leaders or by neither."""
-
-    INTERVAL = 10.0
-
-    def __init__(self, rt: Core, m: Metrics) -> None:
-        self.rt = rt
-        self.wait = m.approval_wait_seconds.labels("expired")
-        self._since = rt.broker.clock()
-        self._next = 0.0
-
-    def __call__(self) -> int:
-        from tether.store import tables as t
-
-        now = self.rt.broker.clock()
-        if now < self._next:
-            return 0
-        self._next = now + self.INTERVAL
-        since = max(self._since, now - 2 * self.INTERVAL)
-        a = t.approvals.c
-        with self.rt.db.read() as conn:
-            rows = conn.execute(
-                select(a.created_at, a.expires_at).where(
-                    a.state == "pending", a.expires_at > since, a.expires_at <= now
-                )
-            ).all()
-        self._since = now
-        for created, expires in rows:
-            self.wait.observe(max(0.0, float(expires) - float(created)))
-        return len(rows)
 
 
 def enable_multiprocess(directory: str) -> None:
@@ -304,6 +273,7 @@ class StoreCollector:
         from tether.store import credentials_tables as ct
         from tether.store import tables as t
         from tether.store.audit_tables import audit_checkpoints
+        from tether.store.repo import approval_state_is
 
         now = time.time()
         up = GaugeMetricFamily("tether_store_up", "1 when the store answered this scrape.")
@@ -317,9 +287,9 @@ class StoreCollector:
                 leases = conn.execute(
                     select(ct.leases.c.state, func.count()).group_by(ct.leases.c.state)
                 ).all()
-                approvals = conn.execute(  # an expired one waits for nobody (it stays `pending`)
+                approvals = conn.execute(  # past its expiry it waits for nobody (moved yet or not)
                     select(func.count(), func.min(t.approvals.c.created_at)).where(
-                        t.approvals.c.state == "pending", t.approvals.c.expires_at > self.rt.broker.clock()
+                        approval_state_is("pending", self.rt.broker.clock())
                     )
                 ).one()
                 chains = conn.execute(select(t.audit_chains.c.chain, t.audit_chains.c.updated_at)).all()

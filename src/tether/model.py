@@ -31,6 +31,8 @@ class ApprovalState(enum.StrEnum):
     GRANTED = "granted"
     REJECTED = "rejected"
     CONSUMED = "consumed"
+    #: Nobody answered before ``expires_at``; set by the leader's pass (``Broker.expire_approvals``).
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)

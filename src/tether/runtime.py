@@ -186,6 +186,7 @@ class Core:
         core.on_close.append(replica.start())  # released last, after every layer stopped
         core.leadership = Leadership(db, settings.node_id)
         core.on_close.append(core.leadership.start())  # freed after the layers stopped their jobs
+        core.periodic.append(broker.expire_approvals)  # unanswered approvals end in `expired`
         return core
 
     def is_leader(self) -> bool:

@@ -51,6 +51,7 @@ DECISION = "decision"
 APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_GRANTED = "approval.granted"
 APPROVAL_REJECTED = "approval.rejected"
+APPROVAL_EXPIRED = "approval.expired"  # nobody answered in time (the leader's pass)
 CREDENTIAL_MINTED = "credential.minted"
 CREDENTIAL_REVOKED = "credential.revoked"
 CREDENTIAL_IRREVOCABLE = "credential.irrevocable"
@@ -90,6 +91,7 @@ EVENT_TYPES = frozenset(
         APPROVAL_REQUESTED,
         APPROVAL_GRANTED,
         APPROVAL_REJECTED,
+        APPROVAL_EXPIRED,
         CREDENTIAL_MINTED,
         CREDENTIAL_REVOKED,
         CREDENTIAL_IRREVOCABLE,

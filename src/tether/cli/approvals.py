@@ -12,6 +12,7 @@ from rich.text import Text
 
 from tether.cli._common import admin_socket, console, json_option, output, print_rows, run, state_dir_option
 from tether.cli.tasks import when
+from tether.model import ApprovalState
 from tether.server.admin import call
 
 
@@ -24,9 +25,10 @@ def approvals() -> None:
 @state_dir_option
 @click.option(
     "--state",
-    type=click.Choice(["pending", "granted", "rejected", "consumed"]),
+    type=click.Choice([s.value for s in ApprovalState]),
     default="pending",
     show_default=True,
+    help="`expired`: nobody answered before the expiry.",
 )
 @json_option
 def list_(state_dir: Path, state: str, as_json: bool) -> None:
@@ -84,6 +86,8 @@ def show(state_dir: Path, approval_id: str, as_json: bool) -> None:
             console.print(
                 f"decide with `tether approve {d['approval_id']}` or `tether reject {d['approval_id']}`"
             )
+        elif d["state"] == "expired":
+            console.print("nobody answered before it expired; the agent's same call asks again")
 
     output(data, as_json, render)
 

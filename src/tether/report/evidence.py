@@ -73,6 +73,7 @@ EVIDENCE: dict[str, Spec] = {
     "approvals.requested": S("approvals requested", "audit"),
     "approvals.granted": S("approvals granted", "audit"),
     "approvals.rejected": S("approvals rejected", "audit"),
+    "approvals.expired": S("approvals nobody answered in time", "audit"),
     "approvals.wait_p50": S("wait for a human, median", "audit", "s"),
     "approvals.wait_max": S("wait for a human, longest", "audit", "s"),
     "approvals.approvers": S("distinct approvers", "audit"),
@@ -383,6 +384,7 @@ def _approvals(out: Evidence, t: Mapping[str, list[Event]]) -> None:
     out.put("approvals.requested", len(asked), t[ev.APPROVAL_REQUESTED])
     out.put("approvals.granted", len(granted), granted)
     out.put("approvals.rejected", len(rejected), rejected)
+    out.put("approvals.expired", len(t[ev.APPROVAL_EXPIRED]), t[ev.APPROVAL_EXPIRED])
     out.put("approvals.wait_p50", _rounded(percentile(waits, 50)), decided)
     out.put("approvals.wait_max", _rounded(max(waits, default=None)), decided)
     out.put("approvals.approvers", len(who), decided, detail=dict(who))

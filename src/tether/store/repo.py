@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -288,15 +288,20 @@ def redeem_delegation(conn: Connection, delegation_id: str, task_id: str) -> boo
 # -- approvals ------------------------------------------------------------------------
 
 
-def _approval(row: Row[Any]) -> Approval:
+def _approval(row: Row[Any], now: float | None = None) -> Approval:
+    """The stored approval; with ``now``, as a reader should see it then: a `pending` one
+    past its expiry is `expired` already, before the leader's pass has moved it."""
     m = row._mapping
+    state = ApprovalState(m["state"])
+    if now is not None and state is ApprovalState.PENDING and m["expires_at"] <= now:
+        state = ApprovalState.EXPIRED
     return Approval(
         m["id"],
         m["task_id"],
         m["action"],
         m["resource"],
         m["args_digest"],
-        ApprovalState(m["state"]),
+        state,
         m["reason"],
         m["created_at"],
         m["expires_at"],
@@ -348,11 +353,58 @@ def find_approval(
     return _approval(row) if row else None
 
 
-def list_approvals(conn: Connection, state: str | None = None, limit: int = 200) -> list[Approval]:
+def approval_state_is(state: str, now: float) -> ColumnElement[bool]:
+    """Rows in ``state`` as readers see it at ``now`` (see :func:`_approval`)."""
+    c = t.approvals.c
+    if state == ApprovalState.PENDING:
+        return and_(c.state == state, c.expires_at > now)
+    if state == ApprovalState.EXPIRED:
+        return or_(c.state == state, and_(c.state == ApprovalState.PENDING.value, c.expires_at <= now))
+    return c.state == state
+
+
+def list_approvals(
+    conn: Connection, state: str | None = None, limit: int = 200, *, now: float
+) -> list[Approval]:
     q = select(t.approvals).order_by(t.approvals.c.created_at.desc()).limit(limit)
     if state:
-        q = q.where(t.approvals.c.state == state)
-    return [_approval(r) for r in conn.execute(q)]
+        q = q.where(approval_state_is(state, now))
+    return [_approval(r, now) for r in conn.execute(q)]
+
+
+def due_approvals(conn: Connection, now: float, limit: int) -> list[str]:
+    """Ids of `pending` approvals past their expiry, oldest expiry first (a read: the
+    pass takes the write lock only when there is something to move)."""
+    c = t.approvals.c
+    q = (
+        select(c.id)
+        .where(c.state == ApprovalState.PENDING.value, c.expires_at <= now)
+        .order_by(c.expires_at)
+        .limit(limit)
+    )
+    return [str(r[0]) for r in conn.execute(q)]
+
+
+def expire_approvals(conn: Connection, ids: Sequence[str], now: float) -> list[Approval]:
+    """Move these approvals from `pending` to `expired` in one compare-and-set UPDATE and
+    return the ones this call moved. Two processes running it at once over the same ids
+    (two leaders overlapping across a change) each get a disjoint part: on PostgreSQL the
+    second UPDATE waits for the first's row locks and then re-checks `state`; SQLite
+    writers hold the database's write lock from BEGIN (``store.db._sqlite_begin``)."""
+    if not ids:
+        return []
+    c = t.approvals.c
+    res = conn.execute(
+        update(t.approvals)
+        .where(
+            c.id.in_(list(ids)),
+            c.state == ApprovalState.PENDING.value,
+            c.expires_at <= now,
+        )
+        .values(state=ApprovalState.EXPIRED.value)
+        .returning(*t.approvals.c)
+    )
+    return [_approval(r) for r in res]
 
 
 def set_approval_state(

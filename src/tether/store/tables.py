@@ -97,6 +97,8 @@ Index(
     approvals.c.resource,
     approvals.c.args_digest,
 )
+# The leader's expiry pass and the pending gauge read `pending` rows by expiry.
+Index("ix_approvals_state_expires", approvals.c.state, approvals.c.expires_at)
 
 resource_uses = Table(
     "resource_uses",

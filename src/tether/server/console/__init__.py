@@ -139,7 +139,7 @@ def approvals_show(rt: Runtime, args: dict[str, Any], op: Operator) -> Any:
     if not isinstance(aid, str) or not aid:
         raise InvalidRequest("missing argument `approval_id`", code="missing_field", field="approval_id")
     with rt.db.read() as conn:
-        found = approvals(conn, approval_id=aid[:64])
+        found = approvals(conn, approval_id=aid[:64], now=rt.broker.clock())
     if not found:
         raise NotFound(f"no approval `{aid[:64]}`", code="approval_not_found")
     v = found[0]

@@ -94,15 +94,19 @@ def _events_by_decision(conn: Connection, decision_ids: Sequence[str]) -> dict[s
     return out
 
 
-def approvals(conn: Connection, *, state: str = "pending", approval_id: str = "") -> list[ApprovalView]:
+def approvals(
+    conn: Connection, *, state: str = "pending", approval_id: str = "", now: float
+) -> list[ApprovalView]:
+    """Approvals as a human should see them at ``now``: one past its expiry shows as
+    `expired` even before the leader's pass has moved it (``repo.approval_state_is``)."""
     q = select(t.approvals).order_by(t.approvals.c.created_at.desc()).limit(MAX_ROWS)
     if approval_id:
         q = q.where(t.approvals.c.id == approval_id)
     elif state:
-        q = q.where(t.approvals.c.state == state)
+        q = q.where(repo.approval_state_is(state, now))
     rows = list(conn.execute(q))
     events = _events_by_decision(conn, [r.decision_id for r in rows if r.decision_id])
-    decided = _decision_comments(conn, [r.id for r in rows if r.state != "pending"])
+    decided = _decision_comments(conn, [r.id for r in rows if r.state in ("granted", "rejected", "consumed")])
     task_ids = list({r.task_id for r in rows})
     by_id = (
         {r.id: repo._task(r) for r in conn.execute(select(t.tasks).where(t.tasks.c.id.in_(task_ids)))}
@@ -111,7 +115,7 @@ def approvals(conn: Connection, *, state: str = "pending", approval_id: str = ""
     )
     out = []
     for r in rows:
-        a = repo._approval(r)
+        a = repo._approval(r, now)
         view = ApprovalView(a, by_id.get(a.task_id), comment=decided.get(a.id, ""))
         for e in events.get(r.decision_id or "", []):
             if e.type == ev.APPROVAL_REQUESTED:

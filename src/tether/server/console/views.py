@@ -16,12 +16,13 @@ from tether.audit import event as ev
 from tether.audit.query import EventFilter, high_water
 from tether.audit.verify import verify_chains
 from tether.errors import InvalidRequest, NotFound, Unavailable
-from tether.model import TaskState
+from tether.model import ApprovalState, TaskState
 from tether.server.console import data, policy_history, tree
 from tether.server.console.web import PREFIX, SECURITY_HEADERS, Console
 from tether.server.signin import Human
 
 STATES = [s.value for s in TaskState]
+APPROVAL_STATES = [s.value for s in ApprovalState]
 #: A live-update stream ends after this long; the browser reconnects by itself.
 STREAM_SECONDS = 300.0
 MAX_STREAMS = 64
@@ -109,17 +110,19 @@ class Views:
     # -- approvals -------------------------------------------------------------------------
     async def approvals(self, request: Request, human: Human) -> Response:
         state = _q(request, "state") or "pending"
-        if state not in ("pending", "granted", "rejected", "consumed"):
+        if state not in APPROVAL_STATES:
             raise InvalidRequest(
-                "`state` must be pending, granted, rejected or consumed", code="invalid_query"
+                f"`state` must be one of {', '.join(APPROVAL_STATES)}", code="invalid_query", field="state"
             )
-        rows = await self.read(data.approvals, state=state)
+        rows = await self.read(data.approvals, state=state, now=self.c.rt.broker.clock())
         name = "approvals_rows.html" if request.query_params.get("fragment") else "approvals.html"
-        return self.c.page(name, **self.c.ctx(request, human, approvals=rows, state=state))
+        return self.c.page(
+            name, **self.c.ctx(request, human, approvals=rows, state=state, states=APPROVAL_STATES)
+        )
 
     async def approval(self, request: Request, human: Human) -> Response:
         aid = request.path_params["approval_id"][:64]
-        rows = await self.read(data.approvals, approval_id=aid)
+        rows = await self.read(data.approvals, approval_id=aid, now=self.c.rt.broker.clock())
         if not rows:
             raise NotFound(f"no approval `{aid}`", code="approval_not_found")
         return self.c.page("approval.html", **self.c.ctx(request, human, a=rows[0]))
