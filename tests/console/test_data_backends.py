@@ -30,7 +30,7 @@ def test_console_queries_agree_on_both_backends(runtime, make_agent):
         assert [t.id for t in data.tasks(conn, agent="orchestr")] == [a]
         assert data.tasks(conn, agent="%") == []  # a LIKE wildcard is a literal here
         assert [t.id for t in data.tasks(conn, intent="billing.refund", state="active")] == [b["task_id"]]
-        views = data.approvals(conn, state="pending")
+        views = data.approvals(conn, state="pending", now=runtime.broker.clock())
         assert [v.approval.id for v in views] == [d["approval_id"]]
         assert views[0].task is not None and views[0].arguments["secret"] == "[masked]"
         assert (
