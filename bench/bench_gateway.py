@@ -1,8 +1,10 @@
 """HTTP gateway overhead: latency added over calling the upstream directly, and throughput.
 
-Three processes on loopback: a trivial upstream (uvicorn, one worker), the gateway
-(uvicorn, one worker, authorizing in-process against a SQLite broker store, each call a
-decision + credential + audit commit + call record), and this client. Latency is
+Processes on loopback: a trivial upstream (uvicorn, one worker), the gateway (uvicorn,
+one worker, authorizing in-process against a SQLite broker store, each call a decision +
+credential + audit commit + call record), the same gateway whose broker mints no
+credential (the decision, its audit commit and the call record: what the gateway costs
+beside the connector's mint), the proxy-only stub, and this client. Latency is
 sequential requests on one keep-alive connection (p50/p99); throughput is ``-c``
 concurrent keep-alive clients for ``-t`` seconds. Each row also gives the CPU time its
 server process spent per request during the throughput run (``/proc``): on a machine
@@ -90,9 +92,11 @@ class AllowAll:
         return None
 
 
-def serve_gateway(state: str, port: int, upstream: str) -> None:
+def serve_gateway(state: str, port: int, upstream: str, mode: str = "broker") -> None:
     """Child process: the gateway with an in-process broker on the prepared state dir
-    (``state == "-"``: with the allow-all stand-in, for the proxy's own overhead)."""
+    (``state == "-"``: with the allow-all stand-in, for the proxy's own overhead;
+    ``mode == "no-credential"``: the broker's allow hooks cleared, so an allow mints
+    nothing, as ``bench_authorize.py`` measures the core on its own)."""
     import tomllib
 
     import uvicorn
@@ -121,7 +125,10 @@ def serve_gateway(state: str, port: int, upstream: str) -> None:
         authorizer: object = AllowAll()
     else:
         settings = load_settings(Path(state), environ={}, overrides=OVERRIDES)
-        authorizer = LocalAuthorizer(Runtime.start(settings))
+        rt = Runtime.start(settings)
+        if mode == "no-credential":
+            rt.broker.allow_hooks.clear()
+        authorizer = LocalAuthorizer(rt)
     # Served as `tether gateway http` serves it: the same parser and its bound.
     uvicorn.run(
         HttpGateway(table, authorizer),
@@ -191,52 +198,52 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=500, help="sequential requests for latency")
     ap.add_argument("-c", type=int, default=16, help="concurrent clients for throughput")
     ap.add_argument("-t", type=float, default=3.0, help="seconds of throughput load")
-    ap.add_argument("--serve-gateway", nargs=3, metavar=("STATE", "PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve-gateway", nargs=4, metavar=("STATE", "PORT", "UPSTREAM", "MODE"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.serve_gateway:
-        state, port, upstream = args.serve_gateway
-        serve_gateway(state, int(port), upstream)
+        state, port, upstream, mode = args.serve_gateway
+        serve_gateway(state, int(port), upstream, mode)
         return
 
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-gw-"))
     state, token = prepare(tmp)
-    up_port, gw_port, stub_port = free_port(), free_port(), free_port()
+    bare_state, bare_token = prepare(tmp / "no-credential")  # a store (and audit chain) of its own
+    up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])]
-    procs.append(
-        subprocess.Popen([sys.executable, __file__, "--serve-gateway", state, str(gw_port), upstream])
-    )
-    procs.append(
-        subprocess.Popen([sys.executable, __file__, "--serve-gateway", "-", str(stub_port), upstream])
-    )
+    paths = [("upstream direct", upstream + "/queue", token)]
+    for name, state_arg, mode, tok in (
+        ("gateway, proxy only (allow-all stub)", "-", "stub", token),
+        ("gateway, in-process broker", state, "broker", token),
+        ("  … its broker minting no credential", bare_state, "no-credential", bare_token),
+    ):
+        port = free_port()
+        argv = [sys.executable, __file__, "--serve-gateway", state_arg, str(port), upstream, mode]
+        procs.append(subprocess.Popen(argv))
+        paths.append((name, f"http://127.0.0.1:{port}/t/queue", tok))
+    servers = [p.pid for p in procs]  # the process answering each path
     try:
-        wait(upstream + "/queue")
-        wait(f"http://127.0.0.1:{gw_port}/t/queue")
-        wait(f"http://127.0.0.1:{stub_port}/t/queue")
-        auth = {"Authorization": f"Bearer {token}"}
-        paths = [
-            ("upstream direct", upstream + "/queue"),
-            ("gateway, proxy only (allow-all stub)", f"http://127.0.0.1:{stub_port}/t/queue"),
-            ("gateway, in-process broker", f"http://127.0.0.1:{gw_port}/t/queue"),
-        ]
-        servers = [procs[0].pid, procs[2].pid, procs[1].pid]  # the process answering each path
-        stats = [summary(latency(url, auth, args.n)) for _, url in paths]
+        for _, url, _tok in paths:
+            wait(url)
+        stats = [summary(latency(url, {"Authorization": f"Bearer {tok}"}, args.n)) for _, url, tok in paths]
         print(f"\nlatency, sequential keep-alive, n={args.n} (µs)")
         print(f"{'path':40} {'p50':>9} {'p99':>9} {'+p50':>9} {'+p99':>9}")
-        for (name, _), (p50, p99) in zip(paths, stats, strict=True):
+        for (name, _, _), (p50, p99) in zip(paths, stats, strict=True):
             print(f"{name:40} {p50:9.0f} {p99:9.0f} {p50 - stats[0][0]:9.0f} {p99 - stats[0][1]:9.0f}")
         print(f"\nthroughput, {args.c} concurrent clients, {args.t:.0f} s, one worker each")
         print(f"{'path':40} {'req/s':>9} {'server CPU µs/req':>18}")
         rates, cpus = [], []
-        for (name, url), pid in zip(paths, servers, strict=True):
+        for (name, url, tok), pid in zip(paths, servers, strict=True):
             c0, t0 = cpu_seconds(pid), time.monotonic()
-            rates.append(asyncio.run(throughput(url, auth, args.c, args.t)))
+            rates.append(asyncio.run(throughput(url, {"Authorization": f"Bearer {tok}"}, args.c, args.t)))
             done = rates[-1] * (time.monotonic() - t0)
             cpus.append((cpu_seconds(pid) - c0) * 1e6 / max(done, 1))
             print(f"{name:40} {rates[-1]:9.0f} {cpus[-1]:18.0f}")
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        (d50, d99), (s50, s99), (g50, g99) = stats
+        (d50, d99), (s50, s99), (g50, g99), (n50, n99) = stats
         emit(
             "gateway_latency",
             "HTTP gateway with in-process broker, added over direct",
@@ -245,7 +252,10 @@ def main() -> None:
             p99=g99 - d99,
             floor_p50=s50 - d50,
             floor_p99=s99 - d99,
-            floor=f"proxy-only stub: +{(s50 - d50) / 1000:.2f} / +{(s99 - d99) / 1000:.2f} ms",
+            floor=(
+                f"proxy-only stub: +{(s50 - d50) / 1000:.2f} / +{(s99 - d99) / 1000:.2f} ms; "
+                f"no credential minted: +{(n50 - d50) / 1000:.2f} / +{(n99 - d99) / 1000:.2f} ms"
+            ),
             target="≤ +1 ms p50, ≤ +3 ms p99",
             met=g50 - d50 <= 1000 and g99 - d99 <= 3000,
         )
@@ -257,7 +267,8 @@ def main() -> None:
             floor_p50=rates[1],
             floor=(
                 f"proxy-only stub {rates[1]:,.0f} req/s; direct {rates[0]:,.0f} req/s; "
-                f"server CPU/req {cpus[2]:,.0f} µs (stub {cpus[1]:,.0f})"
+                f"no credential minted {rates[3]:,.0f} req/s; "
+                f"server CPU/req {cpus[2]:,.0f} µs (stub {cpus[1]:,.0f}, no credential {cpus[3]:,.0f})"
             ),
             ratio=f"{rates[2] / rates[1]:.2f}× stub",
             target="≥ 1,000 req/s, ≥ 0.8× stub",
