@@ -6,6 +6,8 @@ while an open keep-alive connection goes on working; `--workers` serves on one s
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import ssl
 import subprocess
@@ -386,3 +388,94 @@ def test_mcp_gateway_workers_need_the_http_transport():
          "--workers", "2", *IDENTITY],
     )  # fmt: skip
     assert r.exit_code == 1 and "--workers" in r.output, r.output
+
+
+CRASHY_POLICY = (
+    '@id("crashy-echo")\npermit (principal, action == Tether::Action::"tool:call", '
+    'resource == Tether::Tool::"crashy.echo");\n'
+)
+
+
+def test_stdio_session_task_reaches_a_broker_requiring_client_certificates_with_them(tmp_path):
+    """`tether gateway mcp --intent` over stdio in front of a broker with `tls.client_cert =
+    "required"`: given `--broker-ca` and a client certificate, the gateway opens its session
+    task, forwards an allowed call and closes the task when the client leaves; without the
+    certificate the broker does not answer the session's open and the gateway exits 1."""
+    import anyio
+    import mcp_types as types
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    gateway_id = "spiffe://support.example/gateways/crashy"
+    server_ca, client_ca = Ca("broker CA"), Ca("enforcers CA")
+    state = tmp_path / "state"
+    state.mkdir()
+    _files(state, server_ca, "tls")
+    (state / "enforcers.pem").write_bytes(client_ca.pem())
+    gw_cert, gw_key = _files(tmp_path, client_ca, "enforcer", server=False)
+    prepare_state(
+        state,
+        None,
+        f'\n[gateway]\nenforcers = ["{gateway_id}"]\n'
+        '\n[tls]\ncert_file = "tls.crt"\nkey_file = "tls.key"\n'
+        'client_ca_file = "enforcers.pem"\nclient_cert = "required"\n',
+    )
+    catalog = state / "catalog.yaml"
+    catalog.write_text(
+        catalog.read_text().replace(
+            "\ntools:\n",
+            "\n  - {id: crashy, sensitivity: public, environment: prod, egress: internal}\n"
+            "\ntools:\n  - {id: crashy.echo, service: crashy}\n",
+            1,
+        )
+    )
+    (state / "policies" / "50-crashy.cedar").write_text(CRASHY_POLICY)
+    (tmp_path / "server-ca.pem").write_bytes(server_ca.pem())
+    broker_port = free_port()
+    base = f"https://127.0.0.1:{broker_port}"
+    tether = str(Path(sys.executable).parent / "tether")
+    broker = subprocess.Popen(
+        [tether, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{broker_port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(f"{base}/healthz", trusting(server_ca, (gw_cert, gw_key)), broker)
+        python = os.path.realpath(sys.executable)  # what the kernel shows for `tether …`
+        reg = subprocess.run(
+            [tether, "workload", "register", gateway_id, "--state-dir", str(state),
+             "--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{python}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert reg.returncode == 0, reg.stderr
+        upstream = f"{sys.executable} {HERE / 'crashy_mcp_server.py'} {tmp_path / 'starts'}"
+        args = [
+            "gateway", "mcp", "--state-dir", str(state), "--server", "crashy", "--upstream-cmd", upstream,
+            "--intent", "support.triage", "--scope", "tool:call=crashy",
+            "--broker", base, "--broker-ca", str(tmp_path / "server-ca.pem"),
+        ]  # fmt: skip
+        certs = ["--broker-client-cert", str(gw_cert), "--broker-client-key", str(gw_key)]
+        params = StdioServerParameters(command=tether, args=[*args, *certs], env={**os.environ})
+
+        async def go() -> types.CallToolResult:
+            with anyio.fail_after(60):
+                async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+                    await session.initialize()
+                    return await session.call_tool("echo", {"text": "through mTLS"})
+
+        echoed = anyio.run(go)
+        assert not echoed.is_error, echoed
+        assert "through mTLS" in "".join(c.text for c in echoed.content if isinstance(c, types.TextContent))
+        listed = subprocess.run(
+            [tether, "task", "list", "--state-dir", str(state), "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        mine = [t for t in json.loads(listed.stdout) if t.get("agent") == gateway_id]
+        assert [t["state"] for t in mine] == ["closed"]  # closed when the client went away
+
+        refused = subprocess.run(
+            [tether, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 1, refused.stderr
+    finally:
+        _stop(broker)

@@ -21,6 +21,8 @@ from tether.server.http_protocol import uvicorn_options
 from tether.server.tls import CLIENT_CERT_MODES, ClientTls, TlsFiles, from_options
 
 if TYPE_CHECKING:
+    import ssl
+
     import uvicorn
 
     from tether.gateway.authorizer import RemoteAuthorizer
@@ -59,9 +61,10 @@ def broker_tls_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def remote_authorizer(
-    broker: str, identity: Callable[[], str], client: ClientTls | None
+    broker: str, identity: Callable[[], str], client: ClientTls | None, ctx: ssl.SSLContext | None = None
 ) -> tuple[RemoteAuthorizer, Callable[[], object] | None]:
-    """The broker client, over ``client``'s TLS settings when given; and what SIGHUP
+    """The broker client, over ``client``'s TLS settings when given (``ctx``: the context
+    made from them, when the caller shares it with another broker client); and what SIGHUP
     re-reads (the client certificate)."""
     from tether.gateway.authorizer import RemoteAuthorizer
 
@@ -69,9 +72,9 @@ def remote_authorizer(
         return RemoteAuthorizer(broker, identity), None
     import httpx
 
-    ctx = client.context()
-    authorizer = RemoteAuthorizer(broker, identity, transport=httpx.AsyncHTTPTransport(verify=ctx))
-    return authorizer, lambda: client.reload(ctx)
+    tls = ctx if ctx is not None else client.context()
+    authorizer = RemoteAuthorizer(broker, identity, transport=httpx.AsyncHTTPTransport(verify=tls))
+    return authorizer, lambda: client.reload(tls)
 
 
 def broker_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ClientTls | None:

@@ -383,7 +383,10 @@ def mcp(
                 )
             )
         resource = ProtectedResource(oauth_resource, (str(authorization_server),), server)
-    authorizer, on_hup = run(lambda: remote_authorizer(broker, identity, client))
+    # One context for the decisions and the session task's open and close: a broker that
+    # requires client certificates answers both, and SIGHUP re-reads the certificate once.
+    broker_ctx = run(client.context) if client is not None else None
+    authorizer, on_hup = run(lambda: remote_authorizer(broker, identity, client, broker_ctx))
     gw = McpGateway(
         server,
         authorizer,
@@ -407,7 +410,7 @@ def mcp(
             if session:
                 agent = WorkloadApiSvid(socket, spiffe_id=agent_id)
                 async with session_task(
-                    broker, broker_audience, agent, intent=str(intent), scope=grants, ttl=ttl
+                    broker, broker_audience, agent, intent=str(intent), scope=grants, ttl=ttl, tls=broker_ctx
                 ) as task:
                     gw.task_token, gw.session_proof = task.token, task.proof
                     await serve_stdio()

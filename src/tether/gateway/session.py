@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,8 +60,17 @@ async def session_task(
     description: str = "",
     proof_url: str = "",
     http: httpx.AsyncClient | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[SessionTask]:
-    """Open a DPoP-bound task for one session; close it on exit, whatever happened."""
+    """Open a DPoP-bound task for one session; close it on exit, whatever happened.
+
+    ``tls`` is the context the gateway reaches the broker with (``--broker-ca``, its client
+    certificate: docs/tls.md), so a broker that requires client certificates answers the
+    session's open and close as it answers the gateway's decisions. It is the same object
+    the decisions use, so SIGHUP's re-read of the certificate reaches the close too."""
+    own = None  # the HTTP client made here for ``tls``, closed here
+    if http is None and tls is not None:
+        http = own = httpx.AsyncClient(timeout=10.0, verify=tls)
     client = AsyncClient(broker_url, svid=svid, audience=audience, dpop=True, http=http)
     key = client._dpop
     url = proof_url or broker_url.rstrip("/") + "/v1/gateway/authorize"
@@ -83,3 +93,5 @@ async def session_task(
                 log.error("could not close task %s (it expires at its TTL): %s", task.id, exc)
     finally:
         await client.aclose()
+        if own is not None:
+            await own.aclose()
