@@ -10,6 +10,11 @@ A heartbeat counts as dead when it is older than :data:`STALE_AFTER_S`, or when 
 this host and a pid that no longer runs (a ``kill -9``'d broker restarts at once), or this
 very process and an instance that was never started or was released.
 
+The same test tells the reaper when the replica that claimed a revocation is gone
+(:func:`gone`): a claim names its ``node_id`` and instance (:func:`claimant`), and a
+survivor takes over the claim of a dead one at once instead of waiting out the claim's
+visibility timeout (``credentials.reaper``).
+
 :class:`FeedFollower` is a replica's own reader of the revocation feed, woken the way every
 in-process follower is; it reports how long after their commit revocations reach this
 replica (the feed-lag metrics, docs/observability.md).
@@ -23,10 +28,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from tether.errors import ConfigError, TetherError
 from tether.store import credentials_tables as ct
@@ -42,6 +47,7 @@ STALE_AFTER_S = 10.0
 FEED_POLL_S = 1.0  # as often as the feed routes look for other replicas' entries (credentials.api)
 
 _active: set[str] = set()  # instances of this process whose heartbeat runs
+_running: dict[str, str] = {}  # node id → its instance in this process, while it runs
 _active_lock = threading.Lock()
 
 
@@ -64,6 +70,49 @@ def _dead(row: Any, now: float, host: str) -> bool:
         with _active_lock:
             return str(row.instance) not in _active
     return not _pid_alive(int(row.pid))
+
+
+def claimant(node_id: str) -> str:
+    """What this process's work for ``node_id`` is signed with (a lease claim): the node
+    id and, while its heartbeat runs here, its instance — so a claim left by an earlier
+    process with the same id is known as dead once that id is taken again."""
+    with _active_lock:
+        instance = _running.get(node_id)
+    return node_id if instance is None else f"{node_id}:{instance}"
+
+
+def gone(conn: Connection, claimants: Iterable[str]) -> set[str]:
+    """The claimants (as :func:`claimant` spells them) whose process no longer runs: no
+    heartbeat for the node id (released, or never started), another instance's heartbeat
+    (the id was taken again), or a dead one (stale, or a pid gone on this host).
+
+    Wall time, like the heartbeats themselves. A replica that is alive but has missed its
+    heartbeats for :data:`STALE_AFTER_S` is counted as gone: what it was doing may then be
+    done twice, which the callers' compare-and-sets make harmless."""
+    by_node: dict[str, list[tuple[str, str]]] = {}  # node id → (claimant, its instance or "")
+    for c in set(claimants):
+        node, _, instance = c.rpartition(":") if _looks_like_instance(c) else (c, "", "")
+        by_node.setdefault(node, []).append((c, instance))
+    if not by_node:
+        return set()
+    rows = {
+        str(r.node_id): r
+        for r in conn.execute(select(ct.replicas).where(ct.replicas.c.node_id.in_(sorted(by_node))))
+    }
+    now, host = time.time(), socket.gethostname()[:256]
+    out: set[str] = set()
+    for node, named in by_node.items():
+        row = rows.get(node)
+        for c, instance in named:
+            if row is None or (instance and str(row.instance) != instance) or _dead(row, now, host):
+                out.add(c)
+    return out
+
+
+def _looks_like_instance(c: str) -> bool:
+    # An instance is a uuid4 hex: 32 lowercase hex digits after the last colon.
+    tail = c.rpartition(":")[2]
+    return c.count(":") >= 1 and len(tail) == 32 and all(ch in "0123456789abcdef" for ch in tail)
 
 
 class Replica:
@@ -118,6 +167,7 @@ class Replica:
         """Start the heartbeat; returns :meth:`release` (for ``Runtime.on_close``)."""
         with _active_lock:
             _active.add(self.instance)
+            _running[self.node_id] = self.instance
         self._thread = threading.Thread(target=self._run, name="tether-heartbeat", daemon=True)
         self._thread.start()
         return self.release
@@ -152,6 +202,8 @@ class Replica:
             self._thread.join(5)
         with _active_lock:
             _active.discard(self.instance)
+            if _running.get(self.node_id) == self.instance:
+                del _running[self.node_id]
         try:
             with self.db.begin() as conn:
                 conn.execute(

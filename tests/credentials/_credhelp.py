@@ -71,3 +71,24 @@ def tether_roles(pg_server: Any) -> set[str]:
 
 def connect_as(cred: dict[str, Any]) -> psycopg.Connection[Any]:
     return psycopg.connect(cred["dsn"], connect_timeout=5, autocommit=True)
+
+
+def replica_runtime(settings: Any, node_id: str) -> Any:
+    """Another in-process replica of ``settings``' broker (same state dir and store)."""
+    from tether.config import load_settings
+    from tether.runtime import Runtime
+
+    s = load_settings(
+        settings.state_dir,
+        environ={},
+        overrides={
+            "store": settings.store_url,
+            "environment": "prod",
+            "identity": {"dpop": "optional", "workload_socket": ""},  # one Workload API per state dir
+            "node_id": node_id,
+            # Up to 14 calls queue on one replica's audit chain here; on a loaded CI machine
+            # that wait may pass the default 2 s store bound, which is not what these pin.
+            "limits": {"store_timeout_ms": 30000},
+        },
+    )
+    return Runtime.start(s)

@@ -8,10 +8,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from _credhelp import tether_roles
+from _credhelp import replica_runtime, tether_roles
 
 from tether.broker import AuthorizeRequest, OpenTaskRequest
-from tether.config import load_settings
 from tether.credentials import leases as ls
 from tether.credentials import reaper as reaper_mod
 from tether.credentials.leases import Lease, LeaseState, Revocation
@@ -27,21 +26,7 @@ _ON_POSTGRESQL = pytest.mark.parametrize("store_url", ["postgresql"], indirect=T
 AGENT = Workload("spiffe://support.example/analyst", "support.example", "test")
 
 
-def _replica(settings, node_id: str) -> Runtime:
-    s = load_settings(
-        settings.state_dir,
-        environ={},
-        overrides={
-            "store": settings.store_url,
-            "environment": "prod",
-            "identity": {"dpop": "optional", "workload_socket": ""},  # one Workload API per state dir
-            "node_id": node_id,
-            # Up to 14 calls queue on one replica's audit chain here; on a loaded CI machine
-            # that wait may pass the default 2 s store bound, which is not what these pin.
-            "limits": {"store_timeout_ms": 30000},
-        },
-    )
-    return Runtime.start(s)
+_replica = replica_runtime
 
 
 @pytest.fixture

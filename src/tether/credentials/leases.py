@@ -227,6 +227,38 @@ def claim_due(
     return [_lease(r) for r in rows]
 
 
+def claims_in_flight(conn: Connection, now: float) -> set[str]:
+    """The claim tokens of revocations being worked now (claimed, visibility not out)."""
+    rows = conn.execute(
+        select(ct.leases.c.claimed_by)
+        .where(
+            and_(
+                ct.leases.c.state == LeaseState.REVOKING.value,
+                ct.leases.c.claimed_by.is_not(None),
+                ct.leases.c.next_attempt_at > now,
+            )
+        )
+        .distinct()
+    )
+    return {str(r[0]) for r in rows}
+
+
+def release_claims(conn: Connection, tokens: Iterable[str], now: float) -> list[str]:
+    """Make the leases claimed by ``tokens`` due now (their revokers are gone); a
+    compare-and-set on each token, so a lease finished or re-claimed meanwhile is left
+    alone. Returns the lease ids released."""
+    tokens = sorted(set(tokens))
+    if not tokens:
+        return []
+    res = conn.execute(
+        update(ct.leases)
+        .where(and_(ct.leases.c.state == LeaseState.REVOKING.value, ct.leases.c.claimed_by.in_(tokens)))
+        .values(claimed_by=None, next_attempt_at=now)
+        .returning(ct.leases.c.id)
+    )
+    return sorted(str(r[0]) for r in res)
+
+
 def mark_revoked(conn: Connection, lease_id: str, now: float) -> bool:
     res = conn.execute(
         update(ct.leases)
@@ -258,6 +290,9 @@ def mark_failed(
         "attempts": attempts,
         "last_error": error[:512],
         "next_attempt_at": next_attempt_at,
+        # Backing off is nobody's work: a claim left set means a revoker at work
+        # (``claims_in_flight``).
+        "claimed_by": None,
     }
     if irrevocable:
         values.update(state=LeaseState.IRREVOCABLE.value, revocation=Revocation.IRREVOCABLE.value)

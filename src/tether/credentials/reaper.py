@@ -9,11 +9,17 @@ One pass (:meth:`Reaper.reap`):
    (:func:`leases.claim_due`: ``FOR UPDATE SKIP LOCKED`` plus a compare-and-set, with a
    visibility timeout), so replicas sweeping one backlog never work the same lease at
    once. The connector cuts and drops the batch (``revoke_many``); success marks each
-   lease revoked with an audit event; failure retries with exponential backoff (capped
-   at 5 minutes) and, after ``credentials.revoke_max_attempts``, marks it irrevocable:
-   an audit event, an error log, a counter, and ``tether leases list --irrevocable`` —
-   never silently dropped. Every transition is a compare-and-set: a worker that lost a
-   race (its claim expired and another finished the lease) changes nothing, logs nothing;
+   lease revoked with an audit event (carrying ``task_ended_at`` when the revocation is
+   for its task's end: the revocation lag, ``tether.metrics``); failure retries with
+   exponential backoff (capped at 5 minutes) and, after
+   ``credentials.revoke_max_attempts``, marks it irrevocable: an audit event, an error
+   log, a counter, and ``tether leases list --irrevocable`` — never silently dropped.
+   Every transition is a compare-and-set: a worker that lost a race (its claim expired
+   and another finished the lease) changes nothing, logs nothing. Before claiming, the
+   claims of a revoker that is gone (``tether.replicas.gone``: its replica's heartbeat
+   is dead, or its node id runs in another process now) are made due again, so a
+   replica killed between its claim and its record delays the revocation by a pass,
+   not by the visibility timeout;
 4. the PostgreSQL sweep (every ``SWEEP_INTERVAL``): every role this broker tagged that
    no lease accounts for is dropped (covers a crash between ``CREATE ROLE`` and the
    lease commit on SQLite);
@@ -23,10 +29,17 @@ Steps 2, 4 and 5, and step 1 for other replicas' leases, are scans of the whole 
 with several workers or replicas only the process holding the leader lease
 (``tether.leader``, ``is_leader``) runs them. Step 3 is claimed lease by lease, so every
 process runs it (revocations start on the replica that ended the task), and step 1 for
-this node's own pending leases runs at its start, leader or not.
+this node's own pending leases runs at its start, leader or not. Taking over dead claims
+(step 3) runs in every process too: it reads only the claimed revocations, and a survivor
+must not wait for a leader that may be the replica that died.
 
 A worker thread runs a pass at start (so a broken connector never blocks start-up),
-then sleeps until woken (a task ended, a mint failed) or a second passes.
+then sleeps until woken or a second passes. It is woken only *after* the transaction that
+made a revocation due has committed (a task's end: by the audit listener, once the cut is
+queued; a failed mint, an operator's revoke: by their callers): woken inside it, the
+claim could land in the instant between that commit and a crash of this process, and the
+lease would wait for the claim's death to be noticed instead of being claimed by a
+survivor at its next pass.
 """
 
 from __future__ import annotations
@@ -38,7 +51,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tether import replicas
 from tether.audit import event as ev
+from tether.credentials import failpoints
 from tether.credentials import leases as ls
 from tether.credentials.connectors.postgres import PostgresConnector, role_name
 from tether.credentials.service import Credentials, ended_field, lease_fields
@@ -73,7 +88,15 @@ class Reaper:
         with self._lock:
             c = self.creds
             now = c.clock()
-            out = {"stale": 0, "expired": 0, "orphaned": 0, "revoked": 0, "failed": 0, "swept": 0}
+            out = {
+                "stale": 0,
+                "expired": 0,
+                "orphaned": 0,
+                "reclaimed": 0,
+                "revoked": 0,
+                "failed": 0,
+                "swept": 0,
+            }
             leader = self.is_leader()
             stale: list[ls.Lease] = []
             expired: list[ls.Lease] = []
@@ -102,6 +125,7 @@ class Reaper:
                     c.cutter.submit(cut)
                     out[key] = len(cut)
             self._started = True
+            out["reclaimed"] = self.take_over_dead_claims()
             done, failed = self.process_revocations()
             out["revoked"], out["failed"] = done, failed
             if leader and (sweep or time.monotonic() - self._last_sweep >= SWEEP_INTERVAL):
@@ -116,17 +140,40 @@ class Reaper:
         """The pass the runtime's periodic loop runs (sweeps only when one is due)."""
         return self.reap(sweep=False)
 
+    def take_over_dead_claims(self) -> int:
+        """Make due again the revocations claimed by a revoker that is gone (see the module
+        docstring, step 3); returns how many."""
+        c = self.creds
+        with c.db.read() as conn:
+            # A token is `<claimant>:<batch>` (process_revocations); our own claimant is alive.
+            claims = {t: t.rpartition(":")[0] for t in ls.claims_in_flight(conn, c.clock())}
+            gone = replicas.gone(conn, set(claims.values())) if claims else set()
+        dead = {t for t, who in claims.items() if who in gone}
+        if not dead:
+            return 0
+        with c.db.begin() as conn:
+            released = ls.release_claims(conn, dead, c.clock())
+        if released:
+            log.warning(
+                "took over %d revocation(s) claimed by a replica that is gone (%s)",
+                len(released),
+                ", ".join(sorted({t.rpartition(":")[0] for t in dead})),
+            )
+        return len(released)
+
     def process_revocations(self) -> tuple[int, int]:
         """Claim and finish due revocations, batch by batch; returns (revoked, failed)."""
         c = self.creds
         done = failed = 0
+        claimant = replicas.claimant(c.node_id)
         for _ in range(MAX_BATCHES):
-            token = f"{c.node_id}:{secrets.token_hex(6)}"
+            token = f"{claimant}:{secrets.token_hex(6)}"
             with c.db.begin() as conn:
                 batch = ls.claim_due(conn, c.clock(), token, visibility=CLAIM_VISIBILITY, limit=BATCH)
             if not batch:
                 break
             outcomes = self._revoke(batch)
+            failpoints.hit("reaper.after_revoke")  # the replica tests: dead between drop and record
             # Recorded in small transactions: each holds this replica's audit chain, which
             # every decision also needs.
             for i in range(0, len(batch), RECORD_CHUNK):

@@ -17,7 +17,7 @@
 tasks and their leases on the revocation feed and starts revoking every lease. Once that
 transaction has committed (the task events reach :meth:`Credentials.task_event`), the
 external credentials go to the :class:`~tether.credentials.cut.Cutter`: cut first, then
-the reaper's claimed cleanup.
+the reaper's claimed cleanup, woken only then (``credentials.wiring``).
 """
 
 from __future__ import annotations
@@ -233,7 +233,10 @@ class Credentials:
         """Mark leases revoking; finish offline ones now (same transaction, with events).
 
         Only the leases this call moved count (another replica may have moved some first);
-        returns the external ones among them, for the caller to cut after commit.
+        returns the external ones among them, for the caller to cut and then wake the
+        reaper (:attr:`wake`) once the transaction has committed — never from inside it
+        (see ``credentials.reaper``: a claim taken before this process dies would hold the
+        lease until the claim is seen to be dead).
         ``ended_at`` (task id → end time) is given by the caller that ended the tasks; for
         any other task-end reason it is read from the tasks, so that each
         ``credential.revoked`` of a task's end carries ``task_ended_at`` (the revocation lag
@@ -271,8 +274,6 @@ class Credentials:
                     )
             else:
                 external.append(lease)
-        if external:
-            self.wake()
         return external
 
     def on_tasks_ended(self, u: Unit, tasks: Sequence[Task], state: TaskState) -> None:
@@ -305,6 +306,7 @@ class Credentials:
     def revoke_lease(self, lease_id: str, *, by: str, reason: str = "revoked") -> Lease:
         """Revoke one lease now (operator, RFC 7009). An irrevocable one is tried again."""
         cut: list[Lease] = []
+        retry = False
         with self.audit.unit() as u:
             lease = ls.get_lease(u.conn, lease_id)
             if lease is None:
@@ -317,13 +319,16 @@ class Credentials:
                         state=LeaseState.REVOKING.value,
                         revocation=Revocation.PENDING.value,
                         next_attempt_at=self.clock(),
+                        claimed_by=None,
                     )
                 )
-                self.wake()
+                retry = True
             elif lease.state in ls.LIVE:
                 cut = self.start_revocations(u, [lease], reason, by=by)
             found = ls.get_lease(u.conn, lease_id)
         self.cutter.submit(cut)
+        if cut or retry:
+            self.wake()  # committed: the reaper's claim sees the lease due
         assert found is not None
         return found
 

@@ -67,16 +67,17 @@ def build(rt: Core) -> CredentialsRuntime:
     rt.audit.filters.append(secrets.audit_filter())
 
     def on_event(e: Event) -> None:
-        # After commit: followers and the revoker see the new rows when they look.
+        # After commit: followers and the revoker see the new rows when they look. This is
+        # where a task's end wakes the reaper (start_revocations never does, inside the
+        # transaction): the reaper's claim then cannot precede the commit, nor the cut.
         if e.type in _ENDED:
             if e.type in _TASK_ENDED and e.task_id:
                 service.task_event(e.task_id)  # cut first: before the revoker is even woken
             feed.notify()
-            reaper_wake()
+            service.wake()
         elif e.type == ev.CREDENTIAL_MINTED and e.lease_id:
             service.settled(e.lease_id)
 
-    reaper_wake = service.wake
     remove_listener = rt.audit.add_listener(on_event)  # this runtime's chain only
     rt.routes.extend(routes(rt, service, introspector))
     rt.periodic.append(reaper.periodic)
