@@ -12,6 +12,7 @@ from rich.table import Table
 from tether.catalog import load_catalog
 from tether.cli import policy_change
 from tether.cli._common import admin_socket, console, json_option, output, run, state_dir_option
+from tether.cli._workers_report import all_applied, mark, on_workers, print_workers
 from tether.policy import load_schema, run_cases
 from tether.policy.analysis import load_checked
 from tether.server.admin import call
@@ -131,19 +132,13 @@ def reload(strict: bool, state_dir: Path, as_json: bool) -> None:
             line = "[yellow]![/] " + escape(f"{where}: {w['message']} [{w['kind']}]")
             console.print(line, highlight=False, soft_wrap=True)
         workers = d.get("workers")
-        on = f" on {workers['applied']} of {workers['total']} workers" if workers else ""
-        mark = "[green]✓[/]" if not workers or workers["applied"] == workers["total"] else "[red]✗[/]"
-        console.print(f"{mark} policy {d['policy_version']} in force{on}")
-        for r in (workers or {}).get("results", []):
-            if "error" in r:
-                console.print(f"[red]✗[/] worker {r['worker']}: " + escape(str(r["error"].get("message"))),
-                              highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(f"{mark(workers)} policy {d['policy_version']} in force{on_workers(workers)}")
+        print_workers(workers, "policy_version")
         if d.get("restart_needed"):
             console.print(f"[yellow]![/] {d['message']}", highlight=False, soft_wrap=True)
 
     output(data, as_json, render)
-    workers = data.get("workers")
-    if workers and workers["applied"] < workers["total"]:
+    if not all_applied(data.get("workers")):
         raise SystemExit(1)  # some workers still enforce the old set: the reload is not done
 
 

@@ -16,6 +16,7 @@ from tether.audit.masking import salt_from_master_key
 from tether.audit.query import parse_time
 from tether.catalog import load_catalog
 from tether.cli._common import admin_socket, console, err_console, json_option, output, run, state_dir_option
+from tether.cli._workers_report import all_applied, mark, on_workers, print_workers
 from tether.config import Settings, load_settings
 from tether.errors import Unavailable
 from tether.identity.keys import MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key
@@ -230,20 +231,28 @@ def shadow(directory: str | None, state_dir: Path, as_json: bool) -> None:
     def render(d: dict[str, Any]) -> None:
         for w in d.get("warnings", []):
             console.print(f"[yellow]warning[/] {w}", highlight=False, soft_wrap=True)
+        workers = d.get("workers")
+        lead = f"{mark(workers)} " if workers else ""
         if d["shadow"] is None:
-            console.print(f"no shadow set; enforced {d['enforced_version']}", highlight=False)
-            return
-        c = d["counters"]
-        console.print(
-            f"shadow [bold]{d['shadow_version']}[/] ({d['shadow']}) beside enforced {d['enforced_version']}: "
-            f"{c['evaluated']} decisions, {c['diverged']} diverged, {c['errors']} errors",
-            highlight=False,
-            soft_wrap=True,
-        )
-        for k, n in c["by_kind"].items():
-            console.print(f"  {k} {n}", highlight=False)
+            console.print(
+                f"{lead}no shadow set{on_workers(workers)}; enforced {d['enforced_version']}", highlight=False
+            )
+        else:
+            c = d["counters"]
+            console.print(
+                f"{lead}shadow [bold]{d['shadow_version']}[/] ({d['shadow']}) beside enforced "
+                f"{d['enforced_version']}{on_workers(workers)}: "
+                f"{c['evaluated']} decisions, {c['diverged']} diverged, {c['errors']} errors",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for k, n in c["by_kind"].items():
+                console.print(f"  {k} {n}", highlight=False)
+        print_workers(workers, "shadow_version")
 
     output(data, as_json, render)
+    if not all_applied(data.get("workers")):
+        raise SystemExit(1)  # the workers do not shadow the same set (docs/troubleshooting.md)
 
 
 @click.command()
@@ -256,14 +265,19 @@ def promote(state_dir: Path, as_json: bool) -> None:
     refuses, the previous files are restored and the previous set stays in force.
     """
     data = run(lambda: call(admin_socket(state_dir), "policy.promote"), as_json)
-    output(
-        data,
-        as_json,
-        lambda d: console.print(
-            f"[green]✓[/] policy {d['policy_version']} in force (was {d['previous_version']})",
+
+    def render(d: dict[str, Any]) -> None:
+        workers = d.get("workers")
+        console.print(
+            f"{mark(workers)} policy {d['policy_version']} in force{on_workers(workers)} "
+            f"(was {d['previous_version']})",
             highlight=False,
-        ),
-    )
+        )
+        print_workers(workers, "policy_version")
+
+    output(data, as_json, render)
+    if not all_applied(data.get("workers")):
+        raise SystemExit(1)  # some workers still enforce the previous set: the promote is not done
 
 
 def attach(group: click.Group) -> None:
