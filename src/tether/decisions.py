@@ -457,9 +457,13 @@ class ActionDecisions(BrokerBase):
             if not repo.set_approval_state(
                 u.conn, a.id, expect=ApprovalState.PENDING, new=new, by=by, now=now
             ):
-                raise Conflict(
-                    f"approval `{approval_id}` is already {a.state.value}", code="approval_decided"
-                )
+                # Decided or expired since the read above (PostgreSQL reads committed rows):
+                # say which, from the row as it is now.
+                now_state = repo.get_approval(u.conn, a.id)
+                if now_state is not None and now_state.state is ApprovalState.EXPIRED:
+                    raise _expired(approval_id)
+                state = (now_state or a).state.value
+                raise Conflict(f"approval `{approval_id}` is already {state}", code="approval_decided")
             task = repo.get_task(u.conn, a.task_id)
             fields = audit_fields(task) if task else {"task_id": a.task_id}
             u.emit(

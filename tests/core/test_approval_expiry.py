@@ -164,6 +164,27 @@ def test_granting_or_rejecting_an_expired_approval_fails_with_approval_expired(r
     assert err.value.code == "approval_expired"
 
 
+def test_an_approval_the_pass_moved_after_the_decision_read_it_is_refused_as_expired(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision read the row while it was still `pending`, then the leader (its clock
+    ahead of this replica's) moved it: the compare-and-set refuses, and the answer is
+    `approval_expired`, not "already pending"."""
+    (aid,) = _ask(runtime, 1)
+    with runtime.db.read() as conn:
+        stale = repo.get_approval(conn, aid)
+    assert stale is not None
+    runtime.broker.clock = lambda: stale.expires_at + 1
+    assert runtime.broker.expire_approvals() == 1
+    runtime.broker.clock = lambda: stale.expires_at - 60
+    reads = iter([stale])  # the first read is the one from before the pass committed
+    real = repo.get_approval
+    monkeypatch.setattr(repo, "get_approval", lambda conn, i: next(reads, None) or real(conn, i))
+    with pytest.raises(Conflict) as err:
+        runtime.broker.decide_approval(aid, grant=True, by="uid:0")
+    assert err.value.code == "approval_expired"
+
+
 def test_the_same_call_after_an_expiry_asks_again(runtime: Runtime) -> None:
     """An expired approval is not reused: the identical call opens a new pending one."""
     tok = runtime.broker.open_task(AGENT, OpenTaskRequest("billing.refund", "test", (REFUND,), 3600)).token
