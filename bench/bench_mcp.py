@@ -15,18 +15,26 @@ before the decision, the decision, decision → upstream write, the upstream rou
 (write to answer), answer → call record, the call record, and the response back to the
 agent — next to the direct call, whose round trip the upstream hop should match.
 
+A third path, alternating with the other two, is the same gateway answering every call
+with the verdict of one real decision (``DecidedOnce``): the CPU line splits what the
+gateway adds into the decision as it costs inside a call (gateway minus that path) and the
+rest (that path minus direct: relaying, validation, shaping and the call record, whose cost
+alone is timed after the calls). A decision timed on its own, back to back, is cheaper
+than inside a call, where the upstream's and the agent's work run between two of them.
+
 Run: ``python bench/bench_mcp.py [-n 300] [--hops]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,9 +46,11 @@ from mcp.shared.memory import create_client_server_memory_streams
 sys.path.insert(0, str(Path(__file__).parent))
 from _stats import emit, summary, table
 
-from tether.broker import OpenTaskRequest
-from tether.gateway.authorizer import LocalAuthorizer
+from tether.audit import event as ev
+from tether.broker import AuthorizeRequest, OpenTaskRequest
+from tether.gateway.authorizer import LocalAuthorizer, Verdict
 from tether.gateway.mcp import McpGateway, Upstream
+from tether.identity.dpop import DpopProof
 from tether.model import Grant, Workload
 from tether.runtime import Runtime
 from tether.testing import TestTrustDomain, make_settings
@@ -133,47 +143,98 @@ class Hops:
             self.rows[name].append((s[end] - s[start]) / 1000)
 
 
+class DecidedOnce(LocalAuthorizer):
+    """The same in-process authorizer, answering every call with the verdict of its first
+    real decision: the gateway's path with the decision's cost taken out (bench only)."""
+
+    verdict: Verdict | None = None
+
+    async def authorize(self, token: str, req: AuthorizeRequest, proof: DpopProof | None = None) -> Verdict:
+        if self.verdict is None:
+            self.verdict = await super().authorize(token, req, proof)
+        return self.verdict
+
+
+async def record_alone(authorizer: LocalAuthorizer, verdict: Verdict, n: int) -> float:
+    """CPU per call (µs) of one ``call.forwarded`` record (a group commit of one)."""
+    payload = {"gateway": "mcp", "server": "time", "tool": "get_current_time", "outcome": "ok"}
+
+    async def record() -> None:
+        await authorizer.record(ev.CALL_FORWARDED, verdict, payload)
+
+    cpu: list[float] = []
+    await timed(record, n, cpu)
+    return cpu[0]
+
+
+@contextlib.asynccontextmanager
+async def agent_of(gateway: McpGateway) -> AsyncIterator[ClientSession]:
+    """A stock ``ClientSession`` talking to ``gateway``'s MCP server in memory."""
+    app = gateway.server()
+    async with create_client_server_memory_streams() as (client, srv), anyio.create_task_group() as tg:
+        tg.start_soon(app.run, srv[0], srv[1], app.create_initialization_options())
+        async with ClientSession(client[0], client[1]) as session:
+            await session.initialize()
+            yield session
+        tg.cancel_scope.cancel()
+
+
+class Rows:
+    """Wall times (µs) and per-block CPU per call (µs) of one path."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+
 async def run(
     rt: Runtime, token: str, n: int, blocks: int = 3, hops: bool = False
-) -> tuple[list[float], list[float], list[float], list[float], Hops | None]:
-    direct: list[float] = []
-    through: list[float] = []
-    direct_cpu: list[float] = []
-    through_cpu: list[float] = []
+) -> tuple[dict[str, Rows], Hops | None, float]:
+    rows = {path: Rows() for path in ("direct", "gateway", "decided once")}
     gateway = McpGateway("time", LocalAuthorizer(rt), task_token=token)
+    stored = DecidedOnce(rt)
+    held = McpGateway("time", stored, task_token=token)
     params = StdioServerParameters(command=COMMAND[0], args=COMMAND[1:])
     async with (
         stdio_client(params) as (r, w),
         ClientSession(r, w) as plain,
         gateway.connect(Upstream(command=COMMAND)),
+        held.connect(Upstream(command=COMMAND)),
+        agent_of(gateway) as session,
+        agent_of(held) as held_session,
     ):
         await plain.initialize()
-        app = gateway.server()
         relay = getattr(gateway, "_relay", None)
         stamps = Hops(gateway, relay) if hops and relay is not None else None
-        async with create_client_server_memory_streams() as (client, srv), anyio.create_task_group() as tg:
-            tg.start_soon(app.run, srv[0], srv[1], app.create_initialization_options())
-            async with ClientSession(client[0], client[1]) as session:
-                await session.initialize()
 
-                async def via_gateway() -> object:
-                    if stamps is not None:
-                        stamps.stamps["t0"] = time.perf_counter_ns()
-                    result = await session.call_tool("get_current_time", ARGS)
-                    if result.is_error:
-                        raise SystemExit(f"gateway refused the call: {result}")
-                    if stamps is not None:
-                        stamps.stamps["t1"] = time.perf_counter_ns()
-                        stamps.take()
-                    return result
+        async def via_gateway() -> object:
+            if stamps is not None:
+                stamps.stamps["t0"] = time.perf_counter_ns()
+            result = await session.call_tool("get_current_time", ARGS)
+            if result.is_error:
+                raise SystemExit(f"gateway refused the call: {result}")
+            if stamps is not None:
+                stamps.stamps["t1"] = time.perf_counter_ns()
+                stamps.take()
+            return result
 
-                for _ in range(blocks):  # alternate, so both see the same load
-                    direct += await timed(
-                        lambda: plain.call_tool("get_current_time", ARGS), n // blocks, direct_cpu
-                    )
-                    through += await timed(via_gateway, n // blocks, through_cpu)
-            tg.cancel_scope.cancel()
-    return direct, through, direct_cpu, through_cpu, stamps
+        async def via_held() -> object:
+            result = await held_session.call_tool("get_current_time", ARGS)
+            if result.is_error:
+                raise SystemExit(f"gateway refused the call: {result}")
+            return result
+
+        paths = {
+            "direct": lambda: plain.call_tool("get_current_time", ARGS),
+            "gateway": via_gateway,
+            "decided once": via_held,
+        }
+        for _ in range(blocks):  # alternate, so all see the same load
+            for path, call in paths.items():
+                rows[path].wall += await timed(call, n // blocks, rows[path].cpu)
+        assert stored.verdict is not None
+        record = await record_alone(stored, stored.verdict, n)
+    return rows, stamps, record
 
 
 def main() -> None:
@@ -184,22 +245,33 @@ def main() -> None:
     args = ap.parse_args()
     rt, token = start(Path(tempfile.mkdtemp(prefix="tether-bench-mcp-")))
     try:
-        direct, through, direct_cpu, through_cpu, hops = anyio.run(
-            run, rt, token, args.n, args.blocks, args.hops
-        )
+        rows, hops, record = anyio.run(run, rt, token, args.n, args.blocks, args.hops)
     finally:
         rt.close()
+    direct, through = rows["direct"].wall, rows["gateway"].wall
     if hops is not None:
-        rows = [("direct call (for the upstream round trip)", direct)]
-        table("hops of a call through the gateway", rows + [(f"  {k}", v) for k, v in hops.rows.items()])
+        table(
+            "hops of a call through the gateway",
+            [("direct call (for the upstream round trip)", direct)]
+            + [(f"  {k}", v) for k, v in hops.rows.items()],
+        )
     table(
         f"MCP tools/call, sequential, n={args.n}",
-        [("upstream directly (stdio)", direct), ("through the MCP gateway (in-process broker)", through)],
+        [
+            ("upstream directly (stdio)", direct),
+            ("through the MCP gateway (in-process broker)", through),
+            ("  the same, answering with one stored verdict", rows["decided once"].wall),
+        ],
     )
-    dc, gc = statistics.median(direct_cpu), statistics.median(through_cpu)
+    dc, gc, hc = (statistics.median(rows[p].cpu) for p in ("direct", "gateway", "decided once"))
     print(
         f"CPU time of this process per call: direct {dc:.0f} µs, through the gateway {gc:.0f} µs "
         f"(+{gc - dc:.0f} µs); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"  of the +{gc - dc:.0f} µs: the decision {gc - hc:.0f} µs (the gateway minus the same gateway "
+        f"answering with a stored verdict), the rest {hc - dc:.0f} µs, of which the call record alone "
+        f"{record:.0f} µs"
     )
     (d50, d99), (g50, g99) = summary(direct), summary(through)
     emit(

@@ -10,6 +10,11 @@ its answer to the waiting call before anything else sees it. That saves the sess
 request models, the dispatcher's per-request cancel scope, timer, span and memory stream,
 and the transport's writer and reader hops (docs/architecture.md, "MCP gateway").
 
+A relayed frame is written by orjson, and an answer to one is parsed once (orjson) and
+its envelope checked here; only what is not plainly a result (an error answer, a request
+or notification reusing the id, anything odd) takes the SDK's own message models, so it
+is judged exactly as before.
+
 What the SDK does, the relay does too: the process starts and stops as ``stdio_client``
 starts and stops it; an abandoned call (timeout, cancellation) sends the upstream
 ``notifications/cancelled``; when the upstream's stdout ends every waiting call fails with
@@ -18,6 +23,7 @@ starts and stops it; an abandoned call (timeout, cancellation) sends the upstrea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -27,6 +33,7 @@ from typing import Any, TextIO
 
 import anyio
 import mcp_types as types
+import orjson
 from anyio.abc import Process
 from mcp.client.stdio import (
     FORCE_KILL_TIMEOUT,
@@ -47,17 +54,39 @@ _CLOSED = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection clos
 _BROKEN = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 
 
-class _Waiter:
-    __slots__ = ("done", "outcome")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.outcome: dict[str, Any] | types.ErrorData = _CLOSED
+#: What a relayed call waits on: the ``result`` of its answer, or why it has none.
+_Outcome = dict[str, Any] | types.ErrorData
 
 
 def _frame(msg: types.JSONRPCMessage) -> bytes:
     # The SDK transport's serialization of a frame, one per line.
     return msg.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+
+
+def _request_frame(rid: str, method: str, params: dict[str, Any]) -> bytes:
+    """A request frame as :func:`_frame` writes it, by orjson (no model built and dumped);
+    what orjson cannot write (an integer past 64 bits, a non-string key) takes the SDK's way."""
+    try:
+        return orjson.dumps(
+            {"jsonrpc": "2.0", "id": rid, "method": method, "params": params},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+    except TypeError:  # orjson.JSONEncodeError
+        return _frame(types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params))
+
+
+def _plain_result(frame: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``result`` of a frame that can only be read as a ``JSONRPCResponse``: version
+    2.0, a result object, no method and no error. Anything else is ``None`` (the models decide)."""
+    result = frame.get("result")
+    if (
+        isinstance(result, dict)
+        and frame.get("jsonrpc") == "2.0"
+        and "method" not in frame
+        and "error" not in frame
+    ):
+        return result
+    return None
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
@@ -77,9 +106,10 @@ class Relay:
         # String ids that never parse as integers: the session's dispatcher mints integers
         # (and reads "7" as 7), so the two id spaces cannot meet.
         self._ids = (f"tether-{n}" for n in itertools.count(1))
-        self._pending: dict[str, _Waiter] = {}
+        self._pending: dict[str, asyncio.Future[_Outcome]] = {}
         self._stdin: Any = None
-        self._lock = anyio.Lock()  # one frame at a time on stdin
+        # One frame at a time on stdin; uncontended, taking it does not yield to the loop.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._open = False
 
     @contextlib.asynccontextmanager
@@ -148,32 +178,39 @@ class Relay:
         if not self._pending:
             return False
         try:
-            frame = json.loads(line)
-        except ValueError:
-            return False
+            frame = orjson.loads(line)
+        except ValueError:  # orjson.JSONDecodeError: NaN, an integer past 64 bits, …
+            try:
+                frame = json.loads(line)  # what the stdlib reads, as before
+            except ValueError:
+                return False
         rid = frame.get("id") if isinstance(frame, dict) else None
         if not isinstance(rid, str):
             return False
         waiter = self._pending.get(rid)
         if waiter is None:
             return False
-        msg: types.JSONRPCMessage
-        try:
-            msg = types.jsonrpc_message_adapter.validate_python(frame, by_name=False)
-        except ValueError:
-            bad = types.ErrorData(code=types.INTERNAL_ERROR, message="the upstream's answer is malformed")
-            msg = types.JSONRPCError(jsonrpc="2.0", id=rid, error=bad)
-        if not isinstance(msg, types.JSONRPCResponse | types.JSONRPCError):
-            return False  # a request or notification that reuses the id is the session's
+        outcome: _Outcome | None = _plain_result(frame)
+        if outcome is None:
+            msg: types.JSONRPCMessage
+            try:
+                msg = types.jsonrpc_message_adapter.validate_python(frame, by_name=False)
+            except ValueError:
+                bad = types.ErrorData(code=types.INTERNAL_ERROR, message="the upstream's answer is malformed")
+                msg = types.JSONRPCError(jsonrpc="2.0", id=rid, error=bad)
+            if not isinstance(msg, types.JSONRPCResponse | types.JSONRPCError):
+                return False  # a request or notification that reuses the id is the session's
+            outcome = msg.result if isinstance(msg, types.JSONRPCResponse) else msg.error
         del self._pending[rid]
-        waiter.outcome = msg.result if isinstance(msg, types.JSONRPCResponse) else msg.error
-        waiter.done.set()
+        if not waiter.done():
+            waiter.set_result(outcome)
         return True
 
     def _close(self) -> None:
         self._open = False
         for waiter in self._pending.values():
-            waiter.done.set()  # outcome stays CONNECTION_CLOSED
+            if not waiter.done():
+                waiter.set_result(_CLOSED)
         self._pending.clear()
 
     async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +218,10 @@ class Relay:
         if not self._open:
             raise MCPError.from_error_data(_CLOSED)
         rid = next(self._ids)
-        waiter = self._pending[rid] = _Waiter()
-        data = _frame(types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params))
+        # A bare future: the one reader sets it, nothing else waits on it.
+        waiter: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = waiter
+        data = _request_frame(rid, method, params)
         sent = False
         try:
             try:
@@ -191,16 +230,16 @@ class Relay:
                 sent = True
             except _BROKEN:
                 raise MCPError.from_error_data(_CLOSED) from None
-            await waiter.done.wait()
+            outcome = await waiter
         except anyio.get_cancelled_exc_class():
             if sent and self._pending.pop(rid, None) is not None:
                 await self._cancel(rid)
             raise
         finally:
             self._pending.pop(rid, None)
-        if isinstance(waiter.outcome, types.ErrorData):
-            raise MCPError.from_error_data(waiter.outcome)
-        return waiter.outcome
+        if isinstance(outcome, types.ErrorData):
+            raise MCPError.from_error_data(outcome)
+        return outcome
 
     async def _cancel(self, rid: str) -> None:
         note = types.JSONRPCNotification(

@@ -184,31 +184,45 @@ class _Connection:
     async def _reply(self, req: types.JSONRPCRequest) -> types.JSONRPCResponse | types.JSONRPCError:
         version = self.version or LATEST_HANDSHAKE_VERSION
         try:
+            # The revision's own shape check, as the SDK's server makes it. A frame read off
+            # the wire that passes has a string `name` and an object (or no) `arguments`, so
+            # the SDK's second parse of the same params is kept for what only a lax parse
+            # admits (bytes for a name, handed over in memory).
             methods.validate_client_request(_METHOD, version, req.params)
-            params = types.CallToolRequestParams.model_validate(req.params or {}, by_name=False)
+            params = req.params or {}
+            name, arguments = params.get("name"), params.get("arguments")
+            if not isinstance(name, str) or not isinstance(arguments, dict | None):
+                parsed = types.CallToolRequestParams.model_validate(params, by_name=False)
+                name, arguments = parsed.name, parsed.arguments
         except ValidationError:
             # The SDK's answer to the same frame (no pydantic text on the wire).
             return _error(req.id, types.INVALID_PARAMS, "Invalid request parameters", "")
         try:
-            result = await self.gateway.handle_call(params.name, dict(params.arguments or {}), None)
+            result = await self.gateway.handle_call(name, dict(arguments or {}), None)
         except Exception:
-            log.exception("tools/call `%s` failed inside the gateway", params.name[:64])
+            log.exception("tools/call `%s` failed inside the gateway", name[:64])
             return _error(req.id, types.INTERNAL_ERROR, "the gateway failed on this call")
         try:
             wire = methods.serialize_server_result(
                 _METHOD, version, result.model_dump(by_alias=True, mode="json", exclude_none=True)
             )
         except ValidationError:
-            log.exception("tools/call `%s` produced a result invalid at %s", params.name[:64], version)
+            log.exception("tools/call `%s` produced a result invalid at %s", name[:64], version)
             return _error(req.id, types.INTERNAL_ERROR, "Handler returned an invalid result")
         return types.JSONRPCResponse(jsonrpc="2.0", id=req.id, result=wire)
 
     async def send(self, reply: types.JSONRPCResponse | types.JSONRPCError, shield: bool = False) -> None:
-        with anyio.move_on_after(_CLOSE_WRITE_SECONDS if shield else None, shield=shield):
-            try:
-                await self.write.send(SessionMessage(message=reply))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.debug("dropped the answer to %r: the connection closed", reply.id)
+        if shield:  # the last answer to a closing connection: bounded, whatever cancels us
+            with anyio.move_on_after(_CLOSE_WRITE_SECONDS, shield=True):
+                await self._send(reply)
+        else:
+            await self._send(reply)  # unbounded, as before (a scope with no deadline only cost time)
+
+    async def _send(self, reply: types.JSONRPCResponse | types.JSONRPCError) -> None:
+        try:
+            await self.write.send(SessionMessage(message=reply))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            log.debug("dropped the answer to %r: the connection closed", reply.id)
 
 
 def _unreadable(exc: ValueError) -> types.JSONRPCError:
