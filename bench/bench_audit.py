@@ -275,7 +275,7 @@ def main() -> None:
         for _ in range(args.trace_runs):  # fetch-only floor: the trace's own query, nothing else
             with db.read() as conn:
                 t0 = time.perf_counter()
-                n = len(_tree_rows(conn, root))
+                n = sum(len(rows) for rows in _tree_rows(conn, root))
                 fetches.append(time.perf_counter() - t0)
         fetch = statistics.median(fetches)
         print(

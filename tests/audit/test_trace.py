@@ -244,3 +244,39 @@ def test_trace_of_a_branching_tree_with_delegations_is_what_it_was(runtime):
             assert [i.event for c in got.root.children for i in c.items] == [
                 i.event for c in want.root.children for i in c.items
             ]
+
+
+def test_rewritten_event_type_attack_is_flagged_in_a_tree_longer_than_a_fetch_batch(runtime):
+    """A tree of more events than one fetch batch (each batch is hashed as it is read, then
+    the whole tree sorted): one decision's type rewritten shows as tampered (the body's tail
+    is spelled from remembered texts), and JSON and rendering are the event-at-a-time build's."""
+    from tether.audit.trace import _CHUNK
+    from tether.broker import AuthorizeRequest, OpenTaskRequest
+
+    from .helpers import grants, sql, workload
+
+    b = runtime.broker
+    root = b.open_task(
+        workload("orchestrator"),
+        OpenTaskRequest(
+            intent="billing.refund",
+            description="",
+            scope=grants(("read", "crm")),
+            ttl_seconds=600,
+            delegator=DELEGATOR,
+        ),
+    )
+    for _ in range(_CHUNK + 10):
+        b.authorize(root.token, AuthorizeRequest("read", "crm.customers"))
+    sql(
+        runtime,
+        "UPDATE audit_events SET type = 'approval.granted' WHERE seq = ("
+        "SELECT max(seq) FROM audit_events WHERE task_id = :t AND type = 'decision')",
+        t=root.task.id,
+    )
+    with runtime.db.read() as conn:
+        want = _reference_trace(conn, root.task.id)
+        got = build_trace(conn, root.task.id)
+    assert got.events > _CHUNK and len(want.tampered) == 1
+    assert got.to_dict() == want.to_dict()
+    assert _rendered(got) == _rendered(want)

@@ -96,6 +96,52 @@ def first_break(db: Database) -> tuple[str, int]:
     return ranged.first.kind, ranged.first.seq
 
 
+@pytest.mark.parametrize(
+    "column, value",
+    [("type", "'task.closed'"), ("v", "2")],
+    ids=["type", "version"],
+)
+def test_rewritten_type_or_version_attack_stops_the_fast_pass_at_its_seq(db, column, value):
+    """What follows ``ts`` in the body (type and v) is spelled in Python from a few remembered
+    texts: a row whose type or version was rewritten still ends the fast run at its seq."""
+    chain = write(db, 12)
+    tamper(db, chain, f"UPDATE audit_events SET {column} = {value} WHERE chain = :c AND seq = 9")
+    with db.read() as conn:
+        assert fast_prefix(conn, chain.chain_id)[0] == 8
+    report = verify_database(db)
+    assert report.first is not None
+    assert (report.first.kind, report.first.seq) == ("edited", 9)
+
+
+def test_version_stored_as_a_fraction_attack_is_not_vouched_by_the_fast_pass(sqlite_url):
+    """SQLite keeps 3.5 in an INTEGER column: the fast pass spells v as stored (never rounded
+    to 3), so it does not vouch for the row; the exact walk has the last word on it."""
+    d = Database(sqlite_url)
+    d.migrate()
+    try:
+        chain = write(d, 12)
+        tamper(d, chain, "UPDATE audit_events SET v = 3.5 WHERE chain = :c AND seq = 5")
+        with d.read() as conn:
+            assert fast_prefix(conn, chain.chain_id)[0] == 4
+    finally:
+        d.dispose()
+
+
+def test_edit_just_past_a_fetch_batch_attack_is_detected(db):
+    """The fast pass reads rows in batches of ``CHUNK``: an edit on either side of a batch's
+    end still ends the run at its seq."""
+    from tether.audit.rangescan import CHUNK
+
+    chain = write(db, CHUNK + 2)
+    for seq in (CHUNK + 1, CHUNK):
+        tamper(db, chain, "UPDATE audit_events SET payload = '{}' WHERE chain = :c AND seq = :s", s=seq)
+        with db.read() as conn:
+            assert fast_prefix(conn, chain.chain_id)[0] == seq - 1
+    report = verify_database(db)
+    assert report.first is not None
+    assert (report.first.kind, report.first.seq) == ("edited", CHUNK)
+
+
 def test_ranged_fast_pass_vouches_for_every_row_of_an_intact_log(db):
     """Three ranges verified at once on their own connections vouch for the whole chain."""
     chain = write(db, 40)
