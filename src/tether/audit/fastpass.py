@@ -13,11 +13,12 @@ encoding) and ``ts`` in an exact spelling. If its SHA-256 equals the stored hash
 the body the writer hashed (the canonical form of the original event), and parsing it gives
 back the original fields: the row holds exactly what was written.
 
-SQLite: ``json_quote`` escapes strings exactly as ``row_hash`` does (a test pins it);
-Python formats the float ``ts`` and hashes. PostgreSQL: the server assembles *and* hashes
-(``to_json``, ``sha256``) and checks the links with a window over the seq order; only the
-first row it cannot vouch for comes back (``ts::text`` is exact with ``extra_float_digits``
-above 0, and a text that would not read back as the same double is not vouched for).
+SQLite: ``json_object`` escapes strings exactly as ``row_hash`` does (a test pins it);
+Python formats the float ``ts``, spells the type and version after it, and hashes.
+PostgreSQL: the server assembles *and* hashes (``to_json``, ``sha256``) and checks the links
+with a window over the seq order; only the first row it cannot vouch for comes back
+(``ts::text`` is exact with ``extra_float_digits`` above 0, and a text that would not read
+back as the same double is not vouched for).
 
 Ranges: a long chain is split into seq ranges verified at the same time on their own
 connections: on SQLite each in a process of its own (``tether.audit.rangescan``: the
