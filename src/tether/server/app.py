@@ -43,6 +43,7 @@ from tether.server.edge import CatchAll
 from tether.server.metrics import metrics_endpoint
 from tether.server.openapi import document as openapi_document
 from tether.server.parsing import authorize_request, grants, header_int, parse_json_object
+from tether.server.protocol import MAX_TARGET_BYTES
 from tether.wire import models as w
 from tether.wire.validate import parse, render_json
 
@@ -53,8 +54,6 @@ log = logging.getLogger("tether.http")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 Handler = Callable[[Request], Awaitable[Response]]
-#: Longest path plus query string a request may have (no route needs more than a few hundred).
-MAX_TARGET_BYTES = 8192
 
 
 def reply(
@@ -88,12 +87,14 @@ def dpop_proof(request: Request, public_url: str = "") -> DpopProof:
     the request arrived on (without query) is used.
     """
     values = request.headers.getlist("dpop")
+    if not values:  # the URL is only compared with a proof's `htu`: not built without one
+        return DpopProof(None, request.method, "", count=0)
     url = (
         (public_url.rstrip("/") + request.url.path)
         if public_url
         else str(request.url.replace(query="", fragment=""))
     )
-    return DpopProof(values[0] if values else None, request.method, url, count=len(values))
+    return DpopProof(values[0], request.method, url, count=len(values))
 
 
 def trace_id(request: Request) -> str | None:

@@ -109,6 +109,7 @@ async def serve(
             header_timeout=limits.header_timeout_seconds,
             body_timeout=limits.body_timeout_seconds,
             max_connections=limits.max_connections,
+            max_header_bytes=limits.max_header_bytes,
         ),
         timeout_keep_alive=limits.keepalive_seconds,
         h11_max_incomplete_event_size=limits.max_header_bytes,
