@@ -280,3 +280,40 @@ def test_rewritten_event_type_attack_is_flagged_in_a_tree_longer_than_a_fetch_ba
     assert got.events > _CHUNK and len(want.tampered) == 1
     assert got.to_dict() == want.to_dict()
     assert _rendered(got) == _rendered(want)
+
+
+def test_trace_hash_check_agrees_with_row_hash_on_awkward_text_and_tampering(store_url):
+    """The trace spells each body in Python from its columns: quotes, controls, separators,
+    non-ASCII, NULLs and a ts in exponent form hash as `row_hash` does, and an edited payload
+    (the payload-edit attack) is still not intact."""
+    from sqlalchemy import text
+
+    from tether.audit.event import row_hash
+    from tether.audit.trace import _COLUMNS, _intact
+    from tether.store.db import Database
+
+    from .test_verify_fast import write
+
+    db = Database(store_url)
+    db.migrate()
+    try:
+        chain = write(db, 20)
+        with db.begin() as conn:
+            conn.execute(text("UPDATE audit_events SET payload = '{}' WHERE seq = 7"))
+            conn.execute(text("UPDATE audit_events SET ts = 1e-7 WHERE seq = 9"))  # not re-hashed: edited
+        with db.read() as conn:
+            rows = conn.exec_driver_sql(f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq").all()
+        assert len(rows) == 20 and rows[0][0] == chain.chain_id
+        for r in rows:
+            fields = dict(zip(_COLUMNS.replace(" ", "").split(","), r, strict=True))
+            want = (
+                row_hash(
+                    **{k: v for k, v in fields.items() if k not in ("payload", "hash")},
+                    payload_text=fields["payload"],
+                )
+                == fields["hash"]
+            )
+            assert _intact(tuple(r)) is want, fields["seq"]
+            assert want is (fields["seq"] not in (7, 9))
+    finally:
+        db.dispose()

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 import orjson
@@ -27,7 +28,6 @@ from sqlalchemy import Connection, select
 
 from tether.audit import event as ev
 from tether.audit.event import Event, row_hash
-from tether.audit.rangescan import SQL_BODY_BEFORE_TS, tail
 from tether.errors import NotFound
 from tether.store import tables as t
 
@@ -254,14 +254,12 @@ _CHUNK = 256
 
 
 def _tree_rows(conn: Connection, root_id: str) -> Iterator[Sequence[Any]]:
-    """Every row of the tree, in batches as read: its columns, then (SQLite) the canonical
-    body before ``ts`` as assembled by the database (as in ``verify``'s fast pass), or a NULL."""
+    """Every row of the tree (its columns), in batches as read."""
     raw = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
     if isinstance(raw, sqlite3.Connection):
         conn.exec_driver_sql("SELECT 1")  # inside this connection's read transaction
-        # Constant SQL (columns and the verify piece); the root id is bound.
-        sql = f"SELECT {_COLUMNS}, {SQL_BODY_BEFORE_TS} FROM audit_events"  # noqa: S608
-        cur = raw.execute(sql + " WHERE root_task_id = ?", (root_id,))
+        # Constant SQL (the columns); the root id is bound.
+        cur = raw.execute(f"SELECT {_COLUMNS} FROM audit_events WHERE root_task_id = ?", (root_id,))  # noqa: S608
         try:
             while rows := cur.fetchmany(_CHUNK):
                 yield rows
@@ -269,31 +267,50 @@ def _tree_rows(conn: Connection, root_id: str) -> Iterator[Sequence[Any]]:
             cur.close()
         return
     yield from conn.exec_driver_sql(
-        f"SELECT {_COLUMNS}, NULL FROM audit_events WHERE root_task_id = %(r)s",  # noqa: S608
+        f"SELECT {_COLUMNS} FROM audit_events WHERE root_task_id = %(r)s",  # noqa: S608
         {"r": root_id},
     ).partitions(_CHUNK)
 
 
+_sha256, _repr, _quote = hashlib.sha256, float.__repr__, encode_basestring
+
+
+def _intact(r: Row) -> bool:
+    """Whether the row hashes to its stored hash: ``row_hash``'s body, spelled here for the
+    shapes the writer writes (text or NULL columns, integer seq and v, a float ts whose
+    repr is its canonical spelling), from the columns already read; anything else is left
+    to ``row_hash`` itself. Building the body in Python costs less than having the database
+    assemble it beside the columns (one more wide value per row)."""
+    chain, seq, ts, type_, prev, text, task, root, parent, agent, dlg, dec, lease, trc, v, h = r
+    if type(seq) is int and type(v) is int and type(ts) is float:
+        t = _repr(ts)
+        # v >= 2 spells ts as RFC 8785 does: repr's text unless integral or in exponent form.
+        if v < 2 or ("e" not in t and t[-1].isdigit() and not t.endswith(".0")):
+            try:
+                body = (
+                    f'{{"agent":{"null" if agent is None else _quote(agent)},"chain":{_quote(chain)},'
+                    f'"decision_id":{"null" if dec is None else _quote(dec)},'
+                    f'"delegator":{"null" if dlg is None else _quote(dlg)},'
+                    f'"lease_id":{"null" if lease is None else _quote(lease)},'
+                    f'"parent_task_id":{"null" if parent is None else _quote(parent)},"payload":{text},'
+                    f'"prev_hash":{_quote(prev)},"root_task_id":{"null" if root is None else _quote(root)},'
+                    f'"seq":{seq},"task_id":{"null" if task is None else _quote(task)},'
+                    f'"trace_id":{"null" if trc is None else _quote(trc)},"ts":{t},"type":{_quote(type_)},'
+                    f'"v":{v}}}'
+                )
+                return bool(_sha256(body.encode()).hexdigest() == h)
+            except (TypeError, ValueError):  # a column of another type, a lone surrogate
+                pass
+    return _row_intact(r)
+
+
 def _items(batches: Iterable[Sequence[Row]]) -> list[TraceItem]:
-    """Each row as a trace item, in time order, with "its hash matches its content": the
-    database-assembled body when it vouches (see ``tether.audit.fastpass``), else ``row_hash``,
-    which has the last word."""
-    sha256, fmt = hashlib.sha256, float.__repr__
-    tails: dict[tuple[str, int], bytes] = {}
+    """Each row as a trace item, in time order, with "its hash matches its content"."""
     keyed: list[tuple[float, str, int, TraceItem]] = []
     add = keyed.append
     for rows in batches:
         for r in rows:
-            ts, pre = r[2], r[16]
-            intact = (
-                pre is not None
-                and type(ts) is float
-                and sha256(
-                    pre + fmt(ts).encode() + (tails.get((r[3], r[14])) or tail(r[3], r[14], tails))
-                ).hexdigest()
-                == r[15]
-            ) or _row_intact(r)
-            add((ts, r[0], r[1], TraceItem.of_row(r, _payload(r[5]), intact)))
+            add((r[2], r[0], r[1], TraceItem.of_row(r, _payload(r[5]), _intact(r))))
     # Sorted here rather than by the database: its sorter would carry every wide row. The
     # sort is stable and (chain, seq) is the key, so the item itself is never compared.
     keyed.sort(key=_ORDER)
