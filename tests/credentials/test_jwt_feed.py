@@ -73,6 +73,35 @@ def test_mint_event_is_in_the_authorize_transaction_without_the_token(agent):
     assert cred["token"] not in str([e.to_dict() for e in events])
 
 
+def test_the_lease_is_recorded_active_with_its_key_before_the_token_is_returned(agent, runtime):
+    """When the agent holds the token, its lease row is committed, active, naming the key
+    that signed it (SQLite writes it once, after the mint; PostgreSQL pending first)."""
+    t = _task(agent)
+    cred = _cred(agent, t["task_token"])
+    with runtime.db.read() as conn:
+        lease = ls.get_lease(conn, cred["lease_id"])
+    assert lease is not None
+    assert (lease.state, lease.revocation) == (ls.LeaseState.ACTIVE, ls.Revocation.NONE)
+    assert lease.material == {"kid": runtime.keys.signing_key().kid}
+    assert (lease.connector, lease.audience, lease.scope) == ("jwt", "tickets", "read@tickets.queue")
+
+
+def test_a_failed_mint_denies_and_leaves_no_live_lease(agent, runtime, monkeypatch):
+    """A connector that fails denies the action; no lease it could have made is left live."""
+    t = _task(agent)
+    connector = runtime.credentials.service.connectors["jwt"]
+
+    def broken(req):
+        raise RuntimeError("signer down")
+
+    monkeypatch.setattr(connector, "mint", broken)
+    body = agent.authorize(t["task_token"], "read", "tickets.queue").json()
+    assert (body["decision"], body["code"]) == ("deny", "connector_failed")
+    with runtime.db.read() as conn:
+        live = ls.live_leases_of_tasks(conn, [t["task_id"]])
+    assert live == []
+
+
 def test_close_revokes_leases_of_the_whole_subtree(agent, make_agent, client, runtime):
     """Closing a parent revokes its leases and its delegated child's leases."""
     parent = _task(agent)

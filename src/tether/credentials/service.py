@@ -5,13 +5,18 @@
 1. lock the task row (``SELECT … FOR UPDATE``) and re-check it is active — a revoke
    that committed first makes this a deny; one that commits later waits for us and then
    sees (and revokes) the lease we wrote: issuing and revoking cannot interleave;
-2. write the lease ``pending`` — on PostgreSQL in its own, committed transaction, so it
-   is durable before the real system is touched. On SQLite a second writer would wait
-   on the authorize transaction's lock for ever; there the row commits with the
-   authorization, and the role sweep (roles are tagged and named after their lease)
-   covers a crash in between;
-3. mint through the connector; 4. mark the lease active and emit ``credential.minted``
-   in the same transaction as the decision.
+2. on PostgreSQL, write the lease ``pending`` in its own, committed transaction, so it
+   is durable before the real system is touched;
+3. mint through the connector;
+4. on PostgreSQL mark the lease active (unless the reaper took the pending row meanwhile);
+   on SQLite write it, active, now — a second writer would wait on the authorize
+   transaction's lock for ever, so a pending row could only ever commit together with the
+   authorization: written before the mint it was invisible to every other connection
+   until the commit all the same, and one INSERT does what INSERT + UPDATE did. A crash
+   before the commit leaves no row either way; the role sweep (roles are tagged and named
+   after their lease, and in-flight mints are excluded) covers what the connector made;
+5. emit ``credential.minted`` in the same transaction as the decision. Either way the
+   lease row and its event commit before the credential is returned.
 
 ``on_tasks_ended`` runs inside the transaction that ends tasks: it publishes the dead
 tasks and their leases on the revocation feed and starts revoking every lease. Once that
@@ -26,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import update
@@ -178,8 +184,6 @@ class Credentials:
         if durable:
             with self.db.begin() as conn:
                 ls.insert_lease(conn, lease)
-        else:
-            ls.insert_lease(u.conn, lease)
         with self._inflight_lock:
             self._inflight[lease_id] = time.monotonic()
         failpoints.hit("lease.after_pending")
@@ -200,7 +204,10 @@ class Credentials:
             ) from exc
         failpoints.hit("lease.after_mint")
         material = {**lease.material, **minted.material}
-        if not ls.activate(u.conn, lease_id, material):
+        if not durable:
+            # SQLite: the row is written once, active, in the authorize transaction (step 4).
+            ls.insert_lease(u.conn, replace(lease, state=LeaseState.ACTIVE, material=material))
+        elif not ls.activate(u.conn, lease_id, material):
             # Revoked while we minted (the reaper took a durable pending row): do not hand it out.
             raise Conflict("the credential was revoked while it was issued", code="lease_revoked")
         u.emit(
