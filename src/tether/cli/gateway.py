@@ -399,10 +399,10 @@ def mcp(
     host, _, port = listen.rpartition(":")
 
     async def serve_stdio() -> None:
-        from mcp.server.stdio import stdio_server
+        from tether.gateway.mcp_stdio import stdio_streams
 
         app = gw.server()
-        async with stdio_server() as (read, write):
+        async with stdio_streams() as (read, write):
             await app.run(read, write, app.create_initialization_options())
 
     async def main(sock: socketlib.socket | None = None) -> None:
