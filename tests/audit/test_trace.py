@@ -317,3 +317,21 @@ def test_trace_hash_check_agrees_with_row_hash_on_awkward_text_and_tampering(sto
             assert want is (fields["seq"] not in (7, 9))
     finally:
         db.dispose()
+
+
+def test_trace_keeps_a_frozen_heap_frozen(runtime):
+    """`tether serve` freezes its start-up heap and the console builds traces in that process:
+    a trace must not thaw it (the trace hands its own objects to the oldest generation only
+    where nothing is frozen)."""
+    import gc
+
+    tree = build_tree(runtime)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with runtime.db.read() as conn:
+            assert build_trace(conn, tree.root).events
+        # Frozen objects freed meanwhile leave the count; thawing would empty it.
+        assert gc.isenabled() and gc.get_freeze_count() > frozen // 2
+    finally:
+        gc.unfreeze()

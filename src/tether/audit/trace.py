@@ -340,7 +340,8 @@ def _no_gc() -> Iterator[None]:
     On the way out the objects made meanwhile are handed to the oldest generation (freeze,
     then unfreeze) rather than left young: the first collection after ``enable`` would
     otherwise walk every one of them at once, for nothing (they are freed by their
-    reference counts), at about a tenth of the trace's time.
+    reference counts), at about a tenth of the trace's time. Not in a process whose heap is
+    already frozen (``tether serve`` freezes its start-up heap): unfreeze would thaw it.
     """
     if not gc.isenabled():
         yield
@@ -349,8 +350,9 @@ def _no_gc() -> Iterator[None]:
     try:
         yield
     finally:
-        gc.freeze()
-        gc.unfreeze()
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
 
 
