@@ -430,7 +430,7 @@ class ActionDecisions(BrokerBase):
             if policy.input is not None:
                 # Replayable: everything Cedar saw (masked by the audit rules, keeping type).
                 payload["input"] = policy.input
-        u.emit(
+        recorded = u.emit(
             ev.DECISION,
             payload,
             decision_id=decision.id,
@@ -438,6 +438,7 @@ class ActionDecisions(BrokerBase):
             lease_id=lease_id,
             **audit_fields(task),
         )
+        repo.note_call(u.conn, task.id, recorded.ts)  # what `calls_last_minute` sums
 
     # -- approvals -----------------------------------------------------------------------
     def list_approvals(self, state: str | None = None) -> list[Approval]:
@@ -484,6 +485,11 @@ class ActionDecisions(BrokerBase):
     #: Approvals one transaction of :meth:`expire_approvals` moves, and transactions per pass.
     EXPIRE_BATCH = 500
     EXPIRE_BATCHES = 20
+
+    def drop_old_call_counts(self) -> int:
+        """The leader's pass: forget per-second call counts no rate can read any more."""
+        with self.db.begin() as conn:  # derived counts, not audited: the events stay
+            return repo.drop_call_counts(conn, time.time() - repo.CALL_COUNTS_KEPT_SECONDS)
 
     def expire_approvals(self) -> int:
         """End every `pending` approval past its expiry in `expired`, each with its

@@ -187,6 +187,7 @@ class Core:
         core.leadership = Leadership(db, settings.node_id)
         core.on_close.append(core.leadership.start())  # freed after the layers stopped their jobs
         core.periodic.append(broker.expire_approvals)  # unanswered approvals end in `expired`
+        core.periodic.append(broker.drop_old_call_counts)
         return core
 
     def is_leader(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from pathlib import Path
@@ -255,3 +256,34 @@ def test_revision_files_follow_the_naming_rule():
         assert Path(rev.path).name.startswith(f"r{rev.revision}_"), rev.path
     ids = sorted(int(r.revision) for r in revs)
     assert ids == list(range(1, len(ids) + 1))
+
+
+def test_upgrade_counts_the_last_ten_minutes_of_decisions_per_second(db):
+    """Revision 0009 fills the per-second call counts from recent decision events, so a
+    burst rule sees the same `calls_last_minute` across the upgrade; older ones and other
+    event types are not counted."""
+    import time
+
+    _load_frozen(db)
+    now = math.floor(time.time())
+    rows = [
+        (1, now - 5 + 0.25, "decision", "t1"),
+        (2, now - 5 + 0.75, "decision", "t1"),
+        (3, now - 3 + 0.5, "decision", "t1"),
+        (4, now - 3 + 0.5, "task.opened", "t1"),
+        (5, now - 4000.5, "decision", "t1"),
+        (6, now - 2 + 0.1, "decision", None),
+    ]
+    with db.engine.begin() as conn:
+        for seq, ts, type_, task in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO audit_events (chain, seq, v, ts, type, task_id, payload, prev_hash, hash) "
+                    "VALUES ('n1', :seq, 2, :ts, :type, :task, '{}', 'p', 'h')"
+                ),
+                {"seq": seq, "ts": ts, "type": type_, "task": task},
+            )
+    db.migrate()
+    with db.engine.connect() as conn:
+        got = conn.exec_driver_sql("SELECT task_id, second, n FROM task_call_counts ORDER BY second").all()
+    assert [tuple(r) for r in got] == [("t1", now - 5, 2), ("t1", now - 3, 1)]

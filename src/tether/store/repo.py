@@ -5,6 +5,7 @@ together)."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -447,14 +448,44 @@ def is_first_use(conn: Connection, agent: str, resource: str) -> bool:
 #: Counting stops here: a policy needs "more than N" for a burst rule, and an unbounded
 #: COUNT would make every call of a runaway agent slower than the last.
 CALLS_CAP = 1000
+#: How long per-second call counts are kept (the leader's pass drops older ones).
+CALL_COUNTS_KEPT_SECONDS = 600
 
-# Reads the covering (task_id, type, ts) index alone. (CALLS_CAP is an int constant.)
-_CALLS_SINCE = raw.statement(
-    "SELECT count(*) FROM (SELECT 1 FROM audit_events WHERE task_id = :task_id "  # noqa: S608
-    f"AND type = 'decision' AND ts >= :since LIMIT {int(CALLS_CAP)}) AS recent"
+_NOTE_CALL = raw.statement(
+    "INSERT INTO task_call_counts (task_id, second, n) VALUES (:task_id, :second, 1) "
+    "ON CONFLICT (task_id, second) DO UPDATE SET n = task_call_counts.n + 1"
 )
+_CALLS_AFTER = raw.statement(
+    "SELECT coalesce(sum(n), 0) FROM task_call_counts WHERE task_id = :task_id AND second > :second"
+)
+# The first, partial second from the events themselves: reads the covering
+# (task_id, type, ts) index alone. (CALLS_CAP is an int constant.)
+_CALLS_BETWEEN = raw.statement(
+    "SELECT count(*) FROM (SELECT 1 FROM audit_events WHERE task_id = :task_id "  # noqa: S608
+    f"AND type = 'decision' AND ts >= :since AND ts < :until LIMIT {int(CALLS_CAP)}) AS recent"
+)
+_DROP_CALL_COUNTS = raw.statement("DELETE FROM task_call_counts WHERE second < :second")
+
+
+def note_call(conn: Connection, task_id: str, ts: float) -> None:
+    """Count a decision of ``task_id`` recorded at ``ts`` (its audit event's time), in the
+    decision's own transaction."""
+    raw.execute(conn, _NOTE_CALL, {"task_id": task_id, "second": math.floor(ts)}).close()
 
 
 def calls_since(conn: Connection, task_id: str, since: float) -> int:
-    n = raw.scalar(conn, _CALLS_SINCE, {"task_id": task_id, "since": since})
-    return int(n or 0)
+    """Decisions of ``task_id`` recorded at or after ``since``, up to ``CALLS_CAP``.
+
+    Exact: the whole seconds after ``since``'s come from the per-second counts, the rest
+    of its own second from the decision events (a second of a busy task: a few rows)."""
+    second = math.floor(since)
+    n = int(raw.scalar(conn, _CALLS_AFTER, {"task_id": task_id, "second": second}) or 0)
+    if n >= CALLS_CAP:
+        return CALLS_CAP
+    params = {"task_id": task_id, "since": since, "until": second + 1}
+    return min(CALLS_CAP, n + int(raw.scalar(conn, _CALLS_BETWEEN, params) or 0))
+
+
+def drop_call_counts(conn: Connection, before: float) -> int:
+    """Forget the per-second counts before ``before``; how many rows went."""
+    return raw.rowcount(conn, _DROP_CALL_COUNTS, {"second": math.floor(before)})

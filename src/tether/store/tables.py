@@ -10,6 +10,7 @@ every change to a table or index also needs a revision in ``store/schema/version
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
@@ -106,6 +107,17 @@ resource_uses = Table(
     Column("agent", String(2048), primary_key=True),
     Column("resource", String(256), primary_key=True),
     Column("first_at", Float, nullable=False),
+)
+
+# Decisions per task and second (``repo.calls_since``): what ``calls_last_minute`` sums, so
+# a busy task's count is ~60 rows, not a scan of its last thousand decision events.
+# Written in each decision's transaction; the leader drops seconds past ten minutes.
+task_call_counts = Table(
+    "task_call_counts",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("second", BigInteger, primary_key=True),
+    Column("n", Integer, nullable=False),
 )
 
 # Drift baselines (tether.policy.drift): what the closed tasks of one (agent, intent) did.
