@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,16 @@ def test_no_guard_is_read_through_an_entity_an_extension_or_a_missing_value(cont
     assert slicing_module._context_value(context, ("task", "intent")) is None
     assert slicing_module._context_value(context, ("task", "id")) is None
     assert slicing_module._context_value({"task": {"intent": "x"}}, ("task", "intent")) == "x"
+
+
+def test_a_bundle_built_from_a_handle_is_evaluated_whole(
+    example_catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A set derived from a handle (no policy files to index) decides as the whole set, quietly."""
+    loaded = PolicyEngine.from_paths(EXAMPLES / "policies", example_catalog).bundle
+    derived = PolicyEngine()
+    derived.set_catalog(example_catalog)
+    derived.set_bundle(replace(loaded, sources={}))
+    assert derived._state.slicer is None and not caplog.records
+    request = make_request(example_catalog, "read", "tickets.queue")
+    assert derived.decide(request).outcome is Outcome.ALLOW

@@ -369,6 +369,8 @@ class PolicyEngine:
         which gives the same answers."""
         if not self._slicing or bundle.policy_set is None:
             return None
+        if not bundle.sources:
+            return None  # built from a handle, not from files (a derived set): nothing to index
         try:
             return PolicySlicer(bundle, self._schema)
         except Exception:
