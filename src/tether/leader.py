@@ -19,8 +19,9 @@ within ``LEASE_S + RENEW_S`` and, across hosts, the clocks must agree to well wi
 shorter than the lease, so it stops before anyone else may start.
 
 Work that is claimed item by item (the reaper's revocations: ``FOR UPDATE SKIP LOCKED``
-plus a compare-and-set per lease) runs everywhere: it is safe in parallel and keeps
-revocation fast on the replica that closed the task. Per-process work (the signed
+plus a compare-and-set per lease) runs everywhere: it is safe in parallel, keeps
+revocation fast on the replica that closed the task, and lets the others finish it at once
+when that replica dies (``credentials.reaper``). Per-process work (the signed
 checkpoints of this process's own audit chain) runs everywhere too.
 """
 

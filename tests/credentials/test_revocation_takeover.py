@@ -66,7 +66,7 @@ def _lag_count() -> float:
 
 
 def _closed_task_with_a_role(rt: Runtime) -> tuple[str, ls.Lease]:
-    """A task of ``rt`` that minted a PostgreSQL role and was then closed (nothing claimed)."""
+    """A task of ``rt`` that minted a PostgreSQL role and was then closed."""
     grants = (Grant("read", "analytics.orders"),)
     opened = rt.broker.open_task(AGENT, OpenTaskRequest("support.triage", "takeover", grants, 600))
     cred = rt.broker.authorize(opened.token, READ_ORDERS).credential
@@ -74,7 +74,7 @@ def _closed_task_with_a_role(rt: Runtime) -> tuple[str, ls.Lease]:
     rt.broker.close_task(opened.task.id, by="test")
     with rt.db.read() as conn:
         lease = ls.get_lease(conn, cred.lease_id)
-    assert lease is not None and lease.state is LeaseState.REVOKING
+    assert lease is not None and lease.state is not LeaseState.ACTIVE  # revoking, or done by another
     return opened.task.id, lease
 
 
@@ -180,6 +180,41 @@ def test_the_reaper_is_woken_only_after_the_revocation_it_is_woken_for_committed
     seen.clear()
     rt.credentials.service.revoke_lease(leases[0], by="operator")
     assert seen and {s for lid, s in seen if lid == leases[0]} == {LeaseState.REVOKING}, seen
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+@pytest.mark.postgresql
+def test_a_close_committed_on_another_replica_wakes_this_replicas_reaper(
+    pg_settings, store_url, pg_server, monkeypatch
+):
+    """Replica A closes a task and does no cleanup (its reaper is stopped, as if it died
+    right after the commit); replica B's reaper, which would otherwise not look again for a
+    minute, is woken by the commit's NOTIFY and revokes the lease, recording the lag."""
+    from tether.credentials import reaper as reaper_mod
+
+    monkeypatch.setattr(reaper_mod, "IDLE_WAKE", 60.0)  # B's idle tick is out of the picture
+    a = replica_runtime(pg_settings, "node-a")
+    b = replica_runtime(pg_settings, "node-b")
+    try:
+        a.credentials.reaper.stop()
+        deadline = time.monotonic() + 30
+        # B's reaper made its start-up pass and its LISTEN connection is up (it notified once).
+        while b.credentials.reaper.passes < 1 or b.credentials.feed.generation < 1:
+            assert time.monotonic() < deadline, "replica B did not start its reaper and LISTEN"
+            time.sleep(0.02)
+        with capture_events() as events:
+            _, lease = _closed_task_with_a_role(a)
+            deadline = time.monotonic() + 20
+            while not [e for e in events if e.type == "credential.revoked"]:
+                assert time.monotonic() < deadline, "replica B did not revoke the lease"
+                time.sleep(0.02)
+        revoked = [e for e in events if e.type == "credential.revoked"]
+        assert [(e.chain, e.lease_id) for e in revoked] == [("node-b", lease.id)]
+        assert "task_ended_at" in revoked[0].payload
+        assert not role_exists(pg_server, lease.material["role"])
+    finally:
+        b.close()
+        a.close()
 
 
 def test_a_claimant_is_gone_when_its_heartbeat_is_missing_stale_replaced_or_its_pid_dead(store_url):

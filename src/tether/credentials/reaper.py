@@ -28,7 +28,8 @@ One pass (:meth:`Reaper.reap`):
 Steps 2, 4 and 5, and step 1 for other replicas' leases, are scans of the whole store:
 with several workers or replicas only the process holding the leader lease
 (``tether.leader``, ``is_leader``) runs them. Step 3 is claimed lease by lease, so every
-process runs it (revocations start on the replica that ended the task), and step 1 for
+process runs it (revocations start on the replica that ended the task and, on
+PostgreSQL, on every replica that hears its commit), and step 1 for
 this node's own pending leases runs at its start, leader or not. Taking over dead claims
 (step 3) runs in every process too: it reads only the claimed revocations, and a survivor
 must not wait for a leader that may be the replica that died.
@@ -36,10 +37,11 @@ must not wait for a leader that may be the replica that died.
 A worker thread runs a pass at start (so a broken connector never blocks start-up),
 then sleeps until woken or a second passes. It is woken only *after* the transaction that
 made a revocation due has committed (a task's end: by the audit listener, once the cut is
-queued; a failed mint, an operator's revoke: by their callers): woken inside it, the
-claim could land in the instant between that commit and a crash of this process, and the
-lease would wait for the claim's death to be noticed instead of being claimed by a
-survivor at its next pass.
+queued; a failed mint, an operator's revoke: by their callers; another replica's
+revocation: by the feed's LISTEN connection, ``revocation.Feed.listen``): woken inside
+it, the claim could land in the instant between that commit and a crash of this
+process, and the lease would wait for the claim's death to be noticed instead of being
+claimed by a survivor at once.
 """
 
 from __future__ import annotations

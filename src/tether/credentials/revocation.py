@@ -21,7 +21,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +159,12 @@ class Feed:
                 if self._generation == generation:
                     self._cond.wait(remaining)
 
-    def listen(self, stop: threading.Event) -> threading.Thread | None:
-        """On PostgreSQL, wake local followers when any replica commits a revocation."""
+    def listen(
+        self, stop: threading.Event, on_commit: Callable[[], None] | None = None
+    ) -> threading.Thread | None:
+        """On PostgreSQL, wake local followers when any replica commits a revocation, and
+        call ``on_commit`` (the reaper's wake: a replica that dies after its commit leaves
+        the cleanup to the others, and they then start at once, not at their next tick)."""
         if self._db.dialect != "postgresql":
             return None
         import psycopg  # local: only a PostgreSQL store needs it
@@ -171,16 +175,21 @@ class Feed:
             self._db.engine.url.render_as_string(hide_password=False),
         )
 
+        def heard() -> None:
+            self.notify()
+            if on_commit is not None:
+                on_commit()
+
         def run() -> None:
             while not stop.is_set():
                 try:
                     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
                         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                        self.notify()  # anything committed while we were not listening
+                        heard()  # anything committed while we were not listening
                         while not stop.is_set():
                             # A short wait: close() joins this thread, so it must notice `stop` soon.
                             for _ in conn.notifies(timeout=0.2, stop_after=1):
-                                self.notify()
+                                heard()
                 except Exception as exc:  # reconnect; followers still poll meanwhile
                     log.warning("revocation LISTEN failed: %s", type(exc).__name__)
                     stop.wait(1.0)

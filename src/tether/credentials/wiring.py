@@ -87,7 +87,9 @@ def build(rt: Core) -> CredentialsRuntime:
     rt.periodic.append(legacy_ops.sample_shared_logins(rt))  # `tether secrets pg-usage` history
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
     stop_listen = threading.Event()
-    listener = feed.listen(stop_listen)
+    # Another replica's revocation commit wakes this reaper too (after that commit, like every
+    # wake): if that replica dies before its cleanup, ours claims the leases at once.
+    listener = feed.listen(stop_listen, on_commit=lambda: service.wake())
     if listener is not None:
 
         def stop_listening() -> None:
