@@ -382,8 +382,12 @@ class McpGateway:
         trace, _ = continue_trace(traceparent)
         specs = self._specs.get(resource, {})
         checked = arguments
-        if specs and self.local_upstream:
-            # The upstream opens paths on this machine: decide on what a symlink points at.
+        if self.local_upstream and any(
+            spec.kind == "path" and arguments.get(n) is not None for n, spec in specs.items()
+        ):
+            # The upstream opens paths on this machine: decide on what a symlink points at
+            # (in a thread: a slow mount must not stall the loop). A call with no path
+            # argument has nothing to resolve, so it skips the thread hop.
             checked = await anyio.to_thread.run_sync(resolve_symlinks, specs, arguments, os.path.realpath)
         req = AuthorizeRequest(
             action=ACTION,
