@@ -79,9 +79,13 @@ def _candidate(runtime: Runtime, tmp_path: Path) -> Path:
 
 
 def _policy(state: Path, *args: str) -> Result:
-    r = CliRunner().invoke(main, ["policy", *args, "--state-dir", str(state)], env={"COLUMNS": "250"})
-    print("DBG", args, r.exit_code, r.output)
-    return r
+    return CliRunner().invoke(main, ["policy", *args, "--state-dir", str(state)], env={"COLUMNS": "250"})
+
+
+def _flat(out: str) -> str:
+    """The output with line breaks folded: the process's console may have been made at
+    another width (an earlier test), which wraps a long summary line."""
+    return " ".join(out.split())
 
 
 def _lines(out: str, pattern: str) -> list[str]:
@@ -97,7 +101,8 @@ def test_shadow_and_promote_name_the_worker_that_did_not_apply_and_exit_1(
     shadowed = _policy(admin, "shadow", str(cand))
     assert shadowed.exit_code == 1, shadowed.output
     version = runtime.engine.shadow.version  # type: ignore[union-attr]
-    assert f"✗ shadow {version} ({cand})" in shadowed.output and "on 2 of 3 workers" in shadowed.output
+    assert f"✗ shadow {version} ({cand})" in _flat(shadowed.output)
+    assert "on 2 of 3 workers" in _flat(shadowed.output)
     for w in (0, 1):
         assert len(_lines(shadowed.output, rf"✓ worker {w} \(pid \d+\): {re.escape(version)}$")) == 1
     (missing,) = _lines(shadowed.output, r"worker 2")
@@ -106,7 +111,7 @@ def test_shadow_and_promote_name_the_worker_that_did_not_apply_and_exit_1(
     before = runtime.engine.bundle.version
     promoted = _policy(admin, "promote")
     assert promoted.exit_code == 1, promoted.output
-    assert f"✗ policy {version} in force on 2 of 3 workers (was {before})" in promoted.output
+    assert f"✗ policy {version} in force on 2 of 3 workers (was {before})" in _flat(promoted.output)
     assert len(_lines(promoted.output, rf"✓ worker [01] \(pid \d+\): {re.escape(version)}$")) == 2
     assert _lines(promoted.output, r"worker 2 did not apply it: worker_unreachable")
 
@@ -116,7 +121,7 @@ def test_reload_lists_every_worker_and_names_the_missing_one(admin, runtime, two
     (runtime.settings.policy_path / "90-freeze.cedar").write_text(FREEZE)
     r = _policy(admin, "reload")
     assert r.exit_code == 1, r.output
-    assert "in force on 2 of 3 workers" in r.output
+    assert "in force on 2 of 3 workers" in _flat(r.output)
     assert len(_lines(r.output, r"✓ worker [01] \(pid \d+\): ")) == 2
     assert _lines(r.output, r"✗ worker 2 did not apply it: worker_unreachable")
 
@@ -127,7 +132,7 @@ def test_every_worker_applied_shows_each_and_exits_0(admin, runtime, two_of_two,
     cand = _candidate(runtime, tmp_path)
     shadowed = _policy(admin, "shadow", str(cand))
     assert shadowed.exit_code == 0, shadowed.output
-    assert "✓ shadow sha256:" in shadowed.output and "on 2 of 2 workers" in shadowed.output
+    assert "✓ shadow sha256:" in shadowed.output and "on 2 of 2 workers" in _flat(shadowed.output)
     assert "did not apply" not in shadowed.output and "not every worker" not in shadowed.output
     assert len(_lines(shadowed.output, r"✓ worker [01] \(pid \d+\): sha256:")) == 2
     status = _policy(admin, "shadow")
@@ -135,7 +140,7 @@ def test_every_worker_applied_shows_each_and_exits_0(admin, runtime, two_of_two,
     version = runtime.engine.shadow.version  # type: ignore[union-attr]
     promoted = _policy(admin, "promote")
     assert promoted.exit_code == 0, promoted.output
-    assert f"✓ policy {version} in force on 2 of 2 workers" in promoted.output
+    assert f"✓ policy {version} in force on 2 of 2 workers" in _flat(promoted.output)
     assert len(_lines(promoted.output, rf"✓ worker [01] \(pid \d+\): {re.escape(version)}$")) == 2
     off = _policy(admin, "shadow")
     assert off.exit_code == 0 and "no shadow set on 2 of 2 workers" in off.output, off.output
