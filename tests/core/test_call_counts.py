@@ -63,7 +63,8 @@ def test_the_burst_rule_sees_the_counted_calls(runtime: Runtime) -> None:
     # What policy reads: the 6th call of a task sees the five before it.
     opened = runtime.broker.open_task(AGENT, OpenTaskRequest("support.triage", "test", (READ,), 3600))
     for i in range(5):
-        runtime.broker.authorize(opened.token, AuthorizeRequest("read", "tickets.queue", {"ticket": f"T-{i}"}))
+        req = AuthorizeRequest("read", "tickets.queue", {"ticket": f"T-{i}"})
+        runtime.broker.authorize(opened.token, req)
     with runtime.db.read() as conn:
         assert repo.calls_since(conn, opened.task.id, runtime.broker.clock() - 60) == 5
 
