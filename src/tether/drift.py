@@ -4,7 +4,8 @@
 :class:`~tether.policy.drift.BaselineCache` and loads a baseline (two indexed reads on
 the decision's own connection) only on a miss or once a refresh interval has passed.
 Learning happens after a ``task.closed`` event has committed — never inside the
-transaction that ends the task, so closing (the cut) is not slowed by it — and drops
+transaction that ends the task, and after the credentials' listener has queued the cut
+(it is added ahead of the others), so revocation is not slowed by it — and drops
 the agent's cached baselines so the next decision sees what was learnt.
 A failure to learn is logged and costs one task of baseline, never the close.
 """

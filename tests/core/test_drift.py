@@ -79,3 +79,26 @@ def test_revoked_tasks_teach_nothing(runtime: Runtime, agent: Any) -> None:
         runtime.broker.revoke(task_id=task["task_id"], by="test")
     task = agent.open([CUSTOMERS]).json()
     assert _show(runtime, task["task_id"])["drift"]["baseline"]["tasks"] == 0
+
+
+def test_a_close_cuts_credentials_before_drift_learns(runtime: Runtime, agent: Any, monkeypatch: Any) -> None:
+    """Drift learning runs a store transaction after every close; the cut of the task's
+    credentials is queued before it, so learning never delays revocation."""
+    from tether.credentials.service import Credentials
+    from tether.drift import Drift
+
+    order: list[str] = []
+    cut, learn = Credentials.task_event, Drift.learn
+
+    def cutting(self: Credentials, task_id: str) -> None:
+        order.append("cut")
+        cut(self, task_id)
+
+    def learning(self: Drift, task_id: str) -> bool:
+        order.append("learn")
+        return learn(self, task_id)
+
+    monkeypatch.setattr(Credentials, "task_event", cutting)
+    monkeypatch.setattr(Drift, "learn", learning)
+    _run_routine_task(agent)
+    assert order == ["cut", "learn"]

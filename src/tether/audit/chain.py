@@ -188,10 +188,16 @@ class AuditChain:
         # time, so the store's watchdog arms every use (``tether.store.deadline``).
         self._held: Connection | None = None
 
-    def add_listener(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` with each event this chain commits; returns a function that removes it."""
+    def add_listener(self, listener: Listener, *, first: bool = False) -> Callable[[], None]:
+        """Call ``listener`` with each event this chain commits; returns a function that removes it.
+
+        Listeners run in order, synchronously after the commit: ``first`` puts one ahead of
+        those already added (the credential cut goes before drift learning's transaction)."""
         with _listeners_lock:
-            self._listeners.append(listener)
+            if first:
+                self._listeners.insert(0, listener)
+            else:
+                self._listeners.append(listener)
 
         def remove() -> None:
             with _listeners_lock:

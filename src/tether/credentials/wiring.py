@@ -78,7 +78,9 @@ def build(rt: Core) -> CredentialsRuntime:
         elif e.type == ev.CREDENTIAL_MINTED and e.lease_id:
             service.settled(e.lease_id)
 
-    remove_listener = rt.audit.add_listener(on_event)  # this runtime's chain only
+    # This runtime's chain only, and ahead of the others: drift learns a closed task in a
+    # store transaction of its own, which must not delay the cut.
+    remove_listener = rt.audit.add_listener(on_event, first=True)
     rt.routes.extend(routes(rt, service, introspector))
     rt.periodic.append(reaper.periodic)
     rt.add_operations(ops.OPERATIONS)
