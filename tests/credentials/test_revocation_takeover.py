@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -180,6 +181,33 @@ def test_the_reaper_is_woken_only_after_the_revocation_it_is_woken_for_committed
     seen.clear()
     rt.credentials.service.revoke_lease(leases[0], by="operator")
     assert seen and {s for lid, s in seen if lid == leases[0]} == {LeaseState.REVOKING}, seen
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+@pytest.mark.postgresql
+def test_a_replicas_own_close_does_not_wake_its_reaper_from_its_listen_connection(survivor, store_url):
+    """The NOTIFY of this replica's own close reaches its LISTEN connection in the instant
+    after the commit, before the cut: the reaper is woken by the audit listener once the cut
+    is queued (in the closing thread), never by that NOTIFY, so a crash right after the
+    commit leaves no claim behind."""
+    rt, feed = survivor, survivor.credentials.feed
+    woken_by: list[str] = []
+    rt.credentials.service.wake = lambda: woken_by.append(threading.current_thread().name)
+    deadline = time.monotonic() + 30
+    while feed.generation < 1:  # the LISTEN connection is up (it notifies once connected)
+        assert time.monotonic() < deadline, "the LISTEN connection did not come up"
+        time.sleep(0.02)
+    grants = (Grant("read", "analytics.orders"),)
+    opened = rt.broker.open_task(AGENT, OpenTaskRequest("support.triage", "own", grants, 600))
+    assert rt.broker.authorize(opened.token, READ_ORDERS).credential is not None
+    generation = feed.generation
+    rt.broker.close_task(opened.task.id, by="test")
+    deadline = time.monotonic() + 20
+    while feed.generation < generation + 2:  # the local notify, then the NOTIFY heard
+        assert time.monotonic() < deadline, "the close's NOTIFY was not heard"
+        time.sleep(0.02)
+    assert threading.current_thread().name in woken_by
+    assert "tether-revocation-listen" not in woken_by, woken_by
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)

@@ -69,15 +69,17 @@ class FeedEntry:
     audience: str | None = None
 
 
-def append(conn: Connection, entries: Sequence[FeedEntry], now: float) -> None:
-    """Append entries in the caller's transaction (see the module note on ordering)."""
+def append(conn: Connection, entries: Sequence[FeedEntry], now: float, *, source: str = "") -> None:
+    """Append entries in the caller's transaction (see the module note on ordering).
+    ``source`` (the writer's node id) is the NOTIFY payload, so a replica can tell its own
+    commits from the others' (:meth:`Feed.listen`)."""
     if not entries:
         return
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FEED_LOCK_KEY})
         # Delivered at commit to every replica LISTENing (see Feed.listen): they wake their
         # followers at once instead of at their next poll.
-        conn.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+        conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": source[:64]})
     conn.execute(
         insert(ct.revocations),
         [
@@ -160,11 +162,19 @@ class Feed:
                     self._cond.wait(remaining)
 
     def listen(
-        self, stop: threading.Event, on_commit: Callable[[], None] | None = None
+        self,
+        stop: threading.Event,
+        on_commit: Callable[[], None] | None = None,
+        *,
+        own: str | None = None,
     ) -> threading.Thread | None:
         """On PostgreSQL, wake local followers when any replica commits a revocation, and
-        call ``on_commit`` (the reaper's wake: a replica that dies after its commit leaves
-        the cleanup to the others, and they then start at once, not at their next tick)."""
+        call ``on_commit`` when *another* replica did (``own``: this replica's node id, the
+        payload of its own commits). That is the reaper's wake: a replica that dies after
+        its commit leaves the cleanup to the others, which then start at once rather than
+        at their next tick. This replica's own commits wake its reaper from the audit
+        listener, after its cut (``credentials.wiring``); heard here, they would wake it in
+        the instant between the commit and the cut, where a crash would leave a claim."""
         if self._db.dialect != "postgresql":
             return None
         import psycopg  # local: only a PostgreSQL store needs it
@@ -175,9 +185,9 @@ class Feed:
             self._db.engine.url.render_as_string(hide_password=False),
         )
 
-        def heard() -> None:
+        def heard(source: str | None) -> None:
             self.notify()
-            if on_commit is not None:
+            if on_commit is not None and (source is None or source != own):
                 on_commit()
 
         def run() -> None:
@@ -185,11 +195,11 @@ class Feed:
                 try:
                     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
                         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                        heard()  # anything committed while we were not listening
+                        heard(None)  # anything committed while we were not listening
                         while not stop.is_set():
                             # A short wait: close() joins this thread, so it must notice `stop` soon.
-                            for _ in conn.notifies(timeout=0.2, stop_after=1):
-                                heard()
+                            for n in conn.notifies(timeout=0.2, stop_after=1):
+                                heard(n.payload)
                 except Exception as exc:  # reconnect; followers still poll meanwhile
                     log.warning("revocation LISTEN failed: %s", type(exc).__name__)
                     stop.wait(1.0)

@@ -256,6 +256,7 @@ class Credentials:
                 u.conn,
                 [rv.FeedEntry("lease", x.task_id, reason, x.expires_at, x.id, x.audience) for x in leases],
                 now,
+                source=self.node_id,
             )
         offline = [x for x in leases if getattr(self.connectors.get(x.connector), "offline_revoke", False)]
         if ended_at is None and offline and ls.is_task_end(reason):
@@ -287,7 +288,12 @@ class Credentials:
         if not tasks:
             return
         now = self.clock()
-        rv.append(u.conn, [rv.FeedEntry("task", x.id, state.value, x.expires_at) for x in tasks], now)
+        rv.append(
+            u.conn,
+            [rv.FeedEntry("task", x.id, state.value, x.expires_at) for x in tasks],
+            now,
+            source=self.node_id,
+        )
         live = ls.live_leases_of_tasks(u.conn, [x.id for x in tasks])
         ended_at = {x.id: now for x in tasks}
         external = self.start_revocations(u, live, f"task_{state.value}", by="broker", ended_at=ended_at)

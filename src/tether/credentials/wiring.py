@@ -90,8 +90,9 @@ def build(rt: Core) -> CredentialsRuntime:
     reaper.start()  # its first pass is the start-up reap; a slow connector never blocks start
     stop_listen = threading.Event()
     # Another replica's revocation commit wakes this reaper too (after that commit, like every
-    # wake): if that replica dies before its cleanup, ours claims the leases at once.
-    listener = feed.listen(stop_listen, on_commit=lambda: service.wake())
+    # wake): if that replica dies before its cleanup, ours claims the leases at once. Our own
+    # commits wake it from `on_event` above, after the cut.
+    listener = feed.listen(stop_listen, on_commit=lambda: service.wake(), own=s.node_id)
     if listener is not None:
 
         def stop_listening() -> None:
