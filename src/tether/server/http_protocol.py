@@ -1,7 +1,7 @@
 """The HTTP/1.1 server protocol the gateways run on (httptools, bounded), and uvloop.
 
-(The broker's own server runs ``tether.server.protocol``: h11 with header/body deadlines
-and a connection cap.)
+(The broker's own server runs ``tether.server.protocol``: httptools with header/body
+deadlines and a connection cap.)
 
 uvicorn's httptools protocol parses several times faster than h11, but unlike h11 it
 puts no bound on a request head that arrives in pieces (h11's

@@ -18,22 +18,17 @@ plain text. Here:
 
 Idle keep-alive connections are closed by uvicorn after ``timeout_keep_alive``.
 
-The parser is httptools (llhttp, in C): per request it costs a fraction of h11's pure
-Python, which was most of what the HTTP layer added to a decision (docs/architecture.md,
-"Hot path"). The h11 protocol below stays as the fallback where httptools is missing.
+The parser is httptools (llhttp, in C; a required dependency): per request it costs a
+fraction of h11's pure Python, which this server ran before and which was most of what the
+HTTP layer added to a decision (docs/architecture.md, "Hot path").
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-from typing import Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
-_HAVE_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: Longest path plus query string a request may have (no route needs more than a few hundred).
 MAX_TARGET_BYTES = 8192
@@ -43,12 +38,10 @@ STATUS_TEXT = {
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
 }
-_TOO_MANY = ("too_many_connections", "the broker holds too many connections; retry")
-_HEADERS_LATE = ("request_timeout", "the request headers did not arrive in time")
 
 
 def raw_json_response(status: int, code: str, message: str) -> bytes:
-    """A complete HTTP/1.1 response written straight to the socket (no h11 state needed)."""
+    """A complete HTTP/1.1 response written straight to the socket (no parser state needed)."""
     body = json.dumps({"code": code, "message": message}).encode()
     reason = STATUS_TEXT.get(status, b"Service Unavailable")
     head = (
@@ -58,28 +51,17 @@ def raw_json_response(status: int, code: str, message: str) -> bytes:
     return head + body
 
 
-class BoundedH11Protocol(H11Protocol):
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = 5.0
     body_timeout: float = 30.0
     max_connections: int = 512
+    max_header_bytes: int = 16 * 1024
+    _read_timer: asyncio.TimerHandle | None = None
+    _phase = ""  # "headers" or "body" while a read deadline is armed
+    _in_head = True  # between requests or inside a request's head
+    _head_bytes = 0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._read_timer: asyncio.TimerHandle | None = None
-        self._phase = ""  # "headers" or "body" while a read deadline is armed
-        self._protocol_error: h11.RemoteProtocolError | None = None
-        next_event = self.conn.next_event
-
-        def remember_error() -> Any:
-            try:
-                return next_event()
-            except h11.RemoteProtocolError as exc:
-                self._protocol_error = exc
-                raise
-
-        self.conn.next_event = remember_error  # type: ignore[method-assign]
-
-    # -- deadlines ---------------------------------------------------------------------
+    # -- deadlines, driven by the parser's callbacks ----------------------------------
     def _arm(self, phase: str, seconds: float) -> None:
         if self._phase == phase:
             return  # the deadline runs from the start of the phase, not from the last byte
@@ -98,36 +80,50 @@ class BoundedH11Protocol(H11Protocol):
             return
         between_requests = self.cycle is None or self.cycle.response_complete
         if phase == "headers" and between_requests:
-            self.transport.write(raw_json_response(408, *_HEADERS_LATE))
+            self.transport.write(
+                raw_json_response(408, "request_timeout", "the request headers did not arrive in time")
+            )
         self.transport.close()
-
-    def _track(self) -> None:
-        """Arm or clear the read deadline for where the client now is in its request."""
-        if self.transport.is_closing():
-            self._disarm()
-            return
-        state = self.conn.their_state
-        if state is h11.SEND_BODY:
-            self._arm("body", self.body_timeout)
-        elif state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
-            if self.conn.trailing_data[0] or self._phase == "headers":
-                self._arm("headers", self.header_timeout)
-        else:
-            self._disarm()
 
     # -- protocol hooks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            transport.write(raw_json_response(503, *_TOO_MANY))
+            transport.write(
+                raw_json_response(503, "too_many_connections", "the broker holds too many connections; retry")
+            )
             transport.close()
             return
         # A connection that never sends a byte is on the headers clock from its first moment.
         self._arm("headers", self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
         super().data_received(data)
-        self._track()
+        # Checked after parsing: a read that completes the head also carries the start of
+        # the body, which is not head bytes. A head still incomplete is over the bound.
+        over = self._head_bytes > self.max_header_bytes + 8192  # + request line and framing
+        if self._in_head and over and not self.transport.is_closing():
+            self.transport.write(
+                raw_json_response(431, "headers_too_large", "the request line or headers are too large")
+            )
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self._arm("headers", self.header_timeout)  # a request's first byte (kept for the first)
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._disarm()
+        super().on_headers_complete()
+        self._arm("body", self.body_timeout)  # disarmed at once when there is none
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._disarm()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._disarm()
@@ -138,131 +134,29 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        error = self._protocol_error
-        if error is not None and error.error_status_hint == 431:
-            out = raw_json_response(431, "headers_too_large", "the request line or headers are too large")
+        # httptools refuses a target over 64 KiB as a parse error; shorter ones past the
+        # limit reach the app, which answers the same 414.
+        if len(getattr(self, "url", b"")) > MAX_TARGET_BYTES:
+            out = raw_json_response(
+                414, "request_target_too_long", f"the request target exceeds {MAX_TARGET_BYTES} bytes"
+            )
         else:
-            why = str(error) if error is not None else msg
-            out = raw_json_response(400, "malformed_http", f"malformed HTTP request: {why[:200]}")
+            out = raw_json_response(400, "malformed_http", "malformed HTTP request; send HTTP/1.1")
         self.transport.write(out)
         self.transport.close()
 
 
-def _httptools_protocol() -> type[asyncio.Protocol]:
-    """The bounded httptools protocol class (built on first use: httptools is optional)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class BoundedHttpToolsProtocol(HttpToolsProtocol):
-        header_timeout: float = 5.0
-        body_timeout: float = 30.0
-        max_connections: int = 512
-        max_header_bytes: int = 16 * 1024
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._read_timer: asyncio.TimerHandle | None = None
-            self._phase = ""  # "headers" or "body" while a read deadline is armed
-            self._in_head = True
-            self._head_bytes = 0
-
-        # -- deadlines (as the h11 protocol's, driven by the parser's callbacks) --------
-        def _arm(self, phase: str, seconds: float) -> None:
-            if self._phase == phase:
-                return  # the deadline runs from the start of the phase, not from the last byte
-            self._disarm()
-            self._phase = phase
-            self._read_timer = self.loop.call_later(seconds, self._expired, phase)
-
-        def _disarm(self) -> None:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-            self._read_timer, self._phase = None, ""
-
-        def _expired(self, phase: str) -> None:
-            self._read_timer, self._phase = None, ""
-            if self.transport.is_closing():
-                return
-            between_requests = self.cycle is None or self.cycle.response_complete
-            if phase == "headers" and between_requests:
-                self.transport.write(raw_json_response(408, *_HEADERS_LATE))
-            self.transport.close()
-
-        # -- protocol hooks --------------------------------------------------------------
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if len(self.connections) > self.max_connections:
-                transport.write(raw_json_response(503, *_TOO_MANY))
-                transport.close()
-                return
-            # A connection that never sends a byte is on the headers clock from its first moment.
-            self._arm("headers", self.header_timeout)
-
-        def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._head_bytes += len(data)
-            super().data_received(data)
-            # Checked after parsing: a read that completes the head also carries the start
-            # of the body, which is not head bytes. A head still incomplete is over the bound.
-            over = self._head_bytes > self.max_header_bytes + 8192  # + request line and framing
-            if self._in_head and over and not self.transport.is_closing():
-                self.transport.write(
-                    raw_json_response(431, "headers_too_large", "the request line or headers are too large")
-                )
-                self.transport.close()
-
-        def on_message_begin(self) -> None:
-            self._arm("headers", self.header_timeout)
-            super().on_message_begin()
-
-        def on_headers_complete(self) -> None:
-            self._in_head, self._head_bytes = False, 0
-            self._disarm()
-            super().on_headers_complete()
-            self._arm("body", self.body_timeout)  # disarmed at once when there is none
-
-        def on_message_complete(self) -> None:
-            self._in_head = True
-            self._disarm()
-            super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            self._disarm()
-            super().on_response_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def send_400_response(self, msg: str) -> None:
-            # httptools refuses a target over 64 KiB as a parse error; shorter ones past
-            # the limit reach the app, which answers the same 414.
-            if len(getattr(self, "url", b"")) > MAX_TARGET_BYTES:
-                out = raw_json_response(
-                    414, "request_target_too_long", f"the request target exceeds {MAX_TARGET_BYTES} bytes"
-                )
-            else:
-                out = raw_json_response(400, "malformed_http", "malformed HTTP request; send HTTP/1.1")
-            self.transport.write(out)
-            self.transport.close()
-
-    return BoundedHttpToolsProtocol
-
-
 def bounded_protocol(
     *, header_timeout: float, body_timeout: float, max_connections: int, max_header_bytes: int = 16 * 1024
-) -> type[asyncio.Protocol]:
-    """A protocol class with these bounds (uvicorn builds one instance per connection):
-    httptools where it is installed, else h11 (``h11_max_incomplete_event_size`` bounds
-    its heads)."""
-    bounds = {
-        "header_timeout": header_timeout,
-        "body_timeout": body_timeout,
-        "max_connections": max_connections,
-    }
-    if _HAVE_HTTPTOOLS:
-        return type(
-            "TetherHttpToolsProtocol",
-            (_httptools_protocol(),),
-            {**bounds, "max_header_bytes": max_header_bytes},
-        )
-    return type("TetherH11Protocol", (BoundedH11Protocol,), bounds)
+) -> type[BoundedHttpToolsProtocol]:
+    """A protocol class with these bounds (uvicorn builds one instance per connection)."""
+    return type(
+        "TetherHttpProtocol",
+        (BoundedHttpToolsProtocol,),
+        {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "max_connections": max_connections,
+            "max_header_bytes": max_header_bytes,
+        },
+    )

@@ -112,7 +112,6 @@ async def serve(
             max_header_bytes=limits.max_header_bytes,
         ),
         timeout_keep_alive=limits.keepalive_seconds,
-        h11_max_incomplete_event_size=limits.max_header_bytes,
         server_header=False,
         date_header=False,
         # Named so uvicorn marks requests `https`; the context it would build is replaced
