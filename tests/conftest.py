@@ -26,8 +26,10 @@ When the server binaries are missing they are skipped, unless ``CI`` or
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from tether.runtime import Runtime
+from tether.server.admin import AdminServer
 from tether.server.app import create_app
 from tether.store.db import Database
 from tether.testing import TEST_STORE_TIMEOUT_MS, TestTrustDomain, make_settings
@@ -191,6 +194,24 @@ def runtime(settings: Any, request: pytest.FixtureRequest) -> Iterator[Runtime]:
     rt = Runtime.start(settings)
     yield rt
     rt.close()
+
+
+@pytest.fixture
+def admin(runtime: Runtime) -> Iterator[Path]:
+    """This runtime's admin socket, served on a loop of its own; yields the state dir the
+    CLI is pointed at (``--state-dir``)."""
+    loop = asyncio.new_event_loop()
+    server = AdminServer(runtime, runtime.settings.state_dir / "admin.sock")
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield runtime.settings.state_dir
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(server.close())
+        loop.close()
 
 
 @pytest.fixture

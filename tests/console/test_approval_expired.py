@@ -3,10 +3,7 @@ before and after the leader's pass moved it, and offers no decision."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,6 @@ from click.testing import CliRunner
 
 from tether.cli import main
 from tether.runtime import Runtime
-from tether.server.admin import AdminServer
 
 from .conftest import csrf_of
 from .test_console import _refund_approval
@@ -51,24 +47,6 @@ def test_an_unknown_approval_state_in_the_console_is_a_400(operator):
     """`?state=` outside the approval states is refused with `invalid_query`."""
     r = operator.get("/console/approvals?state=bogus")
     assert r.status_code == 400 and "invalid_query" in r.text and "expired" in r.text
-
-
-@pytest.fixture
-def admin(runtime: Runtime, tmp_path: Path) -> Iterator[Path]:
-    """The broker's admin socket, served by this runtime on a loop of its own."""
-    sock = runtime.settings.state_dir / "admin.sock"
-    loop = asyncio.new_event_loop()
-    server = AdminServer(runtime, sock)
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield runtime.settings.state_dir
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.run_until_complete(server.close())
-        loop.close()
 
 
 def _tether(state: Path, *args: str) -> str:

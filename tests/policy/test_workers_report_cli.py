@@ -5,10 +5,8 @@ socket; worker 1 a real peer socket on it; worker 2 (of 3) never answers."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from click.testing import CliRunner, Result
 from tether.cli import main
 from tether.runtime import Runtime
 from tether.server import worker_peers
-from tether.server.admin import AdminServer
 from tether.server.policy_ops import PEER_OPERATIONS, across_workers
 from tether.server.worker_peers import PeerServer, WorkerPeers
 
@@ -29,23 +26,6 @@ FREEZE = '@id("freeze")\nforbid (principal, action, resource);\n'
 def store_url(sqlite_url: str) -> str:
     """What is pinned here is the command's output; the operations run on both stores elsewhere."""
     return sqlite_url
-
-
-@pytest.fixture
-def admin(runtime: Runtime) -> Iterator[Path]:
-    """This runtime's admin socket (worker 0 serves it under `--workers`), on a loop of its own."""
-    loop = asyncio.new_event_loop()
-    server = AdminServer(runtime, runtime.settings.state_dir / "admin.sock")
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield runtime.settings.state_dir
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.run_until_complete(server.close())
-        loop.close()
 
 
 def _workers(runtime: Runtime, tmp_path: Path, total: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
