@@ -119,6 +119,8 @@ task_call_counts = Table(
     Column("second", BigInteger, primary_key=True),
     Column("n", Integer, nullable=False),
 )
+# The leader's pass drops old seconds across all tasks: by second, not by task.
+Index("ix_task_call_counts_second", task_call_counts.c.second)
 
 # Drift baselines (tether.policy.drift): what the closed tasks of one (agent, intent) did.
 drift_profiles = Table(

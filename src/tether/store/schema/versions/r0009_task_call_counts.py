@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("n", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("task_id", "second"),
     )
+    op.create_index("ix_task_call_counts_second", "task_call_counts", ["second"], unique=False)
     # Timestamps are positive: truncation is floor on both stores.
     second = "CAST(ts AS INTEGER)" if op.get_bind().dialect.name == "sqlite" else "CAST(floor(ts) AS BIGINT)"
     op.execute(
