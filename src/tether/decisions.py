@@ -482,14 +482,14 @@ class ActionDecisions(BrokerBase):
             )
             return repo.get_approval(u.conn, a.id) or a
 
-    #: Approvals one transaction of :meth:`expire_approvals` moves, and transactions per pass.
-    EXPIRE_BATCH = 500
-    EXPIRE_BATCHES = 20
-
     def drop_old_call_counts(self) -> int:
         """The leader's pass: forget per-second call counts no rate can read any more."""
         with self.db.begin() as conn:  # derived counts, not audited: the events stay
             return repo.drop_call_counts(conn, time.time() - repo.CALL_COUNTS_KEPT_SECONDS)
+
+    #: Approvals one transaction of :meth:`expire_approvals` moves, and transactions per pass.
+    EXPIRE_BATCH = 500
+    EXPIRE_BATCHES = 20
 
     def expire_approvals(self) -> int:
         """End every `pending` approval past its expiry in `expired`, each with its
