@@ -1,11 +1,17 @@
 """More than one core: `POST /v1/authorize` throughput of `tether serve --workers N`.
 
-The same state dir (SQLite) is served with ``--workers 1`` and then ``--workers 2``; a
-lean client (pre-built request bytes on ``-c`` keep-alive connections, asyncio) sends
-authorize requests (allow, no credential) for ``-t`` seconds. The client runs on the same
-cores as the broker, so keep it cheap: its cost lowers both figures alike.
+The same state dir is served with ``--workers 1`` and then ``--workers 2``; a lean client
+(pre-built request bytes on ``-c`` keep-alive connections, asyncio) sends authorize
+requests for ``-t`` seconds (allow, with the ``jwt`` credential the example catalog gives
+the ``tickets`` service). The client runs on the same cores as the broker, so keep it
+cheap: its cost lowers both figures alike.
 
-Run: ``python bench/bench_workers.py [-c 16] [-t 5] [--workers 2]``.
+The store is SQLite, then (``--store both``, the default) a throwaway PostgreSQL server
+(the test suite's ``tests/_pg.py``). On SQLite the workers take turns at the one write
+lock; on PostgreSQL each worker is a replica with its own audit chain and they contend
+only on row locks (docs/architecture.md, "Several workers on one SQLite file").
+
+Run: ``python bench/bench_workers.py [-c 16] [-t 5] [--workers 2] [--store sqlite|postgresql|both]``.
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prepare(state: Path) -> str:
+def prepare(state: Path, store_url: str | None) -> str:
     domain = TestTrustDomain("support.example")
-    settings = make_settings(state, domain=domain, overrides={"environment": "prod"})
+    settings = make_settings(state, store_url=store_url, domain=domain, overrides={"environment": "prod"})
     (state / "tether.toml").write_text(
         (state / "tether.toml").read_text() + '\n[identity]\ndpop = "optional"\n'
     )
@@ -98,22 +104,14 @@ def _machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def run_with(state: Path, token: str, workers: int, clients: int, seconds: float) -> float:
+def run_with(
+    state: Path, store_url: str | None, token: str, workers: int, clients: int, seconds: float
+) -> float:
     port = free_port()
     tether = str(Path(sys.executable).parent / "tether")
-    proc = subprocess.Popen(
-        [
-            tether,
-            "serve",
-            "--state-dir",
-            str(state),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    command = [tether, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"]
+    command += ["--workers", str(workers)] + (["--store", store_url] if store_url else [])
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -151,17 +149,36 @@ def main() -> None:
     ap.add_argument("-c", type=int, default=16, help="concurrent keep-alive connections")
     ap.add_argument("-t", type=float, default=5.0, help="seconds of load per configuration")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
     args = ap.parse_args()
+    if args.store in ("sqlite", "both"):
+        compare(args.workers, args.c, args.t, "sqlite", None)
+    if args.store in ("postgresql", "both"):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import _pg  # the test suite's throwaway server
+
+        with _pg.running_server() as server:
+            compare(
+                args.workers,
+                args.c,
+                args.t,
+                "postgresql",
+                server.url(server.create_database("bench_workers")),
+            )
+
+
+def compare(workers: int, clients: int, seconds: float, store: str, store_url: str | None) -> None:
     state = Path(tempfile.mkdtemp(prefix="tether-bench-workers-")) / "state"
-    token = prepare(state)
-    one = run_with(state, token, 1, args.c, args.t)
-    many = run_with(state, token, args.workers, args.c, args.t)
-    print(f"\nauthorize throughput over HTTP, {args.c} connections, {args.t:.0f} s (SQLite)")
+    token = prepare(state, store_url)
+    one = run_with(state, store_url, token, 1, clients, seconds)
+    many = run_with(state, store_url, token, workers, clients, seconds)
+    label = "SQLite" if store == "sqlite" else "PostgreSQL"
+    print(f"\nauthorize throughput over HTTP, {clients} connections, {seconds:.0f} s ({label})")
     print(f"{'--workers 1':20} {one:9.0f} req/s")
-    print(f"{'--workers ' + str(args.workers):20} {many:9.0f} req/s")
+    print(f"{'--workers ' + str(workers):20} {many:9.0f} req/s")
     emit(
-        "workers",
-        f"`tether serve --workers {args.workers}` authorize throughput (SQLite)",
+        "workers" if store == "sqlite" else "workers_pg",
+        f"`tether serve --workers {workers}` authorize throughput ({label})",
         unit="req/s",
         p50=many,
         floor_p50=one,

@@ -214,10 +214,10 @@ def http(
     if workers == 1:
         serve(None)
         return
-    from tether.server.workers import listening_socket, supervise
+    from tether.server.workers import reserve_port, supervise, worker_socket
 
-    sock = run(lambda: listening_socket(host, int(port)))
-    raise SystemExit(supervise(workers, lambda _i: serve(sock), sock))
+    sock = run(lambda: reserve_port(host, int(port)))
+    raise SystemExit(supervise(workers, lambda _i: serve(worker_socket(sock)), sock))
 
 
 @gateway.command("mcp")
@@ -428,13 +428,13 @@ def mcp(
         # Each worker runs the whole gateway: its own upstream (a stdio server is started
         # once per worker) and broker client. Requests are stateless (each carries its
         # token), so any worker can answer any of them.
-        from tether.server.workers import listening_socket, supervise
+        from tether.server.workers import reserve_port, supervise, worker_socket
 
-        sock = run(lambda: listening_socket(host.strip("[]"), int(port)))
+        sock = run(lambda: reserve_port(host.strip("[]"), int(port)))
         err_console.print(
             f"[green]✓[/] mcp gateway for `{server}` on {scheme}://{listen}/mcp with {workers} workers"
         )
-        raise SystemExit(supervise(workers, lambda _i: anyio.run(main, sock), sock))
+        raise SystemExit(supervise(workers, lambda _i: anyio.run(main, worker_socket(sock)), sock))
 
     if not logging.getLogger().handlers:  # stdout is the MCP channel: logs go to stderr
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="tether: %(message)s")

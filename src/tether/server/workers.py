@@ -1,9 +1,14 @@
 """``tether serve --workers N``: N broker processes on one listening socket.
 
 A decision is CPU-bound Python (token verification, Cedar, hashing), so one process uses
-one core. The parent binds the socket once, forks N workers that each start their own
-``Runtime`` and accept on the shared socket (the kernel hands each connection to one of
-them), and forwards SIGHUP/SIGINT/SIGTERM to all of them.
+one core. The parent reserves the port, forks N workers that each start their own
+``Runtime`` and listen on that port, and forwards SIGHUP/SIGINT/SIGTERM to all of them.
+
+On Linux each worker listens on a socket of its own bound with ``SO_REUSEPORT``, and the
+kernel spreads new connections over them by a hash of the client's address. One socket
+shared by all workers would let whichever event loop wakes first accept a whole burst of
+connections: with keep-alive clients one worker then served every request while the other
+sat idle (docs/architecture.md, "Several workers on one port").
 
 What keeps N workers correct:
 
@@ -51,13 +56,41 @@ log = logging.getLogger("tether")
 MAX_WORKERS = 64
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+#: Each worker listens on its own socket and the kernel balances connections between them.
+BALANCED = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
     sock.set_inheritable(True)
+    return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """The parent's hold on the port: bound (so a port in use fails before any fork, and
+    port 0 is resolved once) but, where connections are balanced, not listening: only
+    listening sockets receive connections, so none is queued where no one accepts."""
+    return listening_socket(host, port, reuse_port=BALANCED, listen=not BALANCED)
+
+
+def worker_socket(reserved: socket.socket) -> socket.socket:
+    """A worker's listening socket on the reserved port: its own, or the shared one."""
+    if not BALANCED:
+        return reserved
+    host, port = reserved.getsockname()[:2]
+    sock = listening_socket(host, port, reuse_port=True)
+    reserved.close()  # this process's copy; the parent keeps the reservation
     return sock
 
 
@@ -90,7 +123,8 @@ def _worker(
         else:
             peer = PeerServer(rt, peers_dir, index, PEER_OPERATIONS)
             peer.start()
-        run_loop(serve(rt, on_ready=on_ready if index == 0 else None, sock=sock, primary=index == 0))
+        listener = worker_socket(sock)
+        run_loop(serve(rt, on_ready=on_ready if index == 0 else None, sock=listener, primary=index == 0))
     finally:
         if peer is not None:
             peer.close()
@@ -111,7 +145,7 @@ def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None]
         )
     from tether import metrics
 
-    sock = listening_socket(*settings.listen_host_port)
+    sock = reserve_port(*settings.listen_host_port)
     metrics_dir = tempfile.mkdtemp(prefix="tether-metrics-")
     peers_dir = Path(tempfile.mkdtemp(prefix="tether-workers-"))  # 0700: the peer sockets
     metrics.enable_multiprocess(metrics_dir)
@@ -123,10 +157,12 @@ def serve_workers(settings: Settings, workers: int, on_ready: Callable[[], None]
 
 
 def supervise(workers: int, run_worker: Callable[[int], None], sock: socket.socket) -> int:
-    """Fork ``workers`` processes each running ``run_worker(index)`` on the listening
-    ``sock`` (closed here once they hold it), forward SIGHUP/SIGINT/SIGTERM to all of
-    them, and stop the others when one exits; the exit status. Used by ``tether serve``
-    and ``tether gateway http --workers``."""
+    """Fork ``workers`` processes each running ``run_worker(index)`` on the port ``sock``
+    reserves (:func:`reserve_port`; each worker takes its listener with
+    :func:`worker_socket`), forward SIGHUP/SIGINT/SIGTERM to all of them, and stop the
+    others when one exits; the exit status. The parent holds ``sock`` until then, so the
+    port stays Tether's while workers come and go. Used by ``tether serve`` and
+    ``tether gateway http``/``mcp --workers``."""
     children: dict[int, int] = {}
     for i in range(workers):
         pid = os.fork()
@@ -147,8 +183,14 @@ def supervise(workers: int, run_worker: Callable[[int], None], sock: socket.sock
             finally:
                 os._exit(code)
         children[pid] = i
-    sock.close()  # the workers hold it
+    try:
+        return _wait_for(children)
+    finally:
+        sock.close()
 
+
+def _wait_for(children: dict[int, int]) -> int:
+    """Forward signals to ``children`` (pid → index) until all have exited; the status."""
     stopping = False
 
     def forward(signum: int, _frame: FrameType | None) -> None:
