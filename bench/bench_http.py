@@ -12,7 +12,7 @@ the figure is what the server adds; the same blocks sent through ``httpx`` are p
 too, as what a typical Python client adds on top. The server's own CPU per request
 (from ``/proc``) is printed beside each.
 
-Run: ``python bench/bench_http.py [-n 500]``.
+Run: ``python bench/bench_http.py [-n 2000]``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def wait(url: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", type=int, default=500, help="requests per path")
+    # 2,000: the difference of two medians settles only past a few hundred samples each.
+    ap.add_argument("-n", type=int, default=2000, help="requests per path")
     ap.add_argument("--serve", nargs=2, metavar=("STATE", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
