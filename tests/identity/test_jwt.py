@@ -297,3 +297,54 @@ def test_bare_string_allowlist_is_a_caller_bug(p256: ec.EllipticCurvePrivateKey)
         verify(token, p256, algorithms="ES256")
     with pytest.raises(TypeError):
         verify(token, p256, typ="JWT")
+
+
+# -- EcSigner: the access-token signer of the jwt connector ---------------------------------
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": ISS, "aud": "tickets", "sub": "spiffe://d/a", "iat": NOW, "exp": NOW + 60, "scope": "read@x"},
+        {"iss": ISS, "aud": "tickets", "exp": NOW + 60, "act": {"sub": "b", "act": {"sub": "c"}}},
+        {
+            "iss": ISS,
+            "aud": "tickets",
+            "exp": NOW + 60,
+            "sub": "agent-\u00e9\u2603",
+        },  # non-ASCII: json's escapes
+        {"iss": ISS, "aud": "tickets", "exp": NOW + 60, "sub": 'q"uo\\te\n\x7f\x01'},  # escapes
+        {"iss": ISS, "aud": "tickets", "exp": NOW + 60, "f": 1e16, "g": 0.1},  # floats: json's spelling
+        {"iss": ISS, "aud": "tickets", "exp": NOW + 60, "big": 2**70},  # beyond orjson's integers
+    ],
+)
+def test_ec_signer_writes_the_bytes_of_sign_jwt(
+    p256: ec.EllipticCurvePrivateKey, claims: dict[str, Any]
+) -> None:
+    from tether.identity.jwt import EcSigner
+
+    fast = EcSigner(p256, kid="k1", typ="at+jwt").sign(claims)
+    slow = sign_jwt(claims, p256, kid="k1", typ="at+jwt")
+    # ECDSA signatures are randomised: the signed part must match, and both must verify.
+    assert fast.rsplit(".", 1)[0] == slow.rsplit(".", 1)[0]
+    for token in (fast, slow):
+        got = verify_jwt(
+            token,
+            key_for=lambda h, c: p256.public_key(),
+            algorithms={"ES256"},
+            audience="tickets",
+            issuer=ISS,
+            typ={"at+jwt"},
+            leeway=0,
+            now=NOW,
+        )
+        assert got == claims
+
+
+def test_ec_signer_refuses_what_sign_jwt_refuses(p256: ec.EllipticCurvePrivateKey) -> None:
+    from tether.identity.jwt import EcSigner
+
+    with pytest.raises(ValueError, match="kid"):
+        EcSigner(p256, kid="", typ="at+jwt")
+    with pytest.raises(ValueError, match="fit"):
+        EcSigner(p256, kid="k1", typ="at+jwt", alg="ES384")
+    with pytest.raises(ValueError):
+        EcSigner(p256, kid="k1", typ="at+jwt").sign({"exp": float("nan")})

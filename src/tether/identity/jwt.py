@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -444,6 +445,70 @@ def _sign(alg: str, private_key: Any, signing_input: bytes) -> bytes:
     else:
         raise ValueError("private_key must be an EC or RSA private key")
     return sig
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _claims_json(claims: Mapping[str, Any]) -> bytes:
+    """The bytes :func:`sign_jwt` would encode for ``claims``, for less.
+
+    orjson writes what ``json.dumps(separators=(",", ":"))`` writes whenever its output
+    is plain ASCII without an escape and nothing in it is a float (the two spell floats,
+    NaN included, differently); any other payload takes ``json.dumps`` itself."""
+    if not _has_float(claims):
+        try:
+            out = orjson.dumps(claims)
+        except TypeError:  # orjson.JSONEncodeError: a big int, a non-str key, …
+            pass
+        else:
+            if out.isascii() and b"\\" not in out:
+                return out
+    return json.dumps(dict(claims), separators=(",", ":"), allow_nan=False).encode()
+
+
+class EcSigner:
+    """:func:`sign_jwt` for one EC key, ``kid`` and ``typ``, with the per-key work done once.
+
+    The header's encoding, the check that the key fits ``alg`` and the ECDSA parameters
+    are fixed at construction: a token costs one claims encoding and one ECDSA sign (the
+    access tokens minted on the authorize hot path, ``credentials.connectors.jwt``). The
+    tokens are byte for byte those of :func:`sign_jwt` but for the (randomised) signature.
+    """
+
+    __slots__ = ("_ecdsa", "_prefix", "_size", "kid", "private_key")
+
+    def __init__(
+        self, private_key: ec.EllipticCurvePrivateKey, *, kid: str, typ: str, alg: str = "ES256"
+    ) -> None:
+        if alg not in _EC_CURVES:
+            raise ValueError(f"unsupported alg `{alg}` for an EC signer")
+        if not _valid_kid(kid):
+            raise ValueError("kid must be 1-128 printable characters")
+        try:
+            _check_key_fits(alg, public_key_of(private_key))
+        except Unauthenticated as exc:
+            raise ValueError(exc.message) from None
+        header = {"alg": alg, "typ": typ, "kid": kid}  # sign_jwt's order
+        self.private_key = private_key
+        self.kid = kid
+        self._prefix = (
+            b64url_encode(json.dumps(header, separators=(",", ":"), allow_nan=False).encode()) + "."
+        )
+        self._ecdsa = ec.ECDSA(_HASHES[alg[2:]]())
+        self._size = (private_key.curve.key_size + 7) // 8
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        signed = self._prefix + b64url_encode(_claims_json(claims))
+        r, s = decode_dss_signature(self.private_key.sign(signed.encode("ascii"), self._ecdsa))
+        return f"{signed}.{b64url_encode(r.to_bytes(self._size, 'big') + s.to_bytes(self._size, 'big'))}"
 
 
 def sign_detached(payload: bytes, private_key: Any, *, kid: str, typ: str, alg: str = "ES256") -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from tether.catalog import Resource
 from tether.credentials.connectors.base import Minted, MintRequest
 from tether.credentials.leases import Lease
-from tether.identity.jwt import sign_jwt
+from tether.identity.jwt import EcSigner
 from tether.identity.keys import KeyRing
 from tether.tokens import act_claim
 
@@ -32,6 +32,13 @@ class JwtConnector:
     def __init__(self, keys: KeyRing, issuer: str) -> None:
         self._keys = keys
         self.issuer = issuer
+        self._signer: EcSigner | None = None  # for the current key; rebuilt when it rotates
+
+    def _signer_for(self, private_key: Any, kid: str) -> EcSigner:
+        signer = self._signer
+        if signer is None or signer.private_key is not private_key or signer.kid != kid:
+            signer = self._signer = EcSigner(private_key, kid=kid, typ=ACCESS_TOKEN_TYP)
+        return signer
 
     def plan(self, resource: Resource, lease_id: str) -> dict[str, Any]:
         return {}
@@ -55,7 +62,7 @@ class JwtConnector:
         act = act_claim(task.act_chain)
         if act:
             claims["act"] = act
-        token = sign_jwt(claims, key.private_key, kid=key.kid, typ=ACCESS_TOKEN_TYP)
+        token = self._signer_for(key.private_key, key.kid).sign(claims)
         return Minted(
             for_agent={
                 "kind": "jwt",
