@@ -4,6 +4,7 @@ ranges verified at once — end exactly where a single pass would, wherever the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -264,3 +265,37 @@ def test_events_appended_during_a_ranged_verify_are_not_counted_beyond_the_snaps
         assert fast_prefix(conn, chain.chain_id, **RANGED) == head
         report = verify_chains(conn, **RANGED)
     assert report.ok and report.events == 40
+
+
+@pytest.mark.parametrize("seq", [1, 15], ids=["first-of-chain", "first-of-range"])
+def test_json_injected_into_a_range_heads_prev_hash_attack_is_not_vouched(sqlite_url, seq):
+    """SQLite prints prev_hash into the body unquoted: a range's first row whose prev_hash
+    carries JSON, re-hashed over the very body the fast pass assembles, must still not be
+    vouched for (the join wants the previous hash there, 64 hex digits)."""
+    from tether.audit.rangescan import SQL_BODY_BEFORE_TS, tail
+
+    d = Database(sqlite_url)
+    d.migrate()
+    try:
+        chain = write(d, 40)
+        forged = '0","x":"1'
+        tamper(
+            d, chain, "UPDATE audit_events SET prev_hash = :p WHERE chain = :c AND seq = :s", p=forged, s=seq
+        )
+        with d.read() as conn:
+            pre, ts, typ, v = conn.execute(
+                text(
+                    f"SELECT {SQL_BODY_BEFORE_TS}, ts, type, v FROM audit_events "
+                    "WHERE chain = :c AND seq = :s"
+                ),
+                {"c": chain.chain_id, "s": seq},
+            ).one()
+        h = hashlib.sha256(pre + repr(ts).encode() + tail(typ, v)).hexdigest()
+        tamper(d, chain, "UPDATE audit_events SET hash = :h WHERE chain = :c AND seq = :s", h=h, s=seq)
+        for kw in ({}, RANGED):
+            with d.read() as conn:
+                assert fast_prefix(conn, chain.chain_id, **kw)[0] == seq - 1  # type: ignore[arg-type]
+        report = verify_database(d, **RANGED)
+        assert report.first is not None and report.first.seq == seq
+    finally:
+        d.dispose()

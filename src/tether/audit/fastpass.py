@@ -9,7 +9,9 @@ spells differently from Python — only ends the fast run early; it is never a v
 
 Why vouching is sound: the body a pass assembles is valid JSON with the 15 fields in their
 fixed order, every string escaped by the database's own JSON quoting (an injective
-encoding) and ``ts`` in an exact spelling. If its SHA-256 equals the stored hash, it *is*
+encoding; SQLite prints ``prev_hash`` unquoted, which is exact because a run is vouched for
+only where every prev_hash equals a hash before it, 64 hex digits) and ``ts`` in an exact
+spelling. If its SHA-256 equals the stored hash, it *is*
 the body the writer hashed (the canonical form of the original event), and parsing it gives
 back the original fields: the row holds exactly what was written.
 
