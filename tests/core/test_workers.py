@@ -3,11 +3,13 @@ periodic jobs (expiry, key rotation, reaping) run by the leader-lease holder onl
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,10 +33,11 @@ def _poll(pred, timeout: float, what: str):
         time.sleep(0.1)  # bounded poll on other processes
 
 
-def test_two_workers_serve_one_port_and_only_the_leader_reaps(tmp_path: Path):
-    """Both workers start on the shared socket with their own chains; an expired task is
-    expired exactly once, by the worker holding the leader lease; SIGTERM stops them all
-    cleanly."""
+@contextlib.contextmanager
+def _two_workers(tmp_path: Path) -> Iterator[tuple[Path, int, Runtime]]:
+    """``tether serve --workers 2`` on a fresh state dir, up with both workers' chains, and
+    another writer on the same store (as a second replica would be; no sockets of its own):
+    (state dir, port, that writer). SIGTERM at the end must stop every worker cleanly."""
     state = tmp_path / "state"
     prepare_state(state, TestTrustDomain("support.example"), '\n[identity]\ndpop = "optional"\n')
     with socket.socket() as s:
@@ -57,16 +60,36 @@ def test_two_workers_serve_one_port_and_only_the_leader_reaps(tmp_path: Path):
 
         _poll(ready, 60, "the workers to answer")
         assert proc.poll() is None
-        # Another writer on the same store, as a second replica would be (no sockets of its own).
         overrides = {"node_id": "test-opener", "identity": {"workload_socket": "", "dpop": "optional"}}
-        settings = load_settings(state, environ={}, overrides=overrides)
-        opener = Runtime.start(settings)
+        opener = Runtime.start(load_settings(state, environ={}, overrides=overrides))
+        writer = opener
 
         def chains() -> set[str]:
-            with opener.db.read() as conn:
+            with writer.db.read() as conn:
                 return {r[0] for r in conn.execute(text("SELECT chain FROM audit_chains"))}
 
         _poll(lambda: {"node-1-w0", "node-1-w1"} <= chains(), 60, "both workers' chains")
+        yield state, port, opener
+    finally:
+        if opener is not None:
+            opener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        if proc.stdout:
+            proc.stdout.close()
+    assert code == 0, out
+
+
+def test_two_workers_serve_one_port_and_only_the_leader_reaps(tmp_path: Path):
+    """Both workers start on the shared socket with their own chains; an expired task is
+    expired exactly once, by the worker holding the leader lease; SIGTERM stops them all
+    cleanly."""
+    with _two_workers(tmp_path) as (state, _port, opener):
         wl = Workload("spiffe://support.example/w", "support.example", "jwt-svid")
         task = opener.broker.open_task(
             wl, OpenTaskRequest("support.triage", "w", (Grant("read", "tickets.queue"),), 1)
@@ -84,19 +107,6 @@ def test_two_workers_serve_one_port_and_only_the_leader_reaps(tmp_path: Path):
         assert leader in {"node-1-w0", "node-1-w1"}
         assert expired_on() == [leader]
         assert (state / "admin.sock").exists()
-    finally:
-        if opener is not None:
-            opener.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out = proc.stdout.read().decode() if proc.stdout else ""
-        if proc.stdout:
-            proc.stdout.close()
-    assert code == 0, out
 
 
 def _listening_sockets(port: int) -> int:
@@ -114,36 +124,7 @@ def test_each_worker_listens_on_its_own_socket_and_a_burst_is_spread(tmp_path: P
     bursts of keep-alive connections and the other worker sat idle or served half as many
     (docs/architecture.md, "Several workers on one port"). Then 64 connections opened at
     once, one authorize each: both workers decide a fair share."""
-    state = tmp_path / "state"
-    prepare_state(state, TestTrustDomain("support.example"), '\n[identity]\ndpop = "optional"\n')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tether = str(Path(sys.executable).parent / "tether")
-    proc = subprocess.Popen(
-        [tether, "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}", "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    opener: Runtime | None = None
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return proc.poll() is not None
-
-        _poll(ready, 60, "the workers to answer")
-        assert proc.poll() is None
-        overrides = {"node_id": "test-opener", "identity": {"workload_socket": "", "dpop": "optional"}}
-        opener = Runtime.start(load_settings(state, environ={}, overrides=overrides))
-
-        def chains() -> set[str]:
-            with opener.db.read() as conn:
-                return {r[0] for r in conn.execute(text("SELECT chain FROM audit_chains"))}
-
-        _poll(lambda: {"node-1-w0", "node-1-w1"} <= chains(), 60, "both workers' chains")
+    with _two_workers(tmp_path) as (_state, port, opener):
         _poll(lambda: _listening_sockets(port) == 2, 30, "a listener per worker")
         wl = Workload("spiffe://support.example/w", "support.example", "jwt-svid")
         opened = opener.broker.open_task(
@@ -176,16 +157,3 @@ def test_each_worker_listens_on_its_own_socket_and_a_burst_is_spread(tmp_path: P
         # The kernel hashes each connection to a worker: fewer than 8 of 64 on one side
         # has odds below 1e-10 when the spread is fair.
         assert min(per_worker.get("node-1-w0", 0), per_worker.get("node-1-w1", 0)) >= 8, per_worker
-    finally:
-        if opener is not None:
-            opener.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out = proc.stdout.read().decode() if proc.stdout else ""
-        if proc.stdout:
-            proc.stdout.close()
-    assert code == 0, out
